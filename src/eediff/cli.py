@@ -1,0 +1,239 @@
+"""Command-line interface. Every command's flags are generated from its config dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+import sys
+import time
+import typing
+import warnings
+from typing import Callable
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="eediff: early-exit diffusion transformers (ASE).")
+
+
+class UserError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def dataclass_command(cfg_cls, name: str, help: str):
+    """Register ``fn(cfg)`` as a typer command whose options are exactly ``cfg_cls``'s fields."""
+
+    def decorator(fn: Callable):
+        hints = typing.get_type_hints(cfg_cls)
+        params = []
+        for f in dataclasses.fields(cfg_cls):
+            tp = hints[f.name]
+            args = typing.get_args(tp)
+            if type(None) in args:  # Optional[X]
+                tp = next(a for a in args if a is not type(None))
+            elif f.default is None:
+                tp = typing.Optional[tp]
+            flag = "--" + f.name.replace("_", "-")
+            decls = [flag] if tp is not bool else [f"{flag}/--no-{flag[2:]}"]
+            if f.metadata.get("short"):
+                decls.append(f.metadata["short"])
+            params.append(
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=typer.Option(f.default, *decls, help=f.metadata.get("help", "")),
+                    annotation=typing.Optional[tp] if f.default is None else tp,
+                )
+            )
+
+        def command(**kwargs):
+            try:
+                fn(cfg_cls(**kwargs))
+            except UserError as e:
+                _fail(str(e))
+            except Exception as e:  # our own one-line error types
+                if type(e).__name__ in ("ScheduleError", "SamplerError", "CheckpointError", "ModelError", "DataError", "ConfigError"):
+                    _fail(str(e))
+                raise
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__ = name.replace("-", "_")
+        command.__doc__ = help
+        app.command(name=name, help=help)(command)
+        return fn
+
+    return decorator
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"unknown device '{name}': use cpu, cuda or auto")
+    return name
+
+
+def _autocast(precision: str, device: str):
+    import torch
+
+    if precision == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32":
+        return None
+    raise UserError(f"unknown precision '{precision}': use fp32, bf16 or auto")
+
+
+def resolve_model(spec: str | None):
+    """A checkpoint path, a diffusers folder, a registry name (random weights) or the shipped default."""
+    from . import zoo
+    from .checkpoint import LoadedModel, load_model
+    from .models.registry import REGISTRY, build_model, default_process
+
+    if spec is None:
+        return zoo.default_model()
+    if spec in zoo.SHIPPED:
+        return load_model(zoo.path(spec))
+    if spec in REGISTRY and not os.path.exists(spec):
+        typer.secho(f"note: '{spec}' is a registry name: sampling from RANDOM weights (pass a checkpoint path for real images)", err=True, fg=typer.colors.YELLOW)
+        model = build_model(spec)
+        return LoadedModel(model, default_process(model), None, {}, spec)
+    return load_model(spec)
+
+
+def _parse_labels(s: str) -> list[int] | None:
+    if not s.strip():
+        return None
+    try:
+        return [int(v) for v in s.split(",")]
+    except ValueError:
+        raise UserError(f"--class-labels '{s}' must be comma-separated integers") from None
+
+
+@dataclass_command(__import__("eediff.config", fromlist=["SampleConfig"]).SampleConfig, "sample", "Sample an image grid, with an exit schedule, through any sampler.")
+def sample_cmd(cfg) -> None:
+    import torch
+
+    from .diffusion.sampling import SamplerConfig, SAMPLERS, _scheduler_class
+    from .exits.schedule import get_schedule
+    from .generate import generate, save_grid, save_npz
+
+    if cfg.n < 1 or cfg.batch_size < 1:
+        raise UserError("-n and --batch-size must be at least 1")
+    if cfg.sampler not in SAMPLERS:
+        _scheduler_class(cfg.sampler)  # raises a one-line SamplerError for unknown names
+    device = _device(cfg.device)
+    loaded = resolve_model(cfg.model)
+    model = loaded.model
+    schedule = get_schedule(cfg.schedule) if cfg.schedule is not None else (loaded.tuned_for or get_schedule("full"))
+    schedule.check(model.num_exit_blocks)
+    vae = None
+    if cfg.vae is not None:
+        from diffusers import AutoencoderKL
+
+        if not os.path.isdir(cfg.vae):
+            raise UserError(f"--vae '{cfg.vae}' is not a folder: pass a diffusers AutoencoderKL folder (config.json + weights)")
+        vae = AutoencoderKL.from_pretrained(cfg.vae, local_files_only=True).to(device).eval()
+    elif model.in_channels == 4 and model.arch == "DiT":
+        raise UserError("this is a latent model (4 input channels): pass --vae FOLDER with a diffusers AutoencoderKL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        res = generate(
+            model, loaded.process, SamplerConfig(cfg.sampler, cfg.steps), n=cfg.n, batch_size=cfg.batch_size, seed=cfg.seed,
+            schedule=schedule, cfg_scale=cfg.cfg, cfg_channels=cfg.cfg_channels or None,
+            class_labels=_parse_labels(cfg.class_labels), vae=vae, device=device,
+            autocast_dtype=_autocast(cfg.precision, device), tuned_for=loaded.tuned_for, progress=cfg.progress,
+        )
+    save_grid(res.images, cfg.out)
+    if cfg.save_npz:
+        save_npz(res.images, res.labels, os.path.splitext(cfg.out)[0] + ".npz")
+    typer.echo(f"model: {loaded.source}  ({model.arch}, {model.num_exit_blocks} schedulable blocks)")
+    typer.echo(f"schedule: {schedule.name}  sampler: {cfg.sampler} x{cfg.steps}")
+    typer.echo(
+        f"mean blocks per step: {res.mean_blocks:.2f} / {res.num_blocks}   compute fraction: {res.compute_fraction:.3f} "
+        f"(analytic FLOP reduction {100 * (1 - res.compute_fraction):.1f}%)"
+    )
+    typer.echo(f"wall-clock: {res.seconds:.2f} s for {cfg.n} images ({cfg.n / res.seconds:.2f} images/s) on {device}")
+    typer.echo(f"wrote {cfg.out}")
+
+
+@app.command("schedules", help="List exit schedules with their mean compute fraction.")
+def schedules_cmd(
+    model: str = typer.Option(None, help="compute fractions for this model (default: DiT-XL/2 for DiT presets, U-ViT-H/2 for U-ViT presets)"),
+    plot: str = typer.Option(None, help="draw depth vs t for every preset into this PNG"),
+    steps: int = typer.Option(1000, help="average over this many uniformly spaced training timesteps"),
+) -> None:
+    from .exits.schedule import PRESETS
+    from .models.registry import build_model
+
+    try:
+        custom = resolve_model(model).model if model else None
+    except Exception as e:
+        _fail(str(e))
+    ts = [i / steps for i in range(steps)]
+    models = {}
+    typer.echo(f"{'schedule':<12} {'model':<12} {'blocks (t: 0 -> 1)':<42} {'mean blocks':>11} {'compute':>8} {'FLOP cut':>8}")
+    rows = []
+    for name, s in PRESETS.items():
+        if custom is not None:
+            m = custom
+        else:
+            ref = "U-ViT-H/2" if "U-ViT" in name else "DiT-XL/2"
+            m = models.setdefault(ref, build_model(ref))
+        K = m.num_exit_blocks
+        if s.blocks is not None and max(s.blocks) > K:
+            continue
+        frac = s.compute_fraction(m.flops, K, ts)
+        mb = s.mean_blocks(K, ts)
+        blocks = "all" if s.blocks is None else ",".join(map(str, s.blocks))
+        label = (model or ("U-ViT-H/2" if "U-ViT" in name else "DiT-XL/2"))[:12]
+        typer.echo(f"{name:<12} {label:<12} {blocks:<42} {mb:>11.2f} {frac:>8.3f} {100 * (1 - frac):>7.1f}%")
+        rows.append((name, s, K))
+    if plot:
+        _plot_schedules(rows, plot)
+        typer.echo(f"wrote {plot}")
+
+
+def _plot_schedules(rows, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, s, K in rows:
+        ax = axes[1] if "U-ViT" in name else axes[0]
+        if s.blocks is None:
+            continue
+        xs, ys = [], []
+        for lo, hi, k in zip(s.boundaries, s.boundaries[1:], s.blocks):
+            xs += [lo, hi]
+            ys += [k, k]
+        ax.plot(xs, ys, label=name)
+    axes[0].set(title="DiT (28 blocks)", xlabel="t (0 = data, 1 = noise)", ylabel="blocks run")
+    axes[1].set(title="U-ViT (6 decoder blocks)", xlabel="t (0 = data, 1 = noise)", ylabel="decoder blocks run in full")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

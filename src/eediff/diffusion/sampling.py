@@ -1,0 +1,178 @@
+"""Sampling loops over diffusers schedulers, plus the Euler–Maruyama step diffusers does not offer.
+
+Samplers know nothing about exits: they call ``model_fn(x, t_model, y)`` with the value the network is fed
+for time, and whatever decides depth lives inside ``model_fn`` (see ``Denoiser``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .process import ContinuousVP, DiscreteVP
+
+
+class SamplerError(ValueError):
+    """Unknown or unusable sampler; one-line message."""
+
+
+ModelFn = Callable[[torch.Tensor, float, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass
+class SamplerConfig:
+    sampler: str = "ddim"
+    steps: int = 50
+    # diffusers' timestep_spacing; "linspace" includes the last training step (999) and ends at 0,
+    # as the official DiT respacing does.
+    timestep_spacing: str = "linspace"
+
+
+# name -> (diffusers class name, extra constructor kwargs)
+SAMPLERS: dict[str, tuple[str, dict]] = {
+    "ddpm": ("DDPMScheduler", dict(clip_sample=False)),
+    "ddim": ("DDIMScheduler", dict(clip_sample=False, set_alpha_to_one=True)),
+    "dpm-solver++": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2)),
+    "euler-maruyama": ("", {}),
+}
+
+
+def _scheduler_class(name: str):
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise SamplerError(
+            f"unknown sampler '{name}': use one of {', '.join(SAMPLERS)} or a diffusers scheduler class name such as EulerDiscreteScheduler"
+        )
+    return cls
+
+
+def make_scheduler(cfg: SamplerConfig, process, learned_sigma: bool):
+    """A fresh diffusers scheduler for ``cfg`` on ``process`` (never shared between calls)."""
+    if cfg.sampler == "euler-maruyama":
+        raise SamplerError("euler-maruyama is not a diffusers scheduler; call sample_loop")
+    cls_name, extra = SAMPLERS.get(cfg.sampler, (cfg.sampler, {}))
+    cls = _scheduler_class(cls_name)
+    kwargs = dict(process.scheduler_config(), prediction_type="epsilon", timestep_spacing=cfg.timestep_spacing, **extra)
+    if cls_name == "DDPMScheduler":
+        kwargs["variance_type"] = "learned_range" if learned_sigma else "fixed_small"
+    accepted = inspect.signature(cls.__init__).parameters
+    if "trained_betas" in kwargs and "trained_betas" not in accepted:
+        raise SamplerError(f"{cls_name} cannot take this process's noise schedule (no trained_betas): pick another sampler")
+    return cls(**{k: v for k, v in kwargs.items() if k in accepted})
+
+
+def takes_learned_variance(scheduler) -> bool:
+    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+
+
+def sample_loop(
+    model_fn: ModelFn,
+    process,
+    cfg: SamplerConfig,
+    noise: torch.Tensor,
+    y: torch.Tensor | None = None,
+    generators: Sequence[torch.Generator] | None = None,
+    learned_sigma: bool = False,
+    progress: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Integrate from ``noise`` (B, C, H, W) to data. ``generators`` (one per image) drive any step noise,
+    so an image does not depend on the batch it is in. ``progress()`` is called once per model evaluation.
+    """
+    if cfg.steps < 1:
+        raise SamplerError(f"steps must be at least 1, got {cfg.steps}")
+    if cfg.sampler == "euler-maruyama":
+        return euler_maruyama(model_fn, process, cfg.steps, noise, y, generators, progress)
+    scheduler = make_scheduler(cfg, process, learned_sigma)
+    scheduler.set_timesteps(cfg.steps)
+    C = noise.shape[1]
+    keep_variance = takes_learned_variance(scheduler)
+    step_params = inspect.signature(scheduler.step).parameters
+    step_kwargs = {"generator": list(generators)} if generators is not None and "generator" in step_params else {}
+    x = noise * scheduler.init_noise_sigma
+    # scheduler.timesteps lives on the host: reading a step's value never waits for the device.
+    for s in scheduler.timesteps:
+        x_in = scheduler.scale_model_input(x, s)
+        out = model_fn(x_in, process.index_to_model_time(s.item()), y)  # (B, C or 2C, H, W)
+        if not keep_variance:
+            out = out[:, :C]
+        x = scheduler.step(out, s, x, **step_kwargs).prev_sample
+        if progress is not None:
+            progress()
+    return x
+
+
+def euler_maruyama(model_fn, process, steps, noise, y=None, generators=None, progress=None) -> torch.Tensor:
+    """Euler–Maruyama on the reverse VP-SDE for an eps-prediction network (as baofff/U-ViT ``sde.py``).
+
+    Grid: [0, linspace(eps, 1, steps)], integrated from 1 down to 0; the model is evaluated at the
+    ``steps`` points of linspace(eps, 1, steps); the last step (eps -> 0) adds no noise.
+    Reverse drift: f - g^2 score = -beta/2 x + beta eps_hat / sigma(t); diffusion g = sqrt(beta).
+    Written here because diffusers only has ScoreSdeVpScheduler, deprecated, whose ``score`` argument is eps.
+    A discrete DDPM process is run through its continuous limit (beta(t) = T beta_i).
+    """
+    sde = process.sde() if isinstance(process, DiscreteVP) else process
+    assert isinstance(sde, ContinuousVP)
+    C = noise.shape[1]
+    grid = [0.0] + torch.linspace(sde.eps, 1.0, steps, dtype=torch.float64).tolist()
+    x = noise
+    for s, t in reversed(list(zip(grid[:-1], grid[1:]))):
+        beta = sde.beta(t)
+        _, sigma = sde.alpha_sigma(t)
+        eps_hat = model_fn(x, sde.model_time(t), y)[:, :C]
+        dt = s - t  # negative
+        drift = -0.5 * beta * x + (beta / sigma) * eps_hat
+        x = x + drift * dt
+        if s != 0:
+            x = x + (beta * -dt) ** 0.5 * per_image_randn(x, generators)
+        if progress is not None:
+            progress()
+    return x
+
+
+def per_image_randn(like: torch.Tensor, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, image i drawn from ``generators[i]``."""
+    if generators is None:
+        return torch.randn_like(like)
+    return torch.stack(
+        [torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype) for g in generators]
+    )
+
+
+class Denoiser:
+    """The network with its parameterisation: exit policy, classifier-free guidance, time mapping.
+
+    Called as ``denoiser(x, t_model, y)``: asks the exit policy (with the normalised training time,
+    explicitly) how many blocks to run, and combines conditional and unconditional passes for CFG.
+    """
+
+    def __init__(self, model, process, policy=None, cfg_scale: float = 1.0, cfg_channels: int | None = None):
+        self.model = model
+        self.process = process
+        self.policy = policy
+        self.cfg_scale = cfg_scale
+        self.cfg_channels = cfg_channels  # None = every latent channel; 3 = the official DiT code's behaviour
+
+    def depth(self, t_model: float) -> int | None:
+        return None if self.policy is None else self.policy.active_blocks(self.process.unit_time(t_model))
+
+    def __call__(self, x: torch.Tensor, t_model: float, y: torch.Tensor | None = None) -> torch.Tensor:
+        k = self.depth(t_model)
+        B = x.shape[0]
+        guided = self.cfg_scale != 1.0 and y is not None
+        if guided:
+            null = torch.full_like(y, self.model.num_classes)
+            x, y = torch.cat([x, x]), torch.cat([y, null])
+        t = torch.full((x.shape[0],), t_model, device=x.device, dtype=torch.float32)
+        out = self.model(x, t, y, active_blocks=k)  # (B or 2B, C_out, H, W)
+        if not guided:
+            return out
+        cond, uncond = out[:B], out[B:]
+        c = self.cfg_channels or self.model.in_channels
+        eps = uncond[:, :c] + self.cfg_scale * (cond[:, :c] - uncond[:, :c])
+        return torch.cat([eps, cond[:, c:]], dim=1)

@@ -1,0 +1,149 @@
+"""Generating images: batches, per-image seeds and labels, decoding, grids and npz files."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .diffusion.sampling import Denoiser, SamplerConfig, sample_loop
+from .exits.policy import ScheduledExit
+
+
+@dataclass
+class GenerationResult:
+    images: torch.Tensor  # (N, C, H, W) in [-1, 1], float32, CPU
+    labels: torch.Tensor | None
+    model_times: list[float]  # network time of every model evaluation of one batch
+    mean_blocks: float  # schedulable blocks per evaluation, averaged over the steps
+    num_blocks: int
+    compute_fraction: float  # analytic FLOPs relative to full depth
+    seconds: float  # wall clock of the sampling (and decoding), synchronised on the device
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_labels(n: int, num_classes: int, class_labels: list[int] | None, seed: int) -> torch.Tensor | None:
+    """Image i gets class_labels[i % len] when given, else i % num_classes; unconditional models get None."""
+    if num_classes <= 0:
+        return None
+    if class_labels:
+        bad = [c for c in class_labels if not 0 <= c < num_classes]
+        if bad:
+            raise ValueError(f"class label {bad[0]} is outside [0, {num_classes - 1}] for this model")
+        return torch.tensor([class_labels[i % len(class_labels)] for i in range(n)])
+    return torch.arange(n) % num_classes
+
+
+def image_noise(shape, seeds: list[int], device) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Initial noise and a generator per image, seeded by the image's own seed (independent of batching)."""
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    noise = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
+    return noise, gens
+
+
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    latents = latents / vae.config.scaling_factor
+    return vae.decode(latents.to(next(vae.parameters()).dtype)).sample.float()
+
+
+@torch.no_grad()
+def generate(
+    model,
+    process,
+    sampler: SamplerConfig,
+    n: int,
+    batch_size: int,
+    seed: int = 0,
+    schedule=None,
+    cfg_scale: float = 1.0,
+    cfg_channels: int | None = None,
+    class_labels: list[int] | None = None,
+    vae=None,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    tuned_for=None,
+    progress: bool = True,
+    seed_offset: int = 0,
+) -> GenerationResult:
+    """Sample ``n`` images; image i uses seed ``seed + seed_offset + i`` and its own label, whatever the batch."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    policy = None if schedule is None else ScheduledExit(schedule, model.num_exit_blocks, tuned_for=tuned_for)
+    denoiser = Denoiser(model, process, policy, cfg_scale=cfg_scale, cfg_channels=cfg_channels)
+    labels = resolve_labels(n, model.num_classes, class_labels, seed)
+    shape = (model.in_channels, model.input_size, model.input_size)
+    times: list[float] = []
+
+    def first_batch_fn(x, t, y):
+        times.append(t)
+        return denoiser(x, t, y)
+
+    outs = []
+    n_batches = math.ceil(n / batch_size)
+    bar = tqdm(total=n_batches * sampler.steps, desc=f"{sampler.sampler} x{sampler.steps}", unit="step", disable=not progress, leave=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for b in range(n_batches):
+        idx = list(range(b * batch_size, min(n, (b + 1) * batch_size)))
+        noise, gens = image_noise(shape, [seed + seed_offset + i for i in idx], device)
+        y = None if labels is None else labels[idx].to(device)
+        fn = first_batch_fn if b == 0 else denoiser
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            x = sample_loop(fn, process, sampler, noise, y, gens, learned_sigma=model.learn_sigma, progress=bar.update if progress else None)
+            if vae is not None:
+                x = decode_latents(vae, x)
+        outs.append(x.float().clamp(-1, 1).cpu())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    bar.close()
+    K = model.num_exit_blocks
+    depths = [denoiser.depth(t) for t in times]
+    depths = [K if k is None else k for k in depths]
+    mean_blocks = sum(depths) / len(depths)
+    frac = sum(model.flops(k) for k in depths) / (len(depths) * model.flops(K))
+    return GenerationResult(torch.cat(outs), labels, times, mean_blocks, K, frac, seconds)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def save_grid(images: torch.Tensor, path: str, nrow: int | None = None, pad: int = 2) -> None:
+    """Tile images into one PNG (written atomically)."""
+    from PIL import Image
+
+    from .checkpoint import atomic_write
+
+    arr = to_uint8(images)
+    N, H, W, C = arr.shape
+    nrow = nrow or math.ceil(math.sqrt(N))
+    rows = math.ceil(N / nrow)
+    grid = np.full((rows * (H + pad) + pad, nrow * (W + pad) + pad, C), 255, dtype=np.uint8)
+    for i in range(N):
+        r, c = divmod(i, nrow)
+        grid[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = arr[i]
+    img = Image.fromarray(grid[..., 0] if C == 1 else grid)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def save_npz(images: torch.Tensor, labels, path: str) -> None:
+    from .checkpoint import atomic_write
+
+    arrays = {"arr_0": to_uint8(images)}
+    if labels is not None:
+        arrays["arr_1"] = labels.numpy()
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)

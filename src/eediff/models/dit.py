@@ -1,0 +1,298 @@
+"""DiT (Peebles & Xie, 2023) with time-dependent early exit.
+
+Parameter names and shapes are those of facebookresearch/DiT ``models.py``, so an official checkpoint
+loads with ``model.load_state_dict(torch.load("DiT-XL-2-256x256.pt", weights_only=True), strict=True)``.
+
+Early exit (ASE): ``forward(..., active_blocks=k)`` runs the first ``k`` of the ``depth`` blocks and reads
+the truncated hidden state through the ordinary final layer; there are no new parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .layers import (
+    Attention,
+    LabelEmbedder,
+    Mlp,
+    PatchEmbed,
+    TimestepEmbedder,
+    get_2d_sincos_pos_embed,
+    modulate,
+    unpatchify,
+)
+
+
+@dataclass
+class DiTConfig:
+    """Keyword names as in the official ``DiT.__init__`` (plus two switches for diffusers-converted weights)."""
+
+    input_size: int = 32
+    patch_size: int = 2
+    in_channels: int = 4
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    class_dropout_prob: float = 0.1
+    num_classes: int = 1000
+    learn_sigma: bool = True
+    # diffusers' DiTTransformer2DModel differs from the official code in two constants; a model converted
+    # from diffusers sets these so that it computes exactly what diffusers computes.
+    time_freq_shift: int = 0  # diffusers: 1
+    mlp_norm_eps: float = 1e-6  # diffusers: norm_eps (1e-5)
+
+
+# Official sizes (DiT paper, Table 1): depth, hidden size, heads, patch size.
+DIT_SIZES: dict[str, dict] = {}
+for _size, (_depth, _hidden, _heads) in {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}.items():
+    for _p in (2, 4, 8):
+        DIT_SIZES[f"DiT-{_size}/{_p}"] = dict(depth=_depth, hidden_size=_hidden, num_heads=_heads, patch_size=_p)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, mlp_norm_eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), approximate_gelu=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (B, D)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (B, N, D)
+        return x
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # 2 x (B, D)
+        return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, N, p*p*C_out)
+
+
+class DiT(nn.Module):
+    arch = "DiT"
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.in_channels = c.in_channels
+        self.out_channels = c.in_channels * 2 if c.learn_sigma else c.in_channels
+        self.patch_size = c.patch_size
+        self.num_heads = c.num_heads
+        self.x_embedder = PatchEmbed(c.input_size, c.patch_size, c.in_channels, c.hidden_size, bias=True)
+        self.t_embedder = TimestepEmbedder(c.hidden_size, freq_shift=c.time_freq_shift)
+        self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, c.class_dropout_prob)
+        num_patches = self.x_embedder.num_patches
+        # Fixed sin-cos embedding, stored as a frozen parameter exactly as in the official code.
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, c.hidden_size), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            [DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.mlp_norm_eps) for _ in range(c.depth)]
+        )
+        self.final_layer = FinalLayer(c.hidden_size, c.patch_size, self.out_channels)
+        self.initialize_weights()
+
+    # ---- exit interface -------------------------------------------------------------------------
+    @property
+    def num_exit_blocks(self) -> int:
+        """How many blocks an exit schedule may drop from (all of DiT's blocks)."""
+        return self.config.depth
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    @property
+    def learn_sigma(self) -> bool:
+        return self.config.learn_sigma
+
+    # ---- initialisation (official scheme, in one place) -------------------------------------------
+    def initialize_weights(self) -> None:
+        def _basic_init(module):
+            if isinstance(module, nn.Linear):
+                torch.nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
+
+        self.apply(_basic_init)
+        pos = get_2d_sincos_pos_embed(self.config.hidden_size, self.x_embedder.grid_size)
+        self.pos_embed.data.copy_(torch.from_numpy(pos).float().unsqueeze(0))
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+        nn.init.constant_(self.x_embedder.proj.bias, 0)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:  # adaLN-Zero
+            nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
+            nn.init.constant_(block.adaLN_modulation[-1].bias, 0)
+        nn.init.constant_(self.final_layer.adaLN_modulation[-1].weight, 0)
+        nn.init.constant_(self.final_layer.adaLN_modulation[-1].bias, 0)
+        nn.init.constant_(self.final_layer.linear.weight, 0)
+        nn.init.constant_(self.final_layer.linear.bias, 0)
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        active_blocks: int | None = None,
+    ) -> torch.Tensor:
+        """x (B, C, H, W) at training timestep t (B,) with labels y (B,) -> (B, C_out, H, W).
+
+        ``active_blocks=k`` runs blocks[:k] only (None = all). ``y=None`` uses the null label.
+        """
+        k = self.config.depth if active_blocks is None else int(active_blocks)
+        if not 0 <= k <= self.config.depth:
+            raise ValueError(f"active_blocks={k} is outside [0, {self.config.depth}] for this DiT")
+        if y is None:
+            y = torch.full((x.shape[0],), self.config.num_classes, dtype=torch.long, device=x.device)
+        x = self.x_embedder(x) + self.pos_embed  # (B, N, D)
+        c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, D)
+        for block in self.blocks[:k]:
+            x = block(x, c)  # (B, N, D)
+        x = self.final_layer(x, c)  # (B, N, p*p*C_out)
+        return unpatchify(x, self.patch_size, self.out_channels)  # (B, C_out, H, W)
+
+    # ---- analytic cost --------------------------------------------------------------------------
+    def flops(self, active_blocks: int | None = None) -> float:
+        """Forward FLOPs for one image (a multiply-add counts 2), matmuls and attention only."""
+        c = self.config
+        k = c.depth if active_blocks is None else active_blocks
+        N, D, p = self.x_embedder.num_patches, c.hidden_size, c.patch_size
+        hidden = int(D * c.mlp_ratio)
+        block = 2 * N * (3 * D * D + D * D + 2 * D * hidden) + 4 * N * N * D + 2 * D * 6 * D
+        outside = (
+            2 * N * (p * p * c.in_channels) * D  # patch embedding
+            + 2 * (256 * D + D * D)  # timestep MLP
+            + 2 * D * 2 * D  # final adaLN
+            + 2 * N * D * p * p * self.out_channels  # final linear
+        )
+        return float(outside + k * block)
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
+    """Recover DiT constructor keywords from an official-format state dict (heads from the size table)."""
+    hidden = sd["x_embedder.proj.weight"].shape[0]
+    in_ch = sd["x_embedder.proj.weight"].shape[1]
+    patch = sd["x_embedder.proj.weight"].shape[2]
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    num_patches = sd["pos_embed"].shape[1]
+    out_ch = sd["final_layer.linear.weight"].shape[0] // (patch * patch)
+    rows = sd["y_embedder.embedding_table.weight"].shape[0]
+    mlp_hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
+    heads = next((s["num_heads"] for s in DIT_SIZES.values() if s["hidden_size"] == hidden), max(1, hidden // 64))
+    return dict(
+        input_size=int(round(num_patches**0.5)) * patch,
+        patch_size=patch,
+        in_channels=in_ch,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp_hidden / hidden,
+        learn_sigma=out_ch == 2 * in_ch,
+        # a table with one extra row carries the CFG null label; treat it as trained with label dropout
+        num_classes=rows - 1 if rows > 1 else rows,
+        class_dropout_prob=0.1 if rows > 1 else 0.0,
+    )
+
+
+def from_diffusers_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> tuple[DiTConfig, dict[str, torch.Tensor]]:
+    """Convert a diffusers ``DiTTransformer2DModel`` (config.json + weights) to official DiT names."""
+    inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    in_ch = cfg.get("in_channels", 4)
+    out_ch = cfg.get("out_channels") or in_ch
+    emb_rows = sd["transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight"].shape[0]
+    n_cls = cfg.get("num_embeds_ada_norm", 1000)
+    config = DiTConfig(
+        input_size=cfg["sample_size"],
+        patch_size=cfg["patch_size"],
+        in_channels=in_ch,
+        hidden_size=inner,
+        depth=cfg["num_layers"],
+        num_heads=cfg["num_attention_heads"],
+        mlp_ratio=sd["transformer_blocks.0.ff.net.0.proj.weight"].shape[0] / inner,
+        class_dropout_prob=0.1 if emb_rows > n_cls else 0.0,
+        num_classes=n_cls,
+        learn_sigma=out_ch == 2 * in_ch,
+        time_freq_shift=1,
+        mlp_norm_eps=cfg.get("norm_eps", 1e-5),
+    )
+    if cfg.get("activation_fn", "gelu-approximate") != "gelu-approximate" or cfg.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
+        raise ValueError("only DiT configurations with gelu-approximate and ada_norm_zero can be converted")
+    e = "transformer_blocks.0.norm1.emb."
+    out = {
+        "x_embedder.proj.weight": sd["pos_embed.proj.weight"],
+        "x_embedder.proj.bias": sd["pos_embed.proj.bias"],
+        "t_embedder.mlp.0.weight": sd[e + "timestep_embedder.linear_1.weight"],
+        "t_embedder.mlp.0.bias": sd[e + "timestep_embedder.linear_1.bias"],
+        "t_embedder.mlp.2.weight": sd[e + "timestep_embedder.linear_2.weight"],
+        "t_embedder.mlp.2.bias": sd[e + "timestep_embedder.linear_2.bias"],
+        "y_embedder.embedding_table.weight": sd[e + "class_embedder.embedding_table.weight"],
+        "final_layer.adaLN_modulation.1.weight": sd["proj_out_1.weight"],
+        "final_layer.adaLN_modulation.1.bias": sd["proj_out_1.bias"],
+        "final_layer.linear.weight": sd["proj_out_2.weight"],
+        "final_layer.linear.bias": sd["proj_out_2.bias"],
+    }
+    for i in range(config.depth):
+        b, o = f"transformer_blocks.{i}.", f"blocks.{i}."
+        # diffusers stores one (identical) embedder per block; eediff, like the official code, shares one.
+        for name in ("timestep_embedder.linear_1.weight", "class_embedder.embedding_table.weight"):
+            if not torch.equal(sd[b + "norm1.emb." + name], sd[e + name]):
+                raise ValueError(f"block {i} of this diffusers DiT has its own {name}; eediff's DiT shares one")
+        out[o + "adaLN_modulation.1.weight"] = sd[b + "norm1.linear.weight"]
+        out[o + "adaLN_modulation.1.bias"] = sd[b + "norm1.linear.bias"]
+        out[o + "attn.qkv.weight"] = torch.cat([sd[b + f"attn1.to_{n}.weight"] for n in "qkv"], 0)
+        out[o + "attn.qkv.bias"] = torch.cat([sd[b + f"attn1.to_{n}.bias"] for n in "qkv"], 0)
+        out[o + "attn.proj.weight"] = sd[b + "attn1.to_out.0.weight"]
+        out[o + "attn.proj.bias"] = sd[b + "attn1.to_out.0.bias"]
+        out[o + "mlp.fc1.weight"] = sd[b + "ff.net.0.proj.weight"]
+        out[o + "mlp.fc1.bias"] = sd[b + "ff.net.0.proj.bias"]
+        out[o + "mlp.fc2.weight"] = sd[b + "ff.net.2.weight"]
+        out[o + "mlp.fc2.bias"] = sd[b + "ff.net.2.bias"]
+    pos = get_2d_sincos_pos_embed(inner, config.input_size // config.patch_size)
+    out["pos_embed"] = torch.from_numpy(pos).float().unsqueeze(0)
+    return config, out
+
+
+
+
+
+
+# ---- registry hooks ------------------------------------------------------------------------------
+CONFIG_CLASS = DiTConfig
+MODEL_CLASS = DiT
+
+
+def owns_state_dict(sd: dict) -> bool:
+    return "x_embedder.proj.weight" in sd and "final_layer.linear.weight" in sd
+
+
+def default_process():
+    from ..diffusion.process import DiscreteVP
+
+    return DiscreteVP()

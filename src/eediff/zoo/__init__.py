@@ -1,0 +1,28 @@
+"""Models shipped inside the package (safetensors, fp16)."""
+
+from __future__ import annotations
+
+import os
+
+HERE = os.path.dirname(__file__)
+# name -> file; the first entry is what `eediff sample` uses when no --model is given.
+SHIPPED: dict[str, str] = {}
+
+
+def path(name: str) -> str:
+    return os.path.join(HERE, SHIPPED[name])
+
+
+def default_model():
+    """The shipped default model, or (until one is shipped) a small randomly initialised DiT."""
+    from ..checkpoint import LoadedModel, load_model
+    from ..models.registry import build_model, default_process
+
+    for name, file in SHIPPED.items():
+        if os.path.exists(os.path.join(HERE, file)):
+            return load_model(os.path.join(HERE, file))
+    import sys
+
+    print("note: no shipped model yet: sampling from a small RANDOMLY INITIALISED DiT (28 blocks, width 128, 28x28x1)", file=sys.stderr)
+    model = build_model("DiT", input_size=28, patch_size=4, in_channels=1, hidden_size=128, depth=28, num_heads=4, num_classes=10)
+    return LoadedModel(model, default_process(model), None, {}, "random 28-block DiT (no shipped model yet)")
