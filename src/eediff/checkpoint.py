@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -96,12 +97,16 @@ def _read_state_dict(path: str) -> tuple[dict, dict]:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({str(e).splitlines()[0]}): re-download or re-save it") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"checkpoint '{path}' is not a plain weights file (refused by the safe loader: {str(e).splitlines()[0][:120]}); "
-            "convert it to safetensors or a state dict"
-        ) from None
+        if "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            raise CheckpointError(
+                f"checkpoint '{path}' is a pickle that carries code or custom objects, which eediff refuses to load: "
+                "convert it to safetensors or a plain state dict in a trusted environment"
+            ) from None
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch weights file: re-download or re-save it") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({str(e).splitlines()[0][:120]}): re-download or re-save it") from None
     if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):

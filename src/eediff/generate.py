@@ -25,7 +25,7 @@ class GenerationResult:
     extra: dict = field(default_factory=dict)
 
 
-def resolve_labels(n: int, num_classes: int, class_labels: list[int] | None, seed: int) -> torch.Tensor | None:
+def resolve_labels(indices: range, num_classes: int, class_labels: list[int] | None) -> torch.Tensor | None:
     """Image i gets class_labels[i % len] when given, else i % num_classes; unconditional models get None."""
     if num_classes <= 0:
         return None
@@ -33,8 +33,8 @@ def resolve_labels(n: int, num_classes: int, class_labels: list[int] | None, see
         bad = [c for c in class_labels if not 0 <= c < num_classes]
         if bad:
             raise ValueError(f"class label {bad[0]} is outside [0, {num_classes - 1}] for this model")
-        return torch.tensor([class_labels[i % len(class_labels)] for i in range(n)])
-    return torch.arange(n) % num_classes
+        return torch.tensor([class_labels[i % len(class_labels)] for i in indices])
+    return torch.tensor(list(indices)) % num_classes
 
 
 def image_noise(shape, seeds: list[int], device) -> tuple[torch.Tensor, list[torch.Generator]]:
@@ -68,14 +68,15 @@ def generate(
     progress: bool = True,
     seed_offset: int = 0,
 ) -> GenerationResult:
-    """Sample ``n`` images; image i uses seed ``seed + seed_offset + i`` and its own label, whatever the batch."""
+    """Sample ``n`` images; image i uses seed ``seed + seed_offset + i`` and label number ``seed_offset + i``,
+    whatever the batch (``seed_offset`` lets several processes or calls share one numbering)."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     model = model.to(device).eval()
     policy = None if schedule is None else ScheduledExit(schedule, model.num_exit_blocks, tuned_for=tuned_for)
     denoiser = Denoiser(model, process, policy, cfg_scale=cfg_scale, cfg_channels=cfg_channels)
-    labels = resolve_labels(n, model.num_classes, class_labels, seed)
+    labels = resolve_labels(range(seed_offset, seed_offset + n), model.num_classes, class_labels)
     shape = (model.in_channels, model.input_size, model.input_size)
     times: list[float] = []
 

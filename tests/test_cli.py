@@ -1,0 +1,70 @@
+"""CLI: the sample command end to end, and one-line errors with a non-zero exit code."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import eediff
+
+EXE = [sys.executable, "-m", "eediff.cli"]
+
+
+def run(*args):
+    return subprocess.run(EXE + list(args), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    m = eediff.build_model("DiT", input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=4, num_heads=4, num_classes=3)
+    p = tmp_path_factory.mktemp("c") / "m.safetensors"
+    eediff.save_model(str(p), m)
+    return str(p)
+
+
+def test_sample_writes_grid_and_reports(ckpt, tmp_path):
+    out = tmp_path / "g.png"
+    r = run("sample", "--model", ckpt, "--schedule", "4,3,2,1", "--sampler", "ddim", "--steps", "4", "-n", "6",
+            "--batch-size", "4", "--out", str(out), "--save-npz", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "mean blocks per step: 2.50 / 4" in r.stdout and "compute fraction" in r.stdout and "wall-clock" in r.stdout
+    assert out.exists() and (tmp_path / "g.npz").exists()
+    import numpy as np
+
+    arr = np.load(tmp_path / "g.npz")["arr_0"]
+    assert arr.shape == (6, 8, 8, 1) and arr.dtype == np.uint8
+
+
+def _one_line_error(r, needle):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_missing_checkpoint(tmp_path):
+    _one_line_error(run("sample", "--model", str(tmp_path / "nope.pt"), "--no-progress"), "does not exist")
+
+
+def test_corrupt_checkpoint(ckpt, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(open(ckpt, "rb").read()[:200])
+    _one_line_error(run("sample", "--model", str(bad), "--no-progress"), "corrupt")
+    pt = tmp_path / "bad.pt"
+    pt.write_bytes(b"\x80\x04garbage")
+    _one_line_error(run("sample", "--model", str(pt), "--no-progress"), "checkpoint")
+
+
+def test_unknown_schedule_and_sampler(ckpt):
+    _one_line_error(run("sample", "--model", ckpt, "--schedule", "D9-DiT", "--no-progress"), "unknown schedule")
+    _one_line_error(run("sample", "--model", ckpt, "--schedule", "D4-DiT", "--no-progress"), "the model has 4")
+    _one_line_error(run("sample", "--model", ckpt, "--sampler", "magic", "--no-progress"), "unknown sampler")
+
+
+def test_schedules_lists_presets(tmp_path):
+    r = run("schedules", "--plot", str(tmp_path / "s.png"))
+    assert r.returncode == 0, r.stderr
+    assert "D4-DiT" in r.stdout and "D6-U-ViT" in r.stdout
+    assert (tmp_path / "s.png").exists()
