@@ -191,7 +191,12 @@ def schedules_cmd(
             m = custom
         else:
             ref = "U-ViT-H/2" if "U-ViT" in name else "DiT-XL/2"
-            m = models.setdefault(ref, build_model(ref))
+            if ref not in models:
+                import torch
+
+                with torch.device("meta"):  # only the analytic FLOP count is needed: allocate nothing
+                    models[ref] = build_model(ref)
+            m = models[ref]
         K = m.num_exit_blocks
         if s.blocks is not None and max(s.blocks) > K:
             continue
@@ -229,6 +234,54 @@ def _plot_schedules(rows, path: str) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+# ---- training, ASE fine-tuning and data (eediff.train) ------------------------------------------------
+
+
+def _train_or_finetune(cfg, command: str) -> None:
+    from .train.loop import TrainError, run
+    from .train.options import changed_fields, explicit_cli_fields, resolve
+
+    explicit = explicit_cli_fields()
+    cfg = resolve(cfg, explicit if explicit is not None else changed_fields(cfg))
+    try:
+        summary = run(cfg, command)
+    except TrainError as e:
+        raise UserError(str(e)) from None
+    if summary.final_path:
+        loss = "n/a" if summary.last_loss is None else f"{summary.last_loss:.4f}"
+        typer.echo(f"{command}: {summary.step} steps in {summary.seconds:.1f} s, last loss {loss}")
+        typer.echo(f"wrote {summary.final_path}  (EMA weights; sample it with: eediff sample --model {summary.final_path})")
+
+
+@dataclass_command(__import__("eediff.config", fromlist=["TrainConfig"]).TrainConfig, "train", "Train a DiT or U-ViT from scratch (resumable; multi-process through accelerate/torchrun).")
+def train_cmd(cfg) -> None:
+    _train_or_finetune(cfg, "train")
+
+
+@dataclass_command(__import__("eediff.config", fromlist=["FinetuneConfig"]).FinetuneConfig, "finetune", "ASE fine-tuning (Algorithm 1) of a trained model for an exit schedule.")
+def finetune_cmd(cfg) -> None:
+    _train_or_finetune(cfg, "finetune")
+
+
+@dataclass_command(__import__("eediff.config", fromlist=["ExportDataConfig"]).ExportDataConfig, "export-data", "Write a data set as one compressed uint8 .npz (images + labels).")
+def export_data_cmd(cfg) -> None:
+    from .train.data import balanced_subset, load_dataset, save_npz
+
+    data = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, cfg.image_size)
+    if cfg.per_class > 0:
+        data = balanced_subset(data, cfg.per_class)
+    save_npz(data, cfg.out)
+    typer.echo(f"wrote {cfg.out}: {len(data)} images {'x'.join(map(str, data.shape))}, {data.num_classes} classes ({os.path.getsize(cfg.out) / 2**20:.1f} MiB)")
+
+
+@dataclass_command(__import__("eediff.config", fromlist=["EncodeConfig"]).EncodeConfig, "encode", "Encode images with a VAE into latent shards for latent-model training.")
+def encode_cmd(cfg) -> None:
+    from .train.encode import encode_latents
+
+    res = encode_latents(cfg, progress=True)
+    typer.echo(f"wrote {res['count']} latents in {len(res['shards'])} shard(s) to {cfg.out} (scaling factor {res['scaling_factor']})")
 
 
 def main() -> None:

@@ -1,0 +1,205 @@
+"""`eediff bench`: DiT forward and end-to-end sampling speed, eager vs fast path vs diffusers, exits vs FLOPs.
+
+Everything compared is measured in the same run, on the same weights (a randomly initialised diffusers
+DiTTransformer2DModel converted to eediff, so the diffusers reference computes the same function).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .eval.timing import matmul_peak, time_fn
+
+
+@dataclass
+class BenchConfig:
+    model: str = "DiT-XL/2"
+    batch_sizes: str = "1,8,64"
+    schedules: str = "D1-DiT,D3-DiT,D4-DiT,D6-DiT,demo"
+    e2e_images: int = 32
+    e2e_cfg: float = 1.5
+    repeats: int = 10
+    out: str = "results/bench_dit.json"
+    tiny: bool = False  # a small model on CPU, for a smoke test of the script itself
+    skip_e2e: bool = False
+
+
+def _random_diffusers_dit(model: str, tiny: bool):
+    from diffusers import DiTTransformer2DModel
+
+    from .models.dit import DIT_SIZES
+
+    if tiny:
+        kw = dict(num_attention_heads=2, attention_head_dim=16, num_layers=28, sample_size=8, patch_size=2)
+    else:
+        s = DIT_SIZES[model]
+        kw = dict(num_attention_heads=s["num_heads"], attention_head_dim=s["hidden_size"] // s["num_heads"],
+                  num_layers=s["depth"], sample_size=32, patch_size=s["patch_size"])
+    torch.manual_seed(0)
+    m = DiTTransformer2DModel(in_channels=4, out_channels=8, num_embeds_ada_norm=1000, norm_num_groups=32, **kw)
+    with torch.no_grad():  # adaLN-Zero would make blocks identities: use non-zero weights everywhere
+        for p in m.parameters():
+            p.normal_(0, 0.02)
+        e0 = m.transformer_blocks[0].norm1.emb.state_dict()
+        for blk in m.transformer_blocks[1:]:
+            blk.norm1.emb.load_state_dict(e0)
+    return m.eval()
+
+
+def _sd_vae(tiny: bool):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    if tiny:
+        return AutoencoderKL(latent_channels=4, block_out_channels=(8,), layers_per_block=1, norm_num_groups=4,
+                             down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",)).eval()
+    # Stable Diffusion's VAE configuration, random weights
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                         layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=256,
+                         scaling_factor=0.18215).eval()
+
+
+def run_bench(cfg: BenchConfig, log=print) -> dict:
+    import copy
+
+    from diffusers import DiTPipeline
+
+    from .diffusion.process import DiscreteVP
+    from .diffusion.sampling import SamplerConfig, make_scheduler
+    from .exits.schedule import get_schedule
+    from .fast import FastPathConfig, apply_fast_path
+    from .generate import generate
+    from .models.dit import DiT, from_diffusers_state_dict
+
+    device = "cuda" if torch.cuda.is_available() and not cfg.tiny else "cpu"
+    res: dict = {"config": asdict(cfg), "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+                 "torch": torch.__version__}
+    peak = matmul_peak(device, n=8192 if device == "cuda" else 512)
+    res["bf16_matmul_tflops"] = peak / 1e12
+    log(f"bf16 matmul peak: {peak / 1e12:.1f} TFLOP/s")
+
+    dm = _random_diffusers_dit(cfg.model, cfg.tiny).to(device)
+    config, sd = from_diffusers_state_dict({k: v.cpu() for k, v in dm.state_dict().items()}, dict(dm.config))
+    eager = DiT(config)
+    eager.load_state_dict(sd)
+    eager = eager.eval().to(device)
+    dm_bf16 = copy.deepcopy(dm).to(torch.bfloat16)
+    eager_bf16 = copy.deepcopy(eager).to(torch.bfloat16)
+    fast = copy.deepcopy(eager)
+    handle = apply_fast_path(fast, FastPathConfig(compile=device == "cuda"))
+    K = config.depth
+    flops_full = eager.flops()
+    res["gflop_per_image"] = flops_full / 1e9
+
+    rows = []
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for B in [int(b) for b in cfg.batch_sizes.split(",")]:
+        g = torch.Generator(device=device).manual_seed(B)
+        x = torch.randn(B, 4, config.input_size, config.input_size, device=device, generator=g)
+        t = torch.randint(0, 1000, (B,), device=device, generator=g)
+        y = torch.randint(0, 1000, (B,), device=device, generator=g)
+        tf = t.float()
+        with torch.no_grad():
+            ref = dm(x, timestep=t, class_labels=y).sample.float()
+            variants = {
+                "diffusers bf16": lambda: dm_bf16(x.bfloat16(), timestep=t, class_labels=y).sample,
+                "eediff eager fp32": lambda: eager(x, tf, y),
+                "eediff eager bf16": lambda: eager_bf16(x.bfloat16(), tf, y),
+                "eediff fast path": lambda: fast(x, tf, y),
+            }
+            for name, fn in variants.items():
+                err = ((fn().float() - ref).norm() / ref.norm()).item()
+                r = time_fn(fn, device, warmup=3, repeats=cfg.repeats)
+                tfl = flops_full * B / r["median_s"] / 1e12
+                rows.append({"batch": B, "variant": name, "ms": r["median_s"] * 1e3, "tflops": tfl,
+                             "pct_peak": 100 * tfl * 1e12 / peak, "rel_err_vs_diffusers_fp32": err})
+                log(f"B={B:3d} {name:18s} {r['median_s'] * 1e3:8.2f} ms  {tfl:7.1f} TFLOP/s ({100 * tfl * 1e12 / peak:4.1f}% of peak)  rel.err {err:.1e}")
+    res["forward"] = rows
+
+    # exits: per-depth forward time of the fast path at the largest batch, and each schedule's ratio
+    B = max(int(b) for b in cfg.batch_sizes.split(","))
+    x = torch.randn(B, 4, config.input_size, config.input_size, device=device)
+    tf = torch.full((B,), 500.0, device=device)
+    y = torch.zeros(B, dtype=torch.long, device=device)
+    scheds = [get_schedule(s) for s in cfg.schedules.split(",")]
+    depths = sorted({k for s in scheds for k in s.blocks} | {K})
+    per_depth = {}
+    with torch.no_grad():
+        for k in depths:
+            per_depth[k] = time_fn(lambda: fast(x, tf, y, active_blocks=k), device, warmup=3, repeats=cfg.repeats)["median_s"]
+    res["per_depth_ms"] = {k: v * 1e3 for k, v in per_depth.items()}
+    ts = [s / 1000 for s in torch.linspace(0, 999, 250).round().tolist()]  # the DDPM-250 grid
+    sched_rows = []
+    for s in scheds:
+        ks = [s.active_blocks(u, K) for u in ts]
+        time_ratio = sum(per_depth[k] for k in ks) / (len(ks) * per_depth[K])
+        flop_ratio = sum(eager.flops(k) for k in ks) / (len(ks) * flops_full)
+        sched_rows.append({"schedule": s.name, "time_ratio": time_ratio, "flop_ratio": flop_ratio, "time_over_flop": time_ratio / flop_ratio})
+        log(f"{s.name:8s} time ratio {time_ratio:.3f}  FLOP ratio {flop_ratio:.3f}  ({time_ratio / flop_ratio:.3f}x)")
+    res["schedules"] = sched_rows
+    res["fast_path_stats"] = dict(handle.stats)
+
+    if not cfg.skip_e2e:
+        res["end_to_end"] = _end_to_end(cfg, dm_bf16, fast, eager, device, log)
+    return res
+
+
+def _end_to_end(cfg, dm_bf16, fast, eager, device, log):
+    from diffusers import DiTPipeline
+
+    from .diffusion.process import DiscreteVP
+    from .diffusion.sampling import SamplerConfig, make_scheduler
+    from .generate import generate
+
+    vae = _sd_vae(cfg.tiny).to(device).to(torch.bfloat16)
+    n = cfg.e2e_images
+    out = []
+    labels = list(range(n))
+    runs = [("diffusers DiTPipeline bf16", "dpm-solver++", 25, None), ("eediff fast", "dpm-solver++", 25, None),
+            ("eediff fast", "dpm-solver++", 25, "D4-DiT"), ("eediff fast", "ddpm", 250, None), ("eediff fast", "ddpm", 250, "D4-DiT")]
+    for name, sampler, steps, sched in runs:
+        sc = SamplerConfig(sampler, steps)
+        if name.startswith("diffusers"):
+            pipe = DiTPipeline(transformer=dm_bf16, vae=vae, scheduler=make_scheduler(sc, DiscreteVP(), learned_sigma=True))
+            pipe.set_progress_bar_config(disable=True)
+            fn = lambda: pipe(class_labels=labels, guidance_scale=cfg.e2e_cfg, num_inference_steps=steps, output_type="pt")
+        else:
+            fn = lambda: generate(fast, DiscreteVP(), sc, n=n, batch_size=n, schedule=sched, cfg_scale=cfg.e2e_cfg,
+                                  vae=vae, device=device, progress=False)
+        with torch.no_grad():
+            r = time_fn(fn, device, warmup=1, repeats=3)
+        ips = n / r["median_s"]
+        out.append({"variant": name, "sampler": f"{sampler}-{steps}", "schedule": sched or "full", "images": n,
+                    "cfg": cfg.e2e_cfg, "seconds": r["median_s"], "images_per_s": ips})
+        log(f"e2e {name:28s} {sampler}-{steps:<4d} {sched or 'full':7s} {ips:7.2f} images/s")
+    return out
+
+
+def write_results(res: dict, path: str) -> None:
+    from .checkpoint import atomic_write
+
+    def w(tmp):
+        with open(tmp, "w") as f:
+            json.dump(res, f, indent=2)
+
+    atomic_write(path, w)
+    md = path.rsplit(".", 1)[0] + ".md"
+    lines = [f"# DiT benchmark ({res['device']}, torch {res['torch']})", "", f"Command: `{res.get('command', '')}`", "",
+             f"bf16 matmul peak (measured): {res['bf16_matmul_tflops']:.1f} TFLOP/s; model: {res['config']['model']}, "
+             f"{res['gflop_per_image']:.1f} GFLOP per image forward", "",
+             "| batch | variant | ms / forward | TFLOP/s | % of peak | rel. err vs diffusers fp32 |", "|---|---|---|---|---|---|"]
+    for r in res["forward"]:
+        lines.append(f"| {r['batch']} | {r['variant']} | {r['ms']:.2f} | {r['tflops']:.1f} | {r['pct_peak']:.1f} | {r['rel_err_vs_diffusers_fp32']:.1e} |")
+    lines += ["", "| schedule | time ratio | FLOP ratio | time / FLOP ratio |", "|---|---|---|---|"]
+    for r in res["schedules"]:
+        lines.append(f"| {r['schedule']} | {r['time_ratio']:.3f} | {r['flop_ratio']:.3f} | {r['time_over_flop']:.3f} |")
+    if "end_to_end" in res:
+        lines += ["", "| end to end | sampler | schedule | images/s |", "|---|---|---|---|"]
+        for r in res["end_to_end"]:
+            lines.append(f"| {r['variant']} | {r['sampler']} | {r['schedule']} | {r['images_per_s']:.2f} |")
+    atomic_write(md, lambda tmp: open(tmp, "w").write("\n".join(lines) + "\n"))

@@ -1,0 +1,40 @@
+"""Timing primitives: warm-up, medians of repeats, device events on GPU."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def time_fn(fn: Callable[[], object], device: str | torch.device, warmup: int = 3, repeats: int = 10) -> dict:
+    """Median wall time (seconds) of ``fn()``: CUDA events on GPU, perf_counter after a full sync elsewhere."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1000)
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def matmul_peak(device: str, n: int = 8192, dtype=torch.bfloat16, repeats: int = 20) -> float:
+    """Measured dense matmul rate (FLOP/s) on random data, the ceiling achieved TFLOP/s is compared with."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    r = time_fn(lambda: a @ b, device, warmup=5, repeats=repeats)
+    return 2 * n**3 / r["median_s"]
