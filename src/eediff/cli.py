@@ -284,6 +284,24 @@ def encode_cmd(cfg) -> None:
     typer.echo(f"wrote {res['count']} latents in {len(res['shards'])} shard(s) to {cfg.out} (scaling factor {res['scaling_factor']})")
 
 
+@dataclass_command(__import__("eediff.bench", fromlist=["BenchConfig"]).BenchConfig, "bench", "DiT speed: eager vs fast path vs diffusers, exits vs FLOPs, end to end (GPU).")
+def bench_cmd(cfg) -> None:
+    from .bench import run_bench, write_results
+
+    res = run_bench(cfg, log=typer.echo)
+    res["command"] = "eediff bench " + " ".join(sys.argv[2:])
+    write_results(res, cfg.out)
+    typer.echo(f"wrote {cfg.out}")
+
+
+@dataclass_command(__import__("eediff.eval.evaluate", fromlist=["EvalConfig"]).EvalConfig, "eval", "FID and measured Accel. of exit schedules vs full depth, paper-table style.")
+def eval_cmd(cfg) -> None:
+    from .eval.evaluate import run_eval
+
+    res = run_eval(cfg, log=typer.echo)
+    typer.echo(f"wrote {cfg.out}")
+
+
 def main() -> None:
     app()
 

