@@ -29,3 +29,109 @@ class SampleConfig:
     device: str = opt("auto", "cpu | cuda | auto")
     precision: str = opt("auto", "fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 on CPU)")
     progress: bool = opt(True, "show a progress bar")
+
+
+# ---- training and ASE fine-tuning (eediff train / eediff finetune) --------------------------------------
+
+
+class ConfigError(ValueError):
+    """An unusable option value or option file; one-line message."""
+
+
+@dataclass
+class TrainBaseConfig:
+    """Options shared by ``eediff train`` and ``eediff finetune`` (Algorithm 1 of the ASE paper)."""
+
+    config: str = opt(None, "JSON file of option values (keys as the flags, '-' or '_'); flags given on the command line override it")
+    out: str = opt("runs/train", "run directory: config.json, metrics.jsonl, samples/, checkpoints/, final.safetensors")
+    resume: bool = opt(False, "continue the run in --out from its latest checkpoint (exactly: weights, optimizer, RNG, data position)")
+    dataset: str = opt("fashion-mnist", "fashion-mnist | mnist | FILE.npz (uint8 images + labels) | latent folder from `eediff encode` | folder of images")
+    split: str = opt("train", "train | test | all (MNIST / Fashion-MNIST)")
+    data_dir: str = opt(None, "where unpacked data sets live (default: $EEDIFF_DATA or .data)")
+    image_size: int = opt(None, "resize images of a folder data set to this square size")
+    schedule: str = opt("full", "exit schedule the student runs: preset, '28,24,20,16,12' or JSON (see `eediff schedules`)")
+    steps: int = opt(1000, "total optimizer steps")
+    batch_size: int = opt(256, "global batch size (split evenly over the processes)")
+    lr: float = opt(1e-4, "AdamW learning rate")
+    lr_schedule: str = opt("auto", "constant | cosine | auto (DiT: constant, U-ViT: cosine, as the ASE paper)")
+    warmup_steps: int = opt(0, "linear learning-rate warm-up steps")
+    min_lr_ratio: float = opt(0.0, "cosine: final learning rate as a fraction of --lr")
+    weight_decay: float = opt(0.0, "AdamW weight decay (official DiT: 0; U-ViT: 0.03)")
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.999, "AdamW beta2 (U-ViT official: 0.99)")
+    grad_clip: float = opt(0.0, "clip the global gradient norm to this value (0 = off)")
+    ema_decay: float = opt(0.9999, "EMA (teacher) rate α: θ_T ← α θ_T + (1 − α) θ_S after every step")
+    ema_warmup: bool = opt(False, "use min(α, (1 + n) / (10 + n)) for the n-th EMA update (for training from scratch)")
+    reweight_gamma: float = opt(1.0, "λ(t) strength γ: λ ∝ 1 + γ (1 − k(t)/K) for depth k(t) of K, normalised to mean 1 (0 = λ ≡ 1)")
+    reweight_cycle: int = opt(None, "re-weighting cycle C: λ(t) applies for the first C steps/epochs, then λ ≡ 1 (0 = never; default: half of --steps for finetune, 0 for train)")
+    reweight_unit: str = opt("step", "unit of --reweight-cycle: step | epoch")
+    depth_grouping: str = opt("group", "group: sort each batch into exit-depth groups, each run at its own depth | batch: one schedule interval (one depth) per step")
+    label_dropout: float = opt(None, "probability of replacing a label by the null label (CFG); default: the model's (DiT class_dropout_prob; U-ViT 0.1 with a null label)")
+    freeze_time_embed: bool = opt(False, "do not train the time embedder (as the ASE authors' released fine-tuning code)")
+    hflip: bool = opt(False, "random horizontal flips")
+    device: str = opt("auto", "cpu | cuda | auto")
+    precision: str = opt("auto", "bf16 | fp32 | auto (bf16 autocast on GPU, fp32 on CPU)")
+    compile: bool = opt(False, "torch.compile the model")
+    data_on_device: str = opt("auto", "keep the whole data set on the GPU: yes | no | auto (when it fits in 8 GiB)")
+    seed: int = opt(0, "seed for data order, timesteps, noise and initialisation")
+    log_every: int = opt(50, "log the loss every N steps (the only host sync on GPU)")
+    sample_every: int = opt(500, "write a sample grid from the EMA weights every N steps and at the end (0 = only at the end, -1 = never)")
+    sample_n: int = opt(36, "images per sample grid")
+    sample_sampler: str = opt("ddim", "sampler for the grids")
+    sample_steps: int = opt(50, "sampler steps for the grids")
+    vae: str = opt(None, "diffusers AutoencoderKL folder to decode latent sample grids (latent data sets)")
+    save_every: int = opt(1000, "write a checkpoint every N steps (and at the end)")
+    keep_last: int = opt(3, "keep the newest K checkpoints")
+    export_fp16: bool = opt(False, "also export final-fp16.safetensors")
+    progress: bool = opt(True, "show a progress bar")
+
+
+@dataclass
+class TrainConfig(TrainBaseConfig):
+    """``eediff train``: from scratch, a registry size or an architecture with a JSON config."""
+
+    arch: str = opt("DiT", "DiT | U-ViT (when --model is not a registry name)")
+    model: str = opt(None, "registry size name (e.g. DiT-S/2, U-ViT-S/2); --model-config overrides its fields")
+    model_config: str = opt("{}", "JSON of constructor fields (DiTConfig / UViTConfig); image size, channels and classes default to the data's")
+    ema_warmup: bool = opt(True, "use min(α, (1 + n) / (10 + n)) for the n-th EMA update")
+
+
+@dataclass
+class FinetuneConfig(TrainBaseConfig):
+    """``eediff finetune``: ASE fine-tuning (Algorithm 1) of a trained model for an exit schedule."""
+
+    init: str = opt(None, "checkpoint to fine-tune (eediff safetensors, official DiT .pt / U-ViT .pth)")
+    out: str = opt("runs/finetune", "run directory: config.json, metrics.jsonl, samples/, checkpoints/, final.safetensors")
+    schedule: str = opt(None, "exit schedule to fine-tune for (required), e.g. D4-DiT")
+    lr: float = opt(2e-5, "AdamW learning rate (paper: 2e-5 constant for DiT, cosine for U-ViT)")
+    batch_size: int = opt(64, "global batch size (paper: 64 for DiT, 128 for U-ViT)")
+
+
+@dataclass
+class ExportDataConfig:
+    """``eediff export-data``: a data set as one compressed uint8 ``.npz`` (to carry it to another machine)."""
+
+    dataset: str = opt("fashion-mnist", "fashion-mnist | mnist | FILE.npz | folder of images")
+    split: str = opt("train", "train | test | all")
+    out: str = opt(".data/fmnist_train.npz", "output .npz (images uint8 (N, H, W[, C]), labels)")
+    data_dir: str = opt(None, "where unpacked data sets live (default: $EEDIFF_DATA or .data)")
+    image_size: int = opt(None, "resize images of a folder data set to this square size")
+    per_class: int = opt(0, "keep only the first N examples of each class (0 = all)")
+
+
+@dataclass
+class EncodeConfig:
+    """``eediff encode``: VAE latents (x scaling factor) of an image set, as safetensors shards, for latent models."""
+
+    vae: str = opt(None, "diffusers AutoencoderKL folder (config.json + weights), read offline")
+    images: str = opt(None, "images to encode: a folder of images, a .npz, fashion-mnist or mnist")
+    out: str = opt("latents", "output folder of latents-NNNNN.safetensors shards")
+    split: str = opt("train", "split, for fashion-mnist / mnist")
+    data_dir: str = opt(None, "where unpacked data sets live (default: $EEDIFF_DATA or .data)")
+    image_size: int = opt(256, "images are centre-cropped and resized to this square size first")
+    batch_size: int = opt(32, "images per VAE call")
+    shard_size: int = opt(10000, "latents per shard")
+    sample_posterior: bool = opt(False, "draw from the VAE posterior instead of taking its mean")
+    fp16: bool = opt(False, "store latents as float16 (default float32)")
+    seed: int = opt(0, "seed for --sample-posterior")
+    device: str = opt("auto", "cpu | cuda | auto")

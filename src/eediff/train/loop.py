@@ -1,0 +1,659 @@
+"""Training from scratch and ASE fine-tuning (Algorithm 1 of Moon et al.), through accelerate.
+
+One step of Algorithm 1, as implemented by :class:`Trainer`:
+
+1. a (per-process) mini-batch B from a deterministic, resumable sampler;
+2. a training time per example (DiT: integer index 0..999, ``t_unit = i/1000``; U-ViT: t ~ U(eps, 1));
+3. the exit schedule S(t) gives each example's depth k(t); the student θ_S runs only blocks[:k]
+   ("for l = 1..N: if l < S(t) ... else break"). **Depth grouping** (``--depth-grouping``):
+   ``group`` (default) sorts the batch by depth, deepest first, so that block l has to process a prefix
+   of the batch; one forward pass runs every block on its prefix only (``nested.py``), which is exactly
+   running each depth group at its own depth (every example sees its scheduled sub-network, t stays
+   i.i.d. uniform), at the cost of one call per block. With ``--compile`` or activation checkpointing
+   the groups are run as separate forward passes instead.
+   ``batch`` picks one schedule interval per step (with probability equal to its share of [0, 1]) and
+   samples every t of the batch inside it: one plain forward pass per step (static shapes, the best
+   choice with ``--compile``), t uniform over steps but not within a batch;
+4. ℓ_i = λ(t_i) · loss(x̃_i, t_i) with the hybrid loss for learned σ, ε-MSE otherwise (``losses.py``);
+   λ(t) as :class:`~eediff.train.losses.TimeWeight`, reset to 1 after the cycle C;
+5. θ_S ← AdamW step on mean_i ℓ_i (gradients all-reduced across processes);
+6. θ_T ← α θ_T + (1 − α) θ_S (the EMA "teacher"; it is what checkpoints export for sampling).
+
+Distribution: accelerate starts the processes, picks devices and mixed precision (bf16 autocast on GPU) and
+provides the collectives. The model is deliberately *not* wrapped in DDP: a step runs several forward
+passes (one per depth group) and blocks beyond the deepest group get no gradient, which DDP's one
+forward / one backward bucketing does not allow; instead the flattened gradient is all-reduced once per
+step (unused parameters count as zero gradient, as DDP with ``find_unused_parameters`` would). All ranks
+therefore apply identical updates and hold identical weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_model, save_model
+from ..config import ConfigError, FinetuneConfig, TrainBaseConfig, TrainConfig
+from ..exits.schedule import get_schedule
+from ..models import registry
+from .checkpoint import RunCheckpoints, capture_rng, restore_rng, write_json_atomic
+from .data import DataError, ImageData, ShardedSampler, load_dataset
+from .losses import DiffusionObjective, TimeWeight
+from .nested import exit_blocks, prefix_counts, prefix_rows
+from .options import to_json
+
+
+class TrainError(RuntimeError):
+    """A run that cannot go on (e.g. a NaN loss); one-line message."""
+
+
+# ---- small pieces, unit-tested on their own -------------------------------------------------------
+@torch.no_grad()
+def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
+    """θ_T ← decay · θ_T + (1 − decay) · θ_S, in place."""
+    torch._foreach_mul_(ema_params, decay)
+    torch._foreach_add_(ema_params, params, alpha=1.0 - decay)
+
+
+def ema_decay_at(decay: float, updates_done: int, warmup: bool) -> float:
+    return min(decay, (1 + updates_done) / (10 + updates_done)) if warmup else decay
+
+
+def stratified_counts(n: int, probs: list[float], generator: torch.Generator) -> list[int]:
+    """Split n draws over strata with probabilities ``probs``: floor(n p_g) each, the rest by systematic
+    sampling on the fractional parts, so that E[count_g] = n p_g exactly and counts vary by at most one.
+
+    Together with a uniform draw inside each stratum, every example's time is marginally uniform (the
+    estimator of the loss stays unbiased) while the batch covers the strata evenly.
+    """
+    exact = [n * p for p in probs]
+    counts = [int(math.floor(e)) for e in exact]
+    frac = [e - c for e, c in zip(exact, counts)]
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    acc = 0.0
+    for g, f in enumerate(frac):
+        lo, acc = acc, acc + f
+        counts[g] += math.ceil(acc - u) - math.ceil(lo - u)  # how many of u, u + 1, u + 2, ... fall in [lo, acc)
+    counts[-1] += n - sum(counts)  # guards rounding of the fractional parts (never more than 1e-9 off)
+    return counts
+
+
+def lr_lambda_for(kind: str, warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if kind == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def time_embedder(model) -> torch.nn.Module | None:
+    for name in ("t_embedder", "time_embed"):
+        m = getattr(model, name, None)
+        if isinstance(m, torch.nn.Module):
+            return m
+    return None
+
+
+def state_hash(*models) -> str:
+    h = hashlib.sha256()
+    for m in models:
+        for k, v in sorted(m.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+# ---- model construction ------------------------------------------------------------------------------
+def _data_fields(arch: str, data: ImageData, label_dropout: float | None) -> dict:
+    C, H, W = data.shape
+    if H != W:
+        raise DataError(f"images are {H}x{W}: only square images are supported")
+    labelled = data.labels is not None and data.num_classes > 0
+    if arch == "DiT":
+        out = dict(input_size=H, in_channels=C, num_classes=max(1, data.num_classes) if labelled else 1)
+        out["class_dropout_prob"] = (0.1 if label_dropout is None else label_dropout) if labelled else 0.0
+        return out
+    if arch == "U-ViT":
+        out = dict(img_size=H, in_chans=C)
+        if labelled and (label_dropout is None or label_dropout > 0):
+            out.update(num_classes=data.num_classes + 1, null_label=True)
+        elif labelled:
+            out.update(num_classes=data.num_classes, null_label=False)
+        else:
+            out.update(num_classes=-1, null_label=False)
+        return out
+    raise ConfigError(f"unknown architecture '{arch}': use DiT or U-ViT")
+
+
+def build_train_model(cfg: TrainConfig, data: ImageData):
+    try:
+        overrides = json.loads(cfg.model_config or "{}")
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--model-config is not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(overrides, dict):
+        raise ConfigError("--model-config must be a JSON object of constructor fields")
+    if cfg.model is not None:
+        if cfg.model not in registry.REGISTRY:
+            raise registry.ModelError(f"unknown model '{cfg.model}': choose one of {', '.join(sorted(registry.REGISTRY))}")
+        name, arch = cfg.model, registry.REGISTRY[cfg.model][0]
+    else:
+        name = arch = cfg.arch
+    fields = _data_fields(arch, data, cfg.label_dropout)
+    fields.update(overrides)
+    torch.manual_seed(cfg.seed)  # initialisation depends on the seed only
+    return registry.build_model(name, **fields)
+
+
+def check_model_data(model, data: ImageData) -> None:
+    C, H, _ = data.shape
+    if (model.in_channels, model.input_size) != (C, H):
+        raise DataError(
+            f"the data are {C}x{H}x{H} but the model takes {model.in_channels}x{model.input_size}x{model.input_size}: "
+            "pick matching data (--image-size, latents) or model"
+        )
+    if data.labels is not None and data.num_classes > max(model.num_classes, 1) and model.num_classes > 0:
+        raise DataError(f"the data have {data.num_classes} classes but the model only {model.num_classes}")
+
+
+# ---- the trainer ---------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    run_dir: str
+    step: int
+    final_path: str | None
+    last_loss: float | None
+    seconds: float
+    resumed_from: str | None = None
+
+
+class Trainer:
+    """Everything one process needs for Algorithm 1. ``step()`` runs one optimizer step."""
+
+    def __init__(self, cfg: TrainBaseConfig, command: str, accelerator=None, data: ImageData | None = None, model=None, process=None):
+        _validate(cfg, command)
+        self.command = command
+        self.acc = accelerator if accelerator is not None else make_accelerator(cfg)
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.device = self.acc.device if self.acc.device.type != "cpu" else torch.device("cpu")
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.main = self.acc.is_main_process
+
+        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.split, cfg.data_dir, cfg.image_size)
+        if model is None:
+            if command == "finetune":
+                loaded = load_model(cfg.init)
+                model, process = loaded.model, loaded.process
+            else:
+                model = build_train_model(cfg, self.data)
+        if process is None:
+            process = registry.default_process(model)
+        check_model_data(model, self.data)
+        self.cfg = cfg = _resolve_auto(cfg, command, model.arch)
+        self.model, self.process = model, process
+        self.K = model.num_exit_blocks
+        self.schedule = get_schedule(cfg.schedule).check(self.K)
+        self.tuned_for = self.schedule if not self.schedule.is_full(self.K) else None
+
+        # labels and classifier-free-guidance dropout (done here, with the run's own generator)
+        self.conditional = model.num_classes > 0
+        self.null_label = model.num_classes
+        self.label_p = self._label_dropout()
+        if model.arch == "DiT":
+            model.y_embedder.dropout_prob = 0.0  # the trainer drops labels itself (see _label_dropout)
+
+        self.objective = DiffusionObjective(process, model.learn_sigma, model.in_channels, self.device)
+        self.weight = TimeWeight(self.schedule, self.K, cfg.reweight_gamma, cfg.reweight_cycle, cfg.reweight_unit, grid=self.objective.grid_unit_times())
+        self.intervals = self.objective.time_intervals(self.schedule)
+
+        if cfg.freeze_time_embed:
+            te = time_embedder(model)
+            if te is not None:
+                te.requires_grad_(False)
+        model.to(self.device).train()
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        ema_named = dict(self.ema.named_parameters())
+        self.params = [p for _, p in named]
+        self.ema_params = [ema_named[n] for n, _ in named]
+        if not self.params:
+            raise ConfigError("the model has no trainable parameters")
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
+            **({"fused": True} if fused else {"foreach": True}),
+        )
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda_for(cfg.lr_schedule, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        )
+        self.sampler = ShardedSampler(len(self.data), cfg.batch_size, cfg.seed, self.rank, self.world)
+        self._seed_rngs(cfg.seed)
+        self.step_count = 0
+        self.elapsed_before = 0.0
+
+        if self.device.type == "cuda" and cfg.data_on_device != "no":
+            if cfg.data_on_device == "yes" or self.data.nbytes <= 8 * 2**30:
+                self.data = self.data.to(self.device)
+        self.forward = model
+        self.exit_blocks = exit_blocks(model)
+        # prefix execution needs the blocks' hooks and plain (not re-computed, not compiled) block calls
+        self.nested_ok = (self.exit_blocks is not None and not cfg.compile
+                          and not getattr(model.config, "use_checkpoint", False))
+        if cfg.compile:
+            from torch import _dynamo
+
+            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
+            self.forward = torch.compile(model)
+
+    # ---- set-up helpers ----------------------------------------------------------------------------
+    def _label_dropout(self) -> float:
+        cfg, m = self.cfg, self.model
+        if not self.conditional:
+            return 0.0
+        if m.arch == "DiT":
+            p = m.config.class_dropout_prob if cfg.label_dropout is None else cfg.label_dropout
+            has_null = m.y_embedder.embedding_table.num_embeddings > m.num_classes
+        else:
+            has_null = bool(getattr(m.config, "null_label", False))
+            p = (0.1 if has_null else 0.0) if cfg.label_dropout is None else cfg.label_dropout
+        if p > 0 and not has_null:
+            raise ConfigError(f"--label-dropout {p}: this {m.arch} has no null-label row to drop to (train it with one, or pass --label-dropout 0)")
+        if not 0 <= p < 1:
+            raise ConfigError(f"--label-dropout must be in [0, 1), got {p}")
+        return float(p)
+
+    def _seed_rngs(self, seed: int) -> None:
+        s = seed * 7919 + self.rank
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+        self.gen_time = torch.Generator().manual_seed(s * 2 + 1)
+        self.gen_noise = torch.Generator(device=self.device).manual_seed(s * 2 + 2)
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"time": self.gen_time, "noise": self.gen_noise}
+
+    # ---- one step of Algorithm 1 ------------------------------------------------------------------------
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor to the training device without a host-device sync (pinned, non-blocking)."""
+        if self.device.type == "cuda" and t.device.type == "cpu":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def sample_times(self, n: int):
+        """Training times for n examples, uniform over [0, 1] for each example.
+
+        ``batch``: one schedule interval per step. ``group``: stratified over the schedule's intervals
+        (see :func:`stratified_counts`), so the depth groups, and the shapes each block sees, hardly change
+        from step to step; with a single interval (the full schedule) this is plain i.i.d. sampling.
+        """
+        if len(self.intervals) <= 1:
+            return self.objective.sample_time(n, self.gen_time)
+        probs = [p for _, _, p in self.intervals]
+        if self.cfg.depth_grouping == "batch":
+            i = int(torch.multinomial(torch.tensor(probs, dtype=torch.float64), 1, generator=self.gen_time))
+            lo, hi, _ = self.intervals[i]
+            return self.objective.sample_time_in(n, lo, hi, self.gen_time)
+        parts = [self.objective.sample_time_in(c, lo, hi, self.gen_time)
+                 for (lo, hi, _), c in zip(self.intervals, stratified_counts(n, probs, self.gen_time)) if c > 0]
+        return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+
+    def step(self) -> tuple[torch.Tensor, dict]:
+        """One optimizer step. Returns the (device) weighted loss and host-side info (t, depths, groups)."""
+        cfg = self.cfg
+        idx = self.sampler.next()
+        n = idx.numel()
+        t, t_unit = self.sample_times(n)
+        depth = self.schedule.active_blocks(t_unit, self.K)
+        drop = torch.rand(n, generator=self.gen_time) < self.label_p if self.label_p > 0 else None
+        flip = torch.rand(n, generator=self.gen_time) < 0.5 if cfg.hflip else None
+        lam = self.weight(t_unit, self.step_count, self.sampler.epoch).float()
+        order = torch.argsort(depth, descending=True, stable=True)
+        idx, t, t_unit, depth, lam = idx[order], t[order], t_unit[order], depth[order], lam[order]
+        drop = None if drop is None else drop[order]
+        flip = None if flip is None else flip[order]
+        ks, counts = torch.unique_consecutive(depth, return_counts=True)
+        groups = list(zip(ks.tolist(), counts.tolist()))
+
+        dev_idx = self._to_device(idx) if self.data.data.device.type == "cuda" else idx
+        x0, y = self.data.batch(dev_idx)
+        x0 = self._to_device(x0)
+        y = None if y is None else self._to_device(y)
+        if flip is not None:
+            x0 = torch.where(self._to_device(flip).view(-1, 1, 1, 1), x0.flip(-1), x0)
+        if not self.conditional:
+            y = None
+        else:
+            if y is None:  # unlabelled data, single-class DiT
+                y = torch.zeros(n, dtype=torch.long, device=self.device)
+            if drop is not None:
+                y = torch.where(self._to_device(drop), torch.full_like(y, self.null_label), y)
+        t_dev = self._to_device(t)
+        lam_dev = self._to_device(lam)
+        noise = torch.randn(x0.shape, generator=self.gen_noise, device=self.device)
+        x_t = self.objective.perturb(x0, t_dev, noise)
+        t_model = self.objective.model_time(t_dev)
+
+        if len(groups) > 1 and self.nested_ok:
+            # one pass: block l runs on the first prefix_counts[l] rows (the batch is sorted deepest first)
+            counts = prefix_counts(groups, self.K)
+            with self.acc.autocast(), prefix_rows(self.exit_blocks, counts, n):
+                out = self.forward(x_t, t_model, y, active_blocks=groups[0][0])
+            per_example = self.objective.loss(out, x0, x_t, noise, t_dev, t)
+            total = (per_example * lam_dev).sum()
+        else:  # one pass per depth group
+            total = None
+            s = 0
+            for k, c in groups:
+                sl = slice(s, s + c)
+                with self.acc.autocast():
+                    out = self.forward(x_t[sl], t_model[sl], None if y is None else y[sl], active_blocks=k)
+                per_example = self.objective.loss(out, x0[sl], x_t[sl], noise[sl], t_dev[sl], t[sl])  # (c,)
+                part = (per_example * lam_dev[sl]).sum()
+                total = part if total is None else total + part
+                s += c
+        loss = total / n
+        loss.backward()
+        self._sync_gradients()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=False)
+        ema_update(self.ema_params, self.params, ema_decay_at(cfg.ema_decay, self.step_count, cfg.ema_warmup))
+        self.step_count += 1
+        return loss.detach(), {"t_unit": t_unit, "depth": depth, "groups": groups, "lambda": lam}
+
+    def _sync_gradients(self) -> None:
+        for p in self.params:  # a block no example reached has no gradient: it counts as zero
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            grads = [p.grad for p in self.params]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(self.world)
+            off = 0
+            for g in grads:
+                g.copy_(flat[off: off + g.numel()].view_as(g))
+                off += g.numel()
+
+    # ---- collectives used by the run loop ---------------------------------------------------------------
+    def any_rank(self, flag: torch.Tensor) -> bool:
+        f = flag.float().reshape(1).to(self.device)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(f, op=dist.ReduceOp.MAX)
+        return bool(f.item() > 0)
+
+    def mean_over_ranks(self, v: torch.Tensor) -> float:
+        v = v.float().reshape(1).to(self.device)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(v, op=dist.ReduceOp.SUM)
+            v = v / self.world
+        return float(v.item())
+
+    # ---- state ----------------------------------------------------------------------------------
+    def train_state(self, elapsed: float) -> dict:
+        return {**self.sampler.state_dict(), "elapsed": elapsed, "seed": self.cfg.seed}
+
+    def load_checkpoint(self, ckpts: RunCheckpoints, path: str) -> None:
+        state, rng = ckpts.load(path, self.model, self.ema, self.optimizer, self.lr_scheduler, self.rank, self.world)
+        self.step_count = int(state["step"])
+        self.sampler.load_state_dict(state)
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        if rng is not None:
+            restore_rng(rng, self.generators(), self.device, path)
+        else:  # resumed with another number of processes: fresh, but deterministic, random streams
+            if self.main:
+                print(f"note: {path} was written by {state.get('world_size')} processes, this run has {self.world}: "
+                      "continuing with fresh random streams (not bit-identical to an uninterrupted run)", file=sys.stderr)
+            self._seed_rngs(self.cfg.seed + 1_000_003 * self.step_count)
+
+
+def make_accelerator(cfg: TrainBaseConfig):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"unknown --device '{cfg.device}': use cpu, cuda or auto")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
+    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"unknown --precision '{cfg.precision}': use bf16, fp32 or auto")
+    mp = "bf16" if cfg.precision == "bf16" or (cfg.precision == "auto" and not cpu) else "no"
+    AcceleratorState._reset_state()  # allows several runs (with other precisions) in one Python process
+    return Accelerator(cpu=cpu, mixed_precision=mp)
+
+
+def _validate(cfg: TrainBaseConfig, command: str) -> None:
+    """Cheap option checks, before any data or model is loaded."""
+    if command == "finetune":
+        if not cfg.init:
+            raise ConfigError("finetune needs --init CHECKPOINT (the trained model to adapt)")
+        if not cfg.schedule:
+            raise ConfigError("finetune needs --schedule (e.g. D4-DiT; see `eediff schedules`)")
+    checks = [
+        (cfg.steps >= 1, "--steps must be at least 1"),
+        (cfg.batch_size >= 1, "--batch-size must be at least 1"),
+        (cfg.lr > 0, "--lr must be positive"),
+        (cfg.lr_schedule in ("constant", "cosine", "auto"), f"unknown --lr-schedule '{cfg.lr_schedule}': use constant, cosine or auto"),
+        (0 <= cfg.ema_decay <= 1, "--ema-decay must be in [0, 1]"),
+        (cfg.depth_grouping in ("group", "batch"), f"unknown --depth-grouping '{cfg.depth_grouping}': use group or batch"),
+        (cfg.reweight_unit in ("step", "epoch"), f"unknown --reweight-unit '{cfg.reweight_unit}': use step or epoch"),
+        (cfg.reweight_gamma >= 0 and (cfg.reweight_cycle or 0) >= 0, "--reweight-gamma and --reweight-cycle must be >= 0"),
+        (cfg.data_on_device in ("auto", "yes", "no"), f"unknown --data-on-device '{cfg.data_on_device}': use yes, no or auto"),
+        (cfg.log_every >= 1 and cfg.save_every >= 1, "--log-every and --save-every must be at least 1"),
+        (cfg.warmup_steps >= 0 and cfg.keep_last >= 1, "--warmup-steps must be >= 0 and --keep-last >= 1"),
+        (0 <= cfg.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def _resolve_auto(cfg: TrainBaseConfig, command: str, arch: str) -> TrainBaseConfig:
+    """Resolve the 'auto' / unset options (the result is what config.json records)."""
+    changes = {}
+    if cfg.reweight_cycle is None:
+        changes["reweight_cycle"] = cfg.steps // 2 if command == "finetune" else 0
+    if cfg.lr_schedule == "auto":
+        changes["lr_schedule"] = "cosine" if arch == "U-ViT" else "constant"
+    return dataclasses.replace(cfg, **changes)
+
+
+# ---- the run ---------------------------------------------------------------------------------
+def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = None) -> RunSummary:
+    """Train or fine-tune into ``cfg.out``; resumable, multi-process (launch with accelerate or torchrun)."""
+    start = time.perf_counter()
+    ckpts = RunCheckpoints(cfg.out, cfg.keep_last)
+    latest = ckpts.latest()
+    if latest is not None and not cfg.resume:
+        raise ConfigError(f"run directory '{cfg.out}' already holds checkpoints: pass --resume to continue it, or choose another --out")
+    tr = trainer or Trainer(cfg, command)
+    cfg = tr.cfg
+    acc = tr.acc
+    resumed_from = None
+    if latest is not None:
+        tr.load_checkpoint(ckpts, latest)  # validates everything before anything is written
+        resumed_from = latest
+    metrics_path = os.path.join(cfg.out, "metrics.jsonl")
+    if tr.main:
+        os.makedirs(cfg.out, exist_ok=True)
+        write_json_atomic(os.path.join(cfg.out, "config.json"), {**to_json(cfg)})
+        _trim_metrics(metrics_path, tr.step_count)
+    acc.wait_for_everyone()
+    if tr.main and cfg.progress:
+        print(
+            f"{command}: {tr.model.arch} ({sum(p.numel() for p in tr.model.parameters()) / 1e6:.2f}M parameters, {tr.K} schedulable blocks) "
+            f"on {tr.data.name} ({len(tr.data)} x {'x'.join(map(str, tr.data.shape))}), schedule {tr.schedule.name}, "
+            f"{tr.world} process(es) on {tr.device}, mixed precision {acc.mixed_precision}"
+            + (f", resumed from {resumed_from}" if resumed_from else ""),
+            file=sys.stderr,
+        )
+
+    keep = cfg.ema_decay ** max(cfg.steps - tr.step_count, 0)
+    if tr.main and not cfg.ema_warmup and keep > 0.5 and cfg.steps >= 10:
+        print(f"note: EMA rate {cfg.ema_decay} over {cfg.steps} steps keeps {100 * keep:.0f}% of the initial weights in the "
+              f"exported EMA model: for a short run pass a lower --ema-decay (e.g. {_suggest_decay(cfg.steps)})", file=sys.stderr)
+    bar = None
+    if tr.main and cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=tr.step_count, desc=command, unit="step", dynamic_ncols=True)
+    check_every = 1 if tr.device.type == "cpu" else cfg.log_every
+    debug_sleep = float(os.environ.get("EEDIFF_DEBUG_STEP_SLEEP", "0") or 0)  # tests only: slows each step
+    loss_sum = torch.zeros((), device=tr.device)
+    loss_n = 0
+    bad = torch.zeros((), dtype=torch.bool, device=tr.device)
+    last_log_time, last_log_step = time.perf_counter(), tr.step_count
+    last_loss = None
+    metrics = open(metrics_path, "a") if tr.main else None
+    try:
+        while tr.step_count < cfg.steps:
+            loss, _ = tr.step()
+            step = tr.step_count
+            loss_sum += loss
+            loss_n += 1
+            bad |= ~torch.isfinite(loss)
+            if bar is not None:
+                bar.update(1)
+            if debug_sleep:
+                time.sleep(debug_sleep)
+            final = step == cfg.steps
+            log_now = step % cfg.log_every == 0 or final
+            save_now = step % cfg.save_every == 0 or final
+            if step % check_every == 0 or log_now or save_now:
+                if tr.any_rank(bad):
+                    last = ckpts.latest()
+                    raise TrainError(
+                        f"loss became NaN or inf at or before step {step}: stopped; the last good checkpoint is "
+                        f"{last or 'none (no checkpoint was written)'}; lower --lr or check the data"
+                    )
+            if log_now:
+                last_loss = tr.mean_over_ranks(loss_sum / max(loss_n, 1))
+                now = time.perf_counter()
+                rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                row = {
+                    "step": step, "loss": last_loss, "lr": tr.optimizer.param_groups[0]["lr"], "steps_per_s": rate,
+                    "t": tr.elapsed_before + now - start, "epoch": tr.sampler.epoch,
+                    "reweighting": tr.weight.active(step - 1, tr.sampler.epoch),
+                }
+                if metrics is not None:
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_loss:.4f}", steps_s=f"{rate:.1f}")
+                loss_sum.zero_()
+                loss_n = 0
+                last_log_time, last_log_step = now, step
+            if save_now:
+                ckpts.save(acc, step, tr.model, tr.ema, tr.optimizer, tr.lr_scheduler, tr.process, tr.tuned_for,
+                           tr.train_state(tr.elapsed_before + time.perf_counter() - start), capture_rng(tr.generators(), tr.device))
+            if tr.main and cfg.sample_every >= 0 and (final or (cfg.sample_every > 0 and step % cfg.sample_every == 0)):
+                write_samples(tr, os.path.join(cfg.out, "samples", f"step-{step:08d}.png"))
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics is not None:
+            metrics.close()
+
+    final_path = export_final(tr) if tr.main else None
+    hashes = gather_hashes(tr)
+    if tr.main:
+        write_json_atomic(os.path.join(cfg.out, "rank_hashes.json"), {"step": tr.step_count, "hashes": hashes})
+    if len(set(hashes)) != 1:
+        raise TrainError(f"the {len(hashes)} processes ended with different weights: the run is not consistent")
+    acc.wait_for_everyone()
+    return RunSummary(cfg.out, tr.step_count, final_path, last_loss, time.perf_counter() - start, resumed_from)
+
+
+def _suggest_decay(steps: int) -> float:
+    """An EMA rate whose horizon 1 / (1 - α) is about a tenth of the run."""
+    return round(1 - 1 / max(steps / 10, 10), 4)
+
+
+def _trim_metrics(path: str, step: int) -> None:
+    """Drop metric rows written after the checkpoint a run resumes from (they are recomputed)."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+
+    from ..checkpoint import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+
+    atomic_write(path, write)
+
+
+def write_samples(tr: Trainer, path: str) -> None:
+    """A grid from the EMA weights with the schedule being tuned (does not touch any training RNG)."""
+    from ..diffusion.sampling import SamplerConfig
+    from ..generate import generate, save_grid
+
+    cfg = tr.cfg
+    vae = None
+    if tr.data.is_latent:
+        if cfg.vae is None:
+            return
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(cfg.vae, local_files_only=True).to(tr.device).eval()
+    devices = [tr.device] if tr.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        res = generate(
+            tr.ema, tr.process, SamplerConfig(cfg.sample_sampler, cfg.sample_steps), n=cfg.sample_n, batch_size=cfg.sample_n,
+            seed=0, schedule=tr.schedule, vae=vae, device=tr.device,
+            autocast_dtype=torch.bfloat16 if tr.acc.mixed_precision == "bf16" else None, progress=False,
+        )
+    save_grid(res.images, path)
+
+
+def export_final(tr: Trainer) -> str:
+    """The EMA weights, fp32 (and optionally fp16), with the tuned schedule, for `eediff sample --model`."""
+    cfg = tr.cfg
+    extra = {"trained_steps": tr.step_count, "command": tr.command, "dataset": tr.data.name}
+    path = os.path.join(cfg.out, "final.safetensors")
+    save_model(path, tr.ema, tr.process, tuned_for=tr.tuned_for, extra=extra)
+    if cfg.export_fp16:
+        save_model(os.path.join(cfg.out, "final-fp16.safetensors"), tr.ema, tr.process, tuned_for=tr.tuned_for, dtype=torch.float16, extra=extra)
+    return path
+
+
+def gather_hashes(tr: Trainer) -> list[str]:
+    h = state_hash(tr.model, tr.ema)
+    if tr.world == 1:
+        return [h]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([h]))

@@ -1,0 +1,123 @@
+"""Resolving a run's options: defaults, then the run's saved config (on --resume), then --config FILE,
+then the flags actually typed on the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+
+from ..config import ConfigError
+
+
+def _coerce(name: str, tp, value):
+    args = typing.get_args(tp)
+    if type(None) in args:
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if value is None:
+        return None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"option '{name}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"option '{name}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"option '{name}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):  # e.g. model_config given as a JSON object in the file
+            return json.dumps(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"option '{name}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def read_options_file(path: str, cfg_cls) -> dict:
+    if not os.path.exists(path):
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must hold a JSON object of option values")
+    hints = typing.get_type_hints(cfg_cls)
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    out = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise ConfigError(f"config file '{path}': unknown option '{key}' for this command")
+        if name in ("config", "resume"):
+            continue
+        out[name] = _coerce(name, hints[name], value)
+    return out
+
+
+def resolve(cfg, explicit: set[str] | None = None):
+    """The effective config. ``explicit`` = the fields given on the command line (None: all of them).
+
+    Order (later wins): the dataclass defaults; the run directory's config.json when resuming; --config FILE;
+    explicit flags. ``out`` and ``resume`` always come from the command line.
+    """
+    cls = type(cfg)
+    given = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
+    if explicit is None:
+        explicit = set(given)
+    values = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+    if cfg.config is not None:  # the file may name the run directory
+        file_values = read_options_file(cfg.config, cls)
+    else:
+        file_values = {}
+    out_dir = given["out"] if "out" in explicit or "out" not in file_values else file_values["out"]
+    saved = os.path.join(out_dir, "config.json")
+    if given["resume"] and os.path.exists(saved):
+        values.update(read_options_file(saved, cls))
+    values.update(file_values)
+    values.update({k: v for k, v in given.items() if k in explicit})
+    values["out"] = out_dir
+    values["resume"] = given["resume"]
+    values["config"] = cfg.config
+    return cls(**values)
+
+
+def explicit_cli_fields() -> set[str] | None:
+    """Names of the options typed on the command line of the running click command (None outside click).
+
+    typer >= 0.20 carries its own copy of click (``typer._click``); older ones use click itself.
+    """
+    for modname in ("typer._click", "click"):
+        try:
+            mod = __import__(modname, fromlist=["get_current_context"])
+            ctx = mod.get_current_context(silent=True)
+            source = __import__(modname + ".core", fromlist=["ParameterSource"]).ParameterSource
+        except (ImportError, AttributeError):
+            continue
+        if ctx is not None:
+            defaults = (source.DEFAULT, source.DEFAULT_MAP)
+            return {name for name in ctx.params if ctx.get_parameter_source(name) not in defaults}
+    return None
+
+
+def changed_fields(cfg) -> set[str]:
+    """Fallback for ``explicit``: the fields whose value differs from the dataclass default."""
+    ref = type(cfg)()
+    return {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(ref, f.name)}
+
+
+def to_json(cfg) -> dict:
+    d = dataclasses.asdict(cfg)
+    d.pop("config", None)
+    d.pop("resume", None)
+    return d

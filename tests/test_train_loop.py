@@ -1,0 +1,281 @@
+"""Training and ASE fine-tuning (Algorithm 1) on the committed Fashion-MNIST sample, with tiny models on CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from eediff.checkpoint import load_model
+from eediff.cli import app
+from eediff.config import FinetuneConfig, TrainConfig
+from eediff.diffusion.process import ContinuousVP, DiscreteVP
+from eediff.exits.schedule import get_schedule
+from eediff.train.data import ShardedSampler
+from eediff.train.loop import Trainer, ema_update, run, stratified_counts
+from eediff.models.registry import build_model
+from eediff.train.losses import DiffusionObjective, TimeWeight
+from eediff.train.nested import exit_blocks, prefix_counts, prefix_rows
+
+HERE = os.path.dirname(__file__)
+SAMPLE = os.path.join(HERE, "data", "fmnist_train_sample.npz")
+TINY_DIT = json.dumps(dict(patch_size=4, hidden_size=32, depth=4, num_heads=4))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(out=str(tmp_path / "run"), dataset=SAMPLE, model_config=TINY_DIT, steps=10, batch_size=32, lr=1e-3,
+                log_every=5, save_every=1000, sample_every=-1, device="cpu", progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_short_run_lowers_loss_on_real_sample(tmp_path):
+    tr = Trainer(tiny_cfg(tmp_path, lr=2e-3, steps=80), "train")
+    assert tr.model.learn_sigma  # hybrid loss (eps-MSE + VLB) is what is trained
+    losses = [float(tr.step()[0]) for _ in range(80)]
+    assert all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
+    assert last < 0.7 * first, (first, last)
+
+
+def _count_rows(blocks):
+    counts = [0] * len(blocks)
+    hooks = [b.register_forward_hook(lambda m, inp, out, i=i: counts.__setitem__(i, counts[i] + inp[0].shape[0])) for i, b in enumerate(blocks)]
+    return counts, hooks
+
+
+@pytest.mark.parametrize("grouping", ["group", "batch"])
+def test_finetune_runs_only_the_scheduled_blocks(tmp_path, grouping):
+    cfg = tiny_cfg(tmp_path, schedule="4,3,2,1", depth_grouping=grouping)
+    tr = Trainer(cfg, "train")
+    counts, hooks = _count_rows(tr.model.blocks)
+    expected = [0] * 4
+    for _ in range(6):
+        _, info = tr.step()
+        depth = info["depth"]
+        assert torch.equal(depth, get_schedule("4,3,2,1").active_blocks(info["t_unit"], 4))
+        for layer in range(4):
+            expected[layer] += int((depth > layer).sum())
+        if grouping == "batch":
+            assert len(info["groups"]) == 1  # one depth per step
+    for h in hooks:
+        h.remove()
+    assert counts == expected
+    assert counts[0] == 6 * 32 and counts[3] < counts[0]  # deep blocks saw only the examples near the data
+
+
+def test_uvit_decoder_blocks_follow_the_schedule_and_labels_drop_to_null(tmp_path):
+    mc = json.dumps(dict(patch_size=7, embed_dim=32, depth=4, num_heads=4))
+    cfg = tiny_cfg(tmp_path, arch="U-ViT", model_config=mc, schedule="2,1", batch_size=16)
+    tr = Trainer(cfg, "train")
+    assert isinstance(tr.process, ContinuousVP) and tr.model.num_classes == 10 and tr.label_p == pytest.approx(0.1)
+    seen = []
+    tr.model.label_emb.register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone()))
+    counts, hooks = _count_rows(tr.model.out_blocks)
+    expected = [0, 0]
+    for _ in range(4):
+        loss, info = tr.step()
+        assert math.isfinite(float(loss))
+        expected[0] += int((info["depth"] > 0).sum())
+        expected[1] += int((info["depth"] > 1).sum())
+    assert counts == expected
+    labels = torch.cat(seen)
+    assert labels.max() == 10 and labels.min() >= 0  # some labels became the null label (index 10)
+
+
+@pytest.mark.parametrize("arch", ["DiT", "U-ViT"])
+def test_prefix_execution_equals_running_each_depth_group_alone(arch):
+    torch.manual_seed(0)
+    if arch == "DiT":
+        model = build_model("DiT", input_size=8, patch_size=4, in_channels=1, hidden_size=16, depth=4, num_heads=2, num_classes=3,
+                            class_dropout_prob=0.0)
+    else:
+        model = build_model("U-ViT", img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=8, num_heads=2, num_classes=4, null_label=True)
+    with torch.no_grad():  # DiT starts as the identity (adaLN-zero): give every weight a value
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    model.train()
+    depths = [4, 4, 3, 3, 3, 1, 0, 0] if arch == "DiT" else [4, 3, 3, 2, 1, 1, 0, 0]
+    B = len(depths)
+    x, t, y = torch.randn(B, 1, 8, 8), torch.rand(B) * 900, torch.randint(0, 3, (B,))
+    w = torch.randn(B, 1 if arch == "U-ViT" else 2, 8, 8)
+    ks, cs = torch.unique_consecutive(torch.tensor(depths), return_counts=True)
+    groups = list(zip(ks.tolist(), cs.tolist()))
+
+    outs, s = [], 0
+    for k, c in groups:
+        outs.append(model(x[s:s + c], t[s:s + c], y[s:s + c], active_blocks=k))
+        s += c
+    ref = torch.cat(outs)
+    (ref * w).sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    with prefix_rows(exit_blocks(model), prefix_counts(groups, len(exit_blocks(model))), B):
+        out = model(x, t, y, active_blocks=groups[0][0])
+    (out * w).sum().backward()
+    assert torch.allclose(out, ref, atol=1e-5)
+    for n, p in model.named_parameters():
+        if n in ref_grads:
+            assert torch.allclose(p.grad, ref_grads[n], atol=1e-4), n
+        else:
+            assert p.grad is None or p.grad.abs().max() == 0, n
+
+
+def test_stratified_times_are_unbiased_and_nearly_static():
+    g = torch.Generator().manual_seed(0)
+    probs = [0.1, 0.25, 0.3, 0.2, 0.15]
+    draws = [stratified_counts(32, probs, g) for _ in range(4000)]
+    assert all(sum(c) == 32 for c in draws)
+    mean = torch.tensor(draws, dtype=torch.float64).mean(0)
+    assert torch.allclose(mean, 32 * torch.tensor(probs, dtype=torch.float64), atol=0.03)
+    assert len({tuple(c) for c in draws}) <= 4  # a group's size moves by at most one: few distinct shapes
+    assert all(abs(c - 32 * p) < 1 for d in draws for c, p in zip(d, probs))
+
+
+def test_ema_update_is_exact():
+    ema = [torch.tensor([1.0, -2.0]), torch.tensor([[4.0]])]
+    student = [torch.tensor([5.0, 2.0]), torch.tensor([[0.0]])]
+    ema_update(ema, student, 0.75)
+    assert torch.equal(ema[0], torch.tensor([2.0, -1.0])) and torch.equal(ema[1], torch.tensor([[3.0]]))
+
+
+def test_ema_follows_the_student_every_step(tmp_path):
+    tr = Trainer(tiny_cfg(tmp_path, ema_decay=0.75, ema_warmup=False), "train")
+    before = [p.detach().clone() for p in tr.ema_params]
+    tr.step()
+    for e, b, p in zip(tr.ema_params, before, tr.params):
+        assert torch.equal(e, b.mul(0.75).add(p.detach(), alpha=0.25))
+
+
+def test_frozen_time_embedder_stays_put(tmp_path):
+    tr = Trainer(tiny_cfg(tmp_path, freeze_time_embed=True), "train")
+    before = {k: v.clone() for k, v in tr.model.t_embedder.state_dict().items()}
+    opt_ids = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in opt_ids for p in tr.model.t_embedder.parameters())
+    for _ in range(3):
+        tr.step()
+    assert all(torch.equal(before[k], v) for k, v in tr.model.t_embedder.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in tr.ema.t_embedder.state_dict().items())
+
+
+def test_lambda_design_mean_one_and_reset_after_cycle():
+    sched = get_schedule("D4-DiT")
+    w = TimeWeight(sched, 28, gamma=1.0, cycle=3, unit="step")
+    mids = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64)
+    # 1 + (1 - k/28) for k = 28, 24, 20, 16, 12 is 1, 8/7, 9/7, 10/7, 11/7; their mean is 9/7
+    assert torch.allclose(w(mids, step=0), torch.tensor([7, 8, 9, 10, 11], dtype=torch.float64) / 9)
+    assert w(torch.arange(1000, dtype=torch.float64) / 1000, step=2).mean().item() == pytest.approx(1.0)
+    assert torch.equal(w(mids, step=3), torch.ones(5, dtype=torch.float64))  # reset after C steps
+    assert torch.equal(TimeWeight(sched, 28, 1.0, cycle=0)(mids, step=0), torch.ones(5, dtype=torch.float64))  # C = 0
+    assert torch.equal(TimeWeight(get_schedule("full"), 28, 5.0, cycle=10)(mids, step=0), torch.ones(5, dtype=torch.float64))
+    by_epoch = TimeWeight(sched, 28, 1.0, cycle=1, unit="epoch")
+    assert not torch.equal(by_epoch(mids, step=500, epoch=0), torch.ones(5, dtype=torch.float64))
+    assert torch.equal(by_epoch(mids, step=0, epoch=1), torch.ones(5, dtype=torch.float64))
+
+
+def test_lambda_weights_the_loss_until_the_cycle_ends(tmp_path):
+    tr = Trainer(tiny_cfg(tmp_path, schedule="4,2", reweight_gamma=1.0, reweight_cycle=2), "train")
+    lams = [tr.step()[1]["lambda"] for _ in range(3)]
+    assert sorted({round(v, 6) for v in lams[0].tolist()}) == [0.8, 1.2]  # (1 + 0) / 1.25, (1 + 0.5) / 1.25
+    assert torch.equal(lams[2], torch.ones(32))
+
+
+def test_hybrid_loss_pieces():
+    obj = DiffusionObjective(DiscreteVP(), learn_sigma=True, in_channels=1, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 1, 4, 4, generator=g) * 2 - 1
+    noise = torch.randn(6, 1, 4, 4, generator=g)
+    t = torch.tensor([0, 1, 10, 300, 700, 999])
+    x_t = obj.perturb(x0, t, noise)
+    assert torch.equal(x_t, DiscreteVP().perturb(x0, t, noise))  # the precomputed tables match the process
+    # perfect eps and the true posterior variance (v = -1 selects it): the KL terms vanish
+    out = torch.cat([noise, -torch.ones_like(noise)], 1).requires_grad_(True)
+    vb = obj.vlb(out, x0, x_t, t)
+    assert vb[1:].abs().max() < 1e-4 and vb[0] > 0  # t = 0 is the decoder NLL
+    # the bound trains the variance only: no gradient reaches the eps half through it
+    vb.sum().backward()
+    assert out.grad[:, :1].abs().max() == 0 and out.grad[:, 1:].abs().max() > 0
+    loss = obj.loss(out.detach(), x0, x_t, noise, t, t_host=t)
+    assert torch.allclose(loss, obj.vlb(out.detach(), x0, x_t, t))  # mse = 0 here
+
+
+def test_sampler_shards_a_global_batch_and_resumes():
+    ranks = [ShardedSampler(10, 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    b = [s.next() for s in ranks]
+    assert len(b[0]) == 2 and set(b[0].tolist()).isdisjoint(b[1].tolist())
+    one = ShardedSampler(10, 4, seed=3)
+    assert torch.equal(one.next(), torch.cat(b))
+    for _ in range(3):
+        one.next()
+    resumed = ShardedSampler(10, 4, seed=3)
+    resumed.load_state_dict(one.state_dict())
+    assert torch.equal(resumed.next(), one.next()) and one.epoch == 2
+
+
+def test_finetune_records_the_schedule_and_sample_uses_it(tmp_path):
+    s = run(tiny_cfg(tmp_path, out=str(tmp_path / "base"), steps=3), "train")
+    assert load_model(s.final_path).tuned_for is None
+    ft = FinetuneConfig(out=str(tmp_path / "ft"), init=s.final_path, schedule="4,3,2,1", dataset=SAMPLE, steps=4, batch_size=32,
+                        log_every=2, save_every=2, sample_every=0, sample_n=4, sample_steps=3, device="cpu", progress=False, export_fp16=True)
+    r = run(ft, "finetune")
+    loaded = load_model(r.final_path)
+    assert loaded.tuned_for is not None and loaded.tuned_for.blocks == (4, 3, 2, 1)
+    assert load_model(str(tmp_path / "ft" / "final-fp16.safetensors")).tuned_for.blocks == (4, 3, 2, 1)
+    assert os.path.exists(tmp_path / "ft" / "samples" / "step-00000004.png")
+    cfg = json.load(open(tmp_path / "ft" / "config.json"))
+    assert cfg["reweight_cycle"] == 2 and cfg["lr_schedule"] == "constant" and cfg["lr"] == 2e-5
+    rows = [json.loads(l) for l in open(tmp_path / "ft" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [2, 4] and {"loss", "lr", "steps_per_s", "t"} <= set(rows[0])
+    res = CliRunner().invoke(app, ["sample", "--model", r.final_path, "-n", "2", "--batch-size", "2", "--steps", "2",
+                                   "--out", str(tmp_path / "g.png"), "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "schedule: 4,3,2,1" in res.output
+
+
+def test_config_file_values_and_cli_overrides(tmp_path):
+    f = tmp_path / "opts.json"
+    f.write_text(json.dumps({"dataset": SAMPLE, "model-config": json.loads(TINY_DIT), "steps": 50, "batch_size": 16,
+                             "lr": 5e-4, "sample_every": -1, "device": "cpu"}))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--config", str(f), "--steps", "2", "--out", str(out), "--no-progress", "--log-every", "1"])
+    assert res.exit_code == 0, res.output
+    saved = json.load(open(out / "config.json"))
+    assert saved["steps"] == 2 and saved["lr"] == 5e-4 and saved["batch_size"] == 16 and json.loads(saved["model_config"])["depth"] == 4
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stepz": 3}))
+    res = CliRunner().invoke(app, ["train", "--config", str(bad), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "unknown option 'stepz'" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = DiffusionObjective.loss
+
+    def poisoned(self, *a, **k):
+        calls["n"] += 1
+        out = real(self, *a, **k)
+        return out * float("nan") if calls["n"] > 6 else out
+
+    monkeypatch.setattr(DiffusionObjective, "loss", poisoned)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--dataset", SAMPLE, "--model-config", TINY_DIT, "--steps", "20", "--batch-size", "32",
+                                   "--save-every", "4", "--sample-every", "-1", "--device", "cpu", "--no-progress", "--out", str(out)])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "NaN" in lines[0] and "step-00000004" in lines[0]
+    assert sorted(os.listdir(out / "checkpoints")) == ["step-00000004"]
+    assert not os.path.exists(out / "final.safetensors")
+    sd = load_model(str(out / "checkpoints" / "step-00000004" / "ema.safetensors")).model.state_dict()
+    assert all(torch.isfinite(v).all() for v in sd.values())
