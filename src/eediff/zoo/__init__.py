@@ -6,7 +6,16 @@ import os
 
 HERE = os.path.dirname(__file__)
 # name -> file; the first entry is what `eediff sample` uses when no --model is given.
-SHIPPED: dict[str, str] = {}
+# Trained on Fashion-MNIST (60k train images, pixel space) on one H100 by benchmarks/train_zoo.sh;
+# configs and metrics in src/eediff/zoo/README.md. "-D4" = ASE fine-tuned for the D4 schedule (recorded inside).
+# The default is the fine-tuned DiT: the U-ViT we could train in this session's GPU time is undertrained
+# (grainy samples, see zoo/README.md), so it is shipped but not the default.
+SHIPPED: dict[str, str] = {
+    "dit-fmnist-D4": "dit-fmnist-D4.safetensors",
+    "dit-fmnist": "dit-fmnist.safetensors",
+    "uvit-fmnist-D4": "uvit-fmnist-D4.safetensors",
+    "uvit-fmnist": "uvit-fmnist.safetensors",
+}
 
 
 def path(name: str) -> str:
