@@ -57,13 +57,14 @@ def parse_sampler(spec: str):
     return SamplerConfig(name, int(steps))
 
 
-def _dist():
-    """(rank, world) from the launcher's environment (accelerate / torchrun), initialising torch.distributed."""
+def _dist(cpu: bool):
+    """(rank, world) from the launcher's environment (accelerate / torchrun), initialising torch.distributed
+    (gloo on CPU, NCCL on GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         from accelerate import PartialState
 
-        st = PartialState()
+        st = PartialState(cpu=cpu)
         return st.process_index, st.num_processes, st
     return 0, 1, None
 
@@ -109,8 +110,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     from . import fid
     from .timing import time_fn
 
-    rank, world, state = _dist()
     device = _device(cfg.device)
+    rank, world, state = _dist(cpu=device == "cpu")
     if world > 1 and device.startswith("cuda"):
         device = f"cuda:{state.local_process_index}"
         torch.cuda.set_device(device)
