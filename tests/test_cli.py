@@ -68,3 +68,15 @@ def test_schedules_lists_presets(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "D4-DiT" in r.stdout and "D6-U-ViT" in r.stdout
     assert (tmp_path / "s.png").exists()
+
+
+def test_fid_command(tmp_path):
+    out = tmp_path / "g.png"
+    r = run("sample", "--model", "dit-fmnist-D4", "--steps", "2", "-n", "4", "--out", str(out), "--save-npz", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run("fid", "--images", str(tmp_path / "g.npz"), "--reference", "tests/data/fmnist_sample.npz",
+            "--metric", "fd-classifier", "--cache-dir", str(tmp_path / "c"), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    value = float(r.stdout.split("FD-FMNIST-Classifier:")[1].split()[0])
+    assert value > 0
+    _one_line_error(run("fid", "--images", str(tmp_path / "none.npz"), "--metric", "fd-classifier"), "does not exist")

@@ -53,7 +53,8 @@ def dataclass_command(cfg_cls, name: str, help: str):
             except UserError as e:
                 _fail(str(e))
             except Exception as e:  # our own one-line error types
-                if type(e).__name__ in ("ScheduleError", "SamplerError", "CheckpointError", "ModelError", "DataError", "ConfigError"):
+                if type(e).__name__ in ("ScheduleError", "SamplerError", "CheckpointError", "ModelError", "DataError", "ConfigError",
+                                        "InceptionNotFoundError", "TrainError"):
                     _fail(str(e))
                 raise
 
@@ -315,6 +316,14 @@ def eval_cmd(cfg) -> None:
 
     res = run_eval(cfg, log=typer.echo)
     typer.echo(f"wrote {cfg.out}")
+
+
+@dataclass_command(__import__("eediff.eval.evaluate", fromlist=["FidConfig"]).FidConfig, "fid", "FID (or the cheap classifier distance) of an image set against a reference data set.")
+def fid_cmd(cfg) -> None:
+    from .eval.evaluate import run_fid
+
+    value = run_fid(cfg)
+    typer.echo(f"{'FID' if cfg.metric == 'fid' else 'FD-FMNIST-Classifier'}: {value:.4f}  ({cfg.images} vs {cfg.reference})")
 
 
 def main() -> None:

