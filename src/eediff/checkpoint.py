@@ -59,6 +59,7 @@ def atomic_write(path: str, write_fn) -> None:
         write_fn(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and weights are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -33,7 +33,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,6 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..checkpoint import atomic_write
 
 __all__ = [
     "INCEPTION_PACKAGE_REQ", "InceptionNotFoundError", "find_packaged_inception", "resolve_inception_path",
@@ -283,17 +284,12 @@ def save_inception_fp16(src: str | os.PathLike | None, dst: str | os.PathLike) -
     dst_p = Path(dst)
     dst_p.parent.mkdir(parents=True, exist_ok=True)
     net = _jit_load(src_p, torch.device("cpu")).half()
-    fd, tmp = tempfile.mkstemp(dir=dst_p.parent, prefix=dst_p.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    def write(tmp):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
             torch.jit.save(net, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst_p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(dst_p, write)
     return dst_p
 
 
@@ -343,17 +339,13 @@ class FeatureStats:
     def save(self, path: str | os.PathLike) -> Path:
         """Atomic write (temp file in the same folder, then os.replace)."""
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:
                 np.savez(fh, mu=self.mu.astype(np.float64), sigma=self.sigma.astype(np.float64),
                          n=np.int64(self.n), meta=np.array(json.dumps(self.meta, sort_keys=True)))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, p)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+        atomic_write(p, write)
         return p
 
     @classmethod
@@ -593,16 +585,7 @@ def save_fmnist_classifier(model: FMNISTClassifier, out_path: str | os.PathLike,
     sd = {k: v.detach().cpu().to(torch.float16).contiguous()
           for k, v in model.state_dict().items() if v.is_floating_point()}
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata={k: str(v) for k, v in (meta or {}).items()})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(out, lambda tmp: save_file(sd, tmp, metadata={k: str(v) for k, v in (meta or {}).items()}))
     return out
 
 
