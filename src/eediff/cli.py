@@ -187,7 +187,7 @@ def sample_cmd(cfg) -> None:
 
 @app.command("schedules", help="List exit schedules with their mean compute fraction.")
 def schedules_cmd(
-    model: str = typer.Option(None, help="compute fractions for this model (default: DiT-XL/2 for DiT presets, U-ViT-H/2 for U-ViT presets)"),
+    model: str = typer.Option(None, help="compute fractions for this model (default: DiT-XL/2 for DiT presets, U-ViT-S/4 (6 decoder blocks) for U-ViT presets)"),
     plot: str = typer.Option(None, help="draw depth vs t for every preset into this PNG"),
     steps: int = typer.Option(1000, help="average over this many uniformly spaced training timesteps"),
 ) -> None:
@@ -206,7 +206,7 @@ def schedules_cmd(
         if custom is not None:
             m = custom
         else:
-            ref = "U-ViT-H/2" if "U-ViT" in name else "DiT-XL/2"
+            ref = "U-ViT-S/4" if "U-ViT" in name else "DiT-XL/2"
             if ref not in models:
                 import torch
 
@@ -219,7 +219,7 @@ def schedules_cmd(
         frac = s.compute_fraction(m.flops, K, ts)
         mb = s.mean_blocks(K, ts)
         blocks = "all" if s.blocks is None else ",".join(map(str, s.blocks))
-        label = (model or ("U-ViT-H/2" if "U-ViT" in name else "DiT-XL/2"))[:12]
+        label = (model or ("U-ViT-S/4" if "U-ViT" in name else "DiT-XL/2"))[:12]
         typer.echo(f"{name:<12} {label:<12} {blocks:<42} {mb:>11.2f} {frac:>8.3f} {100 * (1 - frac):>7.1f}%")
         rows.append((name, s, K))
     if plot:
