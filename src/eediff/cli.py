@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import json
 import os
+import shlex
 import sys
 import time
 import typing
@@ -305,7 +306,7 @@ def bench_cmd(cfg) -> None:
     from .bench import run_bench, write_results
 
     res = run_bench(cfg, log=typer.echo)
-    res["command"] = "eediff bench " + " ".join(sys.argv[2:])
+    res["command"] = "eediff bench " + shlex.join(sys.argv[2:])
     write_results(res, cfg.out)
     typer.echo(f"wrote {cfg.out}")
 

