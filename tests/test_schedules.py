@@ -134,6 +134,7 @@ def test_respaced_samplers_key_on_original_timestep(sampler, steps):
     blocks = [28 if k is None else k for _, k in m.calls]
     assert res.mean_blocks == pytest.approx(sum(blocks) / len(blocks))
     assert res.compute_fraction == pytest.approx(sum(10 + 2 * b for b in blocks) / (len(blocks) * (10 + 56)))
+    assert res.model_flops == pytest.approx(sum(10 + 2 * b for b in blocks))  # one image, no guidance
 
 
 def test_compute_fraction_from_flops():

@@ -180,7 +180,8 @@ def sample_cmd(cfg) -> None:
         f"mean blocks per step: {res.mean_blocks:.2f} / {res.num_blocks}   compute fraction: {res.compute_fraction:.3f} "
         f"(analytic FLOP reduction {100 * (1 - res.compute_fraction):.1f}%)"
     )
-    typer.echo(f"wall-clock: {res.seconds:.2f} s for {cfg.n} images ({cfg.n / res.seconds:.2f} images/s) on {device}")
+    typer.echo(f"wall-clock: {res.seconds:.2f} s for {cfg.n} images ({cfg.n / res.seconds:.2f} images/s, "
+               f"{1000 * res.tflops_per_s:.1f} GFLOP/s achieved by the network) on {device}")
     if cfg.compare_full and not schedule.is_full(model.num_exit_blocks):
         typer.echo(f"speed-up vs full depth: {100 * (1 - t_s / t_full):.1f}% less time ({t_full:.2f} s -> {t_s:.2f} s for {m} images, median of 3)")
     typer.echo(f"wrote {cfg.out}")

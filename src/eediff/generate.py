@@ -22,7 +22,13 @@ class GenerationResult:
     num_blocks: int
     compute_fraction: float  # analytic FLOPs relative to full depth
     seconds: float  # wall clock of the sampling (and decoding), synchronised on the device
+    model_flops: float = 0.0  # analytic network FLOPs of the whole call (CFG doubles the batch)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def tflops_per_s(self) -> float:
+        """Achieved network TFLOP/s (analytic FLOPs over wall clock, VAE and sampler overhead included in the time)."""
+        return self.model_flops / max(self.seconds, 1e-12) / 1e12
 
 
 def resolve_labels(indices: range, num_classes: int, class_labels: list[int] | None) -> torch.Tensor | None:
@@ -108,8 +114,11 @@ def generate(
     depths = [denoiser.depth(t) for t in times]
     depths = [K if k is None else k for k in depths]
     mean_blocks = sum(depths) / len(depths)
-    frac = sum(model.flops(k) for k in depths) / (len(depths) * model.flops(K))
-    return GenerationResult(torch.cat(outs), labels, times, mean_blocks, K, frac, seconds)
+    per_image = sum(model.flops(k) for k in depths)
+    frac = per_image / (len(depths) * model.flops(K))
+    guided = cfg_scale != 1.0 and labels is not None
+    total = per_image * n * (2 if guided else 1)
+    return GenerationResult(torch.cat(outs), labels, times, mean_blocks, K, frac, seconds, total)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

