@@ -95,6 +95,9 @@ def test_malformed_specs(spec, match):
 def test_more_blocks_than_model():
     with pytest.raises(ScheduleError, match="the model has 12"):
         get_schedule("D4-DiT").check(12)
+    with pytest.raises(ScheduleError, match="defined for 6 schedulable blocks but the model has 14"):
+        get_schedule("D4-U-ViT").check(14)  # e.g. U-ViT-H/2 has 14 decoder blocks
+    assert get_schedule("D4-U-ViT").check(6).name == "D4-U-ViT"
     with pytest.raises(ScheduleError, match=r"\[0, 1\]"):
         get_schedule("D4-DiT").active_blocks(float("nan"))
     with pytest.raises(ScheduleError, match=r"\[0, 1\]"):

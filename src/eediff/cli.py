@@ -216,8 +216,8 @@ def schedules_cmd(
                     models[ref] = build_model(ref)
             m = models[ref]
         K = m.num_exit_blocks
-        if s.blocks is not None and max(s.blocks) > K:
-            continue
+        if s.blocks is not None and (max(s.blocks) > K or s.ref_blocks not in (None, K)):
+            continue  # a preset defined for another depth
         frac = s.compute_fraction(m.flops, K, ts)
         mb = s.mean_blocks(K, ts)
         blocks = "all" if s.blocks is None else ",".join(map(str, s.blocks))

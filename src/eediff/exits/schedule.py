@@ -27,6 +27,7 @@ class ExitSchedule:
     boundaries: tuple[float, ...]  # b_0 = 0 < b_1 < ... < b_n = 1
     blocks: tuple[int, ...] | None  # one count per interval; None = every block (full depth)
     description: str = ""
+    ref_blocks: int | None = None  # presets: the schedulable depth they are defined for (DiT 28, U-ViT 6 decoder blocks)
 
     def __post_init__(self):
         if self.blocks is None:
@@ -89,6 +90,11 @@ class ExitSchedule:
                 f"schedule '{self.name}' runs up to {max(self.blocks)} blocks but the model has {num_blocks} "
                 f"schedulable blocks: pick a schedule for this model (see `eediff schedules`)"
             )
+        if self.ref_blocks is not None and self.ref_blocks != num_blocks:
+            raise ScheduleError(
+                f"preset '{self.name}' is defined for {self.ref_blocks} schedulable blocks but the model has {num_blocks}: "
+                f"give the block counts yourself, e.g. --schedule '{','.join(str(round(k * num_blocks / self.ref_blocks)) for k in self.blocks)}'"
+            )
         return self
  
     def is_full(self, num_blocks: int) -> bool:
@@ -112,9 +118,9 @@ class ExitSchedule:
         return json.dumps({"name": self.name, "boundaries": list(self.boundaries), "blocks": None if self.blocks is None else list(self.blocks)})
 
 
-def _equal(name: str, blocks: Sequence[int], description: str = "") -> ExitSchedule:
+def _equal(name: str, blocks: Sequence[int], description: str = "", ref_blocks: int | None = None) -> ExitSchedule:
     n = len(blocks)
-    return ExitSchedule(name, tuple(i / n for i in range(n + 1)), tuple(blocks), description)
+    return ExitSchedule(name, tuple(i / n for i in range(n + 1)), tuple(blocks), description, ref_blocks)
 
 
 # Table 2 of the ASE paper. t in [0, 0.2] is next to the data (all blocks), [0.8, 1] next to the noise.
@@ -123,20 +129,20 @@ PRESETS: dict[str, ExitSchedule] = {
     s.name: s
     for s in [
         ExitSchedule("full", (0.0, 1.0), None, "every block at every timestep"),
-        _equal("D1-DiT", [28, 26, 24, 22, 20], "Table 2 (paper accel. 16.63%)"),
-        _equal("D3-DiT", [28, 25, 22, 19, 16], "Table 2 (paper accel. 23.43%)"),
-        _equal("D4-DiT", [28, 24, 20, 16, 12], "Table 2 (paper accel. 30.46%)"),
-        _equal("D6-DiT", [28, 28, 24, 22, 20, 18, 12, 10, 8, 6], "Table 2, 0.1-wide intervals (paper accel. 38.32%)"),
-        _equal("D1-U-ViT", [6, 5, 4, 3, 2], "Table 2, decoder blocks (paper accel. 16.26%)"),
-        _equal("D2-U-ViT", [6, 5, 3, 2, 1], "Table 2, decoder blocks (paper accel. 22.27%)"),
-        _equal("D3-U-ViT", [6, 4, 3, 2, 1], "Table 2, decoder blocks (paper accel. 24.77%)"),
-        _equal("D4-U-ViT", [5, 4, 2, 2, 1], "Table 2, decoder blocks (paper accel. 28.03%)"),
-        _equal("D5-U-ViT", [5, 4, 2, 1, 1], "Table 2, decoder blocks (paper accel. 30.71%)"),
-        _equal("D6-U-ViT", [5, 3, 2, 1, 1], "Table 2, decoder blocks (paper accel. 32.09%)"),
-        _equal("demo", [28, 28, 24, 24, 20, 20, 16, 16, 12, 12], "the authors' released schedule, bins of 100 of 0..999"),
+        _equal("D1-DiT", [28, 26, 24, 22, 20], "Table 2 (paper accel. 16.63%)", ref_blocks=28),
+        _equal("D3-DiT", [28, 25, 22, 19, 16], "Table 2 (paper accel. 23.43%)", ref_blocks=28),
+        _equal("D4-DiT", [28, 24, 20, 16, 12], "Table 2 (paper accel. 30.46%)", ref_blocks=28),
+        _equal("D6-DiT", [28, 28, 24, 22, 20, 18, 12, 10, 8, 6], "Table 2, 0.1-wide intervals (paper accel. 38.32%)", ref_blocks=28),
+        _equal("D1-U-ViT", [6, 5, 4, 3, 2], "Table 2, decoder blocks (paper accel. 16.26%)", ref_blocks=6),
+        _equal("D2-U-ViT", [6, 5, 3, 2, 1], "Table 2, decoder blocks (paper accel. 22.27%)", ref_blocks=6),
+        _equal("D3-U-ViT", [6, 4, 3, 2, 1], "Table 2, decoder blocks (paper accel. 24.77%)", ref_blocks=6),
+        _equal("D4-U-ViT", [5, 4, 2, 2, 1], "Table 2, decoder blocks (paper accel. 28.03%)", ref_blocks=6),
+        _equal("D5-U-ViT", [5, 4, 2, 1, 1], "Table 2, decoder blocks (paper accel. 30.71%)", ref_blocks=6),
+        _equal("D6-U-ViT", [5, 3, 2, 1, 1], "Table 2, decoder blocks (paper accel. 32.09%)", ref_blocks=6),
+        _equal("demo", [28, 28, 24, 24, 20, 20, 16, 16, 12, 12], "the authors' released schedule, bins of 100 of 0..999", ref_blocks=28),
         # Appendix A.1 gives these two only as a figure; we take D4-DiT's counts and their mirror image.
-        _equal("noise-easy", [28, 24, 20, 16, 12], "App. A.1: fewer blocks near the noise (= D4-DiT's counts)"),
-        _equal("data-easy", [12, 16, 20, 24, 28], "App. A.1: fewer blocks near the data (mirror of noise-easy)"),
+        _equal("noise-easy", [28, 24, 20, 16, 12], "App. A.1: fewer blocks near the noise (= D4-DiT's counts)", ref_blocks=28),
+        _equal("data-easy", [12, 16, 20, 24, 28], "App. A.1: fewer blocks near the data (mirror of noise-easy)", ref_blocks=28),
     ]
 }
 
