@@ -88,28 +88,44 @@ def save_model(path: str, model, process=None, tuned_for=None, dtype: torch.dtyp
     atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
 
 
-def _read_state_dict(path: str) -> tuple[dict, dict]:
-    """(state dict, metadata) from a file, refusing anything unsafe or unreadable with a one-line error."""
-    if path.endswith(".safetensors"):
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-            return load_file(path), meta
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({str(e).splitlines()[0]}): re-download or re-save it") from None
+def short_reason(e: Exception, limit: int = 90) -> str:
+    """The first sentence of an exception message, cut at a word boundary (for one-line errors)."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = text.split(". ")[0]
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + "..."
+
+
+def read_safetensors(path: str, fix: str = "re-download or re-save it") -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file; any failure is a one-line CheckpointError ending in ``fix``."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(path), meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({short_reason(e)}): {fix}") from None
+
+
+def safe_torch_load(path: str, fix: str = "convert it to safetensors or a plain state dict in a trusted environment"):
+    """``torch.load(weights_only=True)``; a pickle carrying code or a broken file is a one-line CheckpointError."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e) or "GLOBAL" in str(e):
             raise CheckpointError(
-                f"checkpoint '{path}' is a pickle that carries code or custom objects, which eediff refuses to load: "
-                "convert it to safetensors or a plain state dict in a trusted environment"
+                f"checkpoint '{path}' is not a plain tensor file: the safe loader refused it, so it may carry code; {fix}"
             ) from None
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch weights file: re-download or re-save it") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({str(e).splitlines()[0][:120]}): re-download or re-save it") from None
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch weights file: {fix}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({short_reason(e)}): {fix}") from None
+
+
+def _read_state_dict(path: str) -> tuple[dict, dict]:
+    """(state dict, metadata) from a file, refusing anything unsafe or unreadable with a one-line error."""
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    obj = safe_torch_load(path)
     if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("ema", "model", "state_dict"):  # official training checkpoints wrap the weights
             if isinstance(obj.get(key), dict):

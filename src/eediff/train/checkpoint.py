@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import re
 import shutil
@@ -28,10 +27,10 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import save_file
 
-from ..checkpoint import CheckpointError, atomic_write, model_metadata
+from ..checkpoint import CheckpointError, atomic_write, model_metadata, read_safetensors
+from ..checkpoint import safe_torch_load as _safe_torch_load
 
 FORMAT = "eediff-train/1"
 _STEP_RE = re.compile(r"^step-(\d+)$")
@@ -45,35 +44,17 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def _why(e: Exception, limit: int = 90) -> str:
-    """The first sentence of an exception message, cut at a word boundary."""
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    text = text.split(". ")[0]
-    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + "..."
+_RESUME_FIX = "resume from another checkpoint"
 
 
 def safe_torch_load(path: str):
-    """``torch.load(weights_only=True)`` with every failure turned into a one-line CheckpointError."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"'{path}' is not a plain tensor file: torch.load(weights_only=True) refused it, so it may carry code; "
-            "do not use it, resume from another checkpoint"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"'{path}' is corrupt or truncated ({_why(e)}): resume from another checkpoint") from None
+    return _safe_torch_load(path, _RESUME_FIX)
 
 
 def _read_weights(path: str) -> tuple[dict, dict]:
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint file '{path}' is missing: the checkpoint is incomplete")
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-        return load_file(path), meta
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"'{path}' is corrupt or truncated ({_why(e)}): resume from another checkpoint") from None
+    return read_safetensors(path, _RESUME_FIX)
 
 
 def _check_fits(path: str, sd: dict, meta: dict, model) -> None:
