@@ -38,6 +38,7 @@ class FastPathHandle:
     original_dtype: torch.dtype
     original_state: dict
     graphs: dict = field(default_factory=dict)
+    pool: object = None  # one CUDA graph memory pool shared by all depths (graphs never replay concurrently)
     stats: dict = field(default_factory=lambda: {"captures": 0, "replays": 0, "eager_calls": 0})
 
     def remove(self) -> None:
@@ -107,9 +108,9 @@ def _capture(fn, x, t, y, k, handle):
         for _ in range(3):
             fn(sx, st, sy, active_blocks=k)
     torch.cuda.current_stream().wait_stream(s)
-    if "pool" not in handle.__dict__:
-        handle.__dict__["pool"] = torch.cuda.graph_pool_handle()
+    if handle.pool is None:
+        handle.pool = torch.cuda.graph_pool_handle()
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, pool=handle.__dict__["pool"]):
+    with torch.cuda.graph(g, pool=handle.pool):
         out = fn(sx, st, sy, active_blocks=k)
     return g, sx, st, sy, out
