@@ -92,7 +92,7 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
             sy.copy_(y)
         graph.replay()
         handle.stats["replays"] += 1
-        return out.float()  # a new tensor: the static output buffer is reused by the next replay
+        return out.to(torch.float32, copy=True)  # always a copy: the static output buffer is reused by the next replay
 
     model.forward = forward
     return handle
