@@ -12,20 +12,21 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .config import opt
 from .eval.timing import matmul_peak, time_fn
 
 
 @dataclass
 class BenchConfig:
-    model: str = "DiT-XL/2"
-    batch_sizes: str = "1,8,64"
-    schedules: str = "D1-DiT,D3-DiT,D4-DiT,D6-DiT,demo"
-    e2e_images: int = 32
-    e2e_cfg: float = 1.5
-    repeats: int = 10
-    out: str = "results/bench_dit.json"
-    tiny: bool = False  # a small model on CPU, for a smoke test of the script itself
-    skip_e2e: bool = False
+    model: str = opt("DiT-XL/2", "DiT size to benchmark (random weights, latent 32x32x4)")
+    batch_sizes: str = opt("1,8,64", "comma-separated batch sizes for the forward timings")
+    schedules: str = opt("D1-DiT,D3-DiT,D4-DiT,D6-DiT,demo", "schedules whose time ratio is compared with their FLOP ratio")
+    e2e_images: int = opt(32, "images per end-to-end sampling run (CFG doubles the model batch)")
+    e2e_cfg: float = opt(1.5, "guidance scale of the end-to-end runs")
+    repeats: int = opt(10, "timed repeats (median reported) after warm-up")
+    out: str = opt("results/bench_dit.json", "JSON results (Markdown written next to it)")
+    tiny: bool = opt(False, "a small model on the CPU: a smoke test of the benchmark itself")
+    skip_e2e: bool = opt(False, "skip the end-to-end sampling runs")
 
 
 def _random_diffusers_dit(model: str, tiny: bool):
