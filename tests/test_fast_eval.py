@@ -73,3 +73,20 @@ def test_eval_sharded_over_two_processes_gives_the_same_images(tmp_path):
         assert ra["schedule"] == rb["schedule"]
         # same images up to float rounding of different batch compositions
         assert rb["fid_mean"] == pytest.approx(ra["fid_mean"], rel=1e-5)
+
+
+def test_bench_smoke_compares_the_same_function(tmp_path):
+    """`eediff bench --tiny`: every variant computes diffusers' function (same weights), exits report FLOP ratios."""
+    from eediff.bench import BenchConfig, run_bench, write_results
+
+    cfg = BenchConfig(tiny=True, skip_e2e=True, batch_sizes="2", repeats=1, schedules="D4-DiT,D6-DiT", out=str(tmp_path / "b.json"))
+    res = run_bench(cfg, log=lambda *_: None)
+    errs = {r["variant"]: r["rel_err_vs_diffusers_fp32"] for r in res["forward"]}
+    assert errs["eediff eager fp32"] < 1e-5  # same function as diffusers, fp32 rounding only
+    for name in ("diffusers bf16", "eediff eager bf16", "eediff fast path"):
+        assert errs[name] < 3e-2, (name, errs[name])  # bf16 weights and activations
+    ratios = {r["schedule"]: r["flop_ratio"] for r in res["schedules"]}
+    assert 0.70 < ratios["D4-DiT"] < 0.73 and ratios["D6-DiT"] < ratios["D4-DiT"]
+    res["command"] = "test"
+    write_results(res, cfg.out)
+    assert (tmp_path / "b.md").exists()
