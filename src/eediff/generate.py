@@ -106,6 +106,9 @@ def generate(
             if vae is not None:
                 x = decode_latents(vae, x)
         outs.append(x.float().clamp(-1, 1).cpu())
+        if b == 0 and len(times) != sampler.steps:  # multi-stage schedulers (Heun, PNDM) evaluate more often than `steps`
+            bar.total = n_batches * len(times)
+            bar.refresh()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
