@@ -15,6 +15,9 @@ from typing import Callable
 
 import typer
 
+from .config import autocast_dtype, resolve_device
+from .zoo import resolve_model
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="eediff: early-exit diffusion transformers (ASE).")
 
 
@@ -74,47 +77,6 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"unknown device '{name}': use cpu, cuda or auto")
-    return name
-
-
-def _autocast(precision: str, device: str):
-    import torch
-
-    if precision == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp32":
-        return None
-    raise UserError(f"unknown precision '{precision}': use fp32, bf16 or auto")
-
-
-def resolve_model(spec: str | None):
-    """A checkpoint path, a diffusers folder, a registry name (random weights) or the shipped default."""
-    from . import zoo
-    from .checkpoint import LoadedModel, load_model
-    from .models.registry import REGISTRY, build_model, default_process
-
-    if spec is None:
-        return zoo.default_model()
-    if spec in zoo.SHIPPED:
-        return load_model(zoo.path(spec))
-    if spec in REGISTRY and not os.path.exists(spec):
-        typer.secho(f"note: '{spec}' is a registry name: sampling from RANDOM weights (pass a checkpoint path for real images)", err=True, fg=typer.colors.YELLOW)
-        model = build_model(spec)
-        return LoadedModel(model, default_process(model), None, {}, spec)
-    return load_model(spec)
-
-
 def _parse_labels(s: str) -> list[int] | None:
     if not s.strip():
         return None
@@ -136,7 +98,7 @@ def sample_cmd(cfg) -> None:
         raise UserError("-n and --batch-size must be at least 1")
     if cfg.sampler not in SAMPLERS:
         _scheduler_class(cfg.sampler)  # raises a one-line SamplerError for unknown names
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     loaded = resolve_model(cfg.model)
     model = loaded.model
     schedule = get_schedule(cfg.schedule) if cfg.schedule is not None else (loaded.tuned_for or get_schedule("full"))
@@ -157,7 +119,7 @@ def sample_cmd(cfg) -> None:
             model, loaded.process, SamplerConfig(cfg.sampler, cfg.steps), n=cfg.n, batch_size=cfg.batch_size, seed=cfg.seed,
             schedule=schedule, cfg_scale=cfg.cfg, cfg_channels=cfg.cfg_channels or None,
             class_labels=_parse_labels(cfg.class_labels), vae=vae, device=device,
-            autocast_dtype=_autocast(cfg.precision, device), tuned_for=loaded.tuned_for, progress=cfg.progress,
+            autocast_dtype=autocast_dtype(cfg.precision, device), tuned_for=loaded.tuned_for, progress=cfg.progress,
         )
     save_grid(res.images, cfg.out)
     if cfg.compare_full and not schedule.is_full(model.num_exit_blocks):
@@ -166,7 +128,7 @@ def sample_cmd(cfg) -> None:
         m = min(cfg.n, cfg.batch_size, 8)
         kw = dict(n=m, batch_size=m, seed=cfg.seed, cfg_scale=cfg.cfg, cfg_channels=cfg.cfg_channels or None,
                   class_labels=_parse_labels(cfg.class_labels), vae=vae, device=device,
-                  autocast_dtype=_autocast(cfg.precision, device), progress=False)
+                  autocast_dtype=autocast_dtype(cfg.precision, device), progress=False)
         sc = SamplerConfig(cfg.sampler, cfg.steps)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a tuned checkpoint sampled at full depth warns; here it is only timed

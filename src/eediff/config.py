@@ -39,6 +39,32 @@ class ConfigError(ValueError):
     """An unusable option value or option file; one-line message."""
 
 
+def resolve_device(name: str) -> str:
+    """``--device`` value -> a torch device string (auto = cuda when visible)."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"unknown device '{name}': use cpu, cuda or auto")
+    return name
+
+
+def autocast_dtype(precision: str, device: str):
+    """``--precision`` value -> the autocast dtype (None = plain fp32); auto = bf16 on CUDA."""
+    import torch
+
+    if precision == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32":
+        return None
+    raise ConfigError(f"unknown precision '{precision}': use fp32, bf16 or auto")
+
+
 @dataclass
 class TrainBaseConfig:
     """Options shared by ``eediff train`` and ``eediff finetune`` (Algorithm 1 of the ASE paper)."""

@@ -105,13 +105,14 @@ def reference(cfg: EvalConfig, features):
 
 def run_eval(cfg: EvalConfig, log=print) -> dict:
     from ..checkpoint import atomic_write
-    from ..cli import _autocast, _device, resolve_model
+    from ..config import autocast_dtype, resolve_device
+    from ..zoo import resolve_model
     from ..exits.schedule import get_schedule
     from ..generate import generate, to_uint8
     from . import fid
     from .timing import time_fn
 
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     rank, world, state = _dist(cpu=device == "cpu")
     if world > 1 and device.startswith("cuda"):
         device = f"cuda:{state.local_process_index}"
@@ -126,7 +127,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         s.check(K)
     samplers = [parse_sampler(s) for s in cfg.samplers.split(";") if s.strip()]
     seeds = [int(s) for s in cfg.seeds.split(",")]
-    autocast = _autocast(cfg.precision, device)
+    autocast = autocast_dtype(cfg.precision, device)
     handle = None
     if cfg.fast and device.startswith("cuda"):
         from ..fast import FastPathConfig, apply_fast_path
@@ -244,12 +245,12 @@ def _uint8_images(spec: str) -> torch.Tensor:
 
 
 def run_fid(cfg: FidConfig) -> float:
-    from ..cli import UserError, _device
+    from ..config import ConfigError, resolve_device
     from . import fid
 
     if not cfg.images:
-        raise UserError("--images is required: an .npz from `eediff sample --save-npz` or a folder of images")
-    device = _device(cfg.device)
+        raise ConfigError("--images is required: an .npz from `eediff sample --save-npz` or a folder of images")
+    device = resolve_device(cfg.device)
     features = feature_network(EvalConfig(metric=cfg.metric, inception=cfg.inception), device)
     name, _, split = cfg.reference.partition(":")
     ref = fid.reference_stats(name, split or "test", "uint8-full", lambda: _uint8_images(cfg.reference), cfg.cache_dir, features=features)

@@ -35,3 +35,21 @@ def default_model():
     print("note: no shipped model yet: sampling from a small RANDOMLY INITIALISED DiT (28 blocks, width 128, 28x28x1)", file=sys.stderr)
     model = build_model("DiT", input_size=28, patch_size=4, in_channels=1, hidden_size=128, depth=28, num_heads=4, num_classes=10)
     return LoadedModel(model, default_process(model), None, {}, "random 28-block DiT (no shipped model yet)")
+
+
+def resolve_model(spec: str | None):
+    """A checkpoint path, a diffusers folder, a shipped name, a registry name (random weights) or the shipped default."""
+    import sys
+
+    from ..checkpoint import LoadedModel, load_model
+    from ..models.registry import REGISTRY, build_model, default_process
+
+    if spec is None:
+        return default_model()
+    if spec in SHIPPED:
+        return load_model(path(spec))
+    if spec in REGISTRY and not os.path.exists(spec):
+        print(f"note: '{spec}' is a registry name: sampling from RANDOM weights (pass a checkpoint path for real images)", file=sys.stderr)
+        model = build_model(spec)
+        return LoadedModel(model, default_process(model), None, {}, spec)
+    return load_model(spec)
