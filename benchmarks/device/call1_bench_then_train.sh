@@ -14,5 +14,5 @@ rm -rf /root/src && mkdir -p /root/src && cp -r src benchmarks /root/src/
 timeout 400 python3 benchmarks/bench_dit.py --out $OUT/bench_dit_h100.json 2>&1 | grep -v "Warning\|warn(" | tee $OUT/bench.log
 cd /root/src && PYTHONPATH=/root/site:/root/src/src DATA=/root/data/fmnist_train.npz WORK=/root/zoo DIT_BASE=/root/src/src/eediff/zoo/dit-fmnist.safetensors \
   setsid nohup bash benchmarks/train_uvit.sh > /root/zoo/chain.log 2>&1 < /dev/null &
-sleep 75
+sleep 50
 cat /root/zoo/chain.log; tail -n 3 /root/zoo/uvit.log; cat /root/zoo/uvit/metrics.jsonl 2>/dev/null | tail -n 2
