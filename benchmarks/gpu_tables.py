@@ -57,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--time-repeats", type=int, default=3, help="timed repeats per schedule (median reported)")
     p.add_argument("--deadline-s", type=float, default=0.0, help="do not start work estimated to end later than this (0 = no deadline)")
     p.add_argument("--out-jsonl", required=True, help="results, one JSON line per finished cell (appended; resumable)")
+    p.add_argument("--timing", default="first", choices=["first", "skip", "only"],
+                   help="speed per sampler: before its first cell | never (FID only, e.g. while the GPU is shared) | only the timings, no cells")
     p.add_argument("--fast", action="store_true", help="GPU fast path (eediff.fast.apply_fast_path) on every model; CUDA only")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--precision", default="auto", help="fp32 | bf16 | auto (ignored under --fast)")
@@ -203,7 +205,7 @@ def main(argv=None, log=_log) -> int:
     todo = [c for c in plan if c["key"] not in done]
     log(f"[{time.perf_counter() - t0:7.1f}s] {args.arch_label}: {len(plan)} cells planned, {len(plan) - len(todo)} already in "
         f"{args.out_jsonl}, {len(todo)} to run on {dev_name}")
-    if not todo:
+    if not todo and args.timing != "only":
         return 0
 
     autocast = None if args.fast and device.startswith("cuda") else autocast_dtype(args.precision, device)
@@ -248,11 +250,43 @@ def main(argv=None, log=_log) -> int:
     def fits(est):
         return not args.deadline_s or est is None or time.perf_counter() - t0 + est <= args.deadline_s
 
+    def do_timing(spec):
+        sc = parse_sampler(spec)
+        c = {"sampler": spec}
+        ts = time.perf_counter()
+        scheds = [get_schedule(s) for s in plan_scheds]
+        sp_res = measure_speed(base.model, base.process, sc, scheds, args.time_batch, args.time_repeats, device,
+                               autocast=autocast, cfg_scale=args.cfg)
+        t_full = sp_res["median_s"]["full"]
+        f_full = sp_res["flops"]["full"]
+        per = {}
+        for s in scheds:
+            t = sp_res["median_s"][s.name]
+            per[s.name] = {"median_s": t, "times_s": sp_res["times_s"][s.name], "accel_pct": 100 * (1 - t / t_full),
+                           "flop_reduction_pct": 100 * (1 - sp_res["flops"][s.name] / f_full),
+                           "images_per_s": args.time_batch / t, "model_flops": sp_res["flops"][s.name],
+                           "achieved_tflops": sp_res["flops"][s.name] / t / 1e12}
+        wall = time.perf_counter() - ts
+        append_jsonl(args.out_jsonl, {"type": "timing", "arch": args.arch_label, "sampler": c["sampler"], "sampler_name": sc.sampler,
+                                      "steps": sc.steps, "batch": args.time_batch, "repeats": args.time_repeats, "fast": args.fast,
+                                      "device": dev_name, "model": args.base, "schedules": per, "wall_s": wall,
+                                      "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+        timed.add((args.arch_label, c["sampler"]))
+        last_timing_s.append((wall, sc.steps))
+        log(f"[{time.perf_counter() - t0:7.1f}s] timing {c['sampler']} (batch {args.time_batch}, {wall:.1f}s): "
+            + ", ".join(f"{k} {1000 * v['median_s']:.0f}ms/{v['accel_pct']:.1f}%" for k, v in per.items()))
+
+    if args.timing == "only":  # speed only, e.g. after a run whose timings shared the GPU
+        for spec in dict.fromkeys(c["sampler"] for c in plan):
+            if (args.arch_label, spec) not in timed:
+                do_timing(spec)
+        return 0
+
     skipped = []
     for i, c in enumerate(todo):
         sc = parse_sampler(c["sampler"])
         est = estimate(c["sampler"], sc.steps, last_cell_s)
-        need_timing = (args.arch_label, c["sampler"]) not in timed
+        need_timing = args.timing == "first" and (args.arch_label, c["sampler"]) not in timed
         est_t = None
         if need_timing:
             est_t = estimate(c["sampler"], sc.steps, last_timing_s)
@@ -266,28 +300,7 @@ def main(argv=None, log=_log) -> int:
             append_jsonl(args.out_jsonl, {"type": "skip", **c, "reason": why, "at_s": time.perf_counter() - t0})
             continue
         if need_timing:
-            ts = time.perf_counter()
-            scheds = [get_schedule(s) for s in plan_scheds]
-            sp_res = measure_speed(base.model, base.process, sc, scheds, args.time_batch, args.time_repeats, device,
-                                   autocast=autocast, cfg_scale=args.cfg)
-            t_full = sp_res["median_s"]["full"]
-            f_full = sp_res["flops"]["full"]
-            per = {}
-            for s in scheds:
-                t = sp_res["median_s"][s.name]
-                per[s.name] = {"median_s": t, "times_s": sp_res["times_s"][s.name], "accel_pct": 100 * (1 - t / t_full),
-                               "flop_reduction_pct": 100 * (1 - sp_res["flops"][s.name] / f_full),
-                               "images_per_s": args.time_batch / t, "model_flops": sp_res["flops"][s.name],
-                               "achieved_tflops": sp_res["flops"][s.name] / t / 1e12}
-            wall = time.perf_counter() - ts
-            append_jsonl(args.out_jsonl, {"type": "timing", "arch": args.arch_label, "sampler": c["sampler"], "sampler_name": sc.sampler,
-                                          "steps": sc.steps, "batch": args.time_batch, "repeats": args.time_repeats, "fast": args.fast,
-                                          "device": dev_name, "model": args.base, "schedules": per, "wall_s": wall,
-                                          "date": time.strftime("%Y-%m-%d %H:%M:%S")})
-            timed.add((args.arch_label, c["sampler"]))
-            last_timing_s.append((wall, sc.steps))
-            log(f"[{time.perf_counter() - t0:7.1f}s] timing {c['sampler']} (batch {args.time_batch}, {wall:.1f}s): "
-                + ", ".join(f"{k} {1000 * v['median_s']:.0f}ms/{v['accel_pct']:.1f}%" for k, v in per.items()))
+            do_timing(c["sampler"])
         ts = time.perf_counter()
         m = model(c["model"])
         sched = get_schedule(c["schedule"])
