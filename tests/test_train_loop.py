@@ -279,3 +279,14 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
     assert not os.path.exists(out / "final.safetensors")
     sd = load_model(str(out / "checkpoints" / "step-00000004" / "ema.safetensors")).model.state_dict()
     assert all(torch.isfinite(v).all() for v in sd.values())
+
+
+def test_ema_residual_note_flags_short_runs_only():
+    from eediff.train.loop import _suggest_decay, ema_residual_note
+
+    assert "22%" in ema_residual_note(0.999, 1500, warmup=False)  # the fine-tune that went wrong
+    assert ema_residual_note(0.99, 1200, warmup=False) is None  # 0.99^1200 ~ 6e-6
+    assert ema_residual_note(0.999, 1500, warmup=True) is None  # warm-up forgets the start by design
+    assert ema_residual_note(0.5, 5, warmup=False) is None
+    d = _suggest_decay(1500)
+    assert ema_residual_note(d, 1500, warmup=False) is None

@@ -513,10 +513,9 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
             file=sys.stderr,
         )
 
-    keep = cfg.ema_decay ** max(cfg.steps - tr.step_count, 0)
-    if tr.main and not cfg.ema_warmup and keep > 0.5 and cfg.steps >= 10:
-        print(f"note: EMA rate {cfg.ema_decay} over {cfg.steps} steps keeps {100 * keep:.0f}% of the initial weights in the "
-              f"exported EMA model: for a short run pass a lower --ema-decay (e.g. {_suggest_decay(cfg.steps)})", file=sys.stderr)
+    note = ema_residual_note(cfg.ema_decay, cfg.steps - tr.step_count, cfg.ema_warmup)
+    if tr.main and note:
+        print(note, file=sys.stderr)
     bar = None
     if tr.main and cfg.progress:
         from tqdm.auto import tqdm
@@ -587,6 +586,19 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
         raise TrainError(f"the {len(hashes)} processes ended with different weights: the run is not consistent")
     acc.wait_for_everyone()
     return RunSummary(cfg.out, tr.step_count, final_path, last_loss, time.perf_counter() - start, resumed_from)
+
+
+def ema_residual_note(decay: float, steps: int, warmup: bool) -> str | None:
+    """A warning when the exported EMA model would still hold a visible share of the initial weights.
+
+    Threshold 5%: a U-ViT D4 fine-tune of 1500 steps with α = 0.999 keeps 22% of the zero-shot weights
+    (α^1500) in its EMA, and that model sampled far worse than its training loss suggested.
+    """
+    keep = decay ** max(steps, 0)
+    if warmup or steps < 10 or keep <= 0.05:
+        return None
+    return (f"note: EMA rate {decay} over {steps} steps keeps {100 * keep:.0f}% of the initial weights in the exported "
+            f"EMA model: for a short run pass a lower --ema-decay (e.g. {_suggest_decay(steps)})")
 
 
 def _suggest_decay(steps: int) -> float:
