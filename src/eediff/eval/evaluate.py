@@ -283,8 +283,9 @@ def run_fid(cfg: FidConfig) -> float:
 
     if not cfg.images:
         raise ConfigError("--images is required: an .npz from `eediff sample --save-npz` or a folder of images")
+    fake = _uint8_images(cfg.images)  # the user's own file first: a bad path fails before any reference work
     device = resolve_device(cfg.device)
     features = feature_network(EvalConfig(metric=cfg.metric, inception=cfg.inception), device)
     name, _, split = cfg.reference.partition(":")
     ref = fid.reference_stats(name, split or "test", "uint8-full", lambda: _uint8_images(cfg.reference), cfg.cache_dir, features=features)
-    return fid.fid_against_stats(_uint8_images(cfg.images), ref, features, backend="eigh")
+    return fid.fid_against_stats(fake, ref, features, backend="eigh")
