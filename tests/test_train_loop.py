@@ -290,3 +290,16 @@ def test_ema_residual_note_flags_short_runs_only():
     assert ema_residual_note(0.5, 5, warmup=False) is None
     d = _suggest_decay(1500)
     assert ema_residual_note(d, 1500, warmup=False) is None
+
+
+def test_max_minutes_stops_exports_and_resumes_to_the_full_run(tmp_path):
+    cfg = tiny_cfg(tmp_path, steps=12, max_minutes=1e-9)  # CPU checks the clock every step: stops after step 1
+    summary = run(cfg, "train")
+    assert summary.step == 1
+    loaded = load_model(os.path.join(cfg.out, "final.safetensors"))
+    assert int(loaded.meta["trained_steps"]) == 1
+    rows = [json.loads(line) for line in open(os.path.join(cfg.out, "metrics.jsonl"))]
+    assert rows[-1]["step"] == 1
+    res = CliRunner().invoke(app, ["train", "--out", cfg.out, "--resume", "--max-minutes", "0", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.load(open(os.path.join(cfg.out, "rank_hashes.json")))["step"] == 12

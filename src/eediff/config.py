@@ -107,6 +107,7 @@ class TrainBaseConfig:
     sample_sampler: str = opt("ddim", "sampler for the grids")
     sample_steps: int = opt(50, "sampler steps for the grids")
     vae: str = opt(None, "diffusers AutoencoderKL folder to decode latent sample grids (latent data sets)")
+    max_minutes: float = opt(0.0, "stop after this many minutes of training, then checkpoint and export as at the end (--resume continues to --steps; 0 = no limit)")
     save_every: int = opt(1000, "write a checkpoint every N steps (and at the end)")
     keep_last: int = opt(3, "keep the newest K checkpoints")
     export_fp16: bool = opt(False, "also export final-fp16.safetensors")

@@ -460,6 +460,7 @@ def _validate(cfg: TrainBaseConfig, command: str) -> None:
         (cfg.lr > 0, "--lr must be positive"),
         (cfg.lr_schedule in ("constant", "cosine", "auto"), f"unknown --lr-schedule '{cfg.lr_schedule}': use constant, cosine or auto"),
         (0 <= cfg.ema_decay <= 1, "--ema-decay must be in [0, 1]"),
+        (cfg.max_minutes >= 0, "--max-minutes must be >= 0 (0 = no limit)"),
         (cfg.depth_grouping in ("group", "batch"), f"unknown --depth-grouping '{cfg.depth_grouping}': use group or batch"),
         (cfg.reweight_unit in ("step", "epoch"), f"unknown --reweight-unit '{cfg.reweight_unit}': use step or epoch"),
         (cfg.reweight_gamma >= 0 and (cfg.reweight_cycle or 0) >= 0, "--reweight-gamma and --reweight-cycle must be >= 0"),
@@ -540,7 +541,10 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
                 bar.update(1)
             if debug_sleep:
                 time.sleep(debug_sleep)
-            final = step == cfg.steps
+            # the time limit is checked where the loop already syncs; every rank stops at the same step
+            out_of_time = bool(cfg.max_minutes) and step % check_every == 0 and tr.any_rank(
+                torch.tensor(time.perf_counter() - start > 60 * cfg.max_minutes))
+            final = step == cfg.steps or out_of_time
             log_now = step % cfg.log_every == 0 or final
             save_now = step % cfg.save_every == 0 or final
             if step % check_every == 0 or log_now or save_now:
@@ -572,6 +576,11 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
                            tr.train_state(tr.elapsed_before + time.perf_counter() - start), capture_rng(tr.generators(), tr.device))
             if tr.main and cfg.sample_every >= 0 and (final or (cfg.sample_every > 0 and step % cfg.sample_every == 0)):
                 write_samples(tr, os.path.join(cfg.out, "samples", f"step-{step:08d}.png"))
+            if out_of_time:
+                if tr.main:
+                    print(f"{command}: --max-minutes {cfg.max_minutes:g} reached at step {step} of {cfg.steps}; "
+                          f"exporting (continue with --resume)", file=sys.stderr)
+                break
     finally:
         if bar is not None:
             bar.close()

@@ -95,13 +95,15 @@ def resolve(cfg, explicit: set[str] | None = None):
 def explicit_cli_fields() -> set[str] | None:
     """Names of the options typed on the command line of the running click command (None outside click).
 
-    typer >= 0.20 carries its own copy of click (``typer._click``); older ones use click itself.
+    typer >= 0.20 carries its own copy of click (``typer._click``, whose ``get_current_context`` lives in
+    ``typer._click.globals``); older ones use click itself.
     """
-    for modname in ("typer._click", "click"):
+    import importlib
+
+    for pkg in ("typer._click", "click"):
         try:
-            mod = __import__(modname, fromlist=["get_current_context"])
-            ctx = mod.get_current_context(silent=True)
-            source = __import__(modname + ".core", fromlist=["ParameterSource"]).ParameterSource
+            ctx = importlib.import_module(pkg + ".globals").get_current_context(silent=True)
+            source = importlib.import_module(pkg + ".core").ParameterSource
         except (ImportError, AttributeError):
             continue
         if ctx is not None:
