@@ -128,7 +128,7 @@ class TrainConfig(TrainBaseConfig):
 class FinetuneConfig(TrainBaseConfig):
     """``eediff finetune``: ASE fine-tuning (Algorithm 1) of a trained model for an exit schedule."""
 
-    init: str = opt(None, "checkpoint to fine-tune (eediff safetensors, official DiT .pt / U-ViT .pth)")
+    init: str = opt(None, "checkpoint to fine-tune (eediff safetensors, official DiT .pt / U-ViT .pth, or a shipped name such as dit-fmnist)")
     out: str = opt("runs/finetune", "run directory: config.json, metrics.jsonl, samples/, checkpoints/, final.safetensors")
     schedule: str = opt(None, "exit schedule to fine-tune for (required), e.g. D4-DiT")
     lr: float = opt(2e-5, "AdamW learning rate (paper: 2e-5 constant for DiT, cosine for U-ViT)")

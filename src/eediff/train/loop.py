@@ -197,7 +197,9 @@ class Trainer:
         self.data = data if data is not None else load_dataset(cfg.dataset, cfg.split, cfg.data_dir, cfg.image_size)
         if model is None:
             if command == "finetune":
-                loaded = load_model(cfg.init)
+                from ..zoo import SHIPPED, path as shipped_path
+
+                loaded = load_model(shipped_path(cfg.init) if cfg.init in SHIPPED else cfg.init)  # a file or a shipped name
                 model, process = loaded.model, loaded.process
             else:
                 model = build_train_model(cfg, self.data)
