@@ -62,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--fast", action="store_true", help="GPU fast path (eediff.fast.apply_fast_path) on every model; CUDA only")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--precision", default="auto", help="fp32 | bf16 | auto (ignored under --fast)")
+    p.add_argument("--late-samplers", default="", help="';'-separated slow samplers (e.g. euler-maruyama-1000): their cells of priority 1-3 come after "
+                   "the other samplers' cells of priority 1-3, their zero-shot cells last, so a deadline cuts them first")
+    p.add_argument("--time-samplers", default=None, help="';'-separated samplers to time (default: all of --samplers)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     return p.parse_args(argv)
 
@@ -132,6 +135,9 @@ def build_plan(args) -> list[dict]:
     for sp in _dpm_first(samplers):
         for sched in zero_shot:
             plan.append(cell("zero-shot", args.base, sched, sp, seeds[0], 4))
+    late = set(_split(args.late_samplers, ";"))
+    # late samplers' headline cells go after the other rows' cells but before the extra zero-shot rows
+    plan.sort(key=lambda c: (c["priority"] >= 4, c["sampler"] in late))  # stable
     seen, out = set(), []
     for c in plan:
         c["key"] = cell_key(c)
@@ -278,7 +284,7 @@ def main(argv=None, log=_log) -> int:
 
     if args.timing == "only":  # speed only, e.g. after a run whose timings shared the GPU
         for spec in dict.fromkeys(c["sampler"] for c in plan):
-            if (args.arch_label, spec) not in timed:
+            if (args.arch_label, spec) not in timed and (args.time_samplers is None or spec in _split(args.time_samplers, ";")):
                 do_timing(spec)
         return 0
 
@@ -286,7 +292,8 @@ def main(argv=None, log=_log) -> int:
     for i, c in enumerate(todo):
         sc = parse_sampler(c["sampler"])
         est = estimate(c["sampler"], sc.steps, last_cell_s)
-        need_timing = args.timing == "first" and (args.arch_label, c["sampler"]) not in timed
+        need_timing = (args.timing == "first" and (args.arch_label, c["sampler"]) not in timed
+                       and (args.time_samplers is None or c["sampler"] in _split(args.time_samplers, ";")))
         est_t = None
         if need_timing:
             est_t = estimate(c["sampler"], sc.steps, last_timing_s)
