@@ -189,28 +189,50 @@ def plot(agg: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     archs = list(dict.fromkeys(r["arch"] for r in agg))
-    fig, axes = plt.subplots(1, max(len(archs), 1), figsize=(6 * max(len(archs), 1), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, max(len(archs), 1), figsize=(7.5 * max(len(archs), 1), 4.8), squeeze=False)
     markers = {"full": "o", "zero-shot": "x", "fine-tuned": "^", "fair": "s"}
+    short = {"full": "full", "zero-shot": "zero-shot", "fine-tuned": "fine-tuned", "fair": "fair baseline"}
     for ax, arch in zip(axes[0], archs):
         rows = [r for r in agg if r["arch"] == arch]
         samplers = list(dict.fromkeys(r["sampler"] for r in rows))
         colours = {sp: plt.cm.tab10(i % 10) for i, sp in enumerate(samplers)}
+        clusters: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for r in rows:
             x = r["accel_pct"] if r["accel_pct"] is not None else (0.0 if r["schedule"] == "full" else math.nan)
             ax.errorbar(x, r["fid_mean"], yerr=r["fid_std"] or None, marker=markers[r["kind"]], color=colours[r["sampler"]],
-                        linestyle="none", markersize=7)
-            if r["kind"] in ("fine-tuned", "zero-shot"):
-                ax.annotate(r["schedule"], (x, r["fid_mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                        linestyle="none", markersize=7, alpha=0.85)
+            if not math.isnan(x):
+                clusters.setdefault((r["schedule"], r["kind"]), []).append((x, r["fid_mean"]))
+        # one label per (schedule, kind) cluster, right of its rightmost point, instead of one per marker; many
+        # zero-shot clusters of similar FID (U-ViT D1..D6) share one label
+        zs = sorted((k for k in clusters if k[1] == "zero-shot"), key=lambda k: _sched_key(k[0]))
+        if len(zs) > 4:
+            first, last = zs[0][0].split("-")[0], zs[-1][0].split("-")[0]
+            clusters[(f"{first}…{last}", "zero-shot")] = [p for k in zs for p in clusters.pop(k)]
+        for (sched, kind), pts in clusters.items():
+            x_max = max(p[0] for p in pts)
+            y_mid = math.exp(statistics.fmean(math.log(p[1]) for p in pts))
+            label = short[kind] if sched == "full" or kind == "fair" else f"{sched.split('-')[0]} {short[kind]}"
+            ax.annotate(label, (x_max, y_mid), fontsize=7, xytext=(6, -3), textcoords="offset points")
         from matplotlib.lines import Line2D
 
         handles = [Line2D([], [], color=colours[sp], marker="o", linestyle="none", label=sp) for sp in samplers]
         handles += [Line2D([], [], color="gray", marker=m, linestyle="none", label=k) for k, m in markers.items()
                     if any(r["kind"] == k for r in rows)]
-        ax.legend(handles=handles, fontsize=7)
+        ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.set_yscale("log")  # zero-shot rows sit 4-6x above the rest; a log axis keeps the full/fine-tuned gap readable
+        from matplotlib.ticker import ScalarFormatter
+
+        for axis in (ax.yaxis,):
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(ScalarFormatter())
+        xs = [x for pts in clusters.values() for x, _ in pts]
+        if xs:
+            ax.set_xlim(-2, max(xs) + 9)
         ax.set_xlabel("measured Accel. (%)")
-        ax.set_ylabel("FID" if rows[0]["metric"] == "fid" else rows[0]["metric_name"])
+        ax.set_ylabel(("FID" if rows[0]["metric"] == "fid" else rows[0]["metric_name"]) + " (log scale)")
         ax.set_title(arch)
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
