@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from .errors import EediffError
 from .diffusion.process import ContinuousVP, DiscreteVP
 from .exits.schedule import ExitSchedule, get_schedule
 from .models import registry
@@ -26,7 +27,7 @@ from .models import registry
 FORMAT = "eediff/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EediffError):
     """A checkpoint that cannot be used; one-line message naming the problem and the fix."""
 
 

@@ -15,14 +15,17 @@ from typing import Callable
 
 import typer
 
-from .config import autocast_dtype, resolve_device
+from .bench import BenchConfig
+from .config import EncodeConfig, ExportDataConfig, FinetuneConfig, SampleConfig, TrainConfig, autocast_dtype, resolve_device
+from .errors import EediffError
+from .eval.evaluate import EvalConfig, FidConfig
 from .zoo import resolve_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="eediff: early-exit diffusion transformers (ASE).")
 
 
-class UserError(Exception):
-    """Bad input: printed as one line, exit code 2."""
+class UserError(EediffError):
+    """Bad input found by the CLI itself: printed as one line, exit code 2."""
 
 
 def dataclass_command(cfg_cls, name: str, help: str):
@@ -54,13 +57,8 @@ def dataclass_command(cfg_cls, name: str, help: str):
         def command(**kwargs):
             try:
                 fn(cfg_cls(**kwargs))
-            except UserError as e:
+            except EediffError as e:  # the user's to fix: one line, exit 2; anything else is a bug and keeps its traceback
                 _fail(str(e))
-            except Exception as e:  # our own one-line error types
-                if type(e).__name__ in ("ScheduleError", "SamplerError", "CheckpointError", "ModelError", "DataError", "ConfigError",
-                                        "InceptionNotFoundError", "TrainError"):
-                    _fail(str(e))
-                raise
 
         command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {p.name: p.annotation for p in params}
@@ -86,7 +84,7 @@ def _parse_labels(s: str) -> list[int] | None:
         raise UserError(f"--class-labels '{s}' must be comma-separated integers") from None
 
 
-@dataclass_command(__import__("eediff.config", fromlist=["SampleConfig"]).SampleConfig, "sample", "Sample an image grid, with an exit schedule, through any sampler.")
+@dataclass_command(SampleConfig, "sample", "Sample an image grid, with an exit schedule, through any sampler.")
 def sample_cmd(cfg) -> None:
     import torch
 
@@ -160,7 +158,7 @@ def schedules_cmd(
 
     try:
         custom = resolve_model(model).model if model else None
-    except Exception as e:
+    except EediffError as e:
         _fail(str(e))
     ts = [i / steps for i in range(steps)]
     models = {}
@@ -220,32 +218,29 @@ def _plot_schedules(rows, path: str) -> None:
 
 
 def _train_or_finetune(cfg, command: str) -> None:
-    from .train.loop import TrainError, run
+    from .train.loop import run
     from .train.options import changed_fields, explicit_cli_fields, resolve
 
     explicit = explicit_cli_fields()
     cfg = resolve(cfg, explicit if explicit is not None else changed_fields(cfg))
-    try:
-        summary = run(cfg, command)
-    except TrainError as e:
-        raise UserError(str(e)) from None
+    summary = run(cfg, command)  # a TrainError is an EediffError: one line, exit 2
     if summary.final_path:
         loss = "n/a" if summary.last_loss is None else f"{summary.last_loss:.4f}"
         typer.echo(f"{command}: {summary.step} steps in {summary.seconds:.1f} s, last loss {loss}")
         typer.echo(f"wrote {summary.final_path}  (EMA weights; sample it with: eediff sample --model {summary.final_path})")
 
 
-@dataclass_command(__import__("eediff.config", fromlist=["TrainConfig"]).TrainConfig, "train", "Train a DiT or U-ViT from scratch (resumable; multi-process through accelerate/torchrun).")
+@dataclass_command(TrainConfig, "train", "Train a DiT or U-ViT from scratch (resumable; multi-process through accelerate/torchrun).")
 def train_cmd(cfg) -> None:
     _train_or_finetune(cfg, "train")
 
 
-@dataclass_command(__import__("eediff.config", fromlist=["FinetuneConfig"]).FinetuneConfig, "finetune", "ASE fine-tuning (Algorithm 1) of a trained model for an exit schedule.")
+@dataclass_command(FinetuneConfig, "finetune", "ASE fine-tuning (Algorithm 1) of a trained model for an exit schedule.")
 def finetune_cmd(cfg) -> None:
     _train_or_finetune(cfg, "finetune")
 
 
-@dataclass_command(__import__("eediff.config", fromlist=["ExportDataConfig"]).ExportDataConfig, "export-data", "Write a data set as one compressed uint8 .npz (images + labels).")
+@dataclass_command(ExportDataConfig, "export-data", "Write a data set as one compressed uint8 .npz (images + labels).")
 def export_data_cmd(cfg) -> None:
     from .train.data import balanced_subset, load_dataset, save_npz
 
@@ -256,7 +251,7 @@ def export_data_cmd(cfg) -> None:
     typer.echo(f"wrote {cfg.out}: {len(data)} images {'x'.join(map(str, data.shape))}, {data.num_classes} classes ({os.path.getsize(cfg.out) / 2**20:.1f} MiB)")
 
 
-@dataclass_command(__import__("eediff.config", fromlist=["EncodeConfig"]).EncodeConfig, "encode", "Encode images with a VAE into latent shards for latent-model training.")
+@dataclass_command(EncodeConfig, "encode", "Encode images with a VAE into latent shards for latent-model training.")
 def encode_cmd(cfg) -> None:
     from .train.encode import encode_latents
 
@@ -264,7 +259,7 @@ def encode_cmd(cfg) -> None:
     typer.echo(f"wrote {res['count']} latents in {len(res['shards'])} shard(s) to {cfg.out} (scaling factor {res['scaling_factor']})")
 
 
-@dataclass_command(__import__("eediff.bench", fromlist=["BenchConfig"]).BenchConfig, "bench", "DiT speed: eager vs fast path vs diffusers, exits vs FLOPs, end to end (GPU).")
+@dataclass_command(BenchConfig, "bench", "DiT speed: eager vs fast path vs diffusers, exits vs FLOPs, end to end (GPU).")
 def bench_cmd(cfg) -> None:
     from .bench import run_bench, write_results
 
@@ -274,7 +269,7 @@ def bench_cmd(cfg) -> None:
     typer.echo(f"wrote {cfg.out}")
 
 
-@dataclass_command(__import__("eediff.eval.evaluate", fromlist=["EvalConfig"]).EvalConfig, "eval", "FID and measured Accel. of exit schedules vs full depth, paper-table style.")
+@dataclass_command(EvalConfig, "eval", "FID and measured Accel. of exit schedules vs full depth, paper-table style.")
 def eval_cmd(cfg) -> None:
     from .eval.evaluate import run_eval
 
@@ -282,7 +277,7 @@ def eval_cmd(cfg) -> None:
     typer.echo(f"wrote {cfg.out}")
 
 
-@dataclass_command(__import__("eediff.eval.evaluate", fromlist=["FidConfig"]).FidConfig, "fid", "FID (or the cheap classifier distance) of an image set against a reference data set.")
+@dataclass_command(FidConfig, "fid", "FID (or the cheap classifier distance) of an image set against a reference data set.")
 def fid_cmd(cfg) -> None:
     from .eval.evaluate import run_fid
 

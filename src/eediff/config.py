@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import EediffError
+
 
 def opt(default, help: str, short: str | None = None):
     return field(default=default, metadata={"help": help, "short": short})
@@ -35,7 +37,7 @@ class SampleConfig:
 # ---- training and ASE fine-tuning (eediff train / eediff finetune) --------------------------------------
 
 
-class ConfigError(ValueError):
+class ConfigError(EediffError):
     """An unusable option value or option file; one-line message."""
 
 

@@ -12,10 +12,11 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..errors import EediffError
 from .process import ContinuousVP, DiscreteVP
 
 
-class SamplerError(ValueError):
+class SamplerError(EediffError):
     """Unknown or unusable sampler; one-line message."""
 
 

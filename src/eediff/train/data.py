@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import EediffError
 
-class DataError(ValueError):
+
+class DataError(EediffError):
     """A data set that is missing or unreadable; one-line message with the command that fixes it."""
 
 

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model, save_model
+from ..errors import EediffError
 from ..config import ConfigError, FinetuneConfig, TrainBaseConfig, TrainConfig
 from ..exits.schedule import get_schedule
 from ..models import registry
@@ -54,7 +55,7 @@ from .nested import exit_blocks, prefix_counts, prefix_rows
 from .options import to_json
 
 
-class TrainError(RuntimeError):
+class TrainError(EediffError, RuntimeError):
     """A run that cannot go on (e.g. a NaN loss); one-line message."""
 
 
