@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/eediff sample -n 64 --batch-size 64 --sampler dpm-solver++ --steps 20 --out demo.png --compare-full --no-progress
+	$(VENV)/bin/eediff sample -n 64 --batch-size 64 --sampler dpm-solver++ --steps 15 --out demo.png --compare-full --no-progress
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=10

@@ -28,9 +28,18 @@ def ckpt(tmp_path_factory):
 def test_sample_writes_grid_and_reports(ckpt, tmp_path):
     out = tmp_path / "g.png"
     r = run("sample", "--model", ckpt, "--schedule", "4,3,2,1", "--sampler", "ddim", "--steps", "4", "-n", "6",
-            "--batch-size", "4", "--out", str(out), "--save-npz", "--no-progress")
+            "--batch-size", "4", "--out", str(out), "--save-npz", "--no-progress", "--compare-full", "--compare-repeats", "2")
     assert r.returncode == 0, r.stderr
     assert "mean blocks per step: 2.50 / 4" in r.stdout and "compute fraction" in r.stdout and "wall-clock" in r.stdout
+    # full depth and the schedule timed on the first 4 images (one batch), 2 interleaved runs each
+    import re
+
+    m = re.search(r"speed-up vs full depth: (-?[\d.]+)% less time \(([\d.]+) s -> ([\d.]+) s for 4 images, median of 2 "
+                  r"interleaved runs; per run (-?\d+)\.\.(-?\d+)%\)", r.stdout)
+    assert m, r.stdout
+    pct, t_full, t_s, lo, hi = map(float, m.groups())
+    # with 2 runs the medians are means, and their ratio (a mediant) lies between the per-run ratios
+    assert t_full > 0 and t_s > 0 and lo - 0.5 <= pct <= hi + 0.5
     assert out.exists() and (tmp_path / "g.npz").exists()
     import numpy as np
 
@@ -42,6 +51,10 @@ def _one_line_error(r, needle):
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_bad_counts(ckpt, tmp_path):
+    _one_line_error(run("sample", "--model", ckpt, "--compare-full", "--compare-repeats", "0", "--no-progress"), "--compare-repeats")
 
 
 def test_missing_checkpoint(tmp_path):

@@ -92,8 +92,8 @@ def sample_cmd(cfg) -> None:
     from .exits.schedule import get_schedule
     from .generate import generate, save_grid, save_npz
 
-    if cfg.n < 1 or cfg.batch_size < 1:
-        raise UserError("-n and --batch-size must be at least 1")
+    if cfg.n < 1 or cfg.batch_size < 1 or cfg.compare_repeats < 1:
+        raise UserError("-n, --batch-size and --compare-repeats must be at least 1")
     if cfg.sampler not in SAMPLERS:
         _scheduler_class(cfg.sampler)  # raises a one-line SamplerError for unknown names
     device = resolve_device(cfg.device)
@@ -121,17 +121,15 @@ def sample_cmd(cfg) -> None:
         )
     save_grid(res.images, cfg.out)
     if cfg.compare_full and not schedule.is_full(model.num_exit_blocks):
-        from .eval.timing import time_fn
+        from .eval.evaluate import measure_speed
 
         m = min(cfg.n, cfg.batch_size, 8)
-        kw = dict(n=m, batch_size=m, seed=cfg.seed, cfg_scale=cfg.cfg, cfg_channels=cfg.cfg_channels or None,
-                  class_labels=_parse_labels(cfg.class_labels), vae=vae, device=device,
-                  autocast_dtype=autocast_dtype(cfg.precision, device), progress=False)
-        sc = SamplerConfig(cfg.sampler, cfg.steps)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a tuned checkpoint sampled at full depth warns; here it is only timed
-            t_full = time_fn(lambda: generate(model, loaded.process, sc, schedule=get_schedule("full"), **kw), device, warmup=0, repeats=3)["median_s"]
-            t_s = time_fn(lambda: generate(model, loaded.process, sc, schedule=schedule, tuned_for=loaded.tuned_for, **kw), device, warmup=0, repeats=3)["median_s"]
+        full = get_schedule("full")
+        speed = measure_speed(model, loaded.process, SamplerConfig(cfg.sampler, cfg.steps), [full, schedule], batch=m,
+                              repeats=cfg.compare_repeats, device=device, autocast=autocast_dtype(cfg.precision, device),
+                              cfg_scale=cfg.cfg, vae=vae, warmup=torch.device(device).type == "cuda")  # on the CPU the grid was the warm-up
+        t_full, t_s = speed["median_s"][full.name], speed["median_s"][schedule.name]
+        rounds = [100 * (1 - b / a) for a, b in zip(speed["times_s"][full.name], speed["times_s"][schedule.name])]
     if cfg.save_npz:
         save_npz(res.images, res.labels, os.path.splitext(cfg.out)[0] + ".npz")
     typer.echo(f"model: {loaded.source}  ({model.arch}, {model.num_exit_blocks} schedulable blocks)")
@@ -143,7 +141,8 @@ def sample_cmd(cfg) -> None:
     typer.echo(f"wall-clock: {res.seconds:.2f} s for {cfg.n} images ({cfg.n / res.seconds:.2f} images/s, "
                f"{1000 * res.tflops_per_s:.1f} GFLOP/s achieved by the network) on {device}")
     if cfg.compare_full and not schedule.is_full(model.num_exit_blocks):
-        typer.echo(f"speed-up vs full depth: {100 * (1 - t_s / t_full):.1f}% less time ({t_full:.2f} s -> {t_s:.2f} s for {m} images, median of 3)")
+        typer.echo(f"speed-up vs full depth: {100 * (1 - t_s / t_full):.1f}% less time ({t_full:.2f} s -> {t_s:.2f} s for {m} images, "
+                   f"median of {cfg.compare_repeats} interleaved runs; per run {min(rounds):.0f}..{max(rounds):.0f}%)")
     typer.echo(f"wrote {cfg.out}")
 
 

@@ -32,6 +32,7 @@ class SampleConfig:
     precision: str = opt("auto", "fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 on CPU)")
     progress: bool = opt(True, "show a progress bar")
     compare_full: bool = opt(False, "also time full-depth sampling of the same first images (up to 8) and print the speed-up")
+    compare_repeats: int = opt(3, "with --compare-full: timed runs of each depth (interleaved; the median is reported)")
 
 
 # ---- training and ASE fine-tuning (eediff train / eediff finetune) --------------------------------------

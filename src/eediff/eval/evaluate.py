@@ -110,24 +110,29 @@ def reference(cfg: EvalConfig, features):
 
 
 def measure_speed(model, process, sampler, schedules, batch: int, repeats: int, device, *, batch_size: int | None = None,
-                  autocast=None, cfg_scale: float = 1.0) -> dict:
+                  autocast=None, cfg_scale: float = 1.0, vae=None, warmup: bool = True) -> dict:
     """Sampling wall clock of one fixed batch of ``batch`` images for every schedule with ``sampler``.
 
-    Every schedule is run once first (warm-up, and CUDA-graph capture under the fast path), then the schedules
-    are timed interleaved, ``repeats`` rounds, each call through ``time_fn`` (CUDA events on GPU). Time does
+    Every schedule is run once first (warm-up, and CUDA-graph capture under the fast path; ``warmup=False``
+    skips it where the caller has just run the same shapes), then the schedules are timed interleaved
+    (A B A B ..., so drift in the machine's speed hits each alike), ``repeats`` rounds, each call through
+    ``time_fn`` (CUDA events on GPU). ``vae`` decodes inside the timed call, as sampling does. Time does
     not depend on the weights. Returns ``{"median_s": {name: s}, "times_s": {name: [s, ...]},
     "flops": {name: analytic model FLOPs of one call}}``."""
     from ..generate import generate
     from .timing import time_fn
 
+    flops = {}
+
     def run(s):
-        return generate(model, process, sampler, n=batch, batch_size=batch_size or batch, seed=0, schedule=s,
-                        cfg_scale=cfg_scale, device=device, autocast_dtype=autocast, tuned_for=None, progress=False)
+        res = generate(model, process, sampler, n=batch, batch_size=batch_size or batch, seed=0, schedule=s,
+                       cfg_scale=cfg_scale, vae=vae, device=device, autocast_dtype=autocast, tuned_for=None, progress=False)
+        flops[s.name] = res.model_flops
 
     times = {s.name: [] for s in schedules}
-    flops = {}
-    for s in schedules:  # warm-up (and graph capture) for every depth first
-        flops[s.name] = run(s).model_flops
+    if warmup:
+        for s in schedules:  # warm-up (and graph capture) for every depth first
+            run(s)
     for _ in range(repeats):
         for s in schedules:
             times[s.name].append(time_fn(lambda: run(s), device, warmup=0, repeats=1)["median_s"])
