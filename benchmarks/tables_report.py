@@ -183,59 +183,27 @@ def markdown(data: dict, agg: list[dict], commands: list[str]) -> str:
 
 
 def plot(agg: list[dict], path: str) -> None:
-    import matplotlib
+    """One FID-vs-Accel. panel per architecture; marker = table row kind; the zero-shot rows of many schedules
+    (U-ViT D1..D6 land on one spot) share one label."""
+    from eediff.eval.plots import save_fid_vs_accel
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    names = {"full": "full", "zero-shot": "zero-shot", "fine-tuned": "fine-tuned", "fair": "fair baseline"}
+    panels = []
+    for arch in dict.fromkeys(r["arch"] for r in agg):
+        rows = [dict(r, accel_pct=0.0 if r["accel_pct"] is None and r["schedule"] == "full" else r["accel_pct"])
+                for r in agg if r["arch"] == arch]
+        zs = sorted({r["schedule"] for r in rows if r["kind"] == "zero-shot" and r["accel_pct"] is not None}, key=_sched_key)
+        zs_label = f"{zs[0].split('-')[0]}…{zs[-1].split('-')[0]} zero-shot" if len(zs) > 4 else None
 
-    archs = list(dict.fromkeys(r["arch"] for r in agg))
-    fig, axes = plt.subplots(1, max(len(archs), 1), figsize=(7.5 * max(len(archs), 1), 4.8), squeeze=False)
-    markers = {"full": "o", "zero-shot": "x", "fine-tuned": "^", "fair": "s"}
-    short = {"full": "full", "zero-shot": "zero-shot", "fine-tuned": "fine-tuned", "fair": "fair baseline"}
-    for ax, arch in zip(axes[0], archs):
-        rows = [r for r in agg if r["arch"] == arch]
-        samplers = list(dict.fromkeys(r["sampler"] for r in rows))
-        colours = {sp: plt.cm.tab10(i % 10) for i, sp in enumerate(samplers)}
-        clusters: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        for r in rows:
-            x = r["accel_pct"] if r["accel_pct"] is not None else (0.0 if r["schedule"] == "full" else math.nan)
-            ax.errorbar(x, r["fid_mean"], yerr=r["fid_std"] or None, marker=markers[r["kind"]], color=colours[r["sampler"]],
-                        linestyle="none", markersize=7, alpha=0.85)
-            if not math.isnan(x):
-                clusters.setdefault((r["schedule"], r["kind"]), []).append((x, r["fid_mean"]))
-        # one label per (schedule, kind) cluster, right of its rightmost point, instead of one per marker; many
-        # zero-shot clusters of similar FID (U-ViT D1..D6) share one label
-        zs = sorted((k for k in clusters if k[1] == "zero-shot"), key=lambda k: _sched_key(k[0]))
-        if len(zs) > 4:
-            first, last = zs[0][0].split("-")[0], zs[-1][0].split("-")[0]
-            clusters[(f"{first}…{last}", "zero-shot")] = [p for k in zs for p in clusters.pop(k)]
-        for (sched, kind), pts in clusters.items():
-            x_max = max(p[0] for p in pts)
-            y_mid = math.exp(statistics.fmean(math.log(p[1]) for p in pts))
-            label = short[kind] if sched == "full" or kind == "fair" else f"{sched.split('-')[0]} {short[kind]}"
-            ax.annotate(label, (x_max, y_mid), fontsize=7, xytext=(6, -3), textcoords="offset points")
-        from matplotlib.lines import Line2D
+        def group(r, zs_label=zs_label):
+            if r["kind"] == "zero-shot" and zs_label:
+                return zs_label
+            return names[r["kind"]] if r["schedule"] == "full" or r["kind"] == "fair" else f"{r['schedule'].split('-')[0]} {names[r['kind']]}"
 
-        handles = [Line2D([], [], color=colours[sp], marker="o", linestyle="none", label=sp) for sp in samplers]
-        handles += [Line2D([], [], color="gray", marker=m, linestyle="none", label=k) for k, m in markers.items()
-                    if any(r["kind"] == k for r in rows)]
-        ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        ax.set_yscale("log")  # zero-shot rows sit 4-6x above the rest; a log axis keeps the full/fine-tuned gap readable
-        from matplotlib.ticker import ScalarFormatter
-
-        for axis in (ax.yaxis,):
-            axis.set_major_formatter(ScalarFormatter())
-            axis.set_minor_formatter(ScalarFormatter())
-        xs = [x for pts in clusters.values() for x, _ in pts]
-        if xs:
-            ax.set_xlim(-2, max(xs) + 9)
-        ax.set_xlabel("measured Accel. (%)")
-        ax.set_ylabel(("FID" if rows[0]["metric"] == "fid" else rows[0]["metric_name"]) + " (log scale)")
-        ax.set_title(arch)
-        ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        panels.append(dict(rows=rows, group_of=group, marker_of=lambda r: r["kind"], title=arch,
+                           markers={"full": "o", "zero-shot": "x", "fine-tuned": "^", "fair": "s"},
+                           metric_label="FID" if rows[0]["metric"] == "fid" else rows[0]["metric_name"]))
+    save_fid_vs_accel(panels, path)
 
 
 def main(argv=None) -> int:

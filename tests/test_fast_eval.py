@@ -1,5 +1,6 @@
 """Fast path handle (CPU-checkable parts) and the eval command on a tiny model."""
 
+import dataclasses
 import json
 
 import pytest
@@ -50,6 +51,27 @@ def test_eval_reports_accel_and_metric(tmp_path, tiny_dit):
     assert rows["4,2"]["mean_blocks"] == pytest.approx(8 / 3)
     assert rows["4,2"]["fid_mean"] > 0 and len(rows["4,2"]["fid"]) == 2
     assert json.loads(out.read_text())["rows"] and (tmp_path / "ev.md").exists()
+    from PIL import Image
+
+    assert Image.open(tmp_path / "ev.png").size[0] > 0  # the FID-vs-Accel. plot, next to the JSON
+    # no --schedules on a checkpoint that was not fine-tuned for one: a one-line error naming the flag
+    from eediff.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--schedules"):
+        run_eval(dataclasses.replace(cfg, schedules=None), log=lambda *_: None)
+    # --baseline: the full-depth quality row comes from another model of the same network, the scheduled rows do not
+    torch.manual_seed(1)
+    other = eediff.build_model("DiT", input_size=28, patch_size=7, in_channels=1, hidden_size=32, depth=4, num_heads=2, num_classes=10)
+    eediff.save_model(str(tmp_path / "base.safetensors"), other)
+    res_b = run_eval(dataclasses.replace(cfg, baseline=str(tmp_path / "base.safetensors"), seeds="0"), log=lambda *_: None)
+    rows_b = {r["schedule"]: r for r in res_b["rows"]}
+    assert rows_b["4,2"]["fid"][0] == pytest.approx(rows["4,2"]["fid"][0], rel=1e-9)
+    assert rows_b["full"]["fid"][0] != pytest.approx(rows["full"]["fid"][0], rel=1e-3)
+    assert res_b["baseline"].endswith("base.safetensors") and "full-depth row" in (tmp_path / "ev.md").read_text()
+    wrong = eediff.build_model("DiT", input_size=28, patch_size=7, in_channels=1, hidden_size=32, depth=3, num_heads=2, num_classes=10)
+    eediff.save_model(str(tmp_path / "wrong.safetensors"), wrong)
+    with pytest.raises(ConfigError, match="--baseline"):
+        run_eval(dataclasses.replace(cfg, baseline=str(tmp_path / "wrong.safetensors")), log=lambda *_: None)
 
 
 def test_eval_sharded_over_two_processes_gives_the_same_images(tmp_path):

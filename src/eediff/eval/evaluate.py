@@ -30,8 +30,10 @@ from ..config import opt
 @dataclass
 class EvalConfig:
     model: str = opt(None, "checkpoint (default: the shipped fine-tuned model)")
-    schedules: str = opt("full;D4-U-ViT", "';'-separated exit schedules to compare with full depth")
+    schedules: str = opt(None, "';'-separated exit schedules to compare with full depth (default: the one the checkpoint was tuned for)")
     samplers: str = opt("ddim-50", "';'-separated SAMPLER-STEPS, e.g. 'euler-maruyama-1000;ddim-50;dpm-solver++-25'")
+    baseline: str = opt(None, "model whose full-depth row is reported (default: --model itself); for a fine-tuned "
+                              "checkpoint pass the model it was tuned from, e.g. dit-fmnist, as the paper's tables do")
     n: int = opt(5000, "images per (schedule, sampler, seed) for FID", short="-n")
     batch_size: int = opt(500, "sampling batch")
     seeds: str = opt("0", "comma-separated seeds; mean ± std over them")
@@ -43,7 +45,7 @@ class EvalConfig:
     time_batch: int = opt(0, "batch size for the timing (0 = --batch-size)")
     fast: bool = opt(False, "use the GPU fast path (compiled blocks, CUDA graphs)")
     cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
-    out: str = opt("results/eval.json", "JSON results (a Markdown table is written next to it)")
+    out: str = opt("results/eval.json", "JSON results (a Markdown table and a FID-vs-Accel. PNG are written next to it)")
     device: str = opt("auto", "cpu | cuda | auto")
     precision: str = opt("auto", "fp32 | bf16 | auto")
     progress: bool = opt(True, "progress bars")
@@ -87,7 +89,9 @@ def feature_network(cfg: EvalConfig, device):
         return fid.InceptionFeatures(cfg.inception, device=device)
     if cfg.metric == "fd-classifier":
         return fid.ClassifierFeatures(device=device)
-    raise ValueError(f"unknown metric '{cfg.metric}': use fid or fd-classifier")
+    from ..config import ConfigError
+
+    raise ConfigError(f"unknown metric '{cfg.metric}': use --metric fid or --metric fd-classifier")
 
 
 def metric_name(metric: str) -> str:
@@ -169,7 +173,13 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     loaded = resolve_model(cfg.model)
     model = loaded.model.to(device)
     K = model.num_exit_blocks
-    schedules = [get_schedule(s) for s in cfg.schedules.split(";") if s.strip()]
+    if cfg.schedules is None and loaded.tuned_for is None:
+        from ..config import ConfigError
+
+        raise ConfigError(f"'{loaded.source}' was not fine-tuned for a schedule: pass --schedules, e.g. "
+                          f"--schedules '{'D4-DiT' if model.arch == 'DiT' else 'D4-U-ViT'}'")
+    spec = cfg.schedules if cfg.schedules is not None else loaded.tuned_for.name
+    schedules = [get_schedule(s) for s in spec.split(";") if s.strip()]
     if not any(s.blocks is None for s in schedules):
         schedules.insert(0, get_schedule("full"))
     for s in schedules:
@@ -177,11 +187,26 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     samplers = [parse_sampler(s) for s in cfg.samplers.split(";") if s.strip()]
     seeds = [int(s) for s in cfg.seeds.split(",")]
     autocast = autocast_dtype(cfg.precision, device)
-    handle = None
+    # The full-depth quality row: a fine-tuned checkpoint run deeper than its schedule is not the baseline the
+    # paper compares with (measured: FID 27 -> 574), the model it was tuned from is. Timing uses --model
+    # for every row: time does not depend on the weights.
+    base, base_process = model, loaded.process
+    if cfg.baseline is not None:
+        from ..config import ConfigError
+
+        base_loaded = resolve_model(cfg.baseline)
+        base, base_process = base_loaded.model.to(device), base_loaded.process
+        if (base.arch, base.num_exit_blocks, base.input_size, base.in_channels) != (model.arch, K, model.input_size, model.in_channels):
+            raise ConfigError(f"--baseline '{cfg.baseline}' is a different network ({base.arch}, {base.num_exit_blocks} blocks) "
+                              f"from --model ({model.arch}, {K} blocks): pass the model it was fine-tuned from")
+    elif loaded.tuned_for is not None and rank == 0:
+        log(f"note: '{loaded.source}' was fine-tuned for {loaded.tuned_for.name}; its 'full' row runs those weights at full "
+            f"depth, not the model it was tuned from: pass --baseline BASE_MODEL for the paper's comparison")
+    handles = []
     if cfg.fast and device.startswith("cuda"):
         from ..fast import FastPathConfig, apply_fast_path
 
-        handle = apply_fast_path(model, FastPathConfig())
+        handles = [apply_fast_path(m, FastPathConfig()) for m in dict.fromkeys([model, base])]
         autocast = None
     features = feature_network(cfg, device) if rank == 0 else None
     ref = reference(cfg, features) if rank == 0 else None
@@ -197,7 +222,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         for s in schedules:
             fids, fracs, blocks = [], [], []
             for seed in seeds:
-                c = fid_cell(model, loaded.process, sc, s, cfg.n, seed, cfg.batch_size, features, ref, device,
+                full = s.blocks is None
+                c = fid_cell(base if full else model, base_process if full else loaded.process, sc, s, cfg.n, seed, cfg.batch_size, features, ref, device,
                              autocast=autocast, cfg_scale=cfg.cfg, rank=rank, world=world, progress=cfg.progress and rank == 0)
                 fracs.append(c["compute_fraction"])
                 blocks.append(c["mean_blocks"])
@@ -219,7 +245,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
                 f"Accel. {row['accel_pct']:5.1f}%  FLOP cut {row['flop_reduction_pct']:5.1f}%  {row['images_per_s']:.1f} img/s  "
                 f"{1000 * row['achieved_tflops']:.1f} GFLOP/s")
     result = {
-        "config": asdict(cfg), "model": loaded.source, "tuned_for": None if loaded.tuned_for is None else loaded.tuned_for.name,
+        "config": asdict(cfg), "model": loaded.source, "baseline": loaded.source if cfg.baseline is None else base_loaded.source, "tuned_for": None if loaded.tuned_for is None else loaded.tuned_for.name,
         "metric": metric_name(cfg.metric),
         "reference": cfg.reference, "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
         "world_size": world, "rows": rows, "date": time.strftime("%Y-%m-%d"),
@@ -229,8 +255,16 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
         atomic_write(cfg.out, lambda tmp: open(tmp, "w").write(json.dumps(result, indent=2)))
         atomic_write(cfg.out.rsplit(".", 1)[0] + ".md", lambda tmp: open(tmp, "w").write(markdown_table(result)))
-    if handle is not None:
-        handle.remove()
+        if rows:
+            from .plots import save_fid_vs_accel
+
+            metric = "FID" if cfg.metric == "fid" else metric_name(cfg.metric)
+            points = [dict(r, sampler=f"{r['sampler']}-{r['steps']}") for r in rows]
+            save_fid_vs_accel([dict(rows=points, group_of=lambda r: r["schedule"], marker_of=lambda r: r["schedule"],
+                                    metric_label=metric, title=f"{os.path.basename(loaded.source)} ({result['device']})")],
+                              cfg.out.rsplit(".", 1)[0] + ".png")
+    for h in handles:
+        h.remove()
     return result
 
 
@@ -240,7 +274,9 @@ def markdown_table(result: dict) -> str:
     samplers = list(dict.fromkeys(f"{r['sampler']}-{r['steps']}" for r in rows))
     scheds = list(dict.fromkeys(r["schedule"] for r in rows))
     cell = {(r["schedule"], f"{r['sampler']}-{r['steps']}"): r for r in rows}
-    out = [f"Model `{result['model']}` on {result['device']}, {metric} vs {result['reference']}, "
+    base = result.get("baseline")
+    full_row = "" if base in (None, result["model"]) else f" (full-depth row: `{base}`)"
+    out = [f"Model `{result['model']}`{full_row} on {result['device']}, {metric} vs {result['reference']}, "
            f"{rows[0]['n'] if rows else 0} images per cell, seeds {rows[0]['seeds'] if rows else []}.", "",
            "| schedule | " + " | ".join(f"{s} {metric} | {s} Accel." for s in samplers) + " |",
            "|---|" + "---|---|" * len(samplers)]
