@@ -8,3 +8,7 @@ from __future__ import annotations
 
 class EediffError(ValueError):
     """Bad input or an unusable run; the message is one line naming the problem and the fix."""
+
+
+class ModelError(EediffError):
+    """A model name, configuration or checkpoint that cannot be used; one-line message."""

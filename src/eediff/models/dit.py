@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..errors import ModelError
 from .layers import (
     Attention,
     LabelEmbedder,
@@ -243,7 +244,7 @@ def from_diffusers_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> tuple[D
         mlp_norm_eps=cfg.get("norm_eps", 1e-5),
     )
     if cfg.get("activation_fn", "gelu-approximate") != "gelu-approximate" or cfg.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
-        raise ValueError("only DiT configurations with gelu-approximate and ada_norm_zero can be converted")
+        raise ModelError("only diffusers DiT folders with gelu-approximate and ada_norm_zero can be converted (the official DiT architecture)")
     e = "transformer_blocks.0.norm1.emb."
     out = {
         "x_embedder.proj.weight": sd["pos_embed.proj.weight"],
@@ -263,7 +264,7 @@ def from_diffusers_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> tuple[D
         # diffusers stores one (identical) embedder per block; eediff, like the official code, shares one.
         for name in ("timestep_embedder.linear_1.weight", "class_embedder.embedding_table.weight"):
             if not torch.equal(sd[b + "norm1.emb." + name], sd[e + name]):
-                raise ValueError(f"block {i} of this diffusers DiT has its own {name}; eediff's DiT shares one")
+                raise ModelError(f"block {i} of this diffusers DiT has its own {name}; eediff's DiT (the official one) shares one")
         out[o + "adaLN_modulation.1.weight"] = sd[b + "norm1.linear.weight"]
         out[o + "adaLN_modulation.1.bias"] = sd[b + "norm1.linear.bias"]
         out[o + "attn.qkv.weight"] = torch.cat([sd[b + f"attn1.to_{n}.weight"] for n in "qkv"], 0)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..errors import EediffError
+from ..errors import ModelError  # noqa: F401 -- re-exported: eediff.models.registry.ModelError
 from . import dit
 
 # Each backbone module registers: its size table, its config dataclass and model class, its default
@@ -22,10 +22,6 @@ def register_backbone(arch: str, module, sizes: dict[str, dict]) -> None:
     _BACKBONES[arch] = module
     for name, kw in sizes.items():
         REGISTRY[name] = (arch, kw)
-
-
-class ModelError(EediffError):
-    """A model name or checkpoint that cannot be used; one-line message."""
 
 
 def _config_class(arch: str):

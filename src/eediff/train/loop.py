@@ -195,15 +195,14 @@ class Trainer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.main = self.acc.is_main_process
 
+        if model is None and command == "finetune":  # the checkpoint first: a wrong --init fails before any data work
+            from ..zoo import SHIPPED, path as shipped_path
+
+            loaded = load_model(shipped_path(cfg.init) if cfg.init in SHIPPED else cfg.init)  # a file or a shipped name
+            model, process = loaded.model, loaded.process
         self.data = data if data is not None else load_dataset(cfg.dataset, cfg.split, cfg.data_dir, cfg.image_size)
         if model is None:
-            if command == "finetune":
-                from ..zoo import SHIPPED, path as shipped_path
-
-                loaded = load_model(shipped_path(cfg.init) if cfg.init in SHIPPED else cfg.init)  # a file or a shipped name
-                model, process = loaded.model, loaded.process
-            else:
-                model = build_train_model(cfg, self.data)
+            model = build_train_model(cfg, self.data)
         if process is None:
             process = registry.default_process(model)
         check_model_data(model, self.data)

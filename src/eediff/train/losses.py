@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from ..config import ConfigError
 from ..diffusion.process import ContinuousVP, DiscreteVP
 from ..exits.schedule import ExitSchedule
 
@@ -200,9 +201,9 @@ class TimeWeight:
 
     def __init__(self, schedule: ExitSchedule, num_blocks: int, gamma: float, cycle: int, unit: str = "step", grid: torch.Tensor | None = None):
         if unit not in ("step", "epoch"):
-            raise ValueError(f"re-weighting unit must be 'step' or 'epoch', got '{unit}'")
+            raise ConfigError(f"--reweight-unit must be 'step' or 'epoch', got '{unit}'")
         if gamma < 0 or cycle < 0:
-            raise ValueError("re-weighting gamma and cycle must be >= 0")
+            raise ConfigError(f"--reweight-gamma and --reweight-cycle must be >= 0, got {gamma} and {cycle}")
         self.schedule, self.K, self.gamma, self.cycle, self.unit = schedule, num_blocks, float(gamma), int(cycle), unit
         grid = grid if grid is not None else torch.arange(1000, dtype=torch.float64) / 1000
         self.Z = float(self.raw(grid).mean())
