@@ -53,6 +53,11 @@ def _one_line_error(r, needle):
     assert len(lines) == 1 and needle in lines[0], r.stderr
 
 
+def test_version():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith(f"eediff {eediff.__version__} (torch ")
+
+
 def test_bad_counts(ckpt, tmp_path):
     _one_line_error(run("sample", "--model", ckpt, "--compare-full", "--compare-repeats", "0", "--no-progress"), "--compare-repeats")
 

@@ -24,6 +24,23 @@ from .zoo import resolve_model
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="eediff: early-exit diffusion transformers (ASE).")
 
 
+def _version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        from . import __version__
+
+        typer.echo(f"eediff {__version__} (torch {torch.__version__}, python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")) -> None:
+    """eediff: early-exit diffusion transformers (ASE)."""
+
+
 class UserError(EediffError):
     """Bad input found by the CLI itself: printed as one line, exit code 2."""
 
