@@ -82,3 +82,22 @@ def test_driver_resumes_and_report_has_the_rows(tmp_path):
     summary = json.loads((outdir / "gpu_tables.json").read_text())
     assert len(summary["cells"]) == len(plan) and summary["timings"] and "tiny test" in summary["commands"]
     assert (outdir / "fid_vs_accel.png").stat().st_size > 1000
+
+
+def test_loss_by_t_matches_a_direct_computation(tmp_path):
+    """benchmarks/loss_by_t.py: the ε-MSE at a time is the network's error at the schedule's depth there."""
+    lbt = _load("loss_by_t")
+    m = eediff.load_model(_tiny(tmp_path / "m.safetensors", 3)).model.eval()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(5, 1, 28, 28, generator=g) * 2 - 1
+    y = torch.arange(5)
+    noise = torch.randn(x0.shape, generator=g)
+    rows = lbt.eps_mse_by_t(m, eediff.DiscreteVP(), "4,2", x0, y, noise, [0.1, 0.9], batch=2)
+    assert [r["depth"] for r in rows] == [4, 2] and [r["t"] for r in rows] == [0.1, 0.9]
+    acp = eediff.DiscreteVP().alphas_cumprod()
+    with torch.no_grad():
+        for r, idx in zip(rows, (100, 900)):
+            a = acp[idx].float()
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            eps = m(x_t, torch.full((5,), float(idx)), y, active_blocks=r["depth"])[:, :1]
+            assert abs(r["eps_mse"] - float(((eps - noise) ** 2).mean())) < 1e-6  # float32 sums in another order
