@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..config import opt
+from ..config import ConfigError, opt
 
 
 @dataclass
@@ -89,8 +89,6 @@ def feature_network(cfg: EvalConfig, device):
         return fid.InceptionFeatures(cfg.inception, device=device)
     if cfg.metric == "fd-classifier":
         return fid.ClassifierFeatures(device=device)
-    from ..config import ConfigError
-
     raise ConfigError(f"unknown metric '{cfg.metric}': use --metric fid or --metric fd-classifier")
 
 
@@ -174,8 +172,6 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     model = loaded.model.to(device)
     K = model.num_exit_blocks
     if cfg.schedules is None and loaded.tuned_for is None:
-        from ..config import ConfigError
-
         raise ConfigError(f"'{loaded.source}' was not fine-tuned for a schedule: pass --schedules, e.g. "
                           f"--schedules '{'D4-DiT' if model.arch == 'DiT' else 'D4-U-ViT'}'")
     spec = cfg.schedules if cfg.schedules is not None else loaded.tuned_for.name
@@ -192,8 +188,6 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     # for every row: time does not depend on the weights.
     base, base_process = model, loaded.process
     if cfg.baseline is not None:
-        from ..config import ConfigError
-
         base_loaded = resolve_model(cfg.baseline)
         base, base_process = base_loaded.model.to(device), base_loaded.process
         if (base.arch, base.num_exit_blocks, base.input_size, base.in_channels) != (model.arch, K, model.input_size, model.in_channels):
@@ -319,7 +313,7 @@ def _uint8_images(spec: str) -> torch.Tensor:
 
 
 def run_fid(cfg: FidConfig) -> float:
-    from ..config import ConfigError, resolve_device
+    from ..config import resolve_device
     from . import fid
 
     if not cfg.images:
