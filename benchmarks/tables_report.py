@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import statistics
@@ -171,7 +170,7 @@ def markdown(data: dict, agg: list[dict], commands: list[str]) -> str:
             out.append("")
         sk = [s for s in data["skips"] if s["arch"] == arch]
         if sk:
-            out += [f"Not run (deadline): " + "; ".join(f"{s['row']} {s['sampler']} seed {s['seed']}" for s in sk), ""]
+            out += ["Not run (deadline): " + "; ".join(f"{s['row']} {s['sampler']} seed {s['seed']}" for s in sk), ""]
         hdr = [h for h in data["headers"] if h.get("arch") == arch]
         out += ["Commands and devices:", ""]
         for h in hdr:

@@ -1,6 +1,5 @@
 """CLI: the sample command end to end, and one-line errors with a non-zero exit code."""
 
-import os
 import subprocess
 import sys
 

@@ -40,7 +40,7 @@ def test_eval_reports_accel_and_metric(tmp_path, tiny_dit):
     eediff.save_model(str(ck), m)
     out = tmp_path / "ev.json"
     cfg = EvalConfig(model=str(ck), schedules="4,2", samplers="ddim-3", n=24, batch_size=12, seeds="0,1",
-                     reference=f"tests/data/fmnist_sample.npz:test", metric="fd-classifier", time_repeats=1,
+                     reference="tests/data/fmnist_sample.npz:test", metric="fd-classifier", time_repeats=1,
                      cache_dir=str(tmp_path / "cache"), out=str(out), device="cpu", progress=False)
     res = run_eval(cfg, log=lambda *_: None)
     rows = {r["schedule"]: r for r in res["rows"]}

@@ -1,7 +1,6 @@
 """Exit schedules: Table 2 presets, parsing, validation, original-timestep keying, compute fractions."""
 
 import json
-import math
 
 import pytest
 import torch

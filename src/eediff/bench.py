@@ -68,13 +68,8 @@ def _sd_vae(tiny: bool):
 def run_bench(cfg: BenchConfig, log=print) -> dict:
     import copy
 
-    from diffusers import DiTPipeline
-
-    from .diffusion.process import DiscreteVP
-    from .diffusion.sampling import SamplerConfig, make_scheduler
     from .exits.schedule import get_schedule
     from .fast import FastPathConfig, apply_fast_path
-    from .generate import generate
     from .models.dit import DiT, from_diffusers_state_dict
 
     device = "cuda" if torch.cuda.is_available() and not cfg.tiny else "cpu"

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import os
 import shlex
 import sys
-import time
 import typing
 import warnings
 from typing import Callable
@@ -289,8 +287,8 @@ def bench_cmd(cfg) -> None:
 def eval_cmd(cfg) -> None:
     from .eval.evaluate import run_eval
 
-    res = run_eval(cfg, log=typer.echo)
-    typer.echo(f"wrote {cfg.out}")
+    run_eval(cfg, log=typer.echo)
+    typer.echo(f"wrote {cfg.out}, and a .md table and a .png plot next to it")
 
 
 @dataclass_command(FidConfig, "fid", "FID (or the cheap classifier distance) of an image set against a reference data set.")

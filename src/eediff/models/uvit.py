@@ -233,7 +233,6 @@ class UViT(nn.Module):
             y = torch.full((x.shape[0],), self.config.num_classes - 1, dtype=torch.long, device=x.device)
 
         x = self.patch_embed(x)  # (B, L, D)
-        L = x.shape[1]
         time_token = self.time_embed(timestep_embedding(t, self.embed_dim).to(x.dtype))  # (B, D)
         x = torch.cat([time_token.unsqueeze(1), x], dim=1)  # (B, 1 + L, D)
         if self.label_emb is not None:

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model, save_model
+from ..config import ConfigError, TrainBaseConfig, TrainConfig
 from ..errors import EediffError
-from ..config import ConfigError, FinetuneConfig, TrainBaseConfig, TrainConfig
 from ..exits.schedule import get_schedule
 from ..models import registry
 from .checkpoint import RunCheckpoints, capture_rng, restore_rng, write_json_atomic
