@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/eediff sample -n 64 --batch-size 64 --sampler dpm-solver++ --steps 15 --out demo.png --compare-full --no-progress
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check --select F src benchmarks tests   # pyflakes rules: unused imports and names, undefined names
 	$(PY) -m pytest -n 2 --durations=10
 
 clean:
