@@ -109,7 +109,6 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True, help="JSON path; the PNG goes next to it")
     args = p.parse_args(argv)
-    torch.manual_seed(args.seed)
     data = load_dataset("fashion-mnist", "test", args.data_dir)
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(data), generator=g)[: args.n]
