@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from eediff.bench import BenchConfig, run_bench, write_results
+from eediff.bench import run_bench, write_results
+from eediff.config import BenchConfig
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()

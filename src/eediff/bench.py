@@ -6,27 +6,15 @@ DiTTransformer2DModel converted to eediff, so the diffusers reference computes t
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
-from .config import opt
+from .config import BenchConfig
 from .eval.timing import matmul_peak, time_fn
-
-
-@dataclass
-class BenchConfig:
-    model: str = opt("DiT-XL/2", "DiT size to benchmark (random weights, latent 32x32x4)")
-    batch_sizes: str = opt("1,8,64", "comma-separated batch sizes for the forward timings")
-    schedules: str = opt("D1-DiT,D3-DiT,D4-DiT,D6-DiT,demo", "schedules whose time ratio is compared with their FLOP ratio")
-    e2e_images: int = opt(32, "images per end-to-end sampling run (CFG doubles the model batch)")
-    e2e_cfg: float = opt(1.5, "guidance scale of the end-to-end runs")
-    repeats: int = opt(10, "timed repeats (median reported) after warm-up")
-    out: str = opt("results/bench_dit.json", "JSON results (Markdown written next to it)")
-    tiny: bool = opt(False, "a small model on the CPU: a smoke test of the benchmark itself")
-    skip_e2e: bool = opt(False, "skip the end-to-end sampling runs")
 
 
 def _random_diffusers_dit(model: str, tiny: bool):
@@ -66,7 +54,6 @@ def _sd_vae(tiny: bool):
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
-    import copy
 
     from .exits.schedule import get_schedule
     from .fast import FastPathConfig, apply_fast_path
@@ -154,6 +141,12 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         log(f"{s.name:8s} time ratio {time_ratio:.3f}  FLOP ratio {flop_ratio:.3f}  ({time_ratio / flop_ratio:.3f}x)")
     res["schedules"] = sched_rows
 
+    if cfg.row_batch > 0:
+        try:
+            res["per_row"] = _per_row(cfg, fast, handle, eager, config, device, log)
+        except Exception as e:
+            res["per_row_error"] = f"{type(e).__name__}: {e}"[:300]
+            log(f"per-row depths FAILED: {res['per_row_error']}")
     if not cfg.skip_e2e:
         try:
             res["end_to_end"] = _end_to_end(cfg, dm_bf16, fast, eager, device, log)
@@ -162,6 +155,57 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             log(f"end to end FAILED: {res['end_to_end_error']}")
     res["fast_path_stats"] = dict(handle.stats)
     return res
+
+
+def _per_row(cfg, fast, handle, eager, config, device, log) -> dict:
+    """A depth per row at one batch: time over full-depth time, against the rows' FLOP share (same run).
+
+    (a) half the rows at full depth and half at 12 blocks, in shuffled order; (b) ``row_draws`` depth
+    vectors drawn from D4-DiT at uniform random t (the mix a batch of requests at different steps, or a
+    training batch, has). Each at every row bucket of the fast path; plus eager bf16 (exact rows, no
+    compile, no graphs) as a reference. Output checked against eager fp32 on the same depths.
+    """
+    from .exits.schedule import get_schedule
+
+    K, B = config.depth, cfg.row_batch
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, 4, config.input_size, config.input_size, generator=g).to(device)
+    tf = (torch.rand(B, generator=g) * 999).to(device)
+    y = torch.randint(0, 1000, (B,), generator=g).to(device)
+    half = torch.tensor([K] * (B // 2) + [12] * (B - B // 2))[torch.randperm(B, generator=g)]
+    d4 = get_schedule("D4-DiT")
+    draws = [d4.active_blocks(torch.rand(B, generator=g, dtype=torch.float64), K) for _ in range(cfg.row_draws)]
+    cases = [("half 28 / half 12", [half]), ("D4-DiT at uniform t", draws)]
+    share = lambda d: sum(eager.flops(int(k)) for k in d) / (len(d) * eager.flops(K))  # noqa: E731
+    eager_bf16 = copy.deepcopy(eager).to(torch.bfloat16)
+    out: dict = {"batch": B, "rows": []}
+    with torch.no_grad():
+        ref = eager(x, tf, y, active_blocks=draws[0])
+        full_fast = time_fn(lambda: fast(x, tf, y, active_blocks=K), device, warmup=3, repeats=cfg.repeats)["median_s"]
+        full_eager = time_fn(lambda: eager_bf16(x.bfloat16(), tf, y), device, warmup=3, repeats=cfg.repeats)["median_s"]
+        out["full_ms"] = {"fast path": full_fast * 1e3, "eager bf16": full_eager * 1e3}
+        log(f"per-row B={B}: full depth {full_fast * 1e3:.2f} ms (fast path), {full_eager * 1e3:.2f} ms (eager bf16)")
+        variants = [(f"fast path, bucket {b}", int(b)) for b in cfg.row_buckets.split(",")] + [("eager bf16", None)]
+        for name, bucket in variants:
+            if bucket is not None:
+                handle.config.row_bucket = bucket
+                fn, full = (lambda d: fast(x, tf, y, active_blocks=d)), full_fast
+                err = ((fn(draws[0]) - ref).norm() / ref.norm()).item()
+            else:
+                fn, full, err = (lambda d: eager_bf16(x.bfloat16(), tf, y, active_blocks=d)), full_eager, None
+            for case, depths in cases:
+                ratios = [time_fn(lambda: fn(d), device, warmup=3, repeats=cfg.repeats)["median_s"] / full for d in depths]
+                shares = [share(d) for d in depths]
+                over = [r / s for r, s in zip(ratios, shares)]
+                row = {"variant": name, "case": case, "time_ratio": sum(ratios) / len(ratios), "flop_share": sum(shares) / len(shares),
+                       "time_over_flop_mean": sum(over) / len(over), "time_over_flop_max": max(over), "draws": len(depths),
+                       "rel_err_vs_eager_fp32": err}
+                out["rows"].append(row)
+                log(f"per-row {name:20s} {case:20s} time {row['time_ratio']:.3f} of full, FLOP share {row['flop_share']:.3f} "
+                    f"-> {row['time_over_flop_mean']:.3f}x (max {row['time_over_flop_max']:.3f})" + ("" if err is None else f", rel.err {err:.1e}"))
+    out["graphs"] = handle.graph_count()
+    out["stats"] = dict(handle.stats)
+    return out
 
 
 def _recompile_count():
@@ -205,7 +249,7 @@ def _end_to_end(cfg, dm_bf16, fast, eager, device, log):
 
 
 def write_results(res: dict, path: str) -> None:
-    from .checkpoint import atomic_write
+    from .io import atomic_write
 
     def w(tmp):
         with open(tmp, "w") as f:
@@ -225,6 +269,14 @@ def write_results(res: dict, path: str) -> None:
     lines += ["", "| schedule | time ratio | FLOP ratio | time / FLOP ratio |", "|---|---|---|---|"]
     for r in res["schedules"]:
         lines.append(f"| {r['schedule']} | {r['time_ratio']:.3f} | {r['flop_ratio']:.3f} | {r['time_over_flop']:.3f} |")
+    if "per_row" in res:
+        pr = res["per_row"]
+        lines += ["", f"Per-row depths at batch {pr['batch']} (full depth: " + ", ".join(f"{k} {v:.2f} ms" for k, v in pr["full_ms"].items())
+                  + f"; {pr['graphs']} CUDA graphs, stats {pr['stats']})", "",
+                  "| variant | depths | time / full | FLOP share | time / FLOP share (mean, max) |", "|---|---|---|---|---|"]
+        for r in pr["rows"]:
+            lines.append(f"| {r['variant']} | {r['case']} ({r['draws']} draws) | {r['time_ratio']:.3f} | {r['flop_share']:.3f} | "
+                         f"{r['time_over_flop_mean']:.3f}, {r['time_over_flop_max']:.3f} |")
     if "end_to_end" in res:
         lines += ["", "| end to end | sampler | schedule | images/s |", "|---|---|---|---|"]
         for r in res["end_to_end"]:

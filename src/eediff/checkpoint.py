@@ -3,32 +3,24 @@
 Formats read: eediff safetensors (config, process and tuned schedule in the metadata), official
 facebookresearch/DiT ``.pt`` and baofff/U-ViT ``.pth`` state dicts (``torch.load(weights_only=True)``, so a
 pickle that carries code is refused), training checkpoints that wrap them (``{"ema": ...}``), and diffusers
-``DiTTransformer2DModel`` folders. Writes are atomic: a temporary file in the same folder, then a rename.
+``DiTTransformer2DModel`` folders. Writes are atomic (``eediff.io``): a temporary file in the same folder, then a rename.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import tempfile
-import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import save_file
 
-from .errors import EediffError
 from .diffusion.process import ContinuousVP, DiscreteVP
 from .exits.schedule import ExitSchedule, get_schedule
+from .io import CheckpointError, atomic_write, read_safetensors, safe_torch_load
 from .models import registry
 
 FORMAT = "eediff/1"
-
-
-class CheckpointError(EediffError):
-    """A checkpoint that cannot be used; one-line message naming the problem and the fix."""
 
 
 @dataclass
@@ -48,23 +40,6 @@ def process_from_dict(d: dict):
     d = dict(d)
     kind = d.pop("kind", "discrete")
     return (ContinuousVP if kind == "continuous" else DiscreteVP)(**d)
-
-
-def atomic_write(path: str, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and weights are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def model_metadata(model, process=None, tuned_for: ExitSchedule | None = None, extra: dict | None = None) -> dict:
@@ -87,39 +62,6 @@ def save_model(path: str, model, process=None, tuned_for=None, dtype: torch.dtyp
     sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = model_metadata(model, process, tuned_for, extra)
     atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
-
-
-def short_reason(e: Exception, limit: int = 90) -> str:
-    """The first sentence of an exception message, cut at a word boundary (for one-line errors)."""
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    text = text.split(". ")[0]
-    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + "..."
-
-
-def read_safetensors(path: str, fix: str = "re-download or re-save it") -> tuple[dict, dict]:
-    """(tensors, metadata) of a safetensors file; any failure is a one-line CheckpointError ending in ``fix``."""
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-        return load_file(path), meta
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({short_reason(e)}): {fix}") from None
-
-
-def safe_torch_load(path: str, fix: str = "convert it to safetensors or a plain state dict in a trusted environment"):
-    """``torch.load(weights_only=True)``; a pickle carrying code or a broken file is a one-line CheckpointError."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise CheckpointError(
-                f"checkpoint '{path}' is not a plain tensor file: the safe loader refused it, so it may carry code; {fix}"
-            ) from None
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch weights file: {fix}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({short_reason(e)}): {fix}") from None
 
 
 def _read_state_dict(path: str) -> tuple[dict, dict]:

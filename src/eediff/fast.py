@@ -1,15 +1,27 @@
-"""GPU fast path: bf16 weights, compiled blocks (fused LayerNorm + adaLN modulation + gating), one CUDA graph
-per (depth, batch shape), no host synchronisation in the sampling loop.
+"""GPU fast path: bf16 weights, compiled blocks (fused LayerNorm + adaLN modulation + gating), CUDA graphs,
+no host synchronisation in the sampling loop; for one depth per call and for a depth per row.
 
 Opt-in and removable::
 
     handle = apply_fast_path(model, FastPathConfig())
-    ...                      # model(x, t, y, active_blocks=k) now replays a CUDA graph for depth k
+    ...                      # model(x, t, y, active_blocks=k) replays a CUDA graph for depth k;
+    ...                      # model(x, t, y, active_blocks=depths) with a (B,) tensor runs each row at its own depth
     handle.remove()          # back to the eager fp32 module, weights restored
 
+One depth for the whole batch: one CUDA graph per (depth, input shape), the whole forward in one replay.
+
+A depth per row (``backbone.forward`` semantics, same result up to bf16 rounding): the rows are sorted
+deepest first on the device, and block ``i`` runs on the first ``b_i`` rows, where ``b_i`` is the number of
+rows that still run it rounded up to a multiple of ``row_bucket``; the padded rows inside a bucket are held
+unchanged by the backbone's ``active`` mask (DiT: zeroed residual gates, no extra pass over the tokens). The
+forward is a chain of CUDA graphs on static buffers (embed + sort, one graph per (block, bucket), head +
+unsort), so a new mix of depths replays existing graphs: at most ``blocks x B / row_bucket`` graphs, and
+the compiled block sees at most ``B / row_bucket`` shapes. The row counts come from the depth tensor once
+per call (no transfer at all for a host tensor, which is what the exit policies return).
+
 Why by hand: torch.compile's own CUDA-graph mode ("reduce-overhead") records one graph per guard set and
-re-records on dynamic shapes; keeping our own graph per exit depth makes "a schedule triggers no
-recompilation and no graph break" explicit and testable (``handle.stats``).
+re-records on dynamic shapes; keeping our own graphs per exit depth and per (block, bucket) makes "a
+schedule triggers no recompilation and no graph break" explicit and testable (``handle.stats``).
 """
 
 from __future__ import annotations
@@ -18,13 +30,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .models.backbone import Tokens, row_counts
+
 
 @dataclass
 class FastPathConfig:
     dtype: str = "bf16"  # bf16 | fp16 | fp32: weights and activations
     compile: bool = True  # torch.compile each transformer block (one compiled graph shared by all blocks)
-    cuda_graphs: bool = True  # capture one CUDA graph per (active_blocks, input shape); CUDA only
+    cuda_graphs: bool = True  # CUDA graphs: one per (depth, input shape); per-row depths: one per (block, bucket); CUDA only
     compile_mode: str = "default"  # matmuls stay on cuBLAS; inductor fuses the elementwise work around them
+    row_bucket: int = 8  # per-row depths: a block's rows are padded up to a multiple of this (few shapes, few graphs)
 
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -37,52 +52,64 @@ class FastPathHandle:
     original_forward: object
     original_dtype: torch.dtype
     original_state: dict
-    graphs: dict = field(default_factory=dict)
-    pool: object = None  # one CUDA graph memory pool shared by all depths (graphs never replay concurrently)
-    stats: dict = field(default_factory=lambda: {"captures": 0, "replays": 0, "eager_calls": 0})
+    graphs: dict = field(default_factory=dict)  # (depth, shape, y is None) -> whole-forward graph
+    row_states: dict = field(default_factory=dict)  # (shape, y is None) -> _RowState (per-row graphs and buffers)
+    pool: object = None  # one CUDA graph memory pool shared by all graphs (they never replay concurrently)
+    stats: dict = field(default_factory=lambda: {"captures": 0, "replays": 0, "eager_calls": 0, "row_calls": 0})
 
     def remove(self) -> None:
         """Undo everything: forward, compiled blocks, dtype and the exact original weights."""
         m = self.model
         m.forward = self.original_forward
-        for blk in _blocks(m):
+        for blk in m.compute_blocks():
             if hasattr(blk, "_compiled_call_impl"):
                 blk._compiled_call_impl = None
         m.to(self.original_dtype)
         m.load_state_dict(self.original_state)
         self.graphs.clear()
+        self.row_states.clear()
 
-
-def _blocks(model):
-    for name in ("blocks", "in_blocks", "out_blocks"):
-        yield from getattr(model, name, [])
-    if getattr(model, "mid_block", None) is not None:
-        yield model.mid_block
+    def graph_count(self) -> int:
+        return len(self.graphs) + sum(len([g for g in st.graphs.values() if g is not None]) for st in self.row_states.values())
 
 
 def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None) -> FastPathHandle:
     config = config or FastPathConfig()
     if config.dtype not in _DTYPES:
         raise ValueError(f"unknown dtype '{config.dtype}': use bf16, fp16 or fp32")
+    if config.row_bucket < 1:
+        raise ValueError(f"row_bucket must be at least 1, got {config.row_bucket}")
     dtype = _DTYPES[config.dtype]
     p0 = next(model.parameters())
     handle = FastPathHandle(model, config, model.forward, p0.dtype, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.eval().to(dtype)
     if config.compile:
         # every block shares one compiled graph per input shape; leave room for many shapes (batch sizes, CFG
-        # doubling) before dynamo would silently fall back to eager
+        # doubling, row buckets) before dynamo would silently fall back to eager
         dyn = torch._dynamo.config
         for name in ("recompile_limit", "cache_size_limit"):
             if hasattr(dyn, name):
-                setattr(dyn, name, max(getattr(dyn, name), 64))
-        for blk in _blocks(model):
+                setattr(dyn, name, max(getattr(dyn, name), 128))
+        for blk in model.compute_blocks():
             blk.compile(mode=config.compile_mode, dynamic=False)
     eager_forward = handle.original_forward
     use_graphs = config.cuda_graphs and p0.is_cuda
+    K = model.num_exit_blocks
 
     def forward(x, t, y=None, active_blocks=None):
         x = x.to(dtype)
-        if not use_graphs or torch.is_grad_enabled():
+        if torch.is_grad_enabled():
+            handle.stats["eager_calls"] += 1
+            return eager_forward(x, t, y, active_blocks=active_blocks).float()
+        if isinstance(active_blocks, torch.Tensor):
+            counts = row_counts(active_blocks, K)
+            B = x.shape[0]
+            if all(n in (0, B) for n in counts):  # one depth for every row: the whole-forward graph
+                active_blocks = sum(n == B for n in counts)
+            else:
+                handle.stats["row_calls"] += 1
+                return _per_row(handle, x, t, y, active_blocks, counts, use_graphs).float()
+        if not use_graphs:
             handle.stats["eager_calls"] += 1
             return eager_forward(x, t, y, active_blocks=active_blocks).float()
         key = (active_blocks, tuple(x.shape), y is None)
@@ -120,3 +147,106 @@ def _capture(fn, x, t, y, k, handle):
     with torch.cuda.graph(g, pool=handle.pool):
         out = fn(sx, st, sy, active_blocks=k)
     return g, sx, st, sy, out
+
+
+# ---- a depth per row ------------------------------------------------------------------------------------
+class _RowState:
+    """Static buffers of the per-row chain for one input shape; every stage reads and writes these."""
+
+    def __init__(self, model, x, t, y, depth):
+        self.x, self.t = x.clone(), t.clone()
+        self.y = None if y is None else y.clone()
+        self.depth = depth.to(x.device, torch.long).clone()
+        self.dsorted = torch.empty_like(self.depth)
+        self.order = torch.empty_like(self.depth)
+        self.inverse = torch.empty_like(self.depth)
+        s = model.embed(x, t, y)  # shapes of the working state
+        self.h = torch.empty_like(s.h)
+        self.c = None if s.c is None else torch.empty_like(s.c)
+        self.skips = tuple(torch.empty_like(k) for k in s.skips)
+        self.out = None
+        self.graphs: dict = {}  # stage key -> CUDA graph, or None for a stage that launches nothing
+
+    def tokens(self, consumed: int = 0) -> Tokens:
+        return Tokens(self.h, self.c, self.skips[: len(self.skips) - consumed])
+
+
+def _embed_stage(model, st: _RowState) -> bool:
+    order = torch.argsort(st.depth, descending=True, stable=True)
+    st.order.copy_(order)
+    st.dsorted.copy_(st.depth[order])
+    st.inverse[order] = torch.arange(order.numel(), device=order.device)
+    s = model.embed(st.x[order], st.t[order], None if st.y is None else st.y[order])
+    st.h.copy_(s.h)
+    if st.c is not None:
+        st.c.copy_(s.c)
+    for buf, k in zip(st.skips, s.skips):
+        buf.copy_(k)
+    return True
+
+
+def _block_stage(model, st: _RowState, i: int, b: int) -> bool:
+    s = st.tokens(consumed=i)
+    active = st.dsorted[:b] > i if b > 0 else None  # (b,): rows of the bucket that run block i
+    new = model.run_block(i, s, b, active)
+    if new is s:  # nothing to do for these rows (a DiT block no row runs)
+        return False
+    if new.h is not st.h:
+        st.h.copy_(new.h)
+    return True
+
+
+def _head_stage(model, st: _RowState) -> bool:
+    st.out = model.head(st.tokens(consumed=len(st.skips)))[st.inverse]
+    return True
+
+
+def _per_row(handle: FastPathHandle, x, t, y, depth, counts, use_graphs):
+    model, g = handle.model, handle.config.row_bucket
+    B = x.shape[0]
+    key = (tuple(x.shape), y is None)
+    st = handle.row_states.get(key)
+    if st is None:
+        st = handle.row_states[key] = _RowState(model, x, t, y, depth)
+    st.x.copy_(x)
+    st.t.copy_(t)
+    if st.y is not None:
+        st.y.copy_(y)
+    st.depth.copy_(depth, non_blocking=True)
+    buckets = [min(B, -(-n // g) * g) for n in counts]
+    stages = [(("embed",), lambda: _embed_stage(model, st))]
+    stages += [(("block", i, b), lambda i=i, b=b: _block_stage(model, st, i, b)) for i, b in enumerate(buckets)]
+    stages.append((("head",), lambda: _head_stage(model, st)))
+    for key, fn in stages:
+        if not use_graphs:
+            fn()
+            continue
+        if key not in st.graphs:
+            st.graphs[key] = _capture_stage(fn, st, handle)
+            handle.stats["captures"] += st.graphs[key] is not None
+        graph = st.graphs[key]
+        if graph is not None:
+            graph.replay()
+            handle.stats["replays"] += 1
+    return st.out.clone()
+
+
+def _capture_stage(fn, st: _RowState, handle: FastPathHandle):
+    """Warm a stage up (compilation, cuBLAS workspaces) without disturbing the state, then record it."""
+    saved = st.h.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            st.h.copy_(saved)
+            did = fn()
+        st.h.copy_(saved)
+    torch.cuda.current_stream().wait_stream(s)
+    if not did:
+        return None
+    if handle.pool is None:
+        handle.pool = torch.cuda.graph_pool_handle()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=handle.pool):
+        fn()
+    return graph

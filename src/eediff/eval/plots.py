@@ -66,7 +66,7 @@ def save_fid_vs_accel(panels: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..checkpoint import atomic_write
+    from ..io import atomic_write
 
     n = max(len(panels), 1)
     fig, axes = plt.subplots(1, n, figsize=(7.5 * n, 4.8), squeeze=False)

@@ -4,7 +4,9 @@ Parameter names and shapes are those of facebookresearch/DiT ``models.py``, so a
 loads with ``model.load_state_dict(torch.load("DiT-XL-2-256x256.pt", weights_only=True), strict=True)``.
 
 Early exit (ASE): ``forward(..., active_blocks=k)`` runs the first ``k`` of the ``depth`` blocks and reads
-the truncated hidden state through the ordinary final layer; there are no new parameters.
+the truncated hidden state through the ordinary final layer; there are no new parameters. ``active_blocks``
+may also be a ``(B,)`` tensor, one depth per row (``backbone.forward``); the model implements
+``backbone.Backbone`` (``embed`` / ``run_block`` / ``head``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelError
+from . import backbone
+from .backbone import Tokens
 from .layers import (
     Attention,
     LabelEmbedder,
@@ -70,8 +74,12 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), approximate_gelu=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``keep`` (B,) in {0, 1}: rows with 0 come out unchanged (both residual gates zeroed): padded rows
+        of a bucket cost no extra pass over the tokens, the mask rides on the gates."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (B, D)
+        if keep is not None:
+            gate_msa, gate_mlp = gate_msa * keep.unsqueeze(1), gate_mlp * keep.unsqueeze(1)  # (B, D)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (B, N, D)
         return x
@@ -112,7 +120,7 @@ class DiT(nn.Module):
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, self.out_channels)
         self.initialize_weights()
 
-    # ---- exit interface -------------------------------------------------------------------------
+    # ---- backbone interface (backbone.Backbone) ---------------------------------------------------
     @property
     def num_exit_blocks(self) -> int:
         """How many blocks an exit schedule may drop from (all of DiT's blocks)."""
@@ -121,6 +129,27 @@ class DiT(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
+
+    @property
+    def null_label(self) -> int | None:
+        """Row ``num_classes`` of the label table, present when the model was trained with label dropout."""
+        has_row = self.y_embedder.embedding_table.num_embeddings > self.config.num_classes
+        return self.config.num_classes if has_row else None
+
+    def exit_blocks(self) -> nn.ModuleList:
+        return self.blocks
+
+    def compute_blocks(self) -> nn.ModuleList:
+        return self.blocks
+
+    def time_embedder(self) -> nn.Module:
+        return self.t_embedder
+
+    def set_label_dropout(self, p: float) -> None:
+        self.y_embedder.dropout_prob = p
+
+    def default_label_dropout(self) -> float:
+        return self.config.class_dropout_prob
 
     @property
     def input_size(self) -> int:
@@ -165,18 +194,29 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         """x (B, C, H, W) at training timestep t (B,) with labels y (B,) -> (B, C_out, H, W).
 
-        ``active_blocks=k`` runs blocks[:k] only (None = all). ``y=None`` uses the null label.
+        ``active_blocks``: None = all blocks; k = blocks[:k] for every row; a (B,) tensor = a depth per row.
+        ``y=None`` uses the null label.
         """
-        k = self.config.depth if active_blocks is None else int(active_blocks)
-        if not 0 <= k <= self.config.depth:
-            raise ValueError(f"active_blocks={k} is outside [0, {self.config.depth}] for this DiT")
+        return backbone.forward(self, x, t, y, active_blocks)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> Tokens:
         if y is None:
             y = torch.full((x.shape[0],), self.config.num_classes, dtype=torch.long, device=x.device)
-        x = self.x_embedder(x) + self.pos_embed  # (B, N, D)
+        h = self.x_embedder(x) + self.pos_embed  # (B, N, D)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, D)
-        for block in self.blocks[:k]:
-            x = block(x, c)  # (B, N, D)
-        x = self.final_layer(x, c)  # (B, N, p*p*C_out)
+        return Tokens(h, c)
+
+    def run_block(self, i: int, s: Tokens, n: int, active: torch.Tensor | None = None) -> Tokens:
+        """Block i on rows [:n]; a row past its depth is unchanged (``active`` False: also unchanged)."""
+        if n <= 0:
+            return s
+        h, c = (s.h, s.c) if n >= s.h.shape[0] else (s.h[:n], s.c[:n])
+        keep = None if active is None else active.to(h.dtype)
+        out = self.blocks[i](h, c, keep)  # (n, N, D)
+        return Tokens(backbone.prefix_update(s.h, n, out), s.c)
+
+    def head(self, s: Tokens) -> torch.Tensor:
+        x = self.final_layer(s.h, s.c)  # (B, N, p*p*C_out)
         return unpatchify(x, self.patch_size, self.out_channels)  # (B, C_out, H, W)
 
     # ---- analytic cost --------------------------------------------------------------------------
@@ -278,10 +318,6 @@ def from_diffusers_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> tuple[D
     pos = get_2d_sincos_pos_embed(inner, config.input_size // config.patch_size)
     out["pos_embed"] = torch.from_numpy(pos).float().unsqueeze(0)
     return config, out
-
-
-
-
 
 
 # ---- registry hooks ------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ Parameter names, shapes and the forward computation follow baofff/U-ViT ``libs/u
 
 Early exit (ASE, Section 2.2 / Fig. 2): the encoder and the mid block always run; ``active_blocks=k`` runs
 the first ``k`` decoder blocks in full and every later decoder block only through its ``skip_linear`` (its
-skip is still consumed), so the long skip connections keep carrying encoder features.
+skip is still consumed), so the long skip connections keep carrying encoder features. ``active_blocks`` may
+also be a ``(B,)`` tensor, one depth per row (``backbone.forward``); the model implements
+``backbone.Backbone`` (``embed`` runs the encoder and mid block, ``run_block`` one decoder block).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from . import backbone
+from .backbone import Tokens
 from .layers import Attention, Mlp, PatchEmbed, timestep_embedding, unpatchify
 
 
@@ -127,7 +131,9 @@ class Block(nn.Module):
         return self.skip_linear(torch.cat([x, skip], dim=-1))  # (B, N, 2D) -> (B, N, D)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.fuse_skip(x, skip)  # (B, N, D)
+        """With ``skip=None`` a decoder block runs its body only (the skip already fused by ``fuse_skip``)."""
+        if skip is not None:
+            x = self.fuse_skip(x, skip)  # (B, N, D)
         x = x + self.attn(self.norm1(x))  # (B, N, D)
         x = x + self.mlp(self.norm2(x))  # (B, N, D)
         return x
@@ -167,11 +173,32 @@ class UViT(nn.Module):
         self.final_layer = nn.Conv2d(c.in_chans, c.in_chans, 3, padding=1) if c.conv else nn.Identity()
         self.initialize_weights()
 
-    # ---- exit interface -------------------------------------------------------------------------
+    # ---- backbone interface (backbone.Backbone) ---------------------------------------------------
     @property
     def num_exit_blocks(self) -> int:
         """How many blocks an exit schedule may drop from: the decoder (out) blocks."""
         return len(self.out_blocks)
+
+    @property
+    def null_label(self) -> int | None:
+        """The last label row when the model was trained for classifier-free guidance (``config.null_label``)."""
+        return self.config.num_classes - 1 if self.label_emb is not None and self.config.null_label else None
+
+    def exit_blocks(self) -> nn.ModuleList:
+        return self.out_blocks
+
+    def compute_blocks(self) -> list[nn.Module]:
+        return [*self.in_blocks, self.mid_block, *self.out_blocks]
+
+    def time_embedder(self) -> nn.Module:
+        return self.time_embed
+
+    def set_label_dropout(self, p: float) -> None:
+        if p:
+            raise ValueError("U-ViT drops no labels itself (the official code neither): drop them in the data")
+
+    def default_label_dropout(self) -> float:
+        return 0.1 if self.null_label is not None else 0.0
 
     @property
     def num_classes(self) -> int:
@@ -214,41 +241,49 @@ class UViT(nn.Module):
         x: torch.Tensor,
         t: torch.Tensor,
         y: torch.Tensor | None = None,
-        active_blocks: int | None = None,
+        active_blocks: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, C, H, W) at network time t (B,) = 999 * continuous time, labels y (B,) -> eps (B, C, H, W).
 
-        ``active_blocks=k`` runs out_blocks[:k] in full and only ``skip_linear`` of the rest (None = all).
-        For a conditional model ``y=None`` means the null label (which needs ``null_label``).
+        ``active_blocks``: None = all; k = out_blocks[:k] in full and only ``skip_linear`` of the rest; a (B,)
+        tensor = a decoder depth per row. For a conditional model ``y=None`` means the null label.
         """
-        n_out = len(self.out_blocks)
-        k = n_out if active_blocks is None else int(active_blocks)
-        if not 0 <= k <= n_out:
-            raise ValueError(f"active_blocks={k} is outside [0, {n_out}] (decoder blocks) for this U-ViT")
+        return backbone.forward(self, x, t, y, active_blocks)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> Tokens:
+        """Tokens, encoder and mid block (they always run); the encoder's outputs become the long skips."""
         if self.label_emb is None and y is not None:
             raise ValueError("this U-ViT is unconditional (num_classes <= 0): pass y=None")
         if self.label_emb is not None and y is None:
             if not self.config.null_label:
                 raise ValueError("this class-conditional U-ViT has no null label: pass class labels y")
             y = torch.full((x.shape[0],), self.config.num_classes - 1, dtype=torch.long, device=x.device)
-
         x = self.patch_embed(x)  # (B, L, D)
         time_token = self.time_embed(timestep_embedding(t, self.embed_dim).to(x.dtype))  # (B, D)
         x = torch.cat([time_token.unsqueeze(1), x], dim=1)  # (B, 1 + L, D)
         if self.label_emb is not None:
             x = torch.cat([self.label_emb(y).unsqueeze(1), x], dim=1)  # (B, 2 + L, D): [label, time, patches]
         x = x + self.pos_embed  # (B, extras + L, D)
-
         skips = []
         for blk in self.in_blocks:
             x = self._run(blk, x)  # (B, extras + L, D)
             skips.append(x)
         x = self._run(self.mid_block, x)  # (B, extras + L, D)
-        for i, blk in enumerate(self.out_blocks):
-            skip = skips.pop()
-            x = self._run(blk, x, skip) if i < k else blk.fuse_skip(x, skip)  # (B, extras + L, D)
+        return Tokens(x, None, tuple(skips))
 
-        x = self.norm(x)  # (B, extras + L, D)
+    def run_block(self, i: int, s: Tokens, n: int, active: torch.Tensor | None = None) -> Tokens:
+        """Decoder block i: every row fuses its skip (``skip_linear``); rows [:n] (and ``active``) also run the body."""
+        x = self.out_blocks[i].fuse_skip(s.h, s.skips[-1])  # (B, extras + L, D)
+        if n > 0:
+            head = x if n >= x.shape[0] else x[:n]
+            out = self._run(self.out_blocks[i], head)  # (n, extras + L, D)
+            if active is not None:
+                out = torch.where(active.view(-1, 1, 1), out, head)
+            x = backbone.prefix_update(x, n, out)
+        return Tokens(x, None, s.skips[:-1])
+
+    def head(self, s: Tokens) -> torch.Tensor:
+        x = self.norm(s.h)  # (B, extras + L, D)
         x = self.decoder_pred(x)  # (B, extras + L, p*p*C)
         x = x[:, self.extras:, :]  # (B, L, p*p*C)
         x = unpatchify(x, self.patch_size, self.in_channels)  # (B, C, H, W)

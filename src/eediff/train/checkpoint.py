@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..checkpoint import CheckpointError, atomic_write, model_metadata, read_safetensors
-from ..checkpoint import safe_torch_load as _safe_torch_load
+from ..checkpoint import model_metadata
+from ..io import CheckpointError, read_safetensors
+from ..io import safe_torch_load as _safe_torch_load
 
 FORMAT = "eediff-train/1"
 _STEP_RE = re.compile(r"^step-(\d+)$")
@@ -207,10 +208,3 @@ class RunCheckpoints:
         ema.load_state_dict(weights["ema.safetensors"], strict=True)
         return state, rng
 
-
-def write_json_atomic(path: str, obj) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-
-    atomic_write(path, write)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ..checkpoint import atomic_write
-from .data import DataError, ImageData, load_dataset, load_image_folder
+from ..data import DataError, ImageData, load_dataset, load_image_folder
+from ..io import atomic_write
 
 
 def _load_images(cfg) -> ImageData:

@@ -4,25 +4,23 @@ One step of Algorithm 1, as implemented by :class:`Trainer`:
 
 1. a (per-process) mini-batch B from a deterministic, resumable sampler;
 2. a training time per example (DiT: integer index 0..999, ``t_unit = i/1000``; U-ViT: t ~ U(eps, 1));
-3. the exit schedule S(t) gives each example's depth k(t); the student θ_S runs only blocks[:k]
-   ("for l = 1..N: if l < S(t) ... else break"). **Depth grouping** (``--depth-grouping``):
-   ``group`` (default) sorts the batch by depth, deepest first, so that block l has to process a prefix
-   of the batch; one forward pass runs every block on its prefix only (``nested.py``), which is exactly
-   running each depth group at its own depth (every example sees its scheduled sub-network, t stays
-   i.i.d. uniform), at the cost of one call per block. With ``--compile`` or activation checkpointing
-   the groups are run as separate forward passes instead.
-   ``batch`` picks one schedule interval per step (with probability equal to its share of [0, 1]) and
-   samples every t of the batch inside it: one plain forward pass per step (static shapes, the best
-   choice with ``--compile``), t uniform over steps but not within a batch;
+3. the exit policy (the same one sampling uses) gives each example its depth k(t); the student θ_S runs
+   only blocks[:k] ("for l = 1..N: if l < S(t) ... else break"), every example at its own depth in one
+   forward pass (``models.backbone.forward``: rows sorted deepest first, block l works on the rows that
+   still run it). **Time sampling** (``--depth-grouping``): ``group`` (default) draws t stratified over
+   the schedule's intervals, so the rows per block hardly change from step to step, t marginally i.i.d.
+   uniform; ``batch`` picks one schedule interval per step (with probability equal to its share of
+   [0, 1]) and samples every t of the batch inside it: one depth per step, t uniform over steps but not
+   within a batch;
 4. ℓ_i = λ(t_i) · loss(x̃_i, t_i) with the hybrid loss for learned σ, ε-MSE otherwise (``losses.py``);
    λ(t) as :class:`~eediff.train.losses.TimeWeight`, reset to 1 after the cycle C;
 5. θ_S ← AdamW step on mean_i ℓ_i (gradients all-reduced across processes);
 6. θ_T ← α θ_T + (1 − α) θ_S (the EMA "teacher"; it is what checkpoints export for sampling).
 
 Distribution: accelerate starts the processes, picks devices and mixed precision (bf16 autocast on GPU) and
-provides the collectives. The model is deliberately *not* wrapped in DDP: a step runs several forward
-passes (one per depth group) and blocks beyond the deepest group get no gradient, which DDP's one
-forward / one backward bucketing does not allow; instead the flattened gradient is all-reduced once per
+provides the collectives. The model is deliberately *not* wrapped in DDP: blocks beyond the deepest row
+of a step get no gradient, and which blocks those are changes from step to step, which DDP's bucketing does
+not allow; instead the flattened gradient is all-reduced once per
 step (unused parameters count as zero gradient, as DDP with ``find_unused_parameters`` would). All ranks
 therefore apply identical updates and hold identical weights.
 """
@@ -46,12 +44,13 @@ import torch
 from ..checkpoint import load_model, save_model
 from ..config import ConfigError, TrainBaseConfig, TrainConfig
 from ..errors import EediffError
+from ..exits.policy import make_policy
 from ..exits.schedule import get_schedule
 from ..models import registry
-from .checkpoint import RunCheckpoints, capture_rng, restore_rng, write_json_atomic
-from .data import DataError, ImageData, ShardedSampler, load_dataset
+from ..data import DataError, ImageData, ShardedSampler, load_dataset
+from ..io import write_json_atomic
+from .checkpoint import RunCheckpoints, capture_rng, restore_rng
 from .losses import DiffusionObjective, TimeWeight
-from .nested import exit_blocks, prefix_counts, prefix_rows
 from .options import to_json
 
 
@@ -100,14 +99,6 @@ def lr_lambda_for(kind: str, warmup: int, total: int, min_ratio: float):
         return 1.0
 
     return factor
-
-
-def time_embedder(model) -> torch.nn.Module | None:
-    for name in ("t_embedder", "time_embed"):
-        m = getattr(model, name, None)
-        if isinstance(m, torch.nn.Module):
-            return m
-    return None
 
 
 def state_hash(*models) -> str:
@@ -211,22 +202,20 @@ class Trainer:
         self.K = model.num_exit_blocks
         self.schedule = get_schedule(cfg.schedule).check(self.K)
         self.tuned_for = self.schedule if not self.schedule.is_full(self.K) else None
+        self.policy = make_policy(self.schedule, self.K)
 
         # labels and classifier-free-guidance dropout (done here, with the run's own generator)
         self.conditional = model.num_classes > 0
-        self.null_label = model.num_classes
+        self.null_label = model.null_label
         self.label_p = self._label_dropout()
-        if model.arch == "DiT":
-            model.y_embedder.dropout_prob = 0.0  # the trainer drops labels itself (see _label_dropout)
+        model.set_label_dropout(0.0)  # the trainer drops labels itself, with the run's generator (see _label_dropout)
 
         self.objective = DiffusionObjective(process, model.learn_sigma, model.in_channels, self.device)
         self.weight = TimeWeight(self.schedule, self.K, cfg.reweight_gamma, cfg.reweight_cycle, cfg.reweight_unit, grid=self.objective.grid_unit_times())
         self.intervals = self.objective.time_intervals(self.schedule)
 
         if cfg.freeze_time_embed:
-            te = time_embedder(model)
-            if te is not None:
-                te.requires_grad_(False)
+            model.time_embedder().requires_grad_(False)
         model.to(self.device).train()
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -251,29 +240,22 @@ class Trainer:
         if self.device.type == "cuda" and cfg.data_on_device != "no":
             if cfg.data_on_device == "yes" or self.data.nbytes <= 8 * 2**30:
                 self.data = self.data.to(self.device)
-        self.forward = model
-        self.exit_blocks = exit_blocks(model)
-        # prefix execution needs the blocks' hooks and plain (not re-computed, not compiled) block calls
-        self.nested_ok = (self.exit_blocks is not None and not cfg.compile
-                          and not getattr(model.config, "use_checkpoint", False))
         if cfg.compile:
+            # the blocks, not the whole forward: the rows per block change from step to step, and a compiled
+            # block (one graph shared by all blocks, dynamic in the batch dimension) takes any row count
             from torch import _dynamo
 
             _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
-            self.forward = torch.compile(model)
+            for blk in model.compute_blocks():
+                blk.compile()
 
     # ---- set-up helpers ----------------------------------------------------------------------------
     def _label_dropout(self) -> float:
         cfg, m = self.cfg, self.model
         if not self.conditional:
             return 0.0
-        if m.arch == "DiT":
-            p = m.config.class_dropout_prob if cfg.label_dropout is None else cfg.label_dropout
-            has_null = m.y_embedder.embedding_table.num_embeddings > m.num_classes
-        else:
-            has_null = bool(getattr(m.config, "null_label", False))
-            p = (0.1 if has_null else 0.0) if cfg.label_dropout is None else cfg.label_dropout
-        if p > 0 and not has_null:
+        p = m.default_label_dropout() if cfg.label_dropout is None else cfg.label_dropout
+        if p > 0 and m.null_label is None:
             raise ConfigError(f"--label-dropout {p}: this {m.arch} has no null-label row to drop to (train it with one, or pass --label-dropout 0)")
         if not 0 <= p < 1:
             raise ConfigError(f"--label-dropout must be in [0, 1), got {p}")
@@ -301,7 +283,7 @@ class Trainer:
         """Training times for n examples, uniform over [0, 1] for each example.
 
         ``batch``: one schedule interval per step. ``group``: stratified over the schedule's intervals
-        (see :func:`stratified_counts`), so the depth groups, and the shapes each block sees, hardly change
+        (see :func:`stratified_counts`), so the rows each block sees hardly change
         from step to step; with a single interval (the full schedule) this is plain i.i.d. sampling.
         """
         if len(self.intervals) <= 1:
@@ -316,21 +298,15 @@ class Trainer:
         return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
 
     def step(self) -> tuple[torch.Tensor, dict]:
-        """One optimizer step. Returns the (device) weighted loss and host-side info (t, depths, groups)."""
+        """One optimizer step. Returns the (device) weighted loss and host-side info (t, depths, λ)."""
         cfg = self.cfg
         idx = self.sampler.next()
         n = idx.numel()
         t, t_unit = self.sample_times(n)
-        depth = self.schedule.active_blocks(t_unit, self.K)
+        depth = self.policy.depth(t_unit)  # (n,) on the host
         drop = torch.rand(n, generator=self.gen_time) < self.label_p if self.label_p > 0 else None
         flip = torch.rand(n, generator=self.gen_time) < 0.5 if cfg.hflip else None
         lam = self.weight(t_unit, self.step_count, self.sampler.epoch).float()
-        order = torch.argsort(depth, descending=True, stable=True)
-        idx, t, t_unit, depth, lam = idx[order], t[order], t_unit[order], depth[order], lam[order]
-        drop = None if drop is None else drop[order]
-        flip = None if flip is None else flip[order]
-        ks, counts = torch.unique_consecutive(depth, return_counts=True)
-        groups = list(zip(ks.tolist(), counts.tolist()))
 
         dev_idx = self._to_device(idx) if self.data.data.device.type == "cuda" else idx
         x0, y = self.data.batch(dev_idx)
@@ -351,24 +327,10 @@ class Trainer:
         x_t = self.objective.perturb(x0, t_dev, noise)
         t_model = self.objective.model_time(t_dev)
 
-        if len(groups) > 1 and self.nested_ok:
-            # one pass: block l runs on the first prefix_counts[l] rows (the batch is sorted deepest first)
-            counts = prefix_counts(groups, self.K)
-            with self.acc.autocast(), prefix_rows(self.exit_blocks, counts, n):
-                out = self.forward(x_t, t_model, y, active_blocks=groups[0][0])
-            per_example = self.objective.loss(out, x0, x_t, noise, t_dev, t)
-            total = (per_example * lam_dev).sum()
-        else:  # one pass per depth group
-            total = None
-            s = 0
-            for k, c in groups:
-                sl = slice(s, s + c)
-                with self.acc.autocast():
-                    out = self.forward(x_t[sl], t_model[sl], None if y is None else y[sl], active_blocks=k)
-                per_example = self.objective.loss(out, x0[sl], x_t[sl], noise[sl], t_dev[sl], t[sl])  # (c,)
-                part = (per_example * lam_dev[sl]).sum()
-                total = part if total is None else total + part
-                s += c
+        with self.acc.autocast():
+            out = self.model(x_t, t_model, y, active_blocks=depth)  # every row at the depth of its own t
+        per_example = self.objective.loss(out, x0, x_t, noise, t_dev, t)  # (n,)
+        total = (per_example * lam_dev).sum()
         loss = total / n
         loss.backward()
         self._sync_gradients()
@@ -379,7 +341,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=False)
         ema_update(self.ema_params, self.params, ema_decay_at(cfg.ema_decay, self.step_count, cfg.ema_warmup))
         self.step_count += 1
-        return loss.detach(), {"t_unit": t_unit, "depth": depth, "groups": groups, "lambda": lam}
+        return loss.detach(), {"t_unit": t_unit, "depth": depth, "lambda": lam}
 
     def _sync_gradients(self) -> None:
         for p in self.params:  # a block no example reached has no gradient: it counts as zero
@@ -630,7 +592,7 @@ def _trim_metrics(path: str, step: int) -> None:
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line cut short by a kill
 
-    from ..checkpoint import atomic_write
+    from ..io import atomic_write
 
     def write(tmp):
         with open(tmp, "w") as f:

@@ -1,4 +1,4 @@
-"""Training data, all offline: Fashion-MNIST, MNIST, folders of images, uint8 ``.npz`` arrays and VAE latents.
+"""Data sets (training data, FID references), all offline: Fashion-MNIST, MNIST, folders of images, uint8 ``.npz`` arrays and VAE latents.
 
 Every source becomes an :class:`ImageData`: one tensor holding the whole set (uint8 ``(N, C, H, W)`` for
 images, float ``(N, C, h, w)`` for latents), int64 labels, and the number of classes. Batches are read by
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import EediffError
+from .errors import EediffError
 
 
 class DataError(EediffError):
@@ -216,7 +216,7 @@ def load_npz(path: str) -> ImageData:
 
 def save_npz(data: ImageData, path: str) -> None:
     """Write uint8 images (N, H, W[, C]) and labels as a compressed ``.npz`` (atomically)."""
-    from ..checkpoint import atomic_write
+    from .io import atomic_write
 
     if data.is_latent:
         raise DataError("latent data sets cannot be exported as uint8 images")
