@@ -83,16 +83,20 @@ def test_depth_zero_is_the_head_on_the_embedding(arch):
         assert torch.allclose(mixed[0], m.head(s)[0], atol=1e-6) and torch.allclose(mixed[2], m.head(s)[2], atol=1e-6)
 
 
-def test_active_mask_holds_rows_unchanged(float64):
-    m = _model("DiT").double()
+@pytest.mark.parametrize("arch", ["DiT", "U-ViT"])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float64])
+def test_active_mask_holds_rows_unchanged(arch, mask_dtype, float64):
+    m = _model(arch).double()
     x, t, y, _ = _inputs(m, 4)
     with torch.no_grad():
         s = m.embed(x, t, y)
-        h0 = s.h.clone()
-        new = m.run_block(0, Tokens(s.h.clone(), s.c), 4, torch.tensor([True, False, True, False]))
-        full = m.run_block(0, Tokens(h0.clone(), s.c), 4)
-        assert torch.equal(new.h[1], h0[1]) and torch.equal(new.h[3], h0[3])
-        assert torch.allclose(new.h[0], full.h[0], atol=TOL) and not torch.allclose(new.h[0], h0[0])
+        copy = lambda: Tokens(s.h.clone(), s.c, s.skips)  # noqa: E731
+        mask = torch.tensor([1, 0, 1, 0]).to(mask_dtype)
+        new = m.run_block(0, copy(), 4, mask)
+        full = m.run_block(0, copy(), 4)
+        skipped = m.run_block(0, copy(), 0)  # the path of a row that does not run the block
+        assert torch.equal(new.h[1], skipped.h[1]) and torch.equal(new.h[3], skipped.h[3])
+        assert torch.allclose(new.h[0], full.h[0], atol=TOL) and not torch.allclose(new.h[0], skipped.h[0])
 
 
 @pytest.mark.parametrize("arch", ["DiT", "U-ViT"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import time
 from dataclasses import asdict
 
 import torch
@@ -184,9 +185,16 @@ def _per_row(cfg, fast, handle, eager, config, device, log) -> dict:
         full_fast = time_fn(lambda: fast(x, tf, y, active_blocks=K), device, warmup=3, repeats=cfg.repeats)["median_s"]
         full_eager = time_fn(lambda: eager_bf16(x.bfloat16(), tf, y), device, warmup=3, repeats=cfg.repeats)["median_s"]
         out["full_ms"] = {"fast path": full_fast * 1e3, "eager bf16": full_eager * 1e3}
-        log(f"per-row B={B}: full depth {full_fast * 1e3:.2f} ms (fast path), {full_eager * 1e3:.2f} ms (eager bf16)")
+        # what a block costs on half the rows (one depth, whole-forward graph): the part of a per-row time
+        # that is the GEMMs' own efficiency at a smaller batch, not the per-row machinery
+        h = B // 2
+        half_fast = time_fn(lambda: fast(x[:h], tf[:h], y[:h], active_blocks=K), device, warmup=3, repeats=cfg.repeats)["median_s"]
+        out["half_batch_full_depth_over_full"] = half_fast / full_fast
+        log(f"per-row B={B}: full depth {full_fast * 1e3:.2f} ms (fast path), {full_eager * 1e3:.2f} ms (eager bf16); "
+            f"B={h} full depth {half_fast * 1e3:.2f} ms = {half_fast / full_fast:.3f} of B={B}")
         variants = [(f"fast path, bucket {b}", int(b)) for b in cfg.row_buckets.split(",")] + [("eager bf16", None)]
         for name, bucket in variants:
+            t0 = time.perf_counter()
             if bucket is not None:
                 handle.config.row_bucket = bucket
                 fn, full = (lambda d: fast(x, tf, y, active_blocks=d)), full_fast
@@ -201,6 +209,7 @@ def _per_row(cfg, fast, handle, eager, config, device, log) -> dict:
                        "time_over_flop_mean": sum(over) / len(over), "time_over_flop_max": max(over), "draws": len(depths),
                        "rel_err_vs_eager_fp32": err}
                 out["rows"].append(row)
+                row["wall_s"] = time.perf_counter() - t0  # compilation and graph captures of new shapes included
                 log(f"per-row {name:20s} {case:20s} time {row['time_ratio']:.3f} of full, FLOP share {row['flop_share']:.3f} "
                     f"-> {row['time_over_flop_mean']:.3f}x (max {row['time_over_flop_max']:.3f})" + ("" if err is None else f", rel.err {err:.1e}"))
     out["graphs"] = handle.graph_count()

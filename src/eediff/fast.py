@@ -13,10 +13,11 @@ One depth for the whole batch: one CUDA graph per (depth, input shape), the whol
 A depth per row (``backbone.forward`` semantics, same result up to bf16 rounding): the rows are sorted
 deepest first on the device, and block ``i`` runs on the first ``b_i`` rows, where ``b_i`` is the number of
 rows that still run it rounded up to a multiple of ``row_bucket``; the padded rows inside a bucket are held
-unchanged by the backbone's ``active`` mask (DiT: zeroed residual gates, no extra pass over the tokens). The
-forward is a chain of CUDA graphs on static buffers (embed + sort, one graph per (block, bucket), head +
-unsort), so a new mix of depths replays existing graphs: at most ``blocks x B / row_bucket`` graphs, and
-the compiled block sees at most ``B / row_bucket`` shapes. The row counts come from the depth tensor once
+unchanged by the backbone's ``active`` mask (DiT: zeroed residual gates, no extra pass over the tokens; the
+blocks update the static token buffer in place). The forward is a chain of CUDA graphs on static buffers
+(embed + sort + every block's mask; one graph per run of consecutive blocks on the same bucket; head +
+unsort), so a new mix of depths mostly replays existing graphs, and the compiled block sees at most
+``B / row_bucket`` shapes. The row counts come from the depth tensor once
 per call (no transfer at all for a host tensor, which is what the exit policies return).
 
 Why by hand: torch.compile's own CUDA-graph mode ("reduce-overhead") records one graph per guard set and
@@ -158,6 +159,7 @@ class _RowState:
         self.y = None if y is None else y.clone()
         self.depth = depth.to(x.device, torch.long).clone()
         self.dsorted = torch.empty_like(self.depth)
+        self.keep = torch.empty(model.num_exit_blocks, len(self.depth), device=x.device, dtype=x.dtype)  # (K, B) row i runs block l
         self.order = torch.empty_like(self.depth)
         self.inverse = torch.empty_like(self.depth)
         s = model.embed(x, t, y)  # shapes of the working state
@@ -175,6 +177,8 @@ def _embed_stage(model, st: _RowState) -> bool:
     order = torch.argsort(st.depth, descending=True, stable=True)
     st.order.copy_(order)
     st.dsorted.copy_(st.depth[order])
+    layers = torch.arange(st.keep.shape[0], device=order.device)
+    st.keep.copy_(st.dsorted.unsqueeze(0) > layers.unsqueeze(1))  # every block's mask, made once per call
     st.inverse[order] = torch.arange(order.numel(), device=order.device)
     s = model.embed(st.x[order], st.t[order], None if st.y is None else st.y[order])
     st.h.copy_(s.h)
@@ -185,15 +189,19 @@ def _embed_stage(model, st: _RowState) -> bool:
     return True
 
 
-def _block_stage(model, st: _RowState, i: int, b: int) -> bool:
-    s = st.tokens(consumed=i)
-    active = st.dsorted[:b] > i if b > 0 else None  # (b,): rows of the bucket that run block i
-    new = model.run_block(i, s, b, active)
-    if new is s:  # nothing to do for these rows (a DiT block no row runs)
-        return False
-    if new.h is not st.h:
-        st.h.copy_(new.h)
-    return True
+def _blocks_stage(model, st: _RowState, first: int, last: int, b: int, padded: bool) -> bool:
+    """Blocks first..last-1, each on the first b rows (one bucket); False if none of them launches anything."""
+    did = False
+    for i in range(first, last):
+        s = st.tokens(consumed=i)
+        active = st.keep[i, :b] if padded else None  # (b,) 0/1: rows of the bucket that run block i
+        new = model.run_block(i, s, b, active)
+        if new is s:  # nothing to do for these rows (a DiT block no row runs)
+            continue
+        if new.h is not st.h:  # a backbone that did not update in place (U-ViT's fused skips)
+            st.h.copy_(new.h)
+        did = True
+    return did
 
 
 def _head_stage(model, st: _RowState) -> bool:
@@ -215,7 +223,13 @@ def _per_row(handle: FastPathHandle, x, t, y, depth, counts, use_graphs):
     st.depth.copy_(depth, non_blocking=True)
     buckets = [min(B, -(-n // g) * g) for n in counts]
     stages = [(("embed",), lambda: _embed_stage(model, st))]
-    stages += [(("block", i, b), lambda i=i, b=b: _block_stage(model, st, i, b)) for i, b in enumerate(buckets)]
+    i = 0
+    while i < len(buckets):  # consecutive blocks on the same bucket form one stage (one graph, one replay)
+        j, seg = i, (buckets[i], buckets[i] != counts[i])
+        while j < len(buckets) and (buckets[j], buckets[j] != counts[j]) == seg:
+            j += 1
+        stages.append((("blocks", i, j, *seg), lambda i=i, j=j, seg=seg: _blocks_stage(model, st, i, j, *seg)))
+        i = j
     stages.append((("head",), lambda: _head_stage(model, st)))
     for key, fn in stages:
         if not use_graphs:

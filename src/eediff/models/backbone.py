@@ -6,8 +6,9 @@ A backbone (``dit.py``, ``uvit.py``; a third one is one more file) exposes its c
   mid block, which always run, leaving the long skips on ``Tokens.skips``);
 - ``run_block(i, tokens, n, active=None) -> Tokens``: schedulable block ``i`` on the first ``n`` rows; the
   other rows take the path a dropped block takes (DiT: unchanged; U-ViT decoder: only ``skip_linear``,
-  which still consumes its skip). With ``active`` (a ``(n,)`` bool tensor) only the rows marked True take
-  the block's output: padded row buckets (the fast path) and per-layer exits (DeeDiff) use it;
+  which still consumes its skip). With ``active`` (a ``(n,)`` bool or 0/1 tensor) only the rows marked
+  take the block's output: padded row buckets (the fast path) and per-layer exits (DeeDiff) use it.
+  Without gradient a backbone may update ``tokens`` in place (the forward pass owns them);
 - ``head(tokens)``: the output layer, callable after any number of blocks.
 
 :func:`forward` is the only place that turns ``active_blocks`` into block calls. With an int every row runs

@@ -74,15 +74,16 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), approximate_gelu=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, keep: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
         """``keep`` (B,) in {0, 1}: rows with 0 come out unchanged (both residual gates zeroed): padded rows
-        of a bucket cost no extra pass over the tokens, the mask rides on the gates."""
+        of a bucket cost no extra pass over the tokens, the mask rides on the gates. ``inplace``: the result
+        is written into ``x`` (compiled, the last residual add stores there directly: no copy)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (B, D)
         if keep is not None:
             gate_msa, gate_mlp = gate_msa * keep.unsqueeze(1), gate_mlp * keep.unsqueeze(1)  # (B, D)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (B, N, D)
-        return x
+        h = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
+        h = h + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(h), shift_mlp, scale_mlp))  # (B, N, D)
+        return x.copy_(h) if inplace else h
 
 
 class FinalLayer(nn.Module):
@@ -207,11 +208,16 @@ class DiT(nn.Module):
         return Tokens(h, c)
 
     def run_block(self, i: int, s: Tokens, n: int, active: torch.Tensor | None = None) -> Tokens:
-        """Block i on rows [:n]; a row past its depth is unchanged (``active`` False: also unchanged)."""
+        """Block i on rows [:n]; a row past its depth is unchanged (``active`` False / 0: also unchanged).
+        Without gradient the rows are updated in place (rows [:n] are a contiguous view; compiled, the
+        block's last residual add stores there directly)."""
         if n <= 0:
             return s
         h, c = (s.h, s.c) if n >= s.h.shape[0] else (s.h[:n], s.c[:n])
-        keep = None if active is None else active.to(h.dtype)
+        keep = None if active is None else active.to(h.dtype)  # no copy when already h's dtype
+        if not torch.is_grad_enabled():
+            self.blocks[i](h, c, keep, inplace=True)  # (n, N, D) written into s.h[:n]
+            return Tokens(s.h, s.c)
         out = self.blocks[i](h, c, keep)  # (n, N, D)
         return Tokens(backbone.prefix_update(s.h, n, out), s.c)
 

@@ -278,7 +278,7 @@ class UViT(nn.Module):
             head = x if n >= x.shape[0] else x[:n]
             out = self._run(self.out_blocks[i], head)  # (n, extras + L, D)
             if active is not None:
-                out = torch.where(active.view(-1, 1, 1), out, head)
+                out = torch.where(active.view(-1, 1, 1).bool(), out, head)
             x = backbone.prefix_update(x, n, out)
         return Tokens(x, None, s.skips[:-1])
 
