@@ -124,7 +124,7 @@ def sample_cmd(cfg) -> None:
         if not os.path.isdir(cfg.vae):
             raise UserError(f"--vae '{cfg.vae}' is not a folder: pass a diffusers AutoencoderKL folder (config.json + weights)")
         vae = AutoencoderKL.from_pretrained(cfg.vae, local_files_only=True).to(device).eval()
-    elif model.in_channels == 4 and model.arch == "DiT":
+    elif model.in_channels == 4:  # DiT-XL/2, U-ViT-L/2 and -H/2: Stable Diffusion VAE latents
         raise UserError("this is a latent model (4 input channels): pass --vae FOLDER with a diffusers AutoencoderKL")
     with warnings.catch_warnings():
         warnings.simplefilter("always")

@@ -45,7 +45,8 @@ class Tokens:
 class Backbone(Protocol):
     """What DiT and U-ViT implement; nothing outside a backbone's own file touches its attributes."""
 
-    arch: str
+    arch: str  # registry key of the backbone module ("DiT", "U-ViT")
+    config: object  # the constructor's dataclass, saved with the weights
     in_channels: int
 
     @property

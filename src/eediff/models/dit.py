@@ -339,3 +339,13 @@ def default_process():
     from ..diffusion.process import DiscreteVP
 
     return DiscreteVP()
+
+
+DEFAULT_LR_SCHEDULE = "constant"  # the official DiT training
+
+
+def config_for_data(image_size: int, channels: int, num_classes: int, label_dropout: float | None) -> dict:
+    """A label table of num_classes rows plus the null row when labels are dropped (one class if unlabelled)."""
+    out = dict(input_size=image_size, in_channels=channels, num_classes=max(1, num_classes))
+    out["class_dropout_prob"] = (0.1 if label_dropout is None else label_dropout) if num_classes > 0 else 0.0
+    return out

@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelError  # noqa: F401 -- re-exported: eediff.models.registry.ModelError
+from ..errors import ModelError
 from . import dit
 
 # Each backbone module registers: its size table, its config dataclass and model class, its default
-# noise process, and how to read a config back from an official state dict.
+# noise process and learning-rate schedule, how to read a config back from an official state dict, and
+# the fields that fit it to a data set.
 _BACKBONES: dict[str, Any] = {"DiT": dit}
 REGISTRY: dict[str, tuple[str, dict]] = {name: ("DiT", kw) for name, kw in dit.DIT_SIZES.items()}
 
@@ -50,6 +51,18 @@ def model_from_config(arch: str, config: dict) -> torch.nn.Module:
 
 def default_process(model):
     return _BACKBONES[model.arch].default_process()
+
+
+def config_for_data(arch: str, image_size: int, channels: int, num_classes: int, label_dropout: float | None) -> dict:
+    """Constructor fields that make ``arch`` fit square images of ``channels`` x ``image_size`` with
+    ``num_classes`` labels (0 = unlabelled); ``label_dropout`` None = the architecture's default."""
+    if arch not in _BACKBONES:
+        raise ModelError(f"unknown architecture '{arch}': use one of {', '.join(_BACKBONES)}")
+    return _BACKBONES[arch].config_for_data(image_size, channels, num_classes, label_dropout)
+
+
+def default_lr_schedule(model) -> str:
+    return _BACKBONES[model.arch].DEFAULT_LR_SCHEDULE
 
 
 def detect_arch(sd: dict) -> str:

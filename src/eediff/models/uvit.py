@@ -358,3 +358,18 @@ def default_process():
     from ..diffusion.process import ContinuousVP
 
     return ContinuousVP()
+
+
+DEFAULT_LR_SCHEDULE = "cosine"
+
+
+def config_for_data(image_size: int, channels: int, num_classes: int, label_dropout: float | None) -> dict:
+    """Official convention: a null label is one more label_emb row (num_classes + 1, null_label)."""
+    out = dict(img_size=image_size, in_chans=channels)
+    if num_classes > 0 and (label_dropout is None or label_dropout > 0):
+        out.update(num_classes=num_classes + 1, null_label=True)
+    elif num_classes > 0:
+        out.update(num_classes=num_classes, null_label=False)
+    else:
+        out.update(num_classes=-1, null_label=False)
+    return out

@@ -28,7 +28,6 @@ therefore apply identical updates and hold identical weights.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -42,16 +41,17 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model, save_model
-from ..config import ConfigError, TrainBaseConfig, TrainConfig
+from ..config import ConfigError, TrainBaseConfig
+from ..data import ImageData, ShardedSampler, load_dataset
 from ..errors import EediffError
 from ..exits.policy import make_policy
 from ..exits.schedule import get_schedule
-from ..models import registry
-from ..data import DataError, ImageData, ShardedSampler, load_dataset
 from ..io import write_json_atomic
+from ..models import registry
 from .checkpoint import RunCheckpoints, capture_rng, restore_rng
 from .losses import DiffusionObjective, TimeWeight
 from .options import to_json
+from .setup import build_train_model, check_model_data, make_accelerator, resolve_auto, validate
 
 
 class TrainError(EediffError, RuntimeError):
@@ -110,58 +110,6 @@ def state_hash(*models) -> str:
     return h.hexdigest()
 
 
-# ---- model construction ------------------------------------------------------------------------------
-def _data_fields(arch: str, data: ImageData, label_dropout: float | None) -> dict:
-    C, H, W = data.shape
-    if H != W:
-        raise DataError(f"images are {H}x{W}: only square images are supported")
-    labelled = data.labels is not None and data.num_classes > 0
-    if arch == "DiT":
-        out = dict(input_size=H, in_channels=C, num_classes=max(1, data.num_classes) if labelled else 1)
-        out["class_dropout_prob"] = (0.1 if label_dropout is None else label_dropout) if labelled else 0.0
-        return out
-    if arch == "U-ViT":
-        out = dict(img_size=H, in_chans=C)
-        if labelled and (label_dropout is None or label_dropout > 0):
-            out.update(num_classes=data.num_classes + 1, null_label=True)
-        elif labelled:
-            out.update(num_classes=data.num_classes, null_label=False)
-        else:
-            out.update(num_classes=-1, null_label=False)
-        return out
-    raise ConfigError(f"unknown architecture '{arch}': use DiT or U-ViT")
-
-
-def build_train_model(cfg: TrainConfig, data: ImageData):
-    try:
-        overrides = json.loads(cfg.model_config or "{}")
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--model-config is not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(overrides, dict):
-        raise ConfigError("--model-config must be a JSON object of constructor fields")
-    if cfg.model is not None:
-        if cfg.model not in registry.REGISTRY:
-            raise registry.ModelError(f"unknown model '{cfg.model}': choose one of {', '.join(sorted(registry.REGISTRY))}")
-        name, arch = cfg.model, registry.REGISTRY[cfg.model][0]
-    else:
-        name = arch = cfg.arch
-    fields = _data_fields(arch, data, cfg.label_dropout)
-    fields.update(overrides)
-    torch.manual_seed(cfg.seed)  # initialisation depends on the seed only
-    return registry.build_model(name, **fields)
-
-
-def check_model_data(model, data: ImageData) -> None:
-    C, H, _ = data.shape
-    if (model.in_channels, model.input_size) != (C, H):
-        raise DataError(
-            f"the data are {C}x{H}x{H} but the model takes {model.in_channels}x{model.input_size}x{model.input_size}: "
-            "pick matching data (--image-size, latents) or model"
-        )
-    if data.labels is not None and data.num_classes > max(model.num_classes, 1) and model.num_classes > 0:
-        raise DataError(f"the data have {data.num_classes} classes but the model only {model.num_classes}")
-
-
 # ---- the trainer ---------------------------------------------------------------------------------
 @dataclass
 class RunSummary:
@@ -177,7 +125,7 @@ class Trainer:
     """Everything one process needs for Algorithm 1. ``step()`` runs one optimizer step."""
 
     def __init__(self, cfg: TrainBaseConfig, command: str, accelerator=None, data: ImageData | None = None, model=None, process=None):
-        _validate(cfg, command)
+        validate(cfg, command)
         self.command = command
         self.acc = accelerator if accelerator is not None else make_accelerator(cfg)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
@@ -197,7 +145,7 @@ class Trainer:
         if process is None:
             process = registry.default_process(model)
         check_model_data(model, self.data)
-        self.cfg = cfg = _resolve_auto(cfg, command, model.arch)
+        self.cfg = cfg = resolve_auto(cfg, command, model)
         self.model, self.process = model, process
         self.K = model.num_exit_blocks
         self.schedule = get_schedule(cfg.schedule).check(self.K)
@@ -393,59 +341,6 @@ class Trainer:
                 print(f"note: {path} was written by {state.get('world_size')} processes, this run has {self.world}: "
                       "continuing with fresh random streams (not bit-identical to an uninterrupted run)", file=sys.stderr)
             self._seed_rngs(self.cfg.seed + 1_000_003 * self.step_count)
-
-
-def make_accelerator(cfg: TrainBaseConfig):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"unknown --device '{cfg.device}': use cpu, cuda or auto")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
-    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"unknown --precision '{cfg.precision}': use bf16, fp32 or auto")
-    mp = "bf16" if cfg.precision == "bf16" or (cfg.precision == "auto" and not cpu) else "no"
-    AcceleratorState._reset_state()  # allows several runs (with other precisions) in one Python process
-    return Accelerator(cpu=cpu, mixed_precision=mp)
-
-
-def _validate(cfg: TrainBaseConfig, command: str) -> None:
-    """Cheap option checks, before any data or model is loaded."""
-    if command == "finetune":
-        if not cfg.init:
-            raise ConfigError("finetune needs --init CHECKPOINT (the trained model to adapt)")
-        if not cfg.schedule:
-            raise ConfigError("finetune needs --schedule (e.g. D4-DiT; see `eediff schedules`)")
-    checks = [
-        (cfg.steps >= 1, "--steps must be at least 1"),
-        (cfg.batch_size >= 1, "--batch-size must be at least 1"),
-        (cfg.lr > 0, "--lr must be positive"),
-        (cfg.lr_schedule in ("constant", "cosine", "auto"), f"unknown --lr-schedule '{cfg.lr_schedule}': use constant, cosine or auto"),
-        (0 <= cfg.ema_decay <= 1, "--ema-decay must be in [0, 1]"),
-        (cfg.max_minutes >= 0, "--max-minutes must be >= 0 (0 = no limit)"),
-        (cfg.depth_grouping in ("group", "batch"), f"unknown --depth-grouping '{cfg.depth_grouping}': use group or batch"),
-        (cfg.reweight_unit in ("step", "epoch"), f"unknown --reweight-unit '{cfg.reweight_unit}': use step or epoch"),
-        (cfg.reweight_gamma >= 0 and (cfg.reweight_cycle or 0) >= 0, "--reweight-gamma and --reweight-cycle must be >= 0"),
-        (cfg.data_on_device in ("auto", "yes", "no"), f"unknown --data-on-device '{cfg.data_on_device}': use yes, no or auto"),
-        (cfg.log_every >= 1 and cfg.save_every >= 1, "--log-every and --save-every must be at least 1"),
-        (cfg.warmup_steps >= 0 and cfg.keep_last >= 1, "--warmup-steps must be >= 0 and --keep-last >= 1"),
-        (0 <= cfg.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-
-
-def _resolve_auto(cfg: TrainBaseConfig, command: str, arch: str) -> TrainBaseConfig:
-    """Resolve the 'auto' / unset options (the result is what config.json records)."""
-    changes = {}
-    if cfg.reweight_cycle is None:
-        changes["reweight_cycle"] = cfg.steps // 2 if command == "finetune" else 0
-    if cfg.lr_schedule == "auto":
-        changes["lr_schedule"] = "cosine" if arch == "U-ViT" else "constant"
-    return dataclasses.replace(cfg, **changes)
 
 
 # ---- the run ---------------------------------------------------------------------------------

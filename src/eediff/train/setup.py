@@ -1,0 +1,99 @@
+"""Before a run: option checks, the accelerator, and the model a run trains (built from the data's shape)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+
+from ..config import ConfigError, TrainBaseConfig, TrainConfig
+from ..data import DataError, ImageData
+from ..models import registry
+
+
+def build_train_model(cfg: TrainConfig, data: ImageData):
+    try:
+        overrides = json.loads(cfg.model_config or "{}")
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--model-config is not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(overrides, dict):
+        raise ConfigError("--model-config must be a JSON object of constructor fields")
+    if cfg.model is not None:
+        if cfg.model not in registry.REGISTRY:
+            raise registry.ModelError(f"unknown model '{cfg.model}': choose one of {', '.join(sorted(registry.REGISTRY))}")
+        name, arch = cfg.model, registry.REGISTRY[cfg.model][0]
+    else:
+        name = arch = cfg.arch
+    C, H, W = data.shape
+    if H != W:
+        raise DataError(f"images are {H}x{W}: only square images are supported")
+    labelled = data.labels is not None and data.num_classes > 0
+    fields = registry.config_for_data(arch, H, C, data.num_classes if labelled else 0, cfg.label_dropout)
+    fields.update(overrides)
+    torch.manual_seed(cfg.seed)  # initialisation depends on the seed only
+    return registry.build_model(name, **fields)
+
+
+def check_model_data(model, data: ImageData) -> None:
+    C, H, _ = data.shape
+    if (model.in_channels, model.input_size) != (C, H):
+        raise DataError(
+            f"the data are {C}x{H}x{H} but the model takes {model.in_channels}x{model.input_size}x{model.input_size}: "
+            "pick matching data (--image-size, latents) or model"
+        )
+    if data.labels is not None and data.num_classes > max(model.num_classes, 1) and model.num_classes > 0:
+        raise DataError(f"the data have {data.num_classes} classes but the model only {model.num_classes}")
+
+
+def make_accelerator(cfg: TrainBaseConfig):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"unknown --device '{cfg.device}': use cpu, cuda or auto")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
+    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"unknown --precision '{cfg.precision}': use bf16, fp32 or auto")
+    mp = "bf16" if cfg.precision == "bf16" or (cfg.precision == "auto" and not cpu) else "no"
+    AcceleratorState._reset_state()  # allows several runs (with other precisions) in one Python process
+    return Accelerator(cpu=cpu, mixed_precision=mp)
+
+
+def validate(cfg: TrainBaseConfig, command: str) -> None:
+    """Cheap option checks, before any data or model is loaded."""
+    if command == "finetune":
+        if not cfg.init:
+            raise ConfigError("finetune needs --init CHECKPOINT (the trained model to adapt)")
+        if not cfg.schedule:
+            raise ConfigError("finetune needs --schedule (e.g. D4-DiT; see `eediff schedules`)")
+    checks = [
+        (cfg.steps >= 1, "--steps must be at least 1"),
+        (cfg.batch_size >= 1, "--batch-size must be at least 1"),
+        (cfg.lr > 0, "--lr must be positive"),
+        (cfg.lr_schedule in ("constant", "cosine", "auto"), f"unknown --lr-schedule '{cfg.lr_schedule}': use constant, cosine or auto"),
+        (0 <= cfg.ema_decay <= 1, "--ema-decay must be in [0, 1]"),
+        (cfg.max_minutes >= 0, "--max-minutes must be >= 0 (0 = no limit)"),
+        (cfg.depth_grouping in ("group", "batch"), f"unknown --depth-grouping '{cfg.depth_grouping}': use group or batch"),
+        (cfg.reweight_unit in ("step", "epoch"), f"unknown --reweight-unit '{cfg.reweight_unit}': use step or epoch"),
+        (cfg.reweight_gamma >= 0 and (cfg.reweight_cycle or 0) >= 0, "--reweight-gamma and --reweight-cycle must be >= 0"),
+        (cfg.data_on_device in ("auto", "yes", "no"), f"unknown --data-on-device '{cfg.data_on_device}': use yes, no or auto"),
+        (cfg.log_every >= 1 and cfg.save_every >= 1, "--log-every and --save-every must be at least 1"),
+        (cfg.warmup_steps >= 0 and cfg.keep_last >= 1, "--warmup-steps must be >= 0 and --keep-last >= 1"),
+        (0 <= cfg.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def resolve_auto(cfg: TrainBaseConfig, command: str, model) -> TrainBaseConfig:
+    """Resolve the 'auto' / unset options (the result is what config.json records)."""
+    changes = {}
+    if cfg.reweight_cycle is None:
+        changes["reweight_cycle"] = cfg.steps // 2 if command == "finetune" else 0
+    if cfg.lr_schedule == "auto":
+        changes["lr_schedule"] = registry.default_lr_schedule(model)
+    return dataclasses.replace(cfg, **changes)
