@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from .diffusion.process import ContinuousVP, DiscreteVP
+from .exits import deediff
 from .exits.schedule import ExitSchedule, get_schedule
 from .io import CheckpointError, atomic_write, read_safetensors, safe_torch_load
 from .models import registry
@@ -52,6 +53,9 @@ def model_metadata(model, process=None, tuned_for: ExitSchedule | None = None, e
     }
     if tuned_for is not None and tuned_for.blocks is not None:
         meta["tuned_schedule"] = tuned_for.to_spec()
+    heads = deediff.heads_of(model)
+    if heads is not None:  # DeeDiff UEMs travel with the weights (uem.*) and their config (threshold included)
+        meta["deediff"] = json.dumps(deediff.config_to_meta(heads))
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     return meta
@@ -106,6 +110,8 @@ def load_model(path: str, model_name: str | None = None, **config) -> LoadedMode
         process = process_from_dict(json.loads(meta["process"]))
         if "tuned_schedule" in meta:
             tuned = get_schedule(meta["tuned_schedule"])
+        if "deediff" in meta:
+            deediff.apply_deediff(model, deediff.DeeDiffConfig(**json.loads(meta["deediff"])))
     else:
         if model_name is not None:
             model = registry.build_model(model_name, **config)

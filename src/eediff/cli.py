@@ -14,7 +14,7 @@ from typing import Callable
 import typer
 
 from .config import (
-    BenchConfig, EncodeConfig, EvalConfig, ExportDataConfig, FidConfig, FinetuneConfig, SampleConfig, TrainConfig, autocast_dtype,
+    BenchConfig, CalibrateConfig, EncodeConfig, EvalConfig, ExportDataConfig, FidConfig, FinetuneConfig, SampleConfig, TrainConfig, autocast_dtype,
     resolve_device,
 )
 from .errors import EediffError
@@ -105,6 +105,7 @@ def sample_cmd(cfg) -> None:
     import torch
 
     from .diffusion.sampling import SamplerConfig, SAMPLERS, _scheduler_class
+    from .exits.deediff import DeeDiffExit, heads_of
     from .exits.schedule import get_schedule
     from .generate import generate, save_grid, save_npz
 
@@ -126,6 +127,11 @@ def sample_cmd(cfg) -> None:
         vae = AutoencoderKL.from_pretrained(cfg.vae, local_files_only=True).to(device).eval()
     elif model.in_channels == 4:  # DiT-XL/2, U-ViT-L/2 and -H/2: Stable Diffusion VAE latents
         raise UserError("this is a latent model (4 input channels): pass --vae FOLDER with a diffusers AutoencoderKL")
+    policy = None  # per-sample exits when the model carries DeeDiff heads; else the schedule decides
+    if heads_of(model) is not None and cfg.deediff:
+        policy = DeeDiffExit(model, cfg.tau, cap=schedule if cfg.schedule is not None else None)
+    elif cfg.tau is not None:
+        raise UserError("--tau is the DeeDiff threshold: this model has no DeeDiff heads (fine-tune it with --method deediff)")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.filterwarnings("ignore", message=r"__array__ implementation")
@@ -133,30 +139,43 @@ def sample_cmd(cfg) -> None:
             model, loaded.process, SamplerConfig(cfg.sampler, cfg.steps), n=cfg.n, batch_size=cfg.batch_size, seed=cfg.seed,
             schedule=schedule, cfg_scale=cfg.cfg, cfg_channels=cfg.cfg_channels or None,
             class_labels=_parse_labels(cfg.class_labels), vae=vae, device=device,
-            autocast_dtype=autocast_dtype(cfg.precision, device), tuned_for=loaded.tuned_for, progress=cfg.progress,
+            autocast_dtype=autocast_dtype(cfg.precision, device), tuned_for=loaded.tuned_for, progress=cfg.progress, policy=policy,
         )
     save_grid(res.images, cfg.out)
-    if cfg.compare_full and not schedule.is_full(model.num_exit_blocks):
+    if cfg.exit_plot:
+        from .eval.plots import save_exit_depths
+
+        save_exit_depths(res.step_depths, model.num_exit_blocks, cfg.exit_plot, unit_time=loaded.process.unit_time,
+                         title=f"{os.path.basename(loaded.source)}: {policy.name if policy else schedule.name}, {cfg.sampler} x{cfg.steps}")
+    exits = policy if policy is not None else schedule
+    compare = cfg.compare_full and (policy is not None or not schedule.is_full(model.num_exit_blocks))
+    if compare:
         from .eval.evaluate import measure_speed
 
         m = min(cfg.n, cfg.batch_size, 8)
         full = get_schedule("full")
-        speed = measure_speed(model, loaded.process, SamplerConfig(cfg.sampler, cfg.steps), [full, schedule], batch=m,
+        speed = measure_speed(model, loaded.process, SamplerConfig(cfg.sampler, cfg.steps), [full, exits], batch=m,
                               repeats=cfg.compare_repeats, device=device, autocast=autocast_dtype(cfg.precision, device),
                               cfg_scale=cfg.cfg, vae=vae, warmup=torch.device(device).type == "cuda")  # on the CPU the grid was the warm-up
-        t_full, t_s = speed["median_s"][full.name], speed["median_s"][schedule.name]
-        rounds = [100 * (1 - b / a) for a, b in zip(speed["times_s"][full.name], speed["times_s"][schedule.name])]
+        t_full, t_s = speed["median_s"][full.name], speed["median_s"][exits.name]
+        rounds = [100 * (1 - b / a) for a, b in zip(speed["times_s"][full.name], speed["times_s"][exits.name])]
     if cfg.save_npz:
         save_npz(res.images, res.labels, os.path.splitext(cfg.out)[0] + ".npz")
     typer.echo(f"model: {loaded.source}  ({model.arch}, {model.num_exit_blocks} schedulable blocks)")
-    typer.echo(f"schedule: {schedule.name}  sampler: {cfg.sampler} x{cfg.steps}")
+    if policy is not None:
+        lo, hi = min(d[2] for d in res.step_depths), max(d[3] for d in res.step_depths)
+        typer.echo(f"exits: DeeDiff per sample, tau {policy.tau:g}" + (f", capped by {policy.cap.name}" if policy.cap else "")
+                   + f"  sampler: {cfg.sampler} x{cfg.steps}")
+        typer.echo(f"layers saved: {100 * res.layers_saved:.1f}% (blocks per row and step: mean {res.mean_blocks:.2f}, range {lo}..{hi})")
+    else:
+        typer.echo(f"schedule: {schedule.name}  sampler: {cfg.sampler} x{cfg.steps}")
     typer.echo(
         f"mean blocks per step: {res.mean_blocks:.2f} / {res.num_blocks}   compute fraction: {res.compute_fraction:.3f} "
         f"(analytic FLOP reduction {100 * (1 - res.compute_fraction):.1f}%)"
     )
     typer.echo(f"wall-clock: {res.seconds:.2f} s for {cfg.n} images ({cfg.n / res.seconds:.2f} images/s, "
                f"{1000 * res.tflops_per_s:.1f} GFLOP/s achieved by the network) on {device}")
-    if cfg.compare_full and not schedule.is_full(model.num_exit_blocks):
+    if compare:
         typer.echo(f"speed-up vs full depth: {100 * (1 - t_s / t_full):.1f}% less time ({t_full:.2f} s -> {t_s:.2f} s for {m} images, "
                    f"median of {cfg.compare_repeats} interleaved runs; per run {min(rounds):.0f}..{max(rounds):.0f}%)")
     typer.echo(f"wrote {cfg.out}")
@@ -282,6 +301,29 @@ def bench_cmd(cfg) -> None:
     res["command"] = "eediff bench " + shlex.join(sys.argv[2:])
     write_results(res, cfg.out)
     typer.echo(f"wrote {cfg.out}")
+
+
+@dataclass_command(CalibrateConfig, "calibrate", "DeeDiff: find the exit threshold tau for a target layer saving and store it with the model.")
+def calibrate_cmd(cfg) -> None:
+    from .diffusion.sampling import SamplerConfig
+    from .eval.calibrate import calibrate, store_tau
+    from .zoo import SHIPPED
+
+    if cfg.model is None:
+        raise UserError("calibrate needs --model CHECKPOINT (a DeeDiff fine-tune, from `eediff finetune --method deediff`)")
+    if cfg.out is None and (cfg.model in SHIPPED or not cfg.model.endswith(".safetensors")):
+        raise UserError("--model is not an eediff .safetensors file to update in place: pass --out FILE.safetensors")
+    device = resolve_device(cfg.device)
+    loaded = resolve_model(cfg.model)
+    res = calibrate(loaded.model, loaded.process, SamplerConfig(cfg.sampler, cfg.steps), cfg.target_saving, n=cfg.n,
+                    batch_size=cfg.batch_size, seed=cfg.seed, cap=cfg.schedule, cfg_scale=cfg.cfg, device=device,
+                    autocast_dtype=autocast_dtype(cfg.precision, device))
+    out = cfg.out or cfg.model
+    store_tau(loaded.source, out, res["tau"])
+    typer.echo(f"tau {res['tau']:.4f}: layer saving {100 * res['recorded_saving']:.1f}% on the recorded full-depth trajectories "
+               f"({res['records']} row-evaluations), {100 * res['realised_saving']:.1f}% when sampling with it "
+               f"({cfg.sampler} x{cfg.steps}, {cfg.n} images); target {100 * cfg.target_saving:.1f}%")
+    typer.echo(f"wrote {out}")
 
 
 @dataclass_command(EvalConfig, "eval", "FID and measured Accel. of exit schedules vs full depth, paper-table style.")

@@ -33,6 +33,9 @@ class SampleConfig:
     progress: bool = opt(True, "show a progress bar")
     compare_full: bool = opt(False, "also time full-depth sampling of the same first images (up to 8) and print the speed-up")
     compare_repeats: int = opt(3, "with --compare-full: timed runs of each depth (interleaved; the median is reported)")
+    tau: float = opt(None, "DeeDiff threshold (default: the one stored with the model); only for models with DeeDiff heads")
+    deediff: bool = opt(True, "use the model's DeeDiff heads for per-sample exits when it has them (--schedule then caps the depth)")
+    exit_plot: str = opt(None, "PNG of the blocks run (mean, min-max over rows) against t")
 
 
 # ---- training and ASE fine-tuning (eediff train / eediff finetune) --------------------------------------
@@ -133,9 +136,15 @@ class FinetuneConfig(TrainBaseConfig):
 
     init: str = opt(None, "checkpoint to fine-tune (eediff safetensors, official DiT .pt / U-ViT .pth, or a shipped name such as dit-fmnist)")
     out: str = opt("runs/finetune", "run directory: config.json, metrics.jsonl, samples/, checkpoints/, final.safetensors")
-    schedule: str = opt(None, "exit schedule to fine-tune for (required), e.g. D4-DiT")
+    schedule: str = opt(None, "exit schedule to fine-tune for (required for --method ase), e.g. D4-DiT")
     lr: float = opt(2e-5, "AdamW learning rate (paper: 2e-5 constant for DiT, cosine for U-ViT)")
     batch_size: int = opt(64, "global batch size (paper: 64 for DiT, 128 for U-ViT)")
+    method: str = opt("ase", "ase: fine-tune for the exit schedule (Algorithm 1) | deediff: train uncertainty modules (UEMs) for per-sample exits")
+    deediff_form: str = opt("paper", "DeeDiff UEM: paper (linear over the tokens + timestep embedding) | pixel (the authors' code: per-pixel certainty)")
+    deediff_lambda: float = opt(1.0, "DeeDiff: weight λ of the uncertainty loss L_u")
+    deediff_beta: float = opt(1.0, "DeeDiff: weight β of the uncertainty-aware layer-wise loss L_UAL")
+    deediff_ual: str = opt("paper", "DeeDiff L_UAL weighting: paper (Σ_i (1 − u_i)·MSE_i) | code (batch-mean certainties normalised to sum 1)")
+    freeze_backbone: bool = opt(False, "DeeDiff: train only the UEMs (the backbone's weights stay as they are)")
 
 
 @dataclass
@@ -185,6 +194,24 @@ class BenchConfig:
     row_batch: int = opt(64, "batch of the per-row depth timings (0 = skip them)")
     row_buckets: str = opt("8,4", "fast-path row buckets to time per-row depths with (comma-separated)")
     row_draws: int = opt(8, "depth vectors drawn from D4-DiT over uniform t for the per-row timings")
+
+
+@dataclass
+class CalibrateConfig:
+    """``eediff calibrate``: the DeeDiff threshold τ for a target layer saving, stored with the model."""
+
+    model: str = opt(None, "DeeDiff checkpoint (from `eediff finetune --method deediff`)")
+    target_saving: float = opt(0.4, "fraction of the schedulable blocks to save, on average over rows and steps")
+    out: str = opt(None, "write the calibrated model here (default: update --model in place, atomically)")
+    sampler: str = opt("dpm-solver++", "sampler the threshold is calibrated for")
+    steps: int = opt(25, "sampler steps")
+    n: int = opt(256, "images in the calibration batch", short="-n")
+    batch_size: int = opt(256, "images per batch")
+    seed: int = opt(0, "image i uses seed + i")
+    cfg: float = opt(1.0, "classifier-free guidance scale (1 = off)")
+    schedule: str = opt(None, "an ASE schedule that caps each row's depth (DeeDiff inside an ASE budget)")
+    device: str = opt("auto", "cpu | cuda | auto")
+    precision: str = opt("auto", "fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 on CPU)")
 
 
 @dataclass

@@ -24,6 +24,12 @@ class GenerationResult:
     seconds: float  # wall clock of the sampling (and decoding), synchronised on the device
     model_flops: float = 0.0  # analytic network FLOPs of the whole call (CFG doubles the batch)
     extra: dict = field(default_factory=dict)
+    # per model evaluation (step): (network time, mean, min, max blocks over every row of every batch)
+    step_depths: list = field(default_factory=list)
+
+    @property
+    def layers_saved(self) -> float:
+        return 1 - self.mean_blocks / self.num_blocks
 
     @property
     def tflops_per_s(self) -> float:
@@ -75,6 +81,7 @@ def generate(
     tuned_for=None,
     progress: bool = True,
     seed_offset: int = 0,
+    policy=None,
 ) -> GenerationResult:
     """Sample ``n`` images; image i uses seed ``seed + seed_offset + i`` and label number ``seed_offset + i``,
     whatever the batch (``seed_offset`` lets several processes or calls share one numbering)."""
@@ -82,8 +89,11 @@ def generate(
 
     device = torch.device(device)
     model = model.to(device).eval()
-    policy = make_policy(schedule, model.num_exit_blocks, tuned_for=tuned_for)
-    denoiser = Denoiser(model, process, policy, cfg_scale=cfg_scale, cfg_channels=cfg_channels)
+    if policy is None:  # an ASE schedule; a per-sample policy (DeeDiff) is passed as `policy`
+        policy = make_policy(schedule, model.num_exit_blocks, tuned_for=tuned_for)
+    per_sample = hasattr(policy, "exit_after")
+    record: list | None = [] if per_sample else None  # the blocks every row ran, read once at the end
+    denoiser = Denoiser(model, process, policy, cfg_scale=cfg_scale, cfg_channels=cfg_channels, record=record)
     labels = resolve_labels(range(seed_offset, seed_offset + n), model.num_classes, class_labels)
     shape = (model.in_channels, model.input_size, model.input_size)
     times: list[float] = []
@@ -116,13 +126,24 @@ def generate(
     seconds = time.perf_counter() - start
     bar.close()
     K = model.num_exit_blocks
-    depths = [int(denoiser.depths(t, 1)[0]) for t in times]
-    mean_blocks = sum(depths) / len(depths)
-    per_image = sum(model.flops(k) for k in depths)
-    frac = per_image / (len(depths) * model.flops(K))
     guided = cfg_scale != 1.0 and labels is not None
-    total = per_image * n * (2 if guided else 1)
-    return GenerationResult(torch.cat(outs), labels, times, mean_blocks, K, frac, seconds, total)
+    if record is None:  # depth follows the timestep: the same for every row of a step
+        depths = [int(denoiser.depths(t, 1)[0]) for t in times]
+        mean_blocks = sum(depths) / len(depths)
+        per_image = sum(model.flops(k) for k in depths)
+        frac = per_image / (len(depths) * model.flops(K))
+        total = per_image * n * (2 if guided else 1)
+        step_depths = [(t, float(k), k, k) for t, k in zip(times, depths)]
+    else:
+        flops = torch.tensor([model.flops(k) for k in range(K + 1)], dtype=torch.float64)
+        steps = len(times)
+        per_step = [torch.cat([record[b * steps + i][1].cpu() for b in range(n_batches)]) for i in range(steps)]
+        every = torch.cat(per_step)  # every row (both CFG halves) of every evaluation
+        mean_blocks = every.double().mean().item()
+        frac = flops[every].mean().item() / model.flops(K)
+        total = flops[every].sum().item()
+        step_depths = [(t, d.double().mean().item(), int(d.min()), int(d.max())) for t, d in zip(times, per_step)]
+    return GenerationResult(torch.cat(outs), labels, times, mean_blocks, K, frac, seconds, total, step_depths=step_depths)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -154,12 +154,15 @@ class Denoiser:
     of a guided batch get the depth of their row (a per-sample policy may give them different ones).
     """
 
-    def __init__(self, model, process, policy=None, cfg_scale: float = 1.0, cfg_channels: int | None = None):
+    def __init__(self, model, process, policy=None, cfg_scale: float = 1.0, cfg_channels: int | None = None,
+                 record: list | None = None):
         self.model = model
         self.process = process
         self.policy = policy
         self.cfg_scale = cfg_scale
         self.cfg_channels = cfg_channels  # None = every latent channel; 3 = the official DiT code's behaviour
+        # record: the caller's list that receives (t_model, blocks each row ran) per call (kept on the device)
+        self.record = record
 
     def depths(self, t_model, batch: int) -> torch.Tensor | None:
         """(batch,) blocks per row on the host, or None (no policy: every block)."""
@@ -177,7 +180,14 @@ class Denoiser:
             null = torch.full_like(y, self.model.num_classes)
             x, y, t = torch.cat([x, x]), torch.cat([y, null]), torch.cat([t, t])
             k = None if k is None else torch.cat([k, k])
-        out = self.model(x, t.contiguous(), y, active_blocks=k)  # (B or 2B, C_out, H, W)
+        exit_after = getattr(self.policy, "exit_after", None)  # a per-sample policy decides after each block
+        if exit_after is not None or self.record is not None:
+            ran = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+            out = self.model(x, t.contiguous(), y, active_blocks=k, exit_after=exit_after, depth_out=ran)
+            if self.record is not None:
+                self.record.append((t_model, ran))
+        else:
+            out = self.model(x, t.contiguous(), y, active_blocks=k)  # (B or 2B, C_out, H, W)
         if not guided:
             return out
         cond, uncond = out[:B], out[B:]

@@ -87,6 +87,11 @@ def reference(cfg: EvalConfig, features):
     return fid.reference_stats(name, split, "uint8-full", images, cfg.cache_dir, features=features)
 
 
+def _policy(s):
+    """A per-sample exit policy passed where a schedule may stand (it has ``exit_after``), else None."""
+    return s if hasattr(s, "exit_after") else None
+
+
 def measure_speed(model, process, sampler, schedules, batch: int, repeats: int, device, *, batch_size: int | None = None,
                   autocast=None, cfg_scale: float = 1.0, vae=None, warmup: bool = True) -> dict:
     """Sampling wall clock of one fixed batch of ``batch`` images for every schedule with ``sampler``.
@@ -102,8 +107,8 @@ def measure_speed(model, process, sampler, schedules, batch: int, repeats: int, 
 
     flops = {}
 
-    def run(s):
-        res = generate(model, process, sampler, n=batch, batch_size=batch_size or batch, seed=0, schedule=s,
+    def run(s):  # s: an ExitSchedule, or a per-sample policy with a name (DeeDiffExit)
+        res = generate(model, process, sampler, n=batch, batch_size=batch_size or batch, seed=0, schedule=s, policy=_policy(s),
                        cfg_scale=cfg_scale, vae=vae, device=device, autocast_dtype=autocast, tuned_for=None, progress=False)
         flops[s.name] = res.model_flops
 
@@ -126,7 +131,7 @@ def fid_cell(model, process, sampler, schedule, n: int, seed: int, batch_size: i
     from . import fid
 
     lo, hi = rank * n // world, (rank + 1) * n // world
-    res = generate(model, process, sampler, n=hi - lo, batch_size=batch_size, seed=seed * 10**6, schedule=schedule,
+    res = generate(model, process, sampler, n=hi - lo, batch_size=batch_size, seed=seed * 10**6, schedule=schedule, policy=_policy(schedule),
                    cfg_scale=cfg_scale, device=device, autocast_dtype=autocast, tuned_for=None, progress=progress, seed_offset=lo)
     imgs = _gather_uint8(to_uint8(res.images), world)
     value = fid.fid_against_stats(imgs, ref, features, backend="eigh") if rank == 0 else None

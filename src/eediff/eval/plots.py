@@ -75,3 +75,31 @@ def save_fid_vs_accel(panels: list[dict], path: str) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
+
+
+def save_exit_depths(step_depths: list, num_blocks: int, path: str, title: str = "", unit_time=None) -> None:
+    """Blocks run per model evaluation against t: the mean over rows, and the min–max band.
+
+    ``step_depths``: (network time, mean, min, max) per evaluation (``GenerationResult.step_depths``);
+    ``unit_time`` maps network time to t in [0, 1] (default: the network time as given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_write
+
+    conv = unit_time or (lambda v: v)
+    rows = sorted((float(conv(t)), m, lo, hi) for t, m, lo, hi in step_depths)
+    ts = [r[0] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.fill_between(ts, [r[2] for r in rows], [r[3] for r in rows], alpha=0.25, label="min–max over rows")
+    ax.plot(ts, [r[1] for r in rows], marker=".", label="mean over rows")
+    ax.set_xlabel("t (0 = data, 1 = noise)")
+    ax.set_ylabel("blocks run")
+    ax.set_ylim(0, num_blocks + 0.5)
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)

@@ -22,7 +22,7 @@ policy returns for host-side timesteps), one transfer for a device tensor; never
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -64,6 +64,13 @@ class Backbone(Protocol):
     @property
     def learn_sigma(self) -> bool: ...
 
+    @property
+    def hidden_size(self) -> int: ...  # token width D
+
+    patch_size: int
+
+    def image_tokens(self, s: Tokens) -> torch.Tensor: ...  # (B, L, D): the patch tokens of the state, in patch order
+
     def exit_blocks(self) -> Sequence[nn.Module]: ...  # the schedulable blocks, in order
 
     def compute_blocks(self) -> Sequence[nn.Module]: ...  # every transformer block (what a fast path compiles)
@@ -101,10 +108,20 @@ def row_counts(depth: torch.Tensor, num_blocks: int) -> list[int]:
     return counts
 
 
-def forward(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, active_blocks) -> torch.Tensor:
-    """``model``'s output with ``active_blocks`` = None (all), an int, or a ``(B,)`` integer tensor per row."""
+def forward(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, active_blocks,
+            exit_after: ExitFn | None = None, depth_out: torch.Tensor | None = None) -> torch.Tensor:
+    """``model``'s output with ``active_blocks`` = None (all), an int, or a ``(B,)`` integer tensor per row.
+
+    ``exit_after(i, tokens, t) -> (n,) bool``, asked after block i about the rows still running (their
+    ``image_tokens`` and network time), lets a row leave there (per-sample exits, DeeDiff); then
+    ``active_blocks`` is each row's cap. ``depth_out`` (B,) receives the blocks each row ran.
+    """
+    if exit_after is not None:
+        return _forward_exits(model, x, t, y, active_blocks, exit_after, depth_out)
     K = model.num_exit_blocks
     B = x.shape[0]
+    if depth_out is not None:
+        depth_out.copy_(torch.as_tensor(K if active_blocks is None else active_blocks).expand(B))
     if active_blocks is None or not isinstance(active_blocks, torch.Tensor):
         k = K if active_blocks is None else check_depth(int(active_blocks), K, model.arch)
         counts = [B] * k + [0] * (K - k)
@@ -127,6 +144,85 @@ def forward(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, act
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(B, device=order.device)
     return out[inverse]
+
+
+ExitFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# How many blocks the host runs ahead of the row count it reads back from the device. With 1, the count
+# written after block i is read before block i + 2, so block i + 1 is already queued and the GPU does not
+# wait for the host; the price is that a row leaving after block i still occupies (masked) its slot in
+# block i + 1.
+EXIT_LAG = 1
+
+
+def _forward_exits(model, x, t, y, cap, exit_after: ExitFn, depth_out) -> torch.Tensor:
+    """Rows leave the working batch at the first block after which ``exit_after`` says so.
+
+    Decisions stay on the device: a row that leaves is masked at once (``active``), and the working prefix
+    shrinks when the host learns the surviving count, ``EXIT_LAG`` blocks later (a non-blocking copy, no
+    wait for the GPU to drain); the rows still running are then moved to the front (one gather).
+    """
+    if torch.is_grad_enabled():
+        raise ValueError("per-row exits are for inference: call the model under torch.no_grad()")
+    K, B, dev = model.num_exit_blocks, x.shape[0], x.device
+    cap = torch.full((B,), K, dtype=torch.long) if cap is None else torch.as_tensor(cap, dtype=torch.long).expand(B)
+    bound = row_counts(cap, K)  # host: rows whose cap allows block l
+    order = torch.argsort(cap.to(dev), descending=True, stable=True)
+    x, t = x[order], t[order]
+    y = None if y is None else y[order]
+    cap = cap.to(dev)[order]
+    s = model.embed(x, t, y)
+    alive = cap > 0  # (B,) still running
+    ran = torch.zeros(B, dtype=torch.long, device=dev)
+    index = order.clone()  # working position -> original row
+    lag = EXIT_LAG if dev.type == "cuda" else 0
+    pending: list = []  # (block, count on the host, event)
+    n = B
+    for i in range(K):
+        while pending and pending[0][0] <= i - 1 - lag:  # a surviving count the device has written by now
+            _, host, event = pending.pop(0)
+            if event is not None:
+                event.synchronize()
+            c = int(host)
+            if c < n:  # move the rows still running to the front, then work on them only
+                perm = torch.argsort((~alive[:n]).to(torch.int8), stable=True)
+                s = _permute_prefix(s, perm, n)
+                for v in (alive, cap, ran, index, t):
+                    v[:n] = v[:n][perm]
+                n = c
+        n = min(n, bound[i])
+        if n == 0 and not s.skips:
+            break
+        alive[:n] &= cap[:n] > i
+        act = alive[:n]
+        s = model.run_block(i, s, n, act)
+        ran[:n] += act
+        if i < K - 1 and n > 0:
+            leave = exit_after(i, model.image_tokens(s)[:n], t[:n])  # (n,) bool, on the device
+            alive[:n] &= ~leave
+            count = alive[:n].sum()
+            if dev.type == "cuda":
+                host = torch.empty((), dtype=torch.long, pin_memory=True)
+                host.copy_(count, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                pending.append((i, host, event))
+            else:
+                pending.append((i, count, None))
+    out = model.head(s)
+    result = torch.empty_like(out)
+    result[index] = out
+    if depth_out is not None:
+        depth_out[index] = ran.to(depth_out.device)
+    return result
+
+
+def _permute_prefix(s: Tokens, perm: torch.Tensor, n: int) -> Tokens:
+    """Rows [:n] of every tensor of the state reordered by ``perm`` (in place: inference only)."""
+    for v in (s.h, s.c, *s.skips):
+        if v is not None:
+            v[:n] = v[:n][perm]
+    return s
 
 
 def prefix_update(h: torch.Tensor, n: int, out: torch.Tensor) -> torch.Tensor:

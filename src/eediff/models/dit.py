@@ -137,6 +137,13 @@ class DiT(nn.Module):
         has_row = self.y_embedder.embedding_table.num_embeddings > self.config.num_classes
         return self.config.num_classes if has_row else None
 
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def image_tokens(self, s: Tokens) -> torch.Tensor:
+        return s.h  # (B, N, D): DiT has no extra tokens
+
     def exit_blocks(self) -> nn.ModuleList:
         return self.blocks
 
@@ -192,13 +199,15 @@ class DiT(nn.Module):
         t: torch.Tensor,
         y: torch.Tensor | None = None,
         active_blocks: int | None = None,
+        exit_after=None,
+        depth_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, C, H, W) at training timestep t (B,) with labels y (B,) -> (B, C_out, H, W).
 
         ``active_blocks``: None = all blocks; k = blocks[:k] for every row; a (B,) tensor = a depth per row.
         ``y=None`` uses the null label.
         """
-        return backbone.forward(self, x, t, y, active_blocks)
+        return backbone.forward(self, x, t, y, active_blocks, exit_after, depth_out)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> Tokens:
         if y is None:

@@ -184,6 +184,13 @@ class UViT(nn.Module):
         """The last label row when the model was trained for classifier-free guidance (``config.null_label``)."""
         return self.config.num_classes - 1 if self.label_emb is not None and self.config.null_label else None
 
+    @property
+    def hidden_size(self) -> int:
+        return self.config.embed_dim
+
+    def image_tokens(self, s: Tokens) -> torch.Tensor:
+        return s.h[:, self.extras:]  # (B, L, D): the [label, time] tokens dropped
+
     def exit_blocks(self) -> nn.ModuleList:
         return self.out_blocks
 
@@ -242,13 +249,15 @@ class UViT(nn.Module):
         t: torch.Tensor,
         y: torch.Tensor | None = None,
         active_blocks: int | torch.Tensor | None = None,
+        exit_after=None,
+        depth_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, C, H, W) at network time t (B,) = 999 * continuous time, labels y (B,) -> eps (B, C, H, W).
 
         ``active_blocks``: None = all; k = out_blocks[:k] in full and only ``skip_linear`` of the rest; a (B,)
         tensor = a decoder depth per row. For a conditional model ``y=None`` means the null label.
         """
-        return backbone.forward(self, x, t, y, active_blocks)
+        return backbone.forward(self, x, t, y, active_blocks, exit_after, depth_out)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> Tokens:
         """Tokens, encoder and mid block (they always run); the encoder's outputs become the long skips."""

@@ -44,6 +44,7 @@ from ..checkpoint import load_model, save_model
 from ..config import ConfigError, TrainBaseConfig
 from ..data import ImageData, ShardedSampler, load_dataset
 from ..errors import EediffError
+from ..exits import deediff
 from ..exits.policy import make_policy
 from ..exits.schedule import get_schedule
 from ..io import write_json_atomic
@@ -162,6 +163,16 @@ class Trainer:
         self.weight = TimeWeight(self.schedule, self.K, cfg.reweight_gamma, cfg.reweight_cycle, cfg.reweight_unit, grid=self.objective.grid_unit_times())
         self.intervals = self.objective.time_intervals(self.schedule)
 
+        self.method = getattr(cfg, "method", "ase")
+        if self.method == "deediff":  # UEMs after every block; trained with L_simple + λ L_u + β L_UAL
+            heads = deediff.heads_of(model)
+            if heads is None:
+                deediff.apply_deediff(model, deediff.DeeDiffConfig(form=cfg.deediff_form))
+            elif heads.cfg.form != cfg.deediff_form:
+                raise ConfigError(f"--init already carries '{heads.cfg.form}' DeeDiff heads: pass --deediff-form {heads.cfg.form}")
+            if cfg.freeze_backbone:
+                for name, p in model.named_parameters():
+                    p.requires_grad_(name.startswith("uem."))
         if cfg.freeze_time_embed:
             model.time_embedder().requires_grad_(False)
         model.to(self.device).train()
@@ -275,11 +286,18 @@ class Trainer:
         x_t = self.objective.perturb(x0, t_dev, noise)
         t_model = self.objective.model_time(t_dev)
 
+        extra = {}
         with self.acc.autocast():
-            out = self.model(x_t, t_model, y, active_blocks=depth)  # every row at the depth of its own t
+            if self.method == "deediff":  # every block's exit output and uncertainty, in one pass
+                out, exits = deediff.layer_outputs(self.model, x_t, t_model, y)
+            else:
+                out = self.model(x_t, t_model, y, active_blocks=depth)  # every row at the depth of its own t
         per_example = self.objective.loss(out, x0, x_t, noise, t_dev, t)  # (n,)
-        total = (per_example * lam_dev).sum()
-        loss = total / n
+        loss = (per_example * lam_dev).sum() / n
+        if self.method == "deediff":
+            l_u, l_ual = deediff.deediff_losses(exits, noise, self.model.in_channels, cfg.deediff_ual)
+            extra = {"l_simple": loss.detach(), "l_u": l_u.detach(), "l_ual": l_ual.detach()}
+            loss = loss + cfg.deediff_lambda * l_u + cfg.deediff_beta * l_ual
         loss.backward()
         self._sync_gradients()
         if cfg.grad_clip > 0:
@@ -289,7 +307,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=False)
         ema_update(self.ema_params, self.params, ema_decay_at(cfg.ema_decay, self.step_count, cfg.ema_warmup))
         self.step_count += 1
-        return loss.detach(), {"t_unit": t_unit, "depth": depth, "lambda": lam}
+        return loss.detach(), {"t_unit": t_unit, "depth": depth, "lambda": lam, **extra}
 
     def _sync_gradients(self) -> None:
         for p in self.params:  # a block no example reached has no gradient: it counts as zero

@@ -67,8 +67,19 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
     if command == "finetune":
         if not cfg.init:
             raise ConfigError("finetune needs --init CHECKPOINT (the trained model to adapt)")
-        if not cfg.schedule:
+        method = getattr(cfg, "method", "ase")
+        if method not in ("ase", "deediff"):
+            raise ConfigError(f"unknown --method '{method}': use ase or deediff")
+        if method == "ase" and not cfg.schedule:
             raise ConfigError("finetune needs --schedule (e.g. D4-DiT; see `eediff schedules`)")
+        if method == "deediff":
+            if cfg.schedule not in (None, "full"):
+                raise ConfigError("--method deediff trains at full depth: leave out --schedule (an ASE cap is given at sampling, "
+                                  "`eediff sample --schedule`)")
+            if cfg.deediff_ual not in ("paper", "code"):
+                raise ConfigError(f"unknown --deediff-ual '{cfg.deediff_ual}': use paper or code")
+            if cfg.deediff_form not in ("paper", "pixel"):
+                raise ConfigError(f"unknown --deediff-form '{cfg.deediff_form}': use paper or pixel")
     checks = [
         (cfg.steps >= 1, "--steps must be at least 1"),
         (cfg.batch_size >= 1, "--batch-size must be at least 1"),
@@ -92,6 +103,8 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
 def resolve_auto(cfg: TrainBaseConfig, command: str, model) -> TrainBaseConfig:
     """Resolve the 'auto' / unset options (the result is what config.json records)."""
     changes = {}
+    if command == "finetune" and getattr(cfg, "method", "ase") == "deediff" and cfg.schedule is None:
+        changes["schedule"] = "full"
     if cfg.reweight_cycle is None:
         changes["reweight_cycle"] = cfg.steps // 2 if command == "finetune" else 0
     if cfg.lr_schedule == "auto":
