@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import eediff
 from eediff.diffusion.process import DiscreteVP
