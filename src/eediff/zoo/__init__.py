@@ -15,6 +15,9 @@ SHIPPED: dict[str, str] = {
     "dit-fmnist": "dit-fmnist.safetensors",
     "uvit-fmnist-D4": "uvit-fmnist-D4.safetensors",
     "uvit-fmnist": "uvit-fmnist.safetensors",
+    # DeeDiff heads + backbone fine-tuned from the base models, threshold calibrated for 40% fewer layers
+    "dit-fmnist-deediff": "dit-fmnist-deediff.safetensors",
+    "uvit-fmnist-deediff": "uvit-fmnist-deediff.safetensors",
 }
 
 
