@@ -49,7 +49,7 @@ def _run(m, x, t, y, tau, cap=None):
     pol = DeeDiffExit(m, tau)
     depth = torch.zeros(x.shape[0], dtype=torch.long)
     with torch.no_grad():
-        out = m(x, t, y, active_blocks=cap, exit_after=pol.exit_after, depth_out=depth)
+        out = m(x, t, y, active_blocks=cap, exits=pol, depth_out=depth)
     return out, depth
 
 
@@ -82,6 +82,21 @@ def test_batched_exits_equal_each_sample_alone_and_differ_between_samples(arch, 
         assert (out[i] - alone[0]).abs().max() < TOL, i
         with torch.no_grad():  # and a row that left after block k is exactly the model at depth k
             assert (out[i] - m(x[i:i + 1], t[i:i + 1], y[i:i + 1], active_blocks=int(depth[i]))[0]).abs().max() < TOL
+
+
+def test_row_buckets_change_nothing_but_the_shapes(float64):
+    m = _model("DiT").double()
+    x, t, y = _inputs(13, seed=2)
+    with torch.no_grad():
+        _, exits = layer_outputs(m, x, t, y)
+    tau = _between(exits[1][1])
+    ref, d_ref = _run(m, x, t, y, tau)
+    for g in (4, 8, 32):
+        pol = DeeDiffExit(m, tau, row_bucket=g)
+        depth = torch.zeros(13, dtype=torch.long)
+        with torch.no_grad():
+            out = m(x, t, y, exits=pol, depth_out=depth)
+        assert torch.equal(depth, d_ref) and (out - ref).abs().max() < TOL, g
 
 
 def test_ase_cap_bounds_every_row():

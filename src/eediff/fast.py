@@ -97,11 +97,11 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     use_graphs = config.cuda_graphs and p0.is_cuda
     K = model.num_exit_blocks
 
-    def forward(x, t, y=None, active_blocks=None, exit_after=None, depth_out=None):
+    def forward(x, t, y=None, active_blocks=None, exits=None, depth_out=None):
         x = x.to(dtype)
-        if torch.is_grad_enabled() or exit_after is not None:  # per-layer exits: compiled blocks, launched eagerly
+        if torch.is_grad_enabled() or exits is not None:  # per-layer exits: compiled blocks, launched eagerly
             handle.stats["eager_calls"] += 1
-            return eager_forward(x, t, y, active_blocks=active_blocks, exit_after=exit_after, depth_out=depth_out).float()
+            return eager_forward(x, t, y, active_blocks=active_blocks, exits=exits, depth_out=depth_out).float()
         if depth_out is not None:
             depth_out.copy_(torch.as_tensor(K if active_blocks is None else active_blocks).expand(x.shape[0]))
         if isinstance(active_blocks, torch.Tensor):

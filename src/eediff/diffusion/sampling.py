@@ -180,10 +180,10 @@ class Denoiser:
             null = torch.full_like(y, self.model.num_classes)
             x, y, t = torch.cat([x, x]), torch.cat([y, null]), torch.cat([t, t])
             k = None if k is None else torch.cat([k, k])
-        exit_after = getattr(self.policy, "exit_after", None)  # a per-sample policy decides after each block
-        if exit_after is not None or self.record is not None:
+        exits = self.policy if hasattr(self.policy, "exit_after") else None  # a per-sample policy decides after each block
+        if exits is not None or self.record is not None:
             ran = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-            out = self.model(x, t.contiguous(), y, active_blocks=k, exit_after=exit_after, depth_out=ran)
+            out = self.model(x, t.contiguous(), y, active_blocks=k, exits=exits, depth_out=ran)
             if self.record is not None:
                 self.record.append((t_model, ran))
         else:

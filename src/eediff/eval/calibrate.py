@@ -28,9 +28,12 @@ def calibrate(model, process, sampler: SamplerConfig, target_saving: float, n: i
     kw = dict(n=n, batch_size=batch_size, seed=seed, cfg_scale=cfg_scale, device=device, autocast_dtype=autocast_dtype, progress=False)
     generate(model, process, sampler, policy=rec, **kw)
     u = torch.cat([r.cpu() for r in rec.records], dim=1)  # (K - 1, rows x evaluations)
-    if cap is not None:  # a row capped below block i + 1 never reaches UEM i: it cannot leave there
-        u = torch.nan_to_num(u, nan=-1.0)
-    tau, saving = calibrate_tau(u, target_saving)
+    caps = None
+    if cap is not None:  # each row's ASE depth at its timestep bounds where it can be
+        t_unit = process.unit_time(torch.cat([t.cpu() for t in rec.times]).double())
+        caps = rec.depth(t_unit.clamp(0, 1))
+        u = torch.nan_to_num(u, nan=1.0)  # blocks past a row's cap were never run: no exit there (the cap ends it)
+    tau, saving = calibrate_tau(u, target_saving, cap=caps)
     out = {"tau": tau, "target_saving": target_saving, "recorded_saving": saving, "records": u.shape[1]}
     if check:
         res = generate(model, process, sampler, policy=DeeDiffExit(model, tau, cap=cap), **kw)

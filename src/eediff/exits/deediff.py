@@ -27,6 +27,7 @@ noise the example was made with):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -189,9 +190,15 @@ def deediff_losses(exits, noise: torch.Tensor, channels: int, ual: str = "paper"
 # ---- inference ------------------------------------------------------------------------------------------
 class DeeDiffExit:
     """Per-row exits: a row leaves after the first block whose uncertainty is below ``tau``; ``cap`` (an
-    ASE schedule) bounds each row's depth by its timestep (DeeDiff inside an ASE budget)."""
+    ASE schedule) bounds each row's depth by its timestep (DeeDiff inside an ASE budget).
 
-    def __init__(self, model, tau: float | None = None, cap: "ExitSchedule | str | None" = None):
+    The decision after block i is ``u_i < tau``. For the paper form it is taken on the logit, with the time
+    terms of every block computed once per call (``prepare``): per block one mean over the tokens, one
+    matrix-vector product, an add and a compare, all on the device.
+    """
+
+    def __init__(self, model, tau: float | None = None, cap: "ExitSchedule | str | None" = None, row_bucket: int = 1):
+        self.row_bucket = row_bucket  # the forward pass rounds the working rows up to a multiple of this
         heads = heads_of(model)
         if heads is None:
             raise DeeDiffError("this model has no DeeDiff heads: fine-tune it with `eediff finetune --method deediff` first")
@@ -202,6 +209,9 @@ class DeeDiffExit:
         self.num_blocks = model.num_exit_blocks
         self.cap = None if cap is None else get_schedule(cap).check(self.num_blocks)
         self.name = f"deediff-tau{self.tau:g}" + ("" if self.cap is None else f"-cap-{self.cap.name}")
+        # u < tau  <=>  logit < log(tau / (1 - tau)) (sigmoid is increasing); tau >= 1 leaves always, tau = 0 never
+        self._paper = heads.cfg.form == "paper"
+        self._logit_tau = math.inf if self.tau >= 1 else (-math.inf if self.tau <= 0 else math.log(self.tau / (1 - self.tau)))
 
     def depth(self, t_unit: torch.Tensor) -> torch.Tensor:
         t_unit = torch.as_tensor(t_unit, dtype=torch.float64)
@@ -209,40 +219,64 @@ class DeeDiffExit:
             return torch.full(t_unit.shape, self.num_blocks, dtype=torch.long)
         return self.cap.active_blocks(t_unit, self.num_blocks)
 
-    def exit_after(self, i: int, h: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
-        u, _ = self.heads(i, h, t_model)
-        return u < self.tau  # (n,) on the device: no host read
+    def prepare(self, t_model: torch.Tensor) -> torch.Tensor:
+        """(B,) network time -> (B, K - 1): paper form, every block's time term plus bias; else t itself."""
+        if not self._paper:
+            return t_model.unsqueeze(1)
+        uems = self.heads.uems
+        w = torch.cat([m.time.weight for m in uems])  # (K - 1, time_dim)
+        b = torch.cat([m.token.bias for m in uems])  # (K - 1,)
+        emb = timestep_embedding(t_model, uems[0].time_dim).to(w.dtype)  # (B, time_dim)
+        return torch.addmm(b, emb, w.t())  # (B, K - 1)
+
+    def exit_after(self, i: int, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        if not self._paper:
+            u, _ = self.heads(i, h, ctx[:, 0])
+            return u < self.tau
+        token = self.heads.uems[i].token
+        logit = torch.mv(h.mean(1), token.weight[0].to(h.dtype)) + ctx[:, i].to(h.dtype)  # (n,)
+        return logit < self._logit_tau  # (n,) on the device: no host read
 
 
 class RecordingExit(DeeDiffExit):
-    """Never exits; records every block's uncertainty of every row (calibration)."""
+    """Never exits; records every block's uncertainty of every row, and its network time (calibration).
+
+    Rows are recorded by their position in the batch (carried in the per-row context, which the forward
+    pass reorders with the rows), so a column of a record is one row across all blocks."""
 
     def __init__(self, model, cap=None):
         super().__init__(model, tau=0.0, cap=cap)
         self.records: list[torch.Tensor] = []  # one (K - 1, B) tensor per model call
+        self.times: list[torch.Tensor] = []  # one (B,) tensor of network times per model call
 
-    def exit_after(self, i: int, h: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
-        u, _ = self.heads(i, h, t_model)
-        if i == 0:
-            self.records.append(torch.full((self.num_blocks - 1, h.shape[0]), float("nan"), device=h.device))
-        self.records[-1][i, : u.shape[0]] = u.float()
+    def prepare(self, t_model: torch.Tensor) -> torch.Tensor:
+        B = t_model.shape[0]
+        self.records.append(torch.full((self.num_blocks - 1, B), float("nan"), device=t_model.device))
+        self.times.append(t_model.detach().float().clone())
+        return torch.stack([t_model.float(), torch.arange(B, device=t_model.device, dtype=torch.float32)], 1)
+
+    def exit_after(self, i: int, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        u, _ = self.heads(i, h, ctx[:, 0])
+        self.records[-1][i, ctx[:, 1].long()] = u.float()
         return torch.zeros(u.shape, dtype=torch.bool, device=u.device)
 
 
-def exit_depths(u: torch.Tensor, tau: float) -> torch.Tensor:
-    """Blocks run by rows with uncertainties u (K - 1, ...) at threshold tau: first i with u_i < tau, + 1."""
+def exit_depths(u: torch.Tensor, tau: float, cap: torch.Tensor | None = None) -> torch.Tensor:
+    """Blocks run by rows with uncertainties u (K - 1, ...) at threshold tau: first i with u_i < tau, + 1
+    (K if none), at most ``cap`` (the rows' ASE depths) when given."""
     below = u < tau
     first = torch.where(below.any(0), below.float().argmax(0), torch.full(below.shape[1:], u.shape[0], device=u.device))
-    return first + 1
+    depth = first.long() + 1
+    return depth if cap is None else torch.minimum(depth, cap.to(depth.device))
 
 
-def calibrate_tau(u: torch.Tensor, target_saving: float, tol: float = 1e-4) -> tuple[float, float]:
+def calibrate_tau(u: torch.Tensor, target_saving: float, tol: float = 1e-4, cap: torch.Tensor | None = None) -> tuple[float, float]:
     """The threshold whose layer saving 1 − mean(depth) / K on recorded uncertainties u (K - 1, M) is
     closest to ``target_saving`` (bisection; saving grows with tau). Returns (tau, saving)."""
     if not 0 <= target_saving < 1:
         raise DeeDiffError(f"--target-saving must be in [0, 1), got {target_saving}")
     K = u.shape[0] + 1
-    saving = lambda tau: 1 - exit_depths(u, tau).double().mean().item() / K  # noqa: E731
+    saving = lambda tau: 1 - exit_depths(u, tau, cap).double().mean().item() / K  # noqa: E731
     lo, hi = 0.0, 1.0 + 1e-6
     for _ in range(60):
         mid = (lo + hi) / 2

@@ -22,7 +22,7 @@ policy returns for host-side timesteps), one transfer for a device tensor; never
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -109,15 +109,15 @@ def row_counts(depth: torch.Tensor, num_blocks: int) -> list[int]:
 
 
 def forward(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, active_blocks,
-            exit_after: ExitFn | None = None, depth_out: torch.Tensor | None = None) -> torch.Tensor:
+            exits: "RowExits | None" = None, depth_out: torch.Tensor | None = None) -> torch.Tensor:
     """``model``'s output with ``active_blocks`` = None (all), an int, or a ``(B,)`` integer tensor per row.
 
-    ``exit_after(i, tokens, t) -> (n,) bool``, asked after block i about the rows still running (their
-    ``image_tokens`` and network time), lets a row leave there (per-sample exits, DeeDiff); then
-    ``active_blocks`` is each row's cap. ``depth_out`` (B,) receives the blocks each row ran.
+    ``exits`` (a per-sample exit policy, :class:`RowExits`) is asked after every block about the rows still
+    running and lets each leave there (DeeDiff); ``active_blocks`` is then each row's cap. ``depth_out`` (B,)
+    receives the blocks each row ran.
     """
-    if exit_after is not None:
-        return _forward_exits(model, x, t, y, active_blocks, exit_after, depth_out)
+    if exits is not None:
+        return _forward_exits(model, x, t, y, active_blocks, exits, depth_out)
     K = model.num_exit_blocks
     B = x.shape[0]
     if depth_out is not None:
@@ -146,7 +146,13 @@ def forward(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, act
     return out[inverse]
 
 
-ExitFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+class RowExits(Protocol):
+    """A per-sample exit policy as the forward pass sees it."""
+
+    def prepare(self, t: torch.Tensor) -> torch.Tensor: ...  # (B,) network time -> (B, ...) per-row context, once per call
+
+    def exit_after(self, i: int, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor: ...  # (n, L, D), (n, ...) -> (n,) bool
+
 
 # How many blocks the host runs ahead of the row count it reads back from the device. With 1, the count
 # written after block i is read before block i + 2, so block i + 1 is already queued and the GPU does not
@@ -155,65 +161,66 @@ ExitFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 EXIT_LAG = 1
 
 
-def _forward_exits(model, x, t, y, cap, exit_after: ExitFn, depth_out) -> torch.Tensor:
-    """Rows leave the working batch at the first block after which ``exit_after`` says so.
+def _forward_exits(model, x, t, y, cap, exits: RowExits, depth_out) -> torch.Tensor:
+    """Rows leave the working batch after the first block at which ``exits`` says so.
 
-    Decisions stay on the device: a row that leaves is masked at once (``active``), and the working prefix
-    shrinks when the host learns the surviving count, ``EXIT_LAG`` blocks later (a non-blocking copy, no
-    wait for the GPU to drain); the rows still running are then moved to the front (one gather).
+    Decisions stay on the device: every row carries ``stop``, the number of blocks it runs (its cap until it
+    leaves); block i works on the rows with ``stop > i`` (the others masked), and the working prefix shrinks
+    when the host learns the surviving count, ``EXIT_LAG`` blocks later (a non-blocking copy, no wait for
+    the GPU to drain); the rows still running are then moved to the front (one gather), once enough have
+    left to pay for it (1/16 of the working rows).
     """
     if torch.is_grad_enabled():
         raise ValueError("per-row exits are for inference: call the model under torch.no_grad()")
     K, B, dev = model.num_exit_blocks, x.shape[0], x.device
+    g = max(1, int(getattr(exits, "row_bucket", 1)))  # working rows rounded up to a multiple of g (compiled blocks: few shapes)
+    up = lambda v: min(B, -(-v // g) * g)  # noqa: E731
     cap = torch.full((B,), K, dtype=torch.long) if cap is None else torch.as_tensor(cap, dtype=torch.long).expand(B)
-    bound = row_counts(cap, K)  # host: rows whose cap allows block l
+    bound = [up(v) for v in row_counts(cap, K)]  # host: rows whose cap allows block l (rounded up: the rest are masked)
     order = torch.argsort(cap.to(dev), descending=True, stable=True)
     x, t = x[order], t[order]
     y = None if y is None else y[order]
-    cap = cap.to(dev)[order]
+    stop = cap.to(dev)[order].clone()  # (B,) blocks each row runs; lowered when a row leaves
     s = model.embed(x, t, y)
-    alive = cap > 0  # (B,) still running
-    ran = torch.zeros(B, dtype=torch.long, device=dev)
+    ctx = exits.prepare(t)  # (B, ...) per-row context of the policy (DeeDiff: its time terms)
     index = order.clone()  # working position -> original row
-    lag = EXIT_LAG if dev.type == "cuda" else 0
-    pending: list = []  # (block, count on the host, event)
+    cuda = dev.type == "cuda"
+    lag = EXIT_LAG if cuda else 0
+    host = torch.empty(K, dtype=torch.long, pin_memory=True) if cuda else None
+    pending: list = []  # (block, surviving count: a host slot, or a tensor on the CPU; event)
     n = B
     for i in range(K):
         while pending and pending[0][0] <= i - 1 - lag:  # a surviving count the device has written by now
-            _, host, event = pending.pop(0)
+            j, count, event = pending.pop(0)
             if event is not None:
                 event.synchronize()
-            c = int(host)
-            if c < n:  # move the rows still running to the front, then work on them only
-                perm = torch.argsort((~alive[:n]).to(torch.int8), stable=True)
+            c = up(int(host[j]) if cuda else int(count))
+            if n - c >= max(1, n // 16):  # move the rows still running to the front, then work on them only
+                perm = torch.argsort((stop[:n] <= i).to(torch.int8), stable=True)
                 s = _permute_prefix(s, perm, n)
-                for v in (alive, cap, ran, index, t):
-                    v[:n] = v[:n][perm]
+                stop[:n], index[:n], ctx[:n] = stop[:n][perm], index[:n][perm], ctx[:n][perm]
                 n = c
         n = min(n, bound[i])
         if n == 0 and not s.skips:
             break
-        alive[:n] &= cap[:n] > i
-        act = alive[:n]
+        act = stop[:n] > i  # (n,) rows that run block i
         s = model.run_block(i, s, n, act)
-        ran[:n] += act
         if i < K - 1 and n > 0:
-            leave = exit_after(i, model.image_tokens(s)[:n], t[:n])  # (n,) bool, on the device
-            alive[:n] &= ~leave
-            count = alive[:n].sum()
-            if dev.type == "cuda":
-                host = torch.empty((), dtype=torch.long, pin_memory=True)
-                host.copy_(count, non_blocking=True)
+            leave = exits.exit_after(i, model.image_tokens(s)[:n], ctx[:n]) & act  # (n,) bool, on the device
+            stop[:n] = torch.where(leave, i + 1, stop[:n])
+            count = (stop[:n] > i + 1).sum()
+            if cuda:
+                host[i].copy_(count, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
-                pending.append((i, host, event))
+                pending.append((i, None, event))
             else:
                 pending.append((i, count, None))
     out = model.head(s)
     result = torch.empty_like(out)
     result[index] = out
     if depth_out is not None:
-        depth_out[index] = ran.to(depth_out.device)
+        depth_out[index] = stop.to(depth_out.device)
     return result
 
 

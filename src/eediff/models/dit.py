@@ -199,7 +199,7 @@ class DiT(nn.Module):
         t: torch.Tensor,
         y: torch.Tensor | None = None,
         active_blocks: int | None = None,
-        exit_after=None,
+        exits=None,
         depth_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, C, H, W) at training timestep t (B,) with labels y (B,) -> (B, C_out, H, W).
@@ -207,7 +207,7 @@ class DiT(nn.Module):
         ``active_blocks``: None = all blocks; k = blocks[:k] for every row; a (B,) tensor = a depth per row.
         ``y=None`` uses the null label.
         """
-        return backbone.forward(self, x, t, y, active_blocks, exit_after, depth_out)
+        return backbone.forward(self, x, t, y, active_blocks, exits, depth_out)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> Tokens:
         if y is None:

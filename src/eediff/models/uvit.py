@@ -249,7 +249,7 @@ class UViT(nn.Module):
         t: torch.Tensor,
         y: torch.Tensor | None = None,
         active_blocks: int | torch.Tensor | None = None,
-        exit_after=None,
+        exits=None,
         depth_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, C, H, W) at network time t (B,) = 999 * continuous time, labels y (B,) -> eps (B, C, H, W).
@@ -257,7 +257,7 @@ class UViT(nn.Module):
         ``active_blocks``: None = all; k = out_blocks[:k] in full and only ``skip_linear`` of the rest; a (B,)
         tensor = a decoder depth per row. For a conditional model ``y=None`` means the null label.
         """
-        return backbone.forward(self, x, t, y, active_blocks, exit_after, depth_out)
+        return backbone.forward(self, x, t, y, active_blocks, exits, depth_out)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> Tokens:
         """Tokens, encoder and mid block (they always run); the encoder's outputs become the long skips."""
