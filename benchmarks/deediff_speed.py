@@ -6,7 +6,7 @@
    (bf16, compiled blocks). τ is calibrated on the recorded uncertainties of the timed batch for a target
    layer saving; one forward pass is timed (warm-up, median of repeats, CUDA events) at full depth on the fast
    path's CUDA graph, through the exit path with τ = 0 (every block: the cost of the machinery) and with
-   the calibrated τ. Reported: the layers saved (the blocks the rows actually ran) and the time saved.
+   the calibrated τ; on the fast path the exit path's stages are CUDA graphs too (per block and working rows). Reported: the layers saved (the blocks the rows actually ran) and the time saved.
 2. The shipped DeeDiff models (`dit-fmnist-deediff`, `uvit-fmnist-deediff`, their stored τ): sampling
    (DPM-Solver++ 25) at batch 1 and 64, full depth against DeeDiff, eager bf16 and on the fast path.
 """
@@ -57,7 +57,8 @@ def xl_part(a, log) -> list[dict]:
         r = {"model": a.model, "batch": B, "tau": tau, "layers_saved": saved, "flop_reduction": 1 - flop,
              "full_graph_ms": t_full * 1e3, "exit_path_tau0_ms": t_zero * 1e3, "exit_path_tau_ms": t_tau * 1e3,
              "time_saved_vs_full": 1 - t_tau / t_full, "time_saved_vs_tau0": 1 - t_tau / t_zero,
-             "realised_over_layer_saving": (1 - t_tau / t_full) / saved if saved > 0 else None}
+             "realised_over_layer_saving": (1 - t_tau / t_full) / saved if saved > 0 else None,
+             "graphs": handle.graph_count(), "stats": dict(handle.stats)}
         rows.append(r)
         log(f"{a.model} B={B}: layers saved {100 * saved:.1f}%, full {t_full * 1e3:.2f} ms (graph), exit path tau=0 {t_zero * 1e3:.2f} ms, "
             f"tau {tau:.3f} {t_tau * 1e3:.2f} ms -> time saved {100 * r['time_saved_vs_full']:.1f}% "
@@ -90,7 +91,8 @@ def shipped_part(a, log) -> list[dict]:
                                    device="cuda", autocast=amp)
                 t_full, t_dd = sp["median_s"]["full"], sp["median_s"][pol.name]
                 r = {"model": name, "mode": mode, "batch": B, "tau": pol.tau, "layers_saved": res.layers_saved,
-                     "full_s": t_full, "deediff_s": t_dd, "time_saved": 1 - t_dd / t_full}
+                     "full_s": t_full, "deediff_s": t_dd, "time_saved": 1 - t_dd / t_full,
+                     "graphs": None if handle is None else handle.graph_count()}
                 rows.append(r)
                 log(f"{name} {mode} B={B}: layers saved {100 * res.layers_saved:.1f}%, full {t_full * 1e3:.1f} ms, "
                     f"DeeDiff {t_dd * 1e3:.1f} ms -> time saved {100 * r['time_saved']:.1f}%")

@@ -263,3 +263,36 @@ def test_sample_and_calibrate_end_to_end(tmp_path):
     assert out.exists() and plot.exists()
     meta = json.loads(eediff.load_model(p).meta["deediff"])
     assert meta["form"] == "paper"
+
+
+def test_exit_stages_on_kept_buffers_give_the_eager_result(float64):
+    """The fast path replays captured stages on buffers kept across calls; a runner that keeps the buffers and
+    runs the same stages must give what the eager exit path gives, call after call."""
+    from eediff.models.backbone import EagerStages, ExitState, forward_exits
+
+    class KeptStages(EagerStages):
+        def __init__(self):
+            self.states, self.keys = {}, []
+
+        def state(self, model, x, t, y, cap, ctx):
+            key = (tuple(x.shape), ctx.shape[1])
+            if key not in self.states:
+                self.states[key] = ExitState(model, x, t, y, cap, ctx)
+            return self.states[key]
+
+        def run(self, key, fn, st):
+            self.keys.append(key)
+            fn()
+
+    m = _model("U-ViT").double()
+    runner = KeptStages()
+    for seed in range(3):
+        x, t, y = _inputs(10, seed=seed)
+        with torch.no_grad():
+            tau = _between(layer_outputs(m, x, t, y)[1][0][1])
+            pol = DeeDiffExit(m, tau)
+            d_ref, d = torch.zeros(10, dtype=torch.long), torch.zeros(10, dtype=torch.long)
+            ref = forward_exits(m, x, t, y, None, pol, d_ref)
+            out = forward_exits(m, x, t, y, None, pol, d, stages=runner)
+        assert torch.equal(d, d_ref) and torch.equal(out, ref)
+    assert len(runner.states) == 1 and ("embed",) in runner.keys and any(k[0] == "reorder" for k in runner.keys)

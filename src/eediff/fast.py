@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models.backbone import Tokens, row_counts
+from .models.backbone import ExitState, Tokens, forward_exits, row_counts
 
 
 @dataclass
@@ -56,7 +56,8 @@ class FastPathHandle:
     graphs: dict = field(default_factory=dict)  # (depth, shape, y is None) -> whole-forward graph
     row_states: dict = field(default_factory=dict)  # (shape, y is None) -> _RowState (per-row graphs and buffers)
     pool: object = None  # one CUDA graph memory pool shared by all graphs (they never replay concurrently)
-    stats: dict = field(default_factory=lambda: {"captures": 0, "replays": 0, "eager_calls": 0, "row_calls": 0})
+    exit_states: dict = field(default_factory=dict)  # (shape, y is None, policy) -> ExitState with its stage graphs
+    stats: dict = field(default_factory=lambda: {"captures": 0, "replays": 0, "eager_calls": 0, "row_calls": 0, "exit_calls": 0})
 
     def remove(self) -> None:
         """Undo everything: forward, compiled blocks, dtype and the exact original weights."""
@@ -69,9 +70,11 @@ class FastPathHandle:
         m.load_state_dict(self.original_state)
         self.graphs.clear()
         self.row_states.clear()
+        self.exit_states.clear()
 
     def graph_count(self) -> int:
-        return len(self.graphs) + sum(len([g for g in st.graphs.values() if g is not None]) for st in self.row_states.values())
+        states = [*self.row_states.values(), *self.exit_states.values()]
+        return len(self.graphs) + sum(len([g for g in st.graphs.values() if g is not None]) for st in states)
 
 
 def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None) -> FastPathHandle:
@@ -99,7 +102,10 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
 
     def forward(x, t, y=None, active_blocks=None, exits=None, depth_out=None):
         x = x.to(dtype)
-        if torch.is_grad_enabled() or exits is not None:  # per-layer exits: compiled blocks, launched eagerly
+        if exits is not None and use_graphs and getattr(exits, "graphable", False) and not torch.is_grad_enabled():
+            handle.stats["exit_calls"] += 1  # per-sample exits: each stage a CUDA graph per (stage, working rows)
+            return forward_exits(model, x, t, y, active_blocks, exits, depth_out, stages=_GraphStages(handle, exits)).float()
+        if torch.is_grad_enabled() or exits is not None:  # compiled blocks, launched eagerly
             handle.stats["eager_calls"] += 1
             return eager_forward(x, t, y, active_blocks=active_blocks, exits=exits, depth_out=depth_out).float()
         if depth_out is not None:
@@ -260,6 +266,51 @@ def _capture_stage(fn, st: _RowState, handle: FastPathHandle):
     torch.cuda.current_stream().wait_stream(s)
     if not did:
         return None
+    if handle.pool is None:
+        handle.pool = torch.cuda.graph_pool_handle()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=handle.pool):
+        fn()
+    return graph
+
+
+# ---- per-sample exits -----------------------------------------------------------------------------------
+class _GraphStages:
+    """``forward_exits``'s stages as CUDA graphs: one per (stage, block, working rows), on buffers kept per
+    input shape and policy (its threshold is baked into the captured comparison)."""
+
+    def __init__(self, handle: FastPathHandle, exits):
+        self.handle, self.exits = handle, exits
+
+    def state(self, model, x, t, y, cap, ctx) -> ExitState:
+        key = (tuple(x.shape), y is None, ctx.shape[1], self.exits.name)
+        st = self.handle.exit_states.get(key)
+        if st is None:
+            st = self.handle.exit_states[key] = ExitState(model, x, t, y, cap, ctx)
+            st.graphs = {}
+        return st
+
+    def run(self, key, fn, st: ExitState) -> None:
+        if key not in st.graphs:
+            st.graphs[key] = _capture_exit_stage(fn, st, self.handle)
+            self.handle.stats["captures"] += 1
+        st.graphs[key].replay()
+        self.handle.stats["replays"] += 1
+
+
+def _capture_exit_stage(fn, st: ExitState, handle: FastPathHandle):
+    """Warm a stage up without disturbing the state (every buffer it may write is restored), then record it."""
+    saved = [v.clone() for v in st.mutable()]
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            for v, b in zip(st.mutable(), saved):
+                v.copy_(b)
+            fn()
+        for v, b in zip(st.mutable(), saved):
+            v.copy_(b)
+    torch.cuda.current_stream().wait_stream(s)
     if handle.pool is None:
         handle.pool = torch.cuda.graph_pool_handle()
     graph = torch.cuda.CUDAGraph()

@@ -219,6 +219,11 @@ class DeeDiffExit:
             return torch.full(t_unit.shape, self.num_blocks, dtype=torch.long)
         return self.cap.active_blocks(t_unit, self.num_blocks)
 
+    graphable = True  # the decision is pure device work: the fast path may capture it
+
+    def ctx_width(self) -> int:
+        return self.num_blocks - 1 if self._paper else 1
+
     def prepare(self, t_model: torch.Tensor) -> torch.Tensor:
         """(B,) network time -> (B, K - 1): paper form, every block's time term plus bias; else t itself."""
         if not self._paper:
@@ -248,6 +253,11 @@ class RecordingExit(DeeDiffExit):
         super().__init__(model, tau=0.0, cap=cap)
         self.records: list[torch.Tensor] = []  # one (K - 1, B) tensor per model call
         self.times: list[torch.Tensor] = []  # one (B,) tensor of network times per model call
+
+    graphable = False  # it appends to host-side lists
+
+    def ctx_width(self) -> int:
+        return 2
 
     def prepare(self, t_model: torch.Tensor) -> torch.Tensor:
         B = t_model.shape[0]

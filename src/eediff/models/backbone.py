@@ -117,7 +117,7 @@ def forward(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, act
     receives the blocks each row ran.
     """
     if exits is not None:
-        return _forward_exits(model, x, t, y, active_blocks, exits, depth_out)
+        return forward_exits(model, x, t, y, active_blocks, exits, depth_out)
     K = model.num_exit_blocks
     B = x.shape[0]
     if depth_out is not None:
@@ -149,7 +149,9 @@ def forward(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, act
 class RowExits(Protocol):
     """A per-sample exit policy as the forward pass sees it."""
 
-    def prepare(self, t: torch.Tensor) -> torch.Tensor: ...  # (B,) network time -> (B, ...) per-row context, once per call
+    def ctx_width(self) -> int: ...  # columns of the per-row context
+
+    def prepare(self, t: torch.Tensor) -> torch.Tensor: ...  # (B,) network time -> (B, ctx_width) per-row context, once per call
 
     def exit_after(self, i: int, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor: ...  # (n, L, D), (n, ...) -> (n,) bool
 
@@ -161,75 +163,145 @@ class RowExits(Protocol):
 EXIT_LAG = 1
 
 
-def _forward_exits(model, x, t, y, cap, exits: RowExits, depth_out) -> torch.Tensor:
+class ExitState:
+    """The buffers one exit forward works in; every stage reads and writes them in place, so a runner may
+    keep them across calls and replay captured stages (the fast path's CUDA graphs)."""
+
+    def __init__(self, model, x, t, y, cap, ctx):
+        B, K = x.shape[0], model.num_exit_blocks
+        self.x, self.t, self.cap = x.clone(), t.clone(), cap.clone()
+        self.y = None if y is None else y.clone()
+        s = model.embed(x, t, y)  # shapes of the working state
+        self.h = torch.empty_like(s.h)
+        self.c = None if s.c is None else torch.empty_like(s.c)
+        self.skips = tuple(torch.empty_like(v) for v in s.skips)
+        self.ctx = torch.empty_like(ctx)
+        self.stop = torch.empty(B, dtype=torch.long, device=x.device)  # blocks each row runs (its cap until it leaves)
+        self.index = torch.empty_like(self.stop)  # working position -> original row
+        self.counts = torch.zeros(K, dtype=torch.long, device=x.device)  # rows still running after block i
+        self.out = None
+
+    def load(self, x, t, y, cap) -> None:
+        self.x.copy_(x)
+        self.t.copy_(t)
+        self.cap.copy_(cap)
+        if self.y is not None:
+            self.y.copy_(y)
+
+    def tokens(self, consumed: int = 0) -> Tokens:
+        return Tokens(self.h, self.c, self.skips[: len(self.skips) - consumed])
+
+    def mutable(self) -> list:
+        return [v for v in (self.h, self.c, *self.skips, self.ctx, self.stop, self.index, self.counts) if v is not None]
+
+
+def _embed_stage(model, exits, st: ExitState) -> bool:
+    order = torch.argsort(st.cap, descending=True, stable=True)
+    st.index.copy_(order)
+    st.stop.copy_(st.cap[order])
+    s = model.embed(st.x[order], st.t[order], None if st.y is None else st.y[order])
+    st.h.copy_(s.h)
+    if st.c is not None:
+        st.c.copy_(s.c)
+    for buf, v in zip(st.skips, s.skips):
+        buf.copy_(v)
+    st.ctx.copy_(exits.prepare(st.t[order]))
+    return True
+
+
+def _block_stage(model, exits, st: ExitState, i: int, n: int) -> bool:
+    act = st.stop[:n] > i  # (n,) rows that run block i
+    s = st.tokens(consumed=i)
+    new = model.run_block(i, s, n, act)
+    if new.h is not st.h:  # a backbone that did not update in place (U-ViT's fused skips)
+        st.h.copy_(new.h)
+    if i < model.num_exit_blocks - 1 and n > 0:
+        leave = exits.exit_after(i, model.image_tokens(st.tokens())[:n], st.ctx[:n]) & act  # (n,) bool, on the device
+        st.stop[:n] = torch.where(leave, i + 1, st.stop[:n])
+        st.counts[i] = (st.stop[:n] > i + 1).sum()
+    return True
+
+
+def _reorder_stage(st: ExitState, i: int, n: int) -> bool:
+    """The rows still running before block i to the front of the first n (stable: caps stay sorted)."""
+    perm = torch.argsort((st.stop[:n] <= i).to(torch.int8), stable=True)
+    for v in (st.h, st.c, *st.skips, st.stop, st.index, st.ctx):
+        if v is not None:
+            v[:n] = v[:n][perm]
+    return True
+
+
+def _head_stage(model, st: ExitState) -> bool:
+    out = model.head(st.tokens(consumed=len(st.skips)))
+    st.out = torch.empty_like(out)
+    st.out[st.index] = out
+    return True
+
+
+class EagerStages:
+    """Runs every stage as it comes, on buffers made for this call."""
+
+    def state(self, model, x, t, y, cap, ctx) -> ExitState:
+        return ExitState(model, x, t, y, cap, ctx)
+
+    def run(self, key, fn, st: ExitState) -> None:
+        fn()
+
+
+def forward_exits(model, x, t, y, cap, exits: "RowExits", depth_out, stages=None) -> torch.Tensor:
     """Rows leave the working batch after the first block at which ``exits`` says so.
 
     Decisions stay on the device: every row carries ``stop``, the number of blocks it runs (its cap until it
     leaves); block i works on the rows with ``stop > i`` (the others masked), and the working prefix shrinks
     when the host learns the surviving count, ``EXIT_LAG`` blocks later (a non-blocking copy, no wait for
     the GPU to drain); the rows still running are then moved to the front (one gather), once enough have
-    left to pay for it (1/16 of the working rows).
+    left to pay for it (1/16 of the working rows). ``stages`` runs the stages (default: eagerly); the fast
+    path passes one that captures each (stage, rows) as a CUDA graph and replays it.
     """
     if torch.is_grad_enabled():
         raise ValueError("per-row exits are for inference: call the model under torch.no_grad()")
+    stages = stages or EagerStages()
     K, B, dev = model.num_exit_blocks, x.shape[0], x.device
     g = max(1, int(getattr(exits, "row_bucket", 1)))  # working rows rounded up to a multiple of g (compiled blocks: few shapes)
     up = lambda v: min(B, -(-v // g) * g)  # noqa: E731
     cap = torch.full((B,), K, dtype=torch.long) if cap is None else torch.as_tensor(cap, dtype=torch.long).expand(B)
     bound = [up(v) for v in row_counts(cap, K)]  # host: rows whose cap allows block l (rounded up: the rest are masked)
-    order = torch.argsort(cap.to(dev), descending=True, stable=True)
-    x, t = x[order], t[order]
-    y = None if y is None else y[order]
-    stop = cap.to(dev)[order].clone()  # (B,) blocks each row runs; lowered when a row leaves
-    s = model.embed(x, t, y)
-    ctx = exits.prepare(t)  # (B, ...) per-row context of the policy (DeeDiff: its time terms)
-    index = order.clone()  # working position -> original row
+    cap = cap.to(dev)
+    st = stages.state(model, x, t, y, cap, torch.empty(B, exits.ctx_width(), device=dev))
+    st.load(x, t, y, cap)
+    stages.run(("embed",), lambda: _embed_stage(model, exits, st), st)
     cuda = dev.type == "cuda"
     lag = EXIT_LAG if cuda else 0
     host = torch.empty(K, dtype=torch.long, pin_memory=True) if cuda else None
-    pending: list = []  # (block, surviving count: a host slot, or a tensor on the CPU; event)
+    pending: list = []  # (block, event) of the surviving counts not read yet
     n = B
     for i in range(K):
         while pending and pending[0][0] <= i - 1 - lag:  # a surviving count the device has written by now
-            j, count, event = pending.pop(0)
+            j, event = pending.pop(0)
             if event is not None:
                 event.synchronize()
-            c = up(int(host[j]) if cuda else int(count))
+            c = up(int(host[j]) if cuda else int(st.counts[j]))
             if n - c >= max(1, n // 16):  # move the rows still running to the front, then work on them only
-                perm = torch.argsort((stop[:n] <= i).to(torch.int8), stable=True)
-                s = _permute_prefix(s, perm, n)
-                stop[:n], index[:n], ctx[:n] = stop[:n][perm], index[:n][perm], ctx[:n][perm]
+                stages.run(("reorder", i, n), lambda i=i, n=n: _reorder_stage(st, i, n), st)
                 n = c
         n = min(n, bound[i])
-        if n == 0 and not s.skips:
+        if n == 0 and not st.skips:
             break
-        act = stop[:n] > i  # (n,) rows that run block i
-        s = model.run_block(i, s, n, act)
+        stages.run(("block", i, n), lambda i=i, n=n: _block_stage(model, exits, st, i, n), st)
         if i < K - 1 and n > 0:
-            leave = exits.exit_after(i, model.image_tokens(s)[:n], ctx[:n]) & act  # (n,) bool, on the device
-            stop[:n] = torch.where(leave, i + 1, stop[:n])
-            count = (stop[:n] > i + 1).sum()
             if cuda:
-                host[i].copy_(count, non_blocking=True)
+                host[i].copy_(st.counts[i], non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
-                pending.append((i, None, event))
+                pending.append((i, event))
             else:
-                pending.append((i, count, None))
-    out = model.head(s)
-    result = torch.empty_like(out)
-    result[index] = out
+                pending.append((i, None))
+    stages.run(("head",), lambda: _head_stage(model, st), st)
     if depth_out is not None:
-        depth_out[index] = stop.to(depth_out.device)
-    return result
-
-
-def _permute_prefix(s: Tokens, perm: torch.Tensor, n: int) -> Tokens:
-    """Rows [:n] of every tensor of the state reordered by ``perm`` (in place: inference only)."""
-    for v in (s.h, s.c, *s.skips):
-        if v is not None:
-            v[:n] = v[:n][perm]
-    return s
+        ran = torch.empty_like(st.stop)
+        ran[st.index] = st.stop
+        depth_out.copy_(ran)
+    return st.out.clone()
 
 
 def prefix_update(h: torch.Tensor, n: int, out: torch.Tensor) -> torch.Tensor:
