@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models.backbone import ExitState, Tokens, forward_exits, row_counts
+from .models.backbone import ExitState, Tokens, forward_exits, row_counts, store_tokens
 
 
 @dataclass
@@ -188,12 +188,7 @@ def _embed_stage(model, st: _RowState) -> bool:
     layers = torch.arange(st.keep.shape[0], device=order.device)
     st.keep.copy_(st.dsorted.unsqueeze(0) > layers.unsqueeze(1))  # every block's mask, made once per call
     st.inverse[order] = torch.arange(order.numel(), device=order.device)
-    s = model.embed(st.x[order], st.t[order], None if st.y is None else st.y[order])
-    st.h.copy_(s.h)
-    if st.c is not None:
-        st.c.copy_(s.c)
-    for buf, k in zip(st.skips, s.skips):
-        buf.copy_(k)
+    store_tokens(st, model.embed(st.x[order], st.t[order], None if st.y is None else st.y[order]))
     return True
 
 
@@ -244,7 +239,7 @@ def _per_row(handle: FastPathHandle, x, t, y, depth, counts, use_graphs):
             fn()
             continue
         if key not in st.graphs:
-            st.graphs[key] = _capture_stage(fn, st, handle)
+            st.graphs[key] = _capture_stage(fn, [st.h], handle)
             handle.stats["captures"] += st.graphs[key] is not None
         graph = st.graphs[key]
         if graph is not None:
@@ -253,16 +248,22 @@ def _per_row(handle: FastPathHandle, x, t, y, depth, counts, use_graphs):
     return st.out.clone()
 
 
-def _capture_stage(fn, st: _RowState, handle: FastPathHandle):
-    """Warm a stage up (compilation, cuBLAS workspaces) without disturbing the state, then record it."""
-    saved = st.h.clone()
+def _capture_stage(fn, buffers: list, handle: FastPathHandle):
+    """Warm a stage up (compilation, cuBLAS workspaces) without disturbing the state: ``buffers``, all it may
+    write, are restored after every warm-up run; then record it. None for a stage that launches nothing."""
+    saved = [v.clone() for v in buffers]
+
+    def restore():
+        for v, b in zip(buffers, saved):
+            v.copy_(b)
+
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         for _ in range(2):
-            st.h.copy_(saved)
+            restore()
             did = fn()
-        st.h.copy_(saved)
+        restore()
     torch.cuda.current_stream().wait_stream(s)
     if not did:
         return None
@@ -292,28 +293,7 @@ class _GraphStages:
 
     def run(self, key, fn, st: ExitState) -> None:
         if key not in st.graphs:
-            st.graphs[key] = _capture_exit_stage(fn, st, self.handle)
+            st.graphs[key] = _capture_stage(fn, st.mutable(), self.handle)
             self.handle.stats["captures"] += 1
         st.graphs[key].replay()
         self.handle.stats["replays"] += 1
-
-
-def _capture_exit_stage(fn, st: ExitState, handle: FastPathHandle):
-    """Warm a stage up without disturbing the state (every buffer it may write is restored), then record it."""
-    saved = [v.clone() for v in st.mutable()]
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            for v, b in zip(st.mutable(), saved):
-                v.copy_(b)
-            fn()
-        for v, b in zip(st.mutable(), saved):
-            v.copy_(b)
-    torch.cuda.current_stream().wait_stream(s)
-    if handle.pool is None:
-        handle.pool = torch.cuda.graph_pool_handle()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=handle.pool):
-        fn()
-    return graph

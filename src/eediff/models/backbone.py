@@ -199,14 +199,18 @@ def _embed_stage(model, exits, st: ExitState) -> bool:
     order = torch.argsort(st.cap, descending=True, stable=True)
     st.index.copy_(order)
     st.stop.copy_(st.cap[order])
-    s = model.embed(st.x[order], st.t[order], None if st.y is None else st.y[order])
+    store_tokens(st, model.embed(st.x[order], st.t[order], None if st.y is None else st.y[order]))
+    st.ctx.copy_(exits.prepare(st.t[order]))
+    return True
+
+
+def store_tokens(st, s: Tokens) -> None:
+    """Copy a state into the static buffers ``st.h``, ``st.c``, ``st.skips`` (kept across calls)."""
     st.h.copy_(s.h)
     if st.c is not None:
         st.c.copy_(s.c)
     for buf, v in zip(st.skips, s.skips):
         buf.copy_(v)
-    st.ctx.copy_(exits.prepare(st.t[order]))
-    return True
 
 
 def _block_stage(model, exits, st: ExitState, i: int, n: int) -> bool:
