@@ -36,10 +36,6 @@ class Tokens:
     c: torch.Tensor | None = None  # (B, D) per-row conditioning (DiT's adaLN input); None when tokens carry it
     skips: tuple[torch.Tensor, ...] = ()  # U-ViT: long skips still to be consumed, the next one last, each (B, N, D)
 
-    def rows(self, index: torch.Tensor) -> "Tokens":
-        """The same state with its rows gathered by ``index`` (B',)."""
-        return Tokens(self.h[index], None if self.c is None else self.c[index], tuple(s[index] for s in self.skips))
-
 
 @runtime_checkable
 class Backbone(Protocol):
