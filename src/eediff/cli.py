@@ -127,6 +127,10 @@ def sample_cmd(cfg) -> None:
         vae = AutoencoderKL.from_pretrained(cfg.vae, local_files_only=True).to(device).eval()
     elif model.in_channels == 4:  # DiT-XL/2, U-ViT-L/2 and -H/2: Stable Diffusion VAE latents
         raise UserError("this is a latent model (4 input channels): pass --vae FOLDER with a diffusers AutoencoderKL")
+    if cfg.tome_ratio > 0:  # before sampling (and before any fast path, which would compile it in)
+        from .tome import ToMeConfig, apply_tome
+
+        apply_tome(model, ToMeConfig(ratio=cfg.tome_ratio, schedule=cfg.tome_schedule, blocks=cfg.tome_blocks))
     policy = None  # per-sample exits when the model carries DeeDiff heads; else the schedule decides
     if heads_of(model) is not None and cfg.deediff:
         policy = DeeDiffExit(model, cfg.tau, cap=schedule if cfg.schedule is not None else None)
@@ -173,6 +177,9 @@ def sample_cmd(cfg) -> None:
         f"mean blocks per step: {res.mean_blocks:.2f} / {res.num_blocks}   compute fraction: {res.compute_fraction:.3f} "
         f"(analytic FLOP reduction {100 * (1 - res.compute_fraction):.1f}%)"
     )
+    if cfg.tome_ratio > 0:
+        typer.echo(f"token merging: {100 * cfg.tome_ratio:.0f}% of the patch tokens before attention in "
+                   f"{cfg.tome_blocks or 'all'} blocks (schedule {cfg.tome_schedule}); counted in the compute fraction")
     typer.echo(f"wall-clock: {res.seconds:.2f} s for {cfg.n} images ({cfg.n / res.seconds:.2f} images/s, "
                f"{1000 * res.tflops_per_s:.1f} GFLOP/s achieved by the network) on {device}")
     if compare:

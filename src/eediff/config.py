@@ -36,6 +36,9 @@ class SampleConfig:
     tau: float = opt(None, "DeeDiff threshold (default: the one stored with the model); only for models with DeeDiff heads")
     deediff: bool = opt(True, "use the model's DeeDiff heads for per-sample exits when it has them (--schedule then caps the depth)")
     exit_plot: str = opt(None, "PNG of the blocks run (mean, min-max over rows) against t")
+    tome_ratio: float = opt(0.0, "token merging (ToMe) on self-attention: fraction of the patch tokens merged (0 = off)")
+    tome_schedule: str = opt("B", "ToMe blocks: F (front-most), R (back-most), B (both ends)")
+    tome_blocks: int = opt(0, "how many compute blocks merge tokens (0 = all)")
 
 
 # ---- training and ASE fine-tuning (eediff train / eediff finetune) --------------------------------------
@@ -236,6 +239,9 @@ class EvalConfig:
     device: str = opt("auto", "cpu | cuda | auto")
     precision: str = opt("auto", "fp32 | bf16 | auto")
     progress: bool = opt(True, "progress bars")
+    tome_ratio: float = opt(0.0, "token merging (ToMe) in --model for every row, its full row included (a --baseline stays unmerged): fraction of patch tokens merged (0 = off)")
+    tome_schedule: str = opt("B", "ToMe blocks: F (front-most), R (back-most), B (both ends)")
+    tome_blocks: int = opt(0, "how many compute blocks merge tokens (0 = all)")
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 
 from .diffusion.sampling import Denoiser, SamplerConfig, sample_loop
 from .exits.policy import make_policy
+from .tome import unmerged_flops
 
 
 @dataclass
@@ -131,7 +132,7 @@ def generate(
         depths = [int(denoiser.depths(t, 1)[0]) for t in times]
         mean_blocks = sum(depths) / len(depths)
         per_image = sum(model.flops(k) for k in depths)
-        frac = per_image / (len(depths) * model.flops(K))
+        frac = per_image / (len(depths) * unmerged_flops(model))  # against the model without token merging
         total = per_image * n * (2 if guided else 1)
         step_depths = [(t, float(k), k, k) for t, k in zip(times, depths)]
     else:
@@ -140,7 +141,7 @@ def generate(
         per_step = [torch.cat([record[b * steps + i][1].cpu() for b in range(n_batches)]) for i in range(steps)]
         every = torch.cat(per_step)  # every row (both CFG halves) of every evaluation
         mean_blocks = every.double().mean().item()
-        frac = flops[every].mean().item() / model.flops(K)
+        frac = flops[every].mean().item() / unmerged_flops(model)
         total = flops[every].sum().item()
         step_depths = [(t, d.double().mean().item(), int(d.min()), int(d.max())) for t, d in zip(times, per_step)]
     return GenerationResult(torch.cat(outs), labels, times, mean_blocks, K, frac, seconds, total, step_depths=step_depths)

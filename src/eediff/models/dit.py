@@ -119,6 +119,8 @@ class DiT(nn.Module):
             [DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.mlp_norm_eps) for _ in range(c.depth)]
         )
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, self.out_channels)
+        # per block, the tokens its attention sees (None: all of them); token merging (tome.py) sets it
+        self.attn_tokens: list[int] | None = None
         self.initialize_weights()
 
     # ---- backbone interface (backbone.Backbone) ---------------------------------------------------
@@ -152,6 +154,14 @@ class DiT(nn.Module):
 
     def time_embedder(self) -> nn.Module:
         return self.t_embedder
+
+    def attentions(self) -> list[nn.Module]:
+        """The self-attention of every compute block, (B, N, D) -> (B, N, D)."""
+        return [blk.attn for blk in self.blocks]
+
+    def token_layout(self) -> tuple[int, int]:
+        """(extra tokens in front of the patches, patch grid side)."""
+        return 0, self.x_embedder.grid_size
 
     def set_label_dropout(self, p: float) -> None:
         self.y_embedder.dropout_prob = p
@@ -241,14 +251,18 @@ class DiT(nn.Module):
         k = c.depth if active_blocks is None else active_blocks
         N, D, p = self.x_embedder.num_patches, c.hidden_size, c.patch_size
         hidden = int(D * c.mlp_ratio)
-        block = 2 * N * (3 * D * D + D * D + 2 * D * hidden) + 4 * N * N * D + 2 * D * 6 * D
+        tokens = self.attn_tokens or [N] * c.depth  # tokens each block's attention sees (fewer under token merging)
+
+        def block(n: int) -> int:  # qkv, attention and proj on n tokens; MLP and adaLN on all N
+            return 2 * n * (3 * D * D + D * D) + 4 * n * n * D + 2 * N * 2 * D * hidden + 2 * D * 6 * D
+
         outside = (
             2 * N * (p * p * c.in_channels) * D  # patch embedding
             + 2 * (256 * D + D * D)  # timestep MLP
             + 2 * D * 2 * D  # final adaLN
             + 2 * N * D * p * p * self.out_channels  # final linear
         )
-        return float(outside + k * block)
+        return float(outside + sum(block(tokens[i]) for i in range(k)))
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:

@@ -171,6 +171,8 @@ class UViT(nn.Module):
         self.norm = nn.LayerNorm(D)
         self.decoder_pred = nn.Linear(D, c.patch_size**2 * c.in_chans, bias=True)
         self.final_layer = nn.Conv2d(c.in_chans, c.in_chans, 3, padding=1) if c.conv else nn.Identity()
+        # per compute block, the tokens its attention sees (None: all of them); token merging (tome.py) sets it
+        self.attn_tokens: list[int] | None = None
         self.initialize_weights()
 
     # ---- backbone interface (backbone.Backbone) ---------------------------------------------------
@@ -199,6 +201,14 @@ class UViT(nn.Module):
 
     def time_embedder(self) -> nn.Module:
         return self.time_embed
+
+    def attentions(self) -> list[nn.Module]:
+        """The self-attention of every compute block (encoder, mid, decoder), (B, N, D) -> (B, N, D)."""
+        return [blk.attn for blk in self.compute_blocks()]
+
+    def token_layout(self) -> tuple[int, int]:
+        """(extra tokens in front of the patches: [label,] time; patch grid side)."""
+        return self.extras, self.patch_embed.grid_size
 
     def set_label_dropout(self, p: float) -> None:
         if p:
@@ -321,7 +331,12 @@ class UViT(nn.Module):
             + (2 * c.img_size**2 * C * C * 9 if c.conv else 0)  # final 3x3 conv
         )
         fixed_blocks = len(self.in_blocks) + 1  # encoder + mid block always run
-        return float(outside + (fixed_blocks + k) * block + n_out * skip_linear)
+        tokens = self.attn_tokens or [N] * (fixed_blocks + n_out)  # fewer under token merging (tome.py)
+
+        def blk(n: int) -> int:  # qkv, attention and proj on n tokens; MLP on all N
+            return block + 2 * (n - N) * (3 * D * D + D * D) + 4 * (n * n - N * N) * D
+
+        return float(outside + sum(blk(tokens[i]) for i in range(fixed_blocks + k)) + n_out * skip_linear)
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
