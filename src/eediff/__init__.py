@@ -1,4 +1,4 @@
-"""eediff: early-exit diffusion transformers (ASE time-dependent exits; DeeDiff to come).
+"""eediff: early-exit diffusion transformers (ASE time-dependent exits, DeeDiff per-sample exits, ToMe baseline).
 
 The backbones (``eediff.models``, and ``eediff.checkpoint`` that builds them) are imported on first use of
 the names that need them, so that e.g. ``import eediff.eval.fid`` or ``eediff.data`` does not load them.
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .diffusion import ContinuousVP, Denoiser, DiscreteVP, SamplerConfig, sample_loop
 from .exits import ExitSchedule, ScheduledExit, ScheduleError, get_schedule
+from .exits.policy import FullDepth, make_policy
 from .generate import generate, save_grid
 from .io import CheckpointError
 
@@ -20,17 +21,24 @@ __version__ = "0.1.0"
 _LAZY = {
     "LoadedModel": ".checkpoint", "load_model": ".checkpoint", "save_model": ".checkpoint",
     "REGISTRY": ".models.registry", "build_model": ".models.registry",
+    "apply_fast_path": ".fast", "FastPathConfig": ".fast",
+    "apply_tome": ".tome", "ToMeConfig": ".tome",
+    "apply_deediff": ".exits.deediff", "DeeDiffConfig": ".exits.deediff", "DeeDiffExit": ".exits.deediff",
 }
 _LAZY_SUBMODULES = ("checkpoint", "models")  # `import eediff` used to load them: still reachable as attributes
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel, load_model, save_model
+    from .exits.deediff import DeeDiffConfig, DeeDiffExit, apply_deediff
+    from .fast import FastPathConfig, apply_fast_path
     from .models.registry import REGISTRY, build_model
+    from .tome import ToMeConfig, apply_tome
 
 __all__ = [
     "build_model", "REGISTRY", "get_schedule", "ExitSchedule", "ScheduleError", "ScheduledExit",
     "load_model", "save_model", "LoadedModel", "CheckpointError", "generate", "save_grid",
-    "SamplerConfig", "sample_loop", "Denoiser", "DiscreteVP", "ContinuousVP",
+    "SamplerConfig", "sample_loop", "Denoiser", "DiscreteVP", "ContinuousVP", "make_policy", "FullDepth",
+    "apply_fast_path", "FastPathConfig", "apply_tome", "ToMeConfig", "apply_deediff", "DeeDiffConfig", "DeeDiffExit",
 ]
 
 

@@ -97,8 +97,13 @@ def _load_strict(model, sd: dict, path: str) -> None:
     model.load_state_dict(sd, strict=True)
 
 
-def load_model(path: str, model_name: str | None = None, **config) -> LoadedModel:
-    """Load any supported checkpoint. ``model_name``/``config`` override the inferred architecture."""
+def load_model(path, model_name: str | None = None, **config) -> LoadedModel:
+    """Load any supported checkpoint. ``model_name``/``config`` override the inferred architecture.
+
+    ``path`` may also be a module: an eediff backbone (used as it is) or a diffusers ``DiTTransformer2DModel``
+    (e.g. ``pipe.transformer``; its weights are converted, the module is left untouched)."""
+    if isinstance(path, torch.nn.Module):
+        return _load_module(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist: give a file path, a diffusers folder or a model name")
     if os.path.isdir(path):
@@ -123,6 +128,23 @@ def load_model(path: str, model_name: str | None = None, **config) -> LoadedMode
     _load_strict(model, sd, path)
     model.eval()
     return LoadedModel(model, process, tuned, meta, path)
+
+
+def _load_module(module: torch.nn.Module) -> LoadedModel:
+    from .models import dit
+    from .models.backbone import Backbone
+
+    if isinstance(module, Backbone):
+        return LoadedModel(module, registry.default_process(module), None, {}, f"<{module.arch} module>")
+    from diffusers import DiTTransformer2DModel
+
+    if not isinstance(module, DiTTransformer2DModel):
+        raise CheckpointError(f"a {type(module).__name__} is not a model eediff can run: pass an eediff DiT/U-ViT or a diffusers DiTTransformer2DModel")
+    sd = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+    config, converted = dit.from_diffusers_state_dict(sd, dict(module.config))
+    model = dit.DiT(config)
+    _load_strict(model, converted, "<DiTTransformer2DModel module>")
+    return LoadedModel(model.eval(), registry.default_process(model), None, {}, "<DiTTransformer2DModel module>")
 
 
 def _load_diffusers_folder(path: str) -> LoadedModel:

@@ -61,6 +61,7 @@ def dataclass_command(cfg_cls, name: str, help: str):
             decls = [flag] if tp is not bool else [f"{flag}/--no-{flag[2:]}"]
             if f.metadata.get("short"):
                 decls.append(f.metadata["short"])
+            decls += list(f.metadata.get("aliases", ()))
             params.append(
                 inspect.Parameter(
                     f.name,

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from .errors import EediffError
 
 
-def opt(default, help: str, short: str | None = None):
-    return field(default=default, metadata={"help": help, "short": short})
+def opt(default, help: str, short: str | None = None, aliases: tuple[str, ...] = ()):
+    """A field and its flag; ``aliases``: more flag names for it (the diffusers / accelerate spellings)."""
+    return field(default=default, metadata={"help": help, "short": short, "aliases": aliases})
 
 
 @dataclass
@@ -18,8 +19,8 @@ class SampleConfig:
     model: str = opt(None, "checkpoint file, diffusers folder or registry name (random weights); default: the shipped fine-tuned model")
     schedule: str = opt(None, "exit schedule: preset, '28,24,20,16,12' or JSON (default: the schedule the checkpoint was tuned for, else full)")
     sampler: str = opt("ddim", "ddpm | ddim | dpm-solver++ | euler-maruyama | any diffusers scheduler class name")
-    steps: int = opt(50, "number of sampling steps")
-    cfg: float = opt(1.0, "classifier-free guidance scale (1 = off)")
+    steps: int = opt(50, "number of sampling steps", aliases=("--num-inference-steps",))
+    cfg: float = opt(1.0, "classifier-free guidance scale (1 = off)", aliases=("--guidance-scale",))
     cfg_channels: int = opt(0, "guide only the first N output channels (3 = the official DiT code); 0 = all latent channels")
     class_labels: str = opt("", "comma-separated class labels, cycled over the images (default: 0,1,2,... cycled)")
     n: int = opt(64, "number of images", short="-n")
@@ -29,7 +30,7 @@ class SampleConfig:
     save_npz: bool = opt(False, "also write the images as uint8 NHWC .npz next to --out")
     vae: str = opt(None, "diffusers AutoencoderKL folder, for latent models")
     device: str = opt("auto", "cpu | cuda | auto")
-    precision: str = opt("auto", "fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 on CPU)")
+    precision: str = opt("auto", "fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 on CPU)", aliases=("--mixed-precision",))
     progress: bool = opt(True, "show a progress bar")
     compare_full: bool = opt(False, "also time full-depth sampling of the same first images (up to 8) and print the speed-up")
     compare_repeats: int = opt(3, "with --compare-full: timed runs of each depth (interleaved; the median is reported)")
@@ -79,7 +80,7 @@ class TrainBaseConfig:
     """Options shared by ``eediff train`` and ``eediff finetune`` (Algorithm 1 of the ASE paper)."""
 
     config: str = opt(None, "JSON file of option values (keys as the flags, '-' or '_'); flags given on the command line override it")
-    out: str = opt("runs/train", "run directory: config.json, metrics.jsonl, samples/, checkpoints/, final.safetensors")
+    out: str = opt("runs/train", "run directory: config.json, metrics.jsonl, samples/, checkpoints/, final.safetensors", aliases=("--output-dir",))
     resume: bool = opt(False, "continue the run in --out from its latest checkpoint (exactly: weights, optimizer, RNG, data position)")
     dataset: str = opt("fashion-mnist", "fashion-mnist | mnist | FILE.npz (uint8 images + labels) | latent folder from `eediff encode` | folder of images")
     split: str = opt("train", "train | test | all (MNIST / Fashion-MNIST)")
@@ -106,7 +107,7 @@ class TrainBaseConfig:
     freeze_time_embed: bool = opt(False, "do not train the time embedder (as the ASE authors' released fine-tuning code)")
     hflip: bool = opt(False, "random horizontal flips")
     device: str = opt("auto", "cpu | cuda | auto")
-    precision: str = opt("auto", "bf16 | fp32 | auto (bf16 autocast on GPU, fp32 on CPU)")
+    precision: str = opt("auto", "bf16 | fp32 | auto (bf16 autocast on GPU, fp32 on CPU)", aliases=("--mixed-precision",))
     compile: bool = opt(False, "torch.compile the model")
     data_on_device: str = opt("auto", "keep the whole data set on the GPU: yes | no | auto (when it fits in 8 GiB)")
     seed: int = opt(0, "seed for data order, timesteps, noise and initialisation")
@@ -138,7 +139,7 @@ class FinetuneConfig(TrainBaseConfig):
     """``eediff finetune``: ASE fine-tuning (Algorithm 1) of a trained model for an exit schedule."""
 
     init: str = opt(None, "checkpoint to fine-tune (eediff safetensors, official DiT .pt / U-ViT .pth, or a shipped name such as dit-fmnist)")
-    out: str = opt("runs/finetune", "run directory: config.json, metrics.jsonl, samples/, checkpoints/, final.safetensors")
+    out: str = opt("runs/finetune", "run directory: config.json, metrics.jsonl, samples/, checkpoints/, final.safetensors", aliases=("--output-dir",))
     schedule: str = opt(None, "exit schedule to fine-tune for (required for --method ase), e.g. D4-DiT")
     lr: float = opt(2e-5, "AdamW learning rate (paper: 2e-5 constant for DiT, cosine for U-ViT)")
     batch_size: int = opt(64, "global batch size (paper: 64 for DiT, 128 for U-ViT)")
@@ -214,7 +215,7 @@ class CalibrateConfig:
     cfg: float = opt(1.0, "classifier-free guidance scale (1 = off)")
     schedule: str = opt(None, "an ASE schedule that caps each row's depth (DeeDiff inside an ASE budget)")
     device: str = opt("auto", "cpu | cuda | auto")
-    precision: str = opt("auto", "fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 on CPU)")
+    precision: str = opt("auto", "fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 on CPU)", aliases=("--mixed-precision",))
 
 
 @dataclass

@@ -1,0 +1,5 @@
+"""``python -m eediff ...`` is the ``eediff`` command."""
+
+from .cli import main
+
+main()
