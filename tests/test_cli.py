@@ -34,11 +34,19 @@ def test_sample_writes_grid_and_reports(ckpt, tmp_path):
     import re
 
     m = re.search(r"speed-up vs full depth: (-?[\d.]+)% less time \(([\d.]+) s -> ([\d.]+) s for 4 images, median of 2 "
-                  r"interleaved runs; per run (-?\d+)\.\.(-?\d+)%\)", r.stdout)
-    assert m, r.stdout
-    pct, t_full, t_s, lo, hi = map(float, m.groups())
-    # with 2 runs the medians are means, and their ratio (a mediant) lies between the per-run ratios
-    assert t_full > 0 and t_s > 0 and lo - 0.5 <= pct <= hi + 0.5
+                  r"interleaved runs; per run (-?\d+)\.\.(-?\d+)%\), analytic FLOP cut ([\d.]+)%", r.stdout)
+    if m:
+        pct, t_full, t_s, lo, hi, flop = map(float, m.groups())
+        # with 2 runs the medians are means, and their ratio (a mediant) lies between the per-run ratios
+        assert t_full > 0 and t_s > 0 and lo - 0.5 <= pct <= hi + 0.5 and hi - lo <= abs(pct) + 1
+    else:  # a noisy machine: the spread exceeded the effect, and the line says so instead of giving a number
+        m = re.search(r"not measurable on this machine: the per-run time cuts \((-?\d+)\.\.(-?\d+)% over 2 interleaved runs of 4 "
+                      r"images\) spread wider than their median \((-?\d+)%\); analytic FLOP cut ([\d.]+)%", r.stdout)
+        assert m, r.stdout
+        lo, hi, pct, flop = map(float, m.groups())
+        assert hi - lo >= abs(pct) - 1
+    frac = float(re.search(r"compute fraction: ([\d.]+)", r.stdout).group(1))
+    assert flop == pytest.approx(100 * (1 - frac), abs=0.11)  # the analytic cut, beside the measured one
     assert out.exists() and (tmp_path / "g.npz").exists()
     import numpy as np
 

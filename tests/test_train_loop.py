@@ -315,9 +315,10 @@ def test_ema_residual_note_flags_short_runs_only():
 
 
 def test_max_minutes_stops_exports_and_resumes_to_the_full_run(tmp_path):
-    cfg = tiny_cfg(tmp_path, steps=12, max_minutes=1e-9)  # CPU checks the clock every step: stops after step 1
+    cfg = tiny_cfg(tmp_path, steps=12, max_minutes=1e-9, sample_every=0)  # CPU checks the clock every step: stops after step 1
     summary = run(cfg, "train")
     assert summary.step == 1
+    assert not os.path.exists(os.path.join(cfg.out, "samples"))  # the limit bounds the whole run: no final grid after it
     loaded = load_model(os.path.join(cfg.out, "final.safetensors"))
     assert int(loaded.meta["trained_steps"]) == 1
     rows = [json.loads(line) for line in open(os.path.join(cfg.out, "metrics.jsonl"))]

@@ -452,7 +452,10 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
                 ckpts.save(acc, step, tr.model, tr.ema, tr.optimizer, tr.lr_scheduler, tr.process, tr.tuned_for,
                            tr.train_state(tr.elapsed_before + time.perf_counter() - start), capture_rng(tr.generators(), tr.device))
             if tr.main and cfg.sample_every >= 0 and (final or (cfg.sample_every > 0 and step % cfg.sample_every == 0)):
-                write_samples(tr, os.path.join(cfg.out, "samples", f"step-{step:08d}.png"))
+                if out_of_time:  # --max-minutes bounds the whole run: no grid after the limit
+                    print(f"{command}: no sample grid at the time limit (sample the exported model with `eediff sample`)", file=sys.stderr)
+                else:
+                    write_samples(tr, os.path.join(cfg.out, "samples", f"step-{step:08d}.png"))
             if out_of_time:
                 if tr.main:
                     print(f"{command}: --max-minutes {cfg.max_minutes:g} reached at step {step} of {cfg.steps}; "
