@@ -126,8 +126,9 @@ def sample_cmd(cfg) -> None:
         if not os.path.isdir(cfg.vae):
             raise UserError(f"--vae '{cfg.vae}' is not a folder: pass a diffusers AutoencoderKL folder (config.json + weights)")
         vae = AutoencoderKL.from_pretrained(cfg.vae, local_files_only=True).to(device).eval()
-    elif model.in_channels == 4:  # DiT-XL/2, U-ViT-L/2 and -H/2: Stable Diffusion VAE latents
-        raise UserError("this is a latent model (4 input channels): pass --vae FOLDER with a diffusers AutoencoderKL")
+    elif model.in_channels == 4 and not cfg.latents:  # DiT-XL/2, U-ViT-L/2 and -H/2: Stable Diffusion VAE latents
+        raise UserError("this is a latent model (4 input channels): pass --vae FOLDER with a diffusers AutoencoderKL, "
+                        "or --latents to write the undecoded latents")
     if cfg.tome_ratio > 0:  # before sampling (and before any fast path, which would compile it in)
         from .tome import ToMeConfig, apply_tome
 
@@ -146,7 +147,9 @@ def sample_cmd(cfg) -> None:
             class_labels=_parse_labels(cfg.class_labels), vae=vae, device=device,
             autocast_dtype=autocast_dtype(cfg.precision, device), tuned_for=loaded.tuned_for, progress=cfg.progress, policy=policy,
         )
-    save_grid(res.images, cfg.out)
+    save_grid(res.images[:, :3] if vae is None and cfg.latents else res.images, cfg.out)
+    if vae is None and cfg.latents:
+        typer.echo(f"note: {cfg.out} shows latent channels 0-2 as RGB, clipped to [-1, 1]: not decoded images")
     if cfg.exit_plot:
         from .eval.plots import save_exit_depths
 

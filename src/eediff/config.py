@@ -29,6 +29,7 @@ class SampleConfig:
     out: str = opt("grid.png", "output PNG grid")
     save_npz: bool = opt(False, "also write the images as uint8 NHWC .npz next to --out")
     vae: str = opt(None, "diffusers AutoencoderKL folder, for latent models")
+    latents: bool = opt(False, "latent models without a VAE: write latent channels 0-2 as the grid instead of decoding (to try a model's speed, e.g. a registry size with random weights)")
     device: str = opt("auto", "cpu | cuda | auto")
     precision: str = opt("auto", "fp32 | bf16 | auto (bf16 autocast on CUDA, fp32 on CPU)", aliases=("--mixed-precision",))
     progress: bool = opt(True, "show a progress bar")
