@@ -15,20 +15,15 @@ from eediff.exits.deediff import (
     DeeDiffConfig, DeeDiffError, DeeDiffExit, apply_deediff, calibrate_tau, deediff_losses, exit_depths, heads_of, layer_outputs,
 )
 
+from tiny import tiny_backbone  # noqa: E402
+
 TOL = 1e-10
 
 
 def _model(arch, form="paper", seed=0):
-    torch.manual_seed(seed)
-    if arch == "DiT":
-        m = eediff.build_model("DiT", input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=6, num_heads=4, num_classes=10)
-    else:
-        m = eediff.build_model("U-ViT", img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=8, num_heads=4,
-                               num_classes=11, null_label=True)
+    m = tiny_backbone(arch, std=0.1 if form == "paper" else 0.5, seed=seed)
     apply_deediff(m, DeeDiffConfig(form=form))
-    with torch.no_grad():  # random weights everywhere (zero-init heads would give u = 0.5 for every row)
-        for p in m.parameters():
-            p.normal_(0, 0.1 if form == "paper" else 0.5)
+    with torch.no_grad():  # random heads too (zero-initialised ones would give u = 0.5 for every row)
         for p in m.uem.parameters():
             p.normal_(0, 0.5)
     return m.eval()

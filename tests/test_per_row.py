@@ -7,27 +7,18 @@ rounding (~1e-15 relative); the stated tolerance is 1e-10 absolute on outputs of
 import pytest
 import torch
 
-import eediff
 from eediff.diffusion.process import DiscreteVP
 from eediff.diffusion.sampling import Denoiser
 from eediff.exits.policy import ScheduledExit
 from eediff.fast import FastPathConfig, apply_fast_path
 from eediff.models.backbone import Backbone, Tokens
+from tiny import tiny_backbone
 
 TOL = 1e-10
 
 
 def _model(arch):
-    torch.manual_seed(0)
-    if arch == "DiT":
-        m = eediff.build_model("DiT", input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=6, num_heads=4, num_classes=10)
-    else:
-        m = eediff.build_model("U-ViT", img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=8, num_heads=4,
-                               num_classes=11, null_label=True)
-    with torch.no_grad():  # adaLN-Zero / zero heads would make most of the network trivial
-        for p in m.parameters():
-            p.normal_(0, 0.1)
-    return m.eval()
+    return tiny_backbone(arch)
 
 
 def _inputs(m, B, seed=0):

@@ -6,19 +6,11 @@ from tomesd.merge import bipartite_soft_matching_random2d
 
 import eediff
 from eediff.tome import ToMeConfig, ToMeError, apply_tome, chosen_blocks, merged_count
+from tiny import tiny_backbone
 
 
 def _model(arch):
-    torch.manual_seed(0)
-    if arch == "DiT":
-        m = eediff.build_model("DiT", input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=6, num_heads=4, num_classes=10)
-    else:
-        m = eediff.build_model("U-ViT", img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=8, num_heads=4,
-                               num_classes=11, null_label=True)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.1)
-    return m.eval()
+    return tiny_backbone(arch)
 
 
 def _inputs(B=3):
