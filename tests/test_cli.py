@@ -115,3 +115,21 @@ def test_a_registry_latent_model_runs_without_a_vae_with_latents(tmp_path):
     r = run("sample", "--model", "DiT-S/8", "-n", "2", "--steps", "2", "--out", str(out), "--no-progress")
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]  # after the random-weights note
     assert r.returncode == 2 and len(errors) == 1 and "--latents" in errors[0]
+
+
+def test_outputs_never_destroy_inputs_and_follow_their_extension(ckpt, tmp_path):
+    import hashlib
+
+    before = hashlib.sha256(open(ckpt, "rb").read()).hexdigest()
+    base = ["sample", "--model", ckpt, "-n", "2", "--steps", "2", "--no-progress"]
+    _one_line_error(run(*base, "--out", ckpt), "must end in")
+    copy = tmp_path / "m.png"
+    copy.write_bytes(open(ckpt, "rb").read())  # an input that happens to carry an image extension
+    _one_line_error(run("sample", "--model", str(copy), "-n", "2", "--steps", "2", "--no-progress", "--out", str(copy)), "destroy")
+    _one_line_error(run(*base, "--out", str(tmp_path)), "is a folder")
+    assert hashlib.sha256(open(ckpt, "rb").read()).hexdigest() == before
+    r = run(*base, "--out", str(tmp_path / "g.jpg"))
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    assert Image.open(tmp_path / "g.jpg").format == "JPEG"

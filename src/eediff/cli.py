@@ -92,6 +92,17 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _check_output(path: str, exts: tuple[str, ...], inputs: tuple = ()) -> None:
+    """An output path that cannot destroy an input or be written in the wrong format: one line otherwise."""
+    if os.path.isdir(path):
+        raise UserError(f"--out '{path}' is a folder: give a file name ending in {' or '.join(exts)}")
+    if not path.lower().endswith(exts):
+        raise UserError(f"--out '{path}' must end in {' or '.join(exts)} (the format follows the extension)")
+    for src in inputs:
+        if src and os.path.exists(src) and os.path.exists(path) and os.path.samefile(src, path):
+            raise UserError(f"--out '{path}' is the input '{src}': writing it would destroy it; choose another file")
+
+
 def _parse_labels(s: str) -> list[int] | None:
     if not s.strip():
         return None
@@ -114,6 +125,9 @@ def sample_cmd(cfg) -> None:
         raise UserError("-n, --batch-size and --compare-repeats must be at least 1")
     if cfg.sampler not in SAMPLERS:
         _scheduler_class(cfg.sampler)  # raises a one-line SamplerError for unknown names
+    _check_output(cfg.out, (".png", ".jpg", ".jpeg"), (cfg.model, cfg.vae))
+    if cfg.save_npz:
+        _check_output(os.path.splitext(cfg.out)[0] + ".npz", (".npz",), (cfg.model,))
     device = resolve_device(cfg.device)
     loaded = resolve_model(cfg.model)
     model = loaded.model

@@ -168,7 +168,8 @@ def save_grid(images: torch.Tensor, path: str, nrow: int | None = None, pad: int
         r, c = divmod(i, nrow)
         grid[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = arr[i]
     img = Image.fromarray(grid[..., 0] if C == 1 else grid)
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    fmt = "JPEG" if path.lower().endswith((".jpg", ".jpeg")) else "PNG"  # the format follows the extension
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {})))
 
 
 def save_npz(images: torch.Tensor, labels, path: str) -> None:
