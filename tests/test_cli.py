@@ -133,3 +133,26 @@ def test_outputs_never_destroy_inputs_and_follow_their_extension(ckpt, tmp_path)
     from PIL import Image
 
     assert Image.open(tmp_path / "g.jpg").format == "JPEG"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--cfg", "nan"], "--cfg"), (["--cfg", "inf"], "--cfg"), (["--cfg", "1e30"], "--cfg"),
+    (["--cfg-channels", "-1"], "--cfg-channels"), (["--cfg-channels", "9"], "--cfg-channels"),
+    (["--steps", "1001"], "--steps"), (["--seed", "-3"], "--seed"), (["--tau", "-1"], "--tau"),
+])
+def test_garbage_numbers_are_refused_with_one_line(ckpt, tmp_path, args, needle):
+    r = run("sample", "--model", ckpt, "-n", "2", "--steps", "2", "--no-progress", "--out", str(tmp_path / "g.png"), *args)
+    _one_line_error(r, needle)
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_a_schedule_that_runs_no_block_warns(ckpt, tmp_path):
+    r = run("sample", "--model", ckpt, "-n", "2", "--steps", "2", "--no-progress", "--schedule", "0,4", "--out", str(tmp_path / "g.png"))
+    assert r.returncode == 0 and "runs no block" in r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [(["--seeds", "a,b"], "--seeds"), (["-n", "0"], "-n")])
+def test_eval_bad_counts_are_one_line(ckpt, tmp_path, args, needle):
+    r = run("eval", "--model", ckpt, "--schedules", "4,2", "--samplers", "ddim-2", "--metric", "fd-classifier",
+            "--reference", "tests/data/fmnist_sample.npz:test", "--device", "cpu", "--out", str(tmp_path / "e.json"), *args)
+    _one_line_error(r, needle)

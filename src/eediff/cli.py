@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import os
 import shlex
 import sys
@@ -123,6 +124,12 @@ def sample_cmd(cfg) -> None:
 
     if cfg.n < 1 or cfg.batch_size < 1 or cfg.compare_repeats < 1:
         raise UserError("-n, --batch-size and --compare-repeats must be at least 1")
+    if not (math.isfinite(cfg.cfg) and 0 <= cfg.cfg <= 100):
+        raise UserError(f"--cfg {cfg.cfg} is not a usable guidance scale: give a finite value in [0, 100] (1 = off)")
+    if not 0 <= cfg.seed < 2**63 - cfg.n:
+        raise UserError(f"--seed {cfg.seed} is out of range: use 0 <= seed < 2**63 - n")
+    if cfg.tau is not None and not cfg.tau >= 0:  # NaN fails too; inf (leave at the first block) is allowed
+        raise UserError(f"--tau {cfg.tau} is not a threshold: give a number >= 0")
     if cfg.sampler not in SAMPLERS:
         _scheduler_class(cfg.sampler)  # raises a one-line SamplerError for unknown names
     _check_output(cfg.out, (".png", ".jpg", ".jpeg"), (cfg.model, cfg.vae))
@@ -133,6 +140,14 @@ def sample_cmd(cfg) -> None:
     model = loaded.model
     schedule = get_schedule(cfg.schedule) if cfg.schedule is not None else (loaded.tuned_for or get_schedule("full"))
     schedule.check(model.num_exit_blocks)
+    if not 0 <= cfg.cfg_channels <= model.in_channels:
+        raise UserError(f"--cfg-channels {cfg.cfg_channels}: this model has {model.in_channels} channels (0 = all of them)")
+    grid = getattr(loaded.process, "num_train_timesteps", None) or getattr(loaded.process, "grid_size", None)
+    if cfg.sampler != "euler-maruyama" and grid and cfg.steps > grid:
+        raise UserError(f"--steps {cfg.steps} is more than the {grid} training timesteps the sampler can use: give at most {grid}")
+    if schedule.blocks is not None and min(schedule.blocks) == 0:
+        typer.echo(f"warning: schedule '{schedule.name}' runs no block at all for part of t: the output there is the "
+                   "head on the embedded input", err=True)
     vae = None
     if cfg.vae is not None:
         from diffusers import AutoencoderKL

@@ -162,7 +162,12 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     for s in schedules:
         s.check(K)
     samplers = [parse_sampler(s) for s in cfg.samplers.split(";") if s.strip()]
-    seeds = [int(s) for s in cfg.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in cfg.seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds '{cfg.seeds}' must be comma-separated integers, e.g. 0,1,2") from None
+    if cfg.n < 1 or cfg.batch_size < 1:
+        raise ConfigError("-n and --batch-size must be at least 1")
     autocast = autocast_dtype(cfg.precision, device)
     # The full-depth quality row: a fine-tuned checkpoint run deeper than its schedule is not the baseline the
     # paper compares with (measured: FID 27 -> 574), the model it was tuned from is. Timing uses --model
