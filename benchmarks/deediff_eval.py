@@ -19,7 +19,6 @@ with bf16 autocast (per-layer exits run compiled-free and graph-free, so full de
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,10 +26,7 @@ import time
 
 import numpy as np
 import torch
-
-
-def _pairs(s: str) -> dict:
-    return dict(kv.split("=", 1) for kv in s.split(",") if kv) if s else {}
+from two_stage import pairs, parser, write
 
 
 def generate_stage(a) -> dict:
@@ -50,7 +46,7 @@ def generate_stage(a) -> dict:
     out = {"command": "python " + " ".join(sys.argv), "sampler": f"{a.sampler}-{a.steps}", "n": a.n, "device":
            torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "models": {}}
     targets = [float(v) for v in a.targets.split(",")]
-    bases, ases = _pairs(a.base), _pairs(a.ase)
+    bases, ases = pairs(a.base), pairs(a.ase)
 
     def images(model, process, label, **kw):
         t0 = time.perf_counter()
@@ -63,7 +59,7 @@ def generate_stage(a) -> dict:
         return {"images": path, "layers_saved": res.layers_saved, "flop_reduction": 1 - res.compute_fraction,
                 "step_depths": res.step_depths}
 
-    for arch, path in _pairs(a.models).items():
+    for arch, path in pairs(a.models).items():
         loaded = resolve_model(path)
         m, proc = loaded.model.to(device), loaded.process
         rec = {"checkpoint": path, "calibration": [], "sets": {}}
@@ -143,28 +139,10 @@ def fid_stage(a) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["generate", "fid"])
+    ap = parser()
     ap.add_argument("--models", default="")
     ap.add_argument("--base", default="")
     ap.add_argument("--ase", default="")
     ap.add_argument("--targets", default="0.3,0.4,0.5")
-    ap.add_argument("--sampler", default="dpm-solver++")
-    ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("-n", type=int, default=5000)
-    ap.add_argument("--batch-size", type=int, default=1000)
-    ap.add_argument("--time-repeats", type=int, default=3)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--partial", default=None)
-    ap.add_argument("--inception", default=None)
-    ap.add_argument("--reference", default="fashion-mnist:test")
-    ap.add_argument("--metric", default="fid", help="fid | fd-classifier (a quick check, not FID)")
-    ap.add_argument("--cache-dir", default=".cache/fid")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    res = generate_stage(a) if a.stage == "generate" else fid_stage(a)
-    from eediff.io import atomic_write
-
-    atomic_write(a.out, lambda tmp: open(tmp, "w").write(json.dumps(res, indent=1)))
-    print(f"wrote {a.out}")
+    write(a.out, generate_stage(a) if a.stage == "generate" else fid_stage(a))

@@ -12,17 +12,13 @@ interleaved, median of repeats (``measure_speed``). ``fid``: Inception FID of ea
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import numpy as np
 import torch
-
-
-def _pairs(s: str) -> dict:
-    return dict(kv.split("=", 1) for kv in s.split(",") if kv) if s else {}
+from two_stage import pairs, parser, write
 
 
 def settings(a, num_blocks: int) -> list[dict]:
@@ -46,7 +42,7 @@ def generate_stage(a) -> dict:
     out = {"command": "python " + " ".join(sys.argv), "sampler": f"{a.sampler}-{a.steps}", "n": a.n, "rows": [],
            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}
     full = get_schedule("full")
-    for arch, name in _pairs(a.models).items():
+    for arch, name in pairs(a.models).items():
         loaded = resolve_model(name)
         m, proc = loaded.model.to(device), loaded.process
         run = lambda: generate(m, proc, sampler, n=a.time_batch, batch_size=a.time_batch, schedule=full,  # noqa: E731
@@ -87,29 +83,11 @@ def fid_stage(a) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["generate", "fid"])
+    ap = parser()
     ap.add_argument("--models", default="DiT=dit-fmnist,U-ViT=uvit-fmnist")
     ap.add_argument("--ratios", default="0.25,0.5")
     ap.add_argument("--schedules", default="F,R,B")
     ap.add_argument("--blocks", default="half", help="comma list of block counts; 'half' = half the compute blocks")
-    ap.add_argument("--sampler", default="dpm-solver++")
-    ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("-n", type=int, default=5000)
-    ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--time-batch", type=int, default=1000)
-    ap.add_argument("--time-repeats", type=int, default=3)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--partial", default=None)
-    ap.add_argument("--inception", default=None)
-    ap.add_argument("--reference", default="fashion-mnist:test")
-    ap.add_argument("--metric", default="fid")
-    ap.add_argument("--cache-dir", default=".cache/fid")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    res = generate_stage(a) if a.stage == "generate" else fid_stage(a)
-    from eediff.io import atomic_write
-
-    atomic_write(a.out, lambda tmp: open(tmp, "w").write(json.dumps(res, indent=1)))
-    print(f"wrote {a.out}")
+    write(a.out, generate_stage(a) if a.stage == "generate" else fid_stage(a))
