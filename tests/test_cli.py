@@ -103,7 +103,15 @@ def test_fid_command(tmp_path):
             "--metric", "fd-classifier", "--cache-dir", str(tmp_path / "c"), "--device", "cpu")
     assert r.returncode == 0, r.stderr
     value = float(r.stdout.split("FD-FMNIST-Classifier:")[1].split()[0])
-    assert value > 0
+    # the command (cached reference statistics, eigh backend) against the distance computed directly on both image sets
+    import numpy as np
+
+    from eediff.eval.classifier import fd_classifier
+
+    fake = np.load(tmp_path / "g.npz")["arr_0"]
+    real = np.load("tests/data/fmnist_sample.npz")["images"]
+    want = fd_classifier(real, fake)
+    assert value == pytest.approx(want, rel=1e-3, abs=1e-2) and value > 0
     _one_line_error(run("fid", "--images", str(tmp_path / "none.npz"), "--metric", "fd-classifier"), "does not exist")
 
 
