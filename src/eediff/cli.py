@@ -158,10 +158,10 @@ def sample_cmd(cfg) -> None:
     elif model.in_channels == 4 and not cfg.latents:  # DiT-XL/2, U-ViT-L/2 and -H/2: Stable Diffusion VAE latents
         raise UserError("this is a latent model (4 input channels): pass --vae FOLDER with a diffusers AutoencoderKL, "
                         "or --latents to write the undecoded latents")
-    if cfg.tome_ratio > 0:  # before sampling (and before any fast path, which would compile it in)
-        from .tome import ToMeConfig, apply_tome
+    if cfg.tome_config() is not None:  # before sampling (and before any fast path, which would compile it in)
+        from .tome import apply_tome
 
-        apply_tome(model, ToMeConfig(ratio=cfg.tome_ratio, schedule=cfg.tome_schedule, blocks=cfg.tome_blocks))
+        apply_tome(model, cfg.tome_config())
     policy = None  # per-sample exits when the model carries DeeDiff heads; else the schedule decides
     if heads_of(model) is not None and cfg.deediff:
         policy = DeeDiffExit(model, cfg.tau, cap=schedule if cfg.schedule is not None else None)

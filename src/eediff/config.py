@@ -15,7 +15,24 @@ def opt(default, help: str, short: str | None = None, aliases: tuple[str, ...] =
 
 
 @dataclass
-class SampleConfig:
+class ToMeOptions:
+    """The token-merging flags of ``sample`` and ``eval`` (in ``eval``: merged in --model for every row, its full
+    row included; a --baseline stays unmerged)."""
+
+    tome_ratio: float = opt(0.0, "token merging (ToMe) on self-attention: fraction of the patch tokens merged (0 = off); "
+                                 "eval merges --model for every row, its full row included, a --baseline stays unmerged")
+    tome_schedule: str = opt("B", "ToMe blocks: F (front-most), R (back-most), B (both ends)")
+    tome_blocks: int = opt(0, "how many compute blocks merge tokens (0 = all)")
+
+    def tome_config(self):
+        """The ToMeConfig these flags ask for, or None when merging is off."""
+        from .tome import ToMeConfig
+
+        return ToMeConfig(ratio=self.tome_ratio, schedule=self.tome_schedule, blocks=self.tome_blocks) if self.tome_ratio > 0 else None
+
+
+@dataclass
+class SampleConfig(ToMeOptions):
     model: str = opt(None, "checkpoint file, diffusers folder or registry name (random weights); default: the shipped fine-tuned model")
     schedule: str = opt(None, "exit schedule: preset, '28,24,20,16,12' or JSON (default: the schedule the checkpoint was tuned for, else full)")
     sampler: str = opt("ddim", "ddpm | ddim | dpm-solver++ | euler-maruyama | any diffusers scheduler class name")
@@ -38,9 +55,6 @@ class SampleConfig:
     tau: float = opt(None, "DeeDiff threshold (default: the one stored with the model); only for models with DeeDiff heads")
     deediff: bool = opt(True, "use the model's DeeDiff heads for per-sample exits when it has them (--schedule then caps the depth)")
     exit_plot: str = opt(None, "PNG of the blocks run (mean, min-max over rows) against t")
-    tome_ratio: float = opt(0.0, "token merging (ToMe) on self-attention: fraction of the patch tokens merged (0 = off)")
-    tome_schedule: str = opt("B", "ToMe blocks: F (front-most), R (back-most), B (both ends)")
-    tome_blocks: int = opt(0, "how many compute blocks merge tokens (0 = all)")
 
 
 # ---- training and ASE fine-tuning (eediff train / eediff finetune) --------------------------------------
@@ -220,7 +234,7 @@ class CalibrateConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ToMeOptions):
     model: str = opt(None, "checkpoint (default: the shipped fine-tuned model)")
     schedules: str = opt(None, "';'-separated exit schedules to compare with full depth (default: the one the checkpoint was tuned for)")
     samplers: str = opt("ddim-50", "';'-separated SAMPLER-STEPS, e.g. 'euler-maruyama-1000;ddim-50;dpm-solver++-25'")
@@ -241,9 +255,6 @@ class EvalConfig:
     device: str = opt("auto", "cpu | cuda | auto")
     precision: str = opt("auto", "fp32 | bf16 | auto")
     progress: bool = opt(True, "progress bars")
-    tome_ratio: float = opt(0.0, "token merging (ToMe) in --model for every row, its full row included (a --baseline stays unmerged): fraction of patch tokens merged (0 = off)")
-    tome_schedule: str = opt("B", "ToMe blocks: F (front-most), R (back-most), B (both ends)")
-    tome_blocks: int = opt(0, "how many compute blocks merge tokens (0 = all)")
 
 
 @dataclass

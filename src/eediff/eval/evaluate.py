@@ -182,10 +182,10 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     elif loaded.tuned_for is not None and rank == 0:
         log(f"note: '{loaded.source}' was fine-tuned for {loaded.tuned_for.name}; its 'full' row runs those weights at full "
             f"depth, not the model it was tuned from: pass --baseline BASE_MODEL for the paper's comparison")
-    if cfg.tome_ratio > 0:  # merge tokens in the evaluated model (applied before the fast path compiles it)
-        from ..tome import ToMeConfig, apply_tome
+    if cfg.tome_config() is not None:  # merge tokens in the evaluated model (applied before the fast path compiles it)
+        from ..tome import apply_tome
 
-        apply_tome(model, ToMeConfig(ratio=cfg.tome_ratio, schedule=cfg.tome_schedule, blocks=cfg.tome_blocks))
+        apply_tome(model, cfg.tome_config())
     handles = []
     if cfg.fast and device.startswith("cuda"):
         from ..fast import FastPathConfig, apply_fast_path
