@@ -25,7 +25,7 @@ _LAZY = {
     "apply_tome": ".tome", "ToMeConfig": ".tome",
     "apply_deediff": ".exits.deediff", "DeeDiffConfig": ".exits.deediff", "DeeDiffExit": ".exits.deediff",
 }
-_LAZY_SUBMODULES = ("checkpoint", "models")  # `import eediff` used to load them: still reachable as attributes
+_LAZY_SUBMODULES = ("checkpoint", "models", "diffusers")  # `import eediff` used to load them: still reachable as attributes
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel, load_model, save_model

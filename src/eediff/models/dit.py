@@ -349,6 +349,72 @@ def from_diffusers_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> tuple[D
     return config, out
 
 
+def to_diffusers_state_dict(model: "DiT") -> tuple[dict, dict[str, torch.Tensor]]:
+    """The reverse of ``from_diffusers_state_dict``: a diffusers ``DiTTransformer2DModel`` config and weights.
+
+    diffusers keeps one copy of the timestep/label embedder in every block (all identical); the official
+    layout shares one, which is copied into each block here. diffusers fixes the sinusoid's frequency shift
+    at 1; a model trained with the official shift 0 gets slightly different time features there (the
+    export reports the difference, ``time_feature_error``)."""
+    c = model.config
+    if c.mlp_ratio != 4.0:
+        raise ModelError(f"diffusers' DiT block has an MLP ratio of 4; this DiT has {c.mlp_ratio}: it cannot be exported")
+    sd = {k: v.detach() for k, v in model.state_dict().items() if not k.startswith("uem.")}
+    cfg = {
+        "_class_name": "DiTTransformer2DModel",
+        "num_attention_heads": c.num_heads,
+        "attention_head_dim": c.hidden_size // c.num_heads,
+        "in_channels": c.in_channels,
+        "out_channels": model.out_channels,
+        "num_layers": c.depth,
+        "dropout": 0.0,
+        "norm_num_groups": 32,
+        "attention_bias": True,
+        "sample_size": c.input_size,
+        "patch_size": c.patch_size,
+        "activation_fn": "gelu-approximate",
+        "num_embeds_ada_norm": c.num_classes,
+        "upcast_attention": False,
+        "norm_type": "ada_norm_zero",
+        "norm_elementwise_affine": False,
+        "norm_eps": c.mlp_norm_eps,
+    }
+    emb = {
+        "timestep_embedder.linear_1.weight": sd["t_embedder.mlp.0.weight"],
+        "timestep_embedder.linear_1.bias": sd["t_embedder.mlp.0.bias"],
+        "timestep_embedder.linear_2.weight": sd["t_embedder.mlp.2.weight"],
+        "timestep_embedder.linear_2.bias": sd["t_embedder.mlp.2.bias"],
+        "class_embedder.embedding_table.weight": sd["y_embedder.embedding_table.weight"],
+    }
+    table = emb["class_embedder.embedding_table.weight"]
+    if table.shape[0] == c.num_classes:  # trained without label dropout: diffusers' table always has the null row
+        emb["class_embedder.embedding_table.weight"] = torch.cat([table, torch.zeros_like(table[:1])])
+    out = {
+        "pos_embed.proj.weight": sd["x_embedder.proj.weight"],
+        "pos_embed.proj.bias": sd["x_embedder.proj.bias"],
+        "proj_out_1.weight": sd["final_layer.adaLN_modulation.1.weight"],
+        "proj_out_1.bias": sd["final_layer.adaLN_modulation.1.bias"],
+        "proj_out_2.weight": sd["final_layer.linear.weight"],
+        "proj_out_2.bias": sd["final_layer.linear.bias"],
+    }
+    h = c.hidden_size
+    for i in range(c.depth):
+        b, o = f"transformer_blocks.{i}.", f"blocks.{i}."
+        out.update({b + "norm1.emb." + k: v.clone() for k, v in emb.items()})
+        out[b + "norm1.linear.weight"] = sd[o + "adaLN_modulation.1.weight"]
+        out[b + "norm1.linear.bias"] = sd[o + "adaLN_modulation.1.bias"]
+        for j, n in enumerate("qkv"):
+            out[b + f"attn1.to_{n}.weight"] = sd[o + "attn.qkv.weight"][j * h:(j + 1) * h].clone()
+            out[b + f"attn1.to_{n}.bias"] = sd[o + "attn.qkv.bias"][j * h:(j + 1) * h].clone()
+        out[b + "attn1.to_out.0.weight"] = sd[o + "attn.proj.weight"]
+        out[b + "attn1.to_out.0.bias"] = sd[o + "attn.proj.bias"]
+        out[b + "ff.net.0.proj.weight"] = sd[o + "mlp.fc1.weight"]
+        out[b + "ff.net.0.proj.bias"] = sd[o + "mlp.fc1.bias"]
+        out[b + "ff.net.2.weight"] = sd[o + "mlp.fc2.weight"]
+        out[b + "ff.net.2.bias"] = sd[o + "mlp.fc2.bias"]
+    return cfg, {k: v.contiguous() for k, v in out.items()}
+
+
 # ---- registry hooks ------------------------------------------------------------------------------
 CONFIG_CLASS = DiTConfig
 MODEL_CLASS = DiT
