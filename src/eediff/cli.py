@@ -15,7 +15,7 @@ from typing import Callable
 import typer
 
 from .config import (
-    BenchConfig, CalibrateConfig, EncodeConfig, EvalConfig, ExportDataConfig, FidConfig, FinetuneConfig, SampleConfig, TrainConfig, autocast_dtype,
+    BenchConfig, CalibrateConfig, EncodeConfig, EvalConfig, ExportConfig, ExportDataConfig, FidConfig, FinetuneConfig, SampleConfig, TrainConfig, autocast_dtype,
     resolve_device,
 )
 from .errors import EediffError
@@ -330,6 +330,23 @@ def export_data_cmd(cfg) -> None:
         data = balanced_subset(data, cfg.per_class)
     save_npz(data, cfg.out)
     typer.echo(f"wrote {cfg.out}: {len(data)} images {'x'.join(map(str, data.shape))}, {data.num_classes} classes ({os.path.getsize(cfg.out) / 2**20:.1f} MiB)")
+
+
+@dataclass_command(ExportConfig, "export", "Write an eediff DiT as a diffusers DiTTransformer2DModel folder (early exits via eediff.diffusers).")
+def export_cmd(cfg) -> None:
+    from .diffusers import save_diffusers
+
+    if not cfg.out:
+        raise UserError("--out is required: the diffusers folder to write, e.g. --out exported/transformer")
+    loaded = resolve_model(cfg.model)
+    if os.path.exists(loaded.source) and os.path.exists(cfg.out) and os.path.samefile(loaded.source, cfg.out):
+        raise UserError(f"--out '{cfg.out}' is the input: choose a new folder")
+    facts = save_diffusers(loaded, cfg.out, overwrite=cfg.overwrite)
+    tuned = f"; tuned for {loaded.tuned_for.name} (exit_schedule.json)" if loaded.tuned_for is not None else ""
+    shift = ("" if facts["time_feature_error"] == 0 else
+             f"; load it with eediff.diffusers.load_transformer (restores the time shift {facts['time_freq_shift']}; "
+             f"a plain from_pretrained differs by up to {facts['time_feature_error']:.2f} in the time features)")
+    typer.echo(f"wrote {cfg.out}{tuned}{shift}")
 
 
 @dataclass_command(EncodeConfig, "encode", "Encode images with a VAE into latent shards for latent-model training.")

@@ -179,6 +179,15 @@ class ExportDataConfig:
 
 
 @dataclass
+class ExportConfig:
+    """``eediff export``: an eediff DiT as a diffusers ``DiTTransformer2DModel`` folder (for ``eediff.diffusers``)."""
+
+    model: str = opt(None, "eediff .safetensors, official DiT .pt or a zoo name (default: the shipped default model)")
+    out: str = opt(None, "the folder to write (config.json, weights, scheduler_config.json, exit_schedule.json, eediff.json)")
+    overwrite: bool = opt(False, "write into a folder that is not empty")
+
+
+@dataclass
 class EncodeConfig:
     """``eediff encode``: VAE latents (x scaling factor) of an image set, as safetensors shards, for latent models."""
 
