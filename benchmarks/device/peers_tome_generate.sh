@@ -9,11 +9,9 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-peers .whl-peers/*.whl 2>&1 | tail -1
 export PYTHONPATH=/tmp/site:$PWD/src
-if PYTHONPATH=/tmp/site-peers:$PYTHONPATH python3 -c "import diffusers, cache_dit" 2>/dev/null; then
-  export PYTHONPATH=/tmp/site-peers:$PYTHONPATH
-else
-  echo "cache-dit does not import here: its row records the failure"
-fi
+PYTHONPATH=/tmp/site-peers:$PYTHONPATH python3 -c "import diffusers, cache_dit" > /tmp/peers_import.log 2>&1 \
+  && export PYTHONPATH=/tmp/site-peers:$PYTHONPATH \
+  || { echo "cache-dit does not import here (its row records the failure):"; grep -v -i warn /tmp/peers_import.log | tail -n 2; }
 mkdir -p /root/pt
 timeout ${PEERS_S:-300} python3 benchmarks/peers.py generate --work /root/pt/peers --out /root/pt/peers_partial.json 2>&1 \
   | grep -v -i -E "warn|Cache-DiT\]" | tail -n 40
