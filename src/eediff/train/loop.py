@@ -634,8 +634,9 @@ def _diverged_fix(ckpts: RunCheckpoints, cfg: TrainBaseConfig, other: str) -> st
     last = ckpts.last_finite()
     if last is None:
         return (f"no finite checkpoint was written: start again with a lower --lr (now {cfg.lr:g}) and --overwrite, or {other}")
+    pick = "--resume" if last == ckpts.latest() else f"--resume --resume-from {int(os.path.basename(last).split('-')[1])}"
     return (f"the last checkpoint with finite loss, weights and optimizer state is {last}; continue from it with "
-            f"--resume --resume-from {int(os.path.basename(last).split('-')[1])} and a lower --lr (now {cfg.lr:g}), or {other}")
+            f"{pick} and a lower --lr (now {cfg.lr:g}), or {other}")
 
 
 def ema_residual_note(decay: float, steps: int, warmup: bool) -> str | None:
