@@ -370,7 +370,16 @@ def export_data_cmd(cfg) -> None:
 def encode_cmd(cfg) -> None:
     from .train.encode import encode_latents
 
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UserError(f"--out '{cfg.out}' is a file: give the folder the latent shards go to")
+    earlier = sorted(f for f in os.listdir(cfg.out) if f.startswith("latents-")) if os.path.isdir(cfg.out) else []
+    if earlier and not cfg.overwrite:
+        raise UserError(f"--out '{cfg.out}' already holds latent shards ({earlier[0]}, ...): pass --overwrite to replace them, "
+                        "or choose another folder")
     res = encode_latents(cfg, progress=True)
+    for name in earlier:  # --overwrite: an earlier encode's shards beyond the new ones would be read as data
+        if os.path.join(cfg.out, name) not in res["shards"]:
+            os.unlink(os.path.join(cfg.out, name))
     typer.echo(f"wrote {res['count']} latents in {len(res['shards'])} shard(s) to {cfg.out} (scaling factor {res['scaling_factor']})")
 
 

@@ -192,6 +192,7 @@ class EncodeConfig:
     vae: str = opt(None, "diffusers AutoencoderKL folder (config.json + weights), read offline")
     images: str = opt(None, "images to encode: a folder of images, a .npz, fashion-mnist or mnist")
     out: str = opt("latents", "output folder of latents-NNNNN.safetensors shards")
+    overwrite: bool = opt(False, "replace the latents-*.safetensors shards of an earlier encode in --out")
     split: str = opt("train", "split, for fashion-mnist / mnist")
     data_dir: str = opt(None, "where unpacked data sets live (default: $EEDIFF_DATA or .data)")
     image_size: int = opt(256, "images are centre-cropped and resized to this square size first")
