@@ -28,7 +28,9 @@ class ToMeOptions:
         """The ToMeConfig these flags ask for, or None when merging is off."""
         from .tome import ToMeConfig
 
-        return ToMeConfig(ratio=self.tome_ratio, schedule=self.tome_schedule, blocks=self.tome_blocks) if self.tome_ratio > 0 else None
+        if self.tome_ratio == 0:
+            return None
+        return ToMeConfig(ratio=self.tome_ratio, schedule=self.tome_schedule, blocks=self.tome_blocks)  # validates NaN, < 0, >= 1
 
 
 @dataclass
