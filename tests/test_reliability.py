@@ -342,6 +342,15 @@ def test_run_directories_are_never_clobbered(finished, tmp_path):
     assert sorted(os.listdir(run2 / "checkpoints")) == ["step-00000002"]
 
 
+def test_overwrite_never_removes_what_the_run_reads(finished, tmp_path):
+    run = _copy(finished, tmp_path / "run")
+    before = digest(run)
+    line = error_line(invoke("finetune", "--init", run / "final.safetensors", "--schedule", "4,2", "--dataset", TRAIN_DATA,
+                             "--device", "cpu", "--no-progress", "--out", run, "--overwrite"))
+    assert "--init" in line and "copy it elsewhere" in line
+    assert digest(run) == before
+
+
 def test_resume_honours_and_records_safe_changes_and_refuses_the_rest(finished, tmp_path):
     run = _copy(finished, tmp_path / "run")
     before = digest(run)

@@ -570,6 +570,13 @@ def check_run_dir(cfg: TrainBaseConfig, ckpts: RunCheckpoints, resume: bool) -> 
             raise ConfigError(f"--resume: '{out}' holds no checkpoint to continue from (no complete checkpoints/step-*): "
                               "drop --resume and pass --overwrite to start afresh there, or give the run's directory")
         return
+    if cfg.overwrite:  # never remove a file this run reads
+        doomed = [os.path.realpath(os.path.join(out, name)) for name in RUN_FILES]
+        for flag, p in (("--init", getattr(cfg, "init", None)), ("--config", cfg.config), ("--dataset", cfg.dataset), ("--vae", cfg.vae)):
+            real = os.path.realpath(p) if p and os.path.exists(p) else None
+            if real and any(real == d or real.startswith(d + os.sep) for d in doomed):
+                raise ConfigError(f"{flag} '{p}' belongs to the earlier run in '{out}' that --overwrite would remove: "
+                                  "copy it elsewhere first, or choose another --out")
     entries = [e for e in os.listdir(out) if not e.startswith(".tmp-")] if os.path.isdir(out) else []
     if entries and not cfg.overwrite:
         if ckpts.latest() is not None:
