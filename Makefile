@@ -26,7 +26,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	@echo "demo: 64 images from the shipped ASE fine-tuned DiT (D4-DiT, DPM-Solver++ 15 steps), then full depth vs the schedule timed on 8"
-	$(VENV)/bin/eediff sample -n 64 --batch-size 64 --sampler dpm-solver++ --steps 15 --out demo.png --compare-full --no-progress
+	$(VENV)/bin/eediff sample -n 64 --batch-size 64 --sampler dpm-solver++ --steps 15 --out demo.png --overwrite --compare-full --no-progress
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check --select F src benchmarks tests   # pyflakes rules: unused imports and names, undefined names

@@ -120,7 +120,7 @@ def test_a_registry_latent_model_runs_without_a_vae_with_latents(tmp_path):
     r = run("sample", "--model", "DiT-S/8", "-n", "2", "--batch-size", "2", "--steps", "2", "--latents", "--out", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "latent channels 0-2 as RGB" in r.stdout and "RANDOM weights" in r.stderr and out.exists()
-    r = run("sample", "--model", "DiT-S/8", "-n", "2", "--steps", "2", "--out", str(out), "--no-progress")
+    r = run("sample", "--model", "DiT-S/8", "-n", "2", "--steps", "2", "--out", str(out), "--no-progress", "--overwrite")
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]  # after the random-weights note
     assert r.returncode == 2 and len(errors) == 1 and "--latents" in errors[0]
 

@@ -1,7 +1,10 @@
 """Fast path handle (CPU-checkable parts) and the eval command on a tiny model."""
 
 import dataclasses
+import importlib
 import json
+
+import numpy as np
 
 import pytest
 import torch
@@ -27,9 +30,12 @@ def test_fast_path_is_removable_and_close(tiny_dit):
         apply_fast_path(tiny_dit, FastPathConfig(dtype="int3"))
 
 
-def test_eval_reports_accel_and_metric(tmp_path, tiny_dit):
+def test_eval_reports_accel_and_metric(tmp_path, tiny_dit, monkeypatch):
     from eediff.config import EvalConfig
+    from eediff.eval import timing
     from eediff.eval.evaluate import run_eval
+
+    gen = importlib.import_module("eediff.generate")  # the module (the package exports a function of that name)
 
     torch.manual_seed(0)
     m = eediff.build_model("DiT", input_size=28, patch_size=7, in_channels=1, hidden_size=32, depth=4, num_heads=2, num_classes=10)
@@ -39,24 +45,57 @@ def test_eval_reports_accel_and_metric(tmp_path, tiny_dit):
                 p.normal_(0, 0.05)
     ck = tmp_path / "m.safetensors"
     eediff.save_model(str(ck), m)
+    # A clock that the test controls: every timed call "takes" 1e-12 s per analytic FLOP of the sampling it ran,
+    # times 1, 5, 2 on its 1st, 2nd, 3rd repeat: Accel. must then be the FLOP cut, time_s the median (factor 2).
+    last, calls = {}, {}
+    real_generate = gen.generate
+
+    def counting_generate(*a, **k):
+        res = real_generate(*a, **k)
+        last["flops"] = res.model_flops
+        return res
+
+    def fake_time_fn(fn, device, warmup=0, repeats=1):
+        fn()
+        f = last["flops"]
+        calls[f] = calls.get(f, 0) + 1
+        return {"median_s": 1e-12 * f * (1.0, 5.0, 2.0)[(calls[f] - 1) % 3]}
+
+    monkeypatch.setattr(gen, "generate", counting_generate)
+    monkeypatch.setattr(timing, "time_fn", fake_time_fn)
     out = tmp_path / "ev.json"
     cfg = EvalConfig(model=str(ck), schedules="4,2", samplers="ddim-3", n=24, batch_size=12, seeds="0,1",
-                     reference="tests/data/fmnist_sample.npz:test", metric="fd-classifier", time_repeats=1,
+                     reference="tests/data/fmnist_sample.npz:test", metric="fd-classifier", time_repeats=3,
                      cache_dir=str(tmp_path / "cache"), out=str(out), device="cpu", progress=False)
     res = run_eval(cfg, log=lambda *_: None)
     rows = {r["schedule"]: r for r in res["rows"]}
     assert set(rows) == {"full", "4,2"}
-    for r in rows.values():  # Accel. is the measured time cut against full depth, timed in the same run
-        assert r["time_s"] > 0 and r["time_full_s"] == rows["full"]["time_s"]
-        assert r["accel_pct"] == pytest.approx(100 * (1 - r["time_s"] / r["time_full_s"]))
     # DDIM-3 visits t = 999, 500, 0 (original index): depths 2, 2, 4
-    assert rows["4,2"]["flop_reduction_pct"] == pytest.approx(100 * (1 - (2 * m.flops(2) + m.flops(4)) / (3 * m.flops(4))))
+    flop_cut = 100 * (1 - (2 * m.flops(2) + m.flops(4)) / (3 * m.flops(4)))
+    assert rows["4,2"]["flop_reduction_pct"] == pytest.approx(flop_cut)
+    assert rows["4,2"]["accel_pct"] == pytest.approx(flop_cut, abs=1e-6)  # measured against the full row's time
+    assert rows["full"]["accel_pct"] == 0 and rows["full"]["flop_reduction_pct"] == pytest.approx(0)
+    full_flops = 3 * 12 * m.flops(4)  # 3 steps of the timed batch of 12 at full depth
+    assert rows["full"]["time_s"] == pytest.approx(2e-12 * full_flops, rel=1e-6)  # the median of 1x, 5x, 2x (their mean would be 2.67x)
+    assert rows["4,2"]["time_full_s"] == rows["full"]["time_s"] and rows["4,2"]["images_per_s"] == pytest.approx(12 / rows["4,2"]["time_s"])
     assert rows["4,2"]["mean_blocks"] == pytest.approx(8 / 3)
-    assert rows["4,2"]["fid_mean"] > 0 and len(rows["4,2"]["fid"]) == 2
-    assert json.loads(out.read_text())["rows"] and (tmp_path / "ev.md").exists()
+    # the metric against the distance computed directly on the same images (seed s: image i has seed s * 10**6 + i)
+    from eediff.data import load_dataset
+    from eediff.diffusion.sampling import SamplerConfig
+    from eediff.eval.classifier import fd_classifier
+    from eediff.exits.schedule import get_schedule
+
+    real = load_dataset("tests/data/fmnist_sample.npz", "test").data
+    for seed, value in zip((0, 1), rows["4,2"]["fid"]):
+        fake = real_generate(m, eediff.DiscreteVP(), SamplerConfig("ddim", 3), n=24, batch_size=12, seed=seed * 10**6,
+                             schedule=get_schedule("4,2"), device="cpu", progress=False)
+        assert value == pytest.approx(fd_classifier(real, gen.to_uint8(fake.images)), rel=1e-3, abs=1e-2)
+    assert rows["4,2"]["fid"][0] != pytest.approx(rows["4,2"]["fid"][1], rel=1e-6)  # two seeds, two image sets
+    assert rows["4,2"]["fid_mean"] == pytest.approx(np.mean(rows["4,2"]["fid"]))
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(res["rows"])) and (tmp_path / "ev.md").exists()
     from PIL import Image
 
-    assert Image.open(tmp_path / "ev.png").size[0] > 0  # the FID-vs-Accel. plot, next to the JSON
+    assert Image.open(tmp_path / "ev.png").format == "PNG"  # the FID-vs-Accel. plot, next to the JSON
     # no --schedules on a checkpoint that was not fine-tuned for one: a one-line error naming the flag
     from eediff.config import ConfigError
 

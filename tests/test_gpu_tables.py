@@ -66,7 +66,16 @@ def test_driver_resumes_and_report_has_the_rows(tmp_path):
     # DDIM-2 visits the original steps 999 and 0: schedule 4,2 runs 2 then 4 of the 4 blocks
     m = eediff.load_model(ft).model
     assert c["flop_reduction_pct"] == pytest.approx(100 * (1 - (m.flops(2) + m.flops(4)) / (2 * m.flops(4))), abs=1e-6)
-    assert c["mean_blocks"] == pytest.approx(3.0) and c["fid"] > 0 and c["model"] == ft
+    assert c["mean_blocks"] == pytest.approx(3.0) and c["model"] == ft
+    # the cell's metric against the distance computed directly on its images (image i has seed seed * 10**6 + i)
+    from eediff.data import load_dataset
+    from eediff.eval.classifier import fd_classifier
+    from eediff.generate import to_uint8
+
+    fake = eediff.generate(m, eediff.load_model(ft).process, eediff.SamplerConfig("ddim", 2), n=8, batch_size=8,
+                           seed=c["seed"] * 10**6, schedule=eediff.get_schedule("4,2"), device="cpu", progress=False)
+    real = load_dataset("tests/data/fmnist_sample.npz", "test").data
+    assert c["fid"] == pytest.approx(fd_classifier(real, to_uint8(fake.images)), rel=1e-3, abs=1e-2)
     # kill mid-line, then a restart skips everything done
     with open(out, "a") as f:
         f.write('{"type": "cell", "key": "cut')

@@ -132,7 +132,7 @@ def test_sample_flag_counts_merged_flops_and_refuses_bad_ratios(tmp_path):
     m = eediff.build_model("DiT", input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=4, num_heads=4, num_classes=3)
     p = str(tmp_path / "m.safetensors")
     eediff.save_model(p, m)
-    exe = [sys.executable, "-m", "eediff.cli", "sample", "--model", p, "-n", "2", "--steps", "2", "--out", str(tmp_path / "g.png"), "--no-progress"]
+    exe = [sys.executable, "-m", "eediff.cli", "sample", "--model", p, "-n", "2", "--steps", "2", "--out", str(tmp_path / "g.png"), "--no-progress", "--overwrite"]
     r = subprocess.run(exe + ["--tome-ratio", "0.5", "--tome-blocks", "2"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     frac = float(re.search(r"compute fraction: ([\d.]+)", r.stdout).group(1))

@@ -141,6 +141,14 @@ def test_encode_latents_then_train_a_latent_dit(tmp_path):
                                    "--image-size", "16", "--batch-size", "8", "--shard-size", "12", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert sorted(os.listdir(tmp_path / "lat")) == ["latents-00000.safetensors", "latents-00001.safetensors"]
+    again = ["encode", "--vae", str(tmp_path / "vae"), "--images", str(sub), "--out", str(tmp_path / "lat"), "--image-size", "16",
+             "--batch-size", "8", "--shard-size", "100", "--device", "cpu"]
+    res = CliRunner().invoke(app, again)  # the earlier shards are not replaced unasked
+    assert res.exit_code == 2 and "--overwrite" in res.output and len(res.output.strip().splitlines()) == 1
+    assert CliRunner().invoke(app, again + ["--overwrite"]).exit_code == 0
+    assert sorted(os.listdir(tmp_path / "lat")) == ["latents-00000.safetensors"]  # no shard of the earlier encode left
+    again[again.index("--shard-size") + 1] = "12"  # back to two shards for what follows
+    assert CliRunner().invoke(app, again + ["--overwrite"]).exit_code == 0
     d = load_dataset(str(tmp_path / "lat"))
     assert d.is_latent and len(d) == 20 and d.shape == (4, 8, 8) and d.num_classes == 10
     with torch.no_grad():

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from .diffusion.process import ContinuousVP, DiscreteVP
 from .exits import deediff
 from .exits.schedule import ExitSchedule, get_schedule
-from .io import CheckpointError, atomic_write, read_safetensors, safe_torch_load
+from .errors import EediffError
+from .io import CheckpointError, atomic_write, check_finite_tensors, read_safetensors, safe_torch_load, short_reason
 from .models import registry
 
 FORMAT = "eediff/1"
@@ -68,10 +69,19 @@ def save_model(path: str, model, process=None, tuned_for=None, dtype: torch.dtyp
     atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
 
 
+def _fix_for(path: str) -> str:
+    """What to do about a broken model file: a shipped one comes with the package, anything else is the user's."""
+    from .zoo import HERE
+
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(HERE):
+        return "the copy shipped inside the package is damaged: reinstall eediff (pip install --force-reinstall eediff)"
+    return "re-save or replace it (or pass another --model)"
+
+
 def _read_state_dict(path: str) -> tuple[dict, dict]:
     """(state dict, metadata) from a file, refusing anything unsafe or unreadable with a one-line error."""
     if path.endswith(".safetensors"):
-        return read_safetensors(path)
+        return read_safetensors(path, _fix_for(path))
     obj = safe_torch_load(path)
     if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("ema", "model", "state_dict"):  # official training checkpoints wrap the weights
@@ -109,14 +119,10 @@ def load_model(path, model_name: str | None = None, **config) -> LoadedModel:
     if os.path.isdir(path):
         return _load_diffusers_folder(path)
     sd, meta = _read_state_dict(path)
+    check_finite_tensors(sd, f"checkpoint '{path}'", "its weights are unusable (a diverged run?): " + _fix_for(path))
     tuned = None
     if meta.get("format") == FORMAT:
-        model = registry.model_from_config(meta["arch"], json.loads(meta["config"]))
-        process = process_from_dict(json.loads(meta["process"]))
-        if "tuned_schedule" in meta:
-            tuned = get_schedule(meta["tuned_schedule"])
-        if "deediff" in meta:
-            deediff.apply_deediff(model, deediff.DeeDiffConfig(**json.loads(meta["deediff"])))
+        model, process, tuned = _from_metadata(path, meta)
     else:
         if model_name is not None:
             model = registry.build_model(model_name, **config)
@@ -128,6 +134,22 @@ def load_model(path, model_name: str | None = None, **config) -> LoadedModel:
     _load_strict(model, sd, path)
     model.eval()
     return LoadedModel(model, process, tuned, meta, path)
+
+
+def _from_metadata(path: str, meta: dict):
+    """(model, process, tuned schedule) from eediff safetensors metadata; anything malformed is one line."""
+    try:
+        model = registry.model_from_config(meta["arch"], json.loads(meta["config"]))
+        process = process_from_dict(json.loads(meta["process"]))
+        tuned = get_schedule(meta["tuned_schedule"]) if "tuned_schedule" in meta else None
+        if "deediff" in meta:
+            deediff.apply_deediff(model, deediff.DeeDiffConfig(**json.loads(meta["deediff"])))
+    except EediffError as e:
+        raise CheckpointError(f"checkpoint '{path}' has unusable eediff metadata ({e}): {_fix_for(path)}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
+        what = f"no '{e.args[0]}' entry" if isinstance(e, KeyError) else short_reason(e)
+        raise CheckpointError(f"checkpoint '{path}' has malformed eediff metadata ({what}): {_fix_for(path)}") from None
+    return model, process, tuned
 
 
 def _load_module(module: torch.nn.Module) -> LoadedModel:
@@ -153,8 +175,13 @@ def _load_diffusers_folder(path: str) -> LoadedModel:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise CheckpointError(f"folder '{path}' has no config.json: pass a diffusers model folder (e.g. the pipeline's transformer/)")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"'{cfg_path}' is not readable JSON ({short_reason(e)}): fix or replace the diffusers folder") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"'{cfg_path}' must hold a JSON object: fix or replace the diffusers folder")
     if cfg.get("_class_name") != "DiTTransformer2DModel":
         raise CheckpointError(f"folder '{path}' holds a {cfg.get('_class_name')}, not a DiTTransformer2DModel")
     for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
@@ -164,7 +191,16 @@ def _load_diffusers_folder(path: str) -> LoadedModel:
     else:
         raise CheckpointError(f"folder '{path}' has no diffusion_pytorch_model.safetensors")
     sd, _ = _read_state_dict(wpath)
-    config, converted = dit.from_diffusers_state_dict(sd, cfg)
+    check_finite_tensors(sd, f"checkpoint '{wpath}'", "its weights are unusable: replace the diffusers folder")
+    try:
+        config, converted = dit.from_diffusers_state_dict(sd, cfg)
+    except KeyError as e:
+        raise CheckpointError(f"diffusers folder '{path}' lacks '{e.args[0]}' (in config.json or the weights): "
+                              "it is incomplete; replace it with a full DiTTransformer2DModel folder") from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        if isinstance(e, EediffError):
+            raise
+        raise CheckpointError(f"diffusers folder '{path}' has unusable config values ({short_reason(e)}): fix its config.json") from None
     model = dit.DiT(config)
     _load_strict(model, converted, path)
     model.eval()

@@ -77,6 +77,9 @@ def dataclass_command(cfg_cls, name: str, help: str):
                 fn(cfg_cls(**kwargs))
             except EediffError as e:  # the user's to fix: one line, exit 2; anything else is a bug and keeps its traceback
                 _fail(str(e))
+            except KeyboardInterrupt as e:  # Ctrl-C: what the command saved is said by the exception (Interrupted)
+                typer.secho(f"interrupted: {e}" if str(e) else "interrupted", err=True, fg=typer.colors.RED)
+                raise typer.Exit(130) from None
 
         command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {p.name: p.annotation for p in params}
@@ -93,15 +96,38 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _check_output(path: str, exts: tuple[str, ...], inputs: tuple = ()) -> None:
-    """An output path that cannot destroy an input or be written in the wrong format: one line otherwise."""
+def _input_paths(*specs) -> tuple[str, ...]:
+    """The files behind model specs (a shipped name or the default model included), for ``_check_output``."""
+    from .zoo import HERE, SHIPPED, path
+
+    out = []
+    for spec in specs:
+        if spec is None:
+            out += [os.path.join(HERE, f) for f in SHIPPED.values()]
+        elif spec in SHIPPED:
+            out.append(path(spec))
+        else:
+            out.append(spec)
+    return tuple(out)
+
+
+def _check_output(path: str, exts: tuple[str, ...], inputs: tuple = (), overwrite: bool = False, flag: str = "--out") -> None:
+    """An output path that cannot destroy an input, replace a file unasked or be written in the wrong format."""
     if os.path.isdir(path):
-        raise UserError(f"--out '{path}' is a folder: give a file name ending in {' or '.join(exts)}")
+        raise UserError(f"{flag} '{path}' is a folder: give a file name ending in {' or '.join(exts)}")
     if not path.lower().endswith(exts):
-        raise UserError(f"--out '{path}' must end in {' or '.join(exts)} (the format follows the extension)")
+        raise UserError(f"{flag} '{path}' must end in {' or '.join(exts)} (the format follows the extension)")
     for src in inputs:
         if src and os.path.exists(src) and os.path.exists(path) and os.path.samefile(src, path):
-            raise UserError(f"--out '{path}' is the input '{src}': writing it would destroy it; choose another file")
+            raise UserError(f"{flag} '{path}' is the input '{src}': writing it would destroy it; choose another file")
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"{flag} '{path}' already exists: pass --overwrite to replace it, or choose another file")
+
+
+def _check_number(name: str, value: float, lo: float, hi: float, what: str = "") -> None:
+    """A finite number in [lo, hi], or a one-line refusal naming the flag and the range."""
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise UserError(f"{name} {value} is not usable: give a finite value in [{lo:g}, {hi:g}]{what}")
 
 
 def _parse_labels(s: str) -> list[int] | None:
@@ -122,8 +148,8 @@ def sample_cmd(cfg) -> None:
     from .exits.schedule import get_schedule
     from .generate import generate, save_grid, save_npz
 
-    if cfg.n < 1 or cfg.batch_size < 1 or cfg.compare_repeats < 1:
-        raise UserError("-n, --batch-size and --compare-repeats must be at least 1")
+    if cfg.n < 1 or cfg.batch_size < 1 or cfg.compare_repeats < 1 or cfg.steps < 1:
+        raise UserError("-n, --batch-size, --steps and --compare-repeats must be at least 1")
     if not (math.isfinite(cfg.cfg) and 0 <= cfg.cfg <= 100):
         raise UserError(f"--cfg {cfg.cfg} is not a usable guidance scale: give a finite value in [0, 100] (1 = off)")
     if not 0 <= cfg.seed < 2**63 - cfg.n:
@@ -132,9 +158,12 @@ def sample_cmd(cfg) -> None:
         raise UserError(f"--tau {cfg.tau} is not a threshold: give a number >= 0")
     if cfg.sampler not in SAMPLERS:
         _scheduler_class(cfg.sampler)  # raises a one-line SamplerError for unknown names
-    _check_output(cfg.out, (".png", ".jpg", ".jpeg"), (cfg.model, cfg.vae))
+    inputs = _input_paths(cfg.model) + (cfg.vae, cfg.schedule)
+    _check_output(cfg.out, (".png", ".jpg", ".jpeg"), inputs, cfg.overwrite)
     if cfg.save_npz:
-        _check_output(os.path.splitext(cfg.out)[0] + ".npz", (".npz",), (cfg.model,))
+        _check_output(os.path.splitext(cfg.out)[0] + ".npz", (".npz",), inputs, cfg.overwrite, flag="--save-npz")
+    if cfg.exit_plot:
+        _check_output(cfg.exit_plot, (".png",), inputs + (cfg.out,), cfg.overwrite, flag="--exit-plot")
     device = resolve_device(cfg.device)
     loaded = resolve_model(cfg.model)
     model = loaded.model
@@ -145,9 +174,8 @@ def sample_cmd(cfg) -> None:
     grid = getattr(loaded.process, "num_train_timesteps", None) or getattr(loaded.process, "grid_size", None)
     if cfg.sampler != "euler-maruyama" and grid and cfg.steps > grid:
         raise UserError(f"--steps {cfg.steps} is more than the {grid} training timesteps the sampler can use: give at most {grid}")
-    if schedule.blocks is not None and min(schedule.blocks) == 0:
-        typer.echo(f"warning: schedule '{schedule.name}' runs no block at all for part of t: the output there is the "
-                   "head on the embedded input", err=True)
+    if schedule.zero_block_warning():
+        typer.echo(schedule.zero_block_warning(), err=True)
     vae = None
     if cfg.vae is not None:
         from diffusers import AutoencoderKL
@@ -233,11 +261,16 @@ def schedules_cmd(
     model: str = typer.Option(None, help="compute fractions for this model (default: DiT-XL/2 for DiT presets, U-ViT-S/4 (6 decoder blocks) for U-ViT presets)"),
     plot: str = typer.Option(None, help="draw depth vs t for every preset into this PNG"),
     steps: int = typer.Option(1000, help="average over this many uniformly spaced training timesteps"),
+    overwrite: bool = typer.Option(False, help="replace --plot if it exists"),
 ) -> None:
     from .exits.schedule import PRESETS
     from .models.registry import build_model
 
     try:
+        if steps < 1:
+            raise UserError("--steps must be at least 1")
+        if plot:
+            _check_output(plot, (".png",), _input_paths(model) if model else (), overwrite, flag="--plot")
         custom = resolve_model(model).model if model else None
     except EediffError as e:
         _fail(str(e))
@@ -325,6 +358,7 @@ def finetune_cmd(cfg) -> None:
 def export_data_cmd(cfg) -> None:
     from .data import balanced_subset, load_dataset, save_npz
 
+    _check_output(cfg.out, (".npz",), (cfg.dataset,), cfg.overwrite)
     data = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, cfg.image_size)
     if cfg.per_class > 0:
         data = balanced_subset(data, cfg.per_class)
@@ -353,7 +387,16 @@ def export_cmd(cfg) -> None:
 def encode_cmd(cfg) -> None:
     from .train.encode import encode_latents
 
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UserError(f"--out '{cfg.out}' is a file: give the folder the latent shards go to")
+    earlier = sorted(f for f in os.listdir(cfg.out) if f.startswith("latents-")) if os.path.isdir(cfg.out) else []
+    if earlier and not cfg.overwrite:
+        raise UserError(f"--out '{cfg.out}' already holds latent shards ({earlier[0]}, ...): pass --overwrite to replace them, "
+                        "or choose another folder")
     res = encode_latents(cfg, progress=True)
+    for name in earlier:  # --overwrite: an earlier encode's shards beyond the new ones would be read as data
+        if os.path.join(cfg.out, name) not in res["shards"]:
+            os.unlink(os.path.join(cfg.out, name))
     typer.echo(f"wrote {res['count']} latents in {len(res['shards'])} shard(s) to {cfg.out} (scaling factor {res['scaling_factor']})")
 
 
@@ -361,6 +404,8 @@ def encode_cmd(cfg) -> None:
 def bench_cmd(cfg) -> None:
     from .bench import run_bench, write_results
 
+    _check_output(cfg.out, (".json",), (), cfg.overwrite)
+    _check_output(cfg.out.rsplit(".", 1)[0] + ".md", (".md",), (), cfg.overwrite, flag="--out (its Markdown table)")
     res = run_bench(cfg, log=typer.echo)
     res["command"] = "eediff bench " + shlex.join(sys.argv[2:])
     write_results(res, cfg.out)
@@ -377,6 +422,12 @@ def calibrate_cmd(cfg) -> None:
         raise UserError("calibrate needs --model CHECKPOINT (a DeeDiff fine-tune, from `eediff finetune --method deediff`)")
     if cfg.out is None and (cfg.model in SHIPPED or not cfg.model.endswith(".safetensors")):
         raise UserError("--model is not an eediff .safetensors file to update in place: pass --out FILE.safetensors")
+    if cfg.out is not None:
+        _check_output(cfg.out, (".safetensors",), _input_paths(cfg.model), cfg.overwrite)
+    _check_number("--target-saving", cfg.target_saving, 0, 1, " (a fraction of the blocks)")
+    _check_number("--cfg", cfg.cfg, 0, 100, " (1 = off)")
+    if cfg.n < 1 or cfg.batch_size < 1 or cfg.steps < 1:
+        raise UserError("-n, --batch-size and --steps must be at least 1")
     device = resolve_device(cfg.device)
     loaded = resolve_model(cfg.model)
     res = calibrate(loaded.model, loaded.process, SamplerConfig(cfg.sampler, cfg.steps), cfg.target_saving, n=cfg.n,
@@ -394,6 +445,14 @@ def calibrate_cmd(cfg) -> None:
 def eval_cmd(cfg) -> None:
     from .eval.evaluate import run_eval
 
+    inputs = _input_paths(cfg.model) + ((cfg.baseline,) if cfg.baseline else ()) + (cfg.reference.partition(":")[0], cfg.inception)
+    _check_output(cfg.out, (".json",), inputs, cfg.overwrite)
+    stem = cfg.out.rsplit(".", 1)[0]
+    _check_output(stem + ".md", (".md",), inputs, cfg.overwrite, flag="--out (its Markdown table)")
+    _check_output(stem + ".png", (".png",), inputs, cfg.overwrite, flag="--out (its plot)")
+    _check_number("--cfg", cfg.cfg, 0, 100, " (1 = off)")
+    if cfg.time_repeats < 1 or cfg.time_batch < 0:
+        raise UserError("--time-repeats must be at least 1 and --time-batch >= 0 (0 = --batch-size)")
     run_eval(cfg, log=typer.echo)
     typer.echo(f"wrote {cfg.out}, and a .md table and a .png plot next to it")
 

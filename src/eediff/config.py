@@ -28,7 +28,9 @@ class ToMeOptions:
         """The ToMeConfig these flags ask for, or None when merging is off."""
         from .tome import ToMeConfig
 
-        return ToMeConfig(ratio=self.tome_ratio, schedule=self.tome_schedule, blocks=self.tome_blocks) if self.tome_ratio > 0 else None
+        if self.tome_ratio == 0:
+            return None
+        return ToMeConfig(ratio=self.tome_ratio, schedule=self.tome_schedule, blocks=self.tome_blocks)  # validates NaN, < 0, >= 1
 
 
 @dataclass
@@ -43,7 +45,8 @@ class SampleConfig(ToMeOptions):
     n: int = opt(64, "number of images", short="-n")
     batch_size: int = opt(32, "images per batch")
     seed: int = opt(0, "image i uses seed + i")
-    out: str = opt("grid.png", "output PNG grid")
+    out: str = opt("grid.png", "output grid: .png or .jpg/.jpeg (the format follows the extension)")
+    overwrite: bool = opt(False, "replace --out (and the files written next to it) if it exists; an input is never overwritten")
     save_npz: bool = opt(False, "also write the images as uint8 NHWC .npz next to --out")
     vae: str = opt(None, "diffusers AutoencoderKL folder, for latent models")
     latents: bool = opt(False, "latent models without a VAE: write latent channels 0-2 as the grid instead of decoding (to try a model's speed, e.g. a registry size with random weights)")
@@ -96,7 +99,12 @@ class TrainBaseConfig:
 
     config: str = opt(None, "JSON file of option values (keys as the flags, '-' or '_'); flags given on the command line override it")
     out: str = opt("runs/train", "run directory: config.json, metrics.jsonl, samples/, checkpoints/, final.safetensors", aliases=("--output-dir",))
-    resume: bool = opt(False, "continue the run in --out from its latest checkpoint (exactly: weights, optimizer, RNG, data position)")
+    resume: bool = opt(False, "continue the run in --out from its latest checkpoint (exactly: weights, optimizer, RNG, data position); "
+                              "--lr, --steps, --save-every, --max-minutes and the other optimiser and bookkeeping options may change")
+    resume_from: str = opt(None, "with --resume: the checkpoint to continue from: a step number, a checkpoint folder, or 'intact' "
+                                 "(the newest checkpoint that loads and is finite; the ones skipped are named); newer ones are moved aside")
+    overwrite: bool = opt(False, "start afresh in a non-empty --out: the files of an earlier run there (checkpoints/, samples/, "
+                                 "config.json, metrics.jsonl, final*.safetensors) are removed; other files are kept")
     dataset: str = opt("fashion-mnist", "fashion-mnist | mnist | FILE.npz (uint8 images + labels) | latent folder from `eediff encode` | folder of images")
     split: str = opt("train", "train | test | all (MNIST / Fashion-MNIST)")
     data_dir: str = opt(None, "where unpacked data sets live (default: $EEDIFF_DATA or .data)")
@@ -173,6 +181,7 @@ class ExportDataConfig:
     dataset: str = opt("fashion-mnist", "fashion-mnist | mnist | FILE.npz | folder of images")
     split: str = opt("train", "train | test | all")
     out: str = opt(".data/fmnist_train.npz", "output .npz (images uint8 (N, H, W[, C]), labels)")
+    overwrite: bool = opt(False, "replace --out if it exists; an input is never overwritten")
     data_dir: str = opt(None, "where unpacked data sets live (default: $EEDIFF_DATA or .data)")
     image_size: int = opt(None, "resize images of a folder data set to this square size")
     per_class: int = opt(0, "keep only the first N examples of each class (0 = all)")
@@ -194,6 +203,7 @@ class EncodeConfig:
     vae: str = opt(None, "diffusers AutoencoderKL folder (config.json + weights), read offline")
     images: str = opt(None, "images to encode: a folder of images, a .npz, fashion-mnist or mnist")
     out: str = opt("latents", "output folder of latents-NNNNN.safetensors shards")
+    overwrite: bool = opt(False, "replace the latents-*.safetensors shards of an earlier encode in --out")
     split: str = opt("train", "split, for fashion-mnist / mnist")
     data_dir: str = opt(None, "where unpacked data sets live (default: $EEDIFF_DATA or .data)")
     image_size: int = opt(256, "images are centre-cropped and resized to this square size first")
@@ -217,6 +227,7 @@ class BenchConfig:
     e2e_cfg: float = opt(1.5, "guidance scale of the end-to-end runs")
     repeats: int = opt(10, "timed repeats (median reported) after warm-up")
     out: str = opt("results/bench_dit.json", "JSON results (Markdown written next to it)")
+    overwrite: bool = opt(False, "replace --out (and the files written next to it) if it exists; an input is never overwritten")
     tiny: bool = opt(False, "a small model on the CPU: a smoke test of the benchmark itself")
     skip_e2e: bool = opt(False, "skip the end-to-end sampling runs")
     row_batch: int = opt(64, "batch of the per-row depth timings (0 = skip them)")
@@ -231,6 +242,7 @@ class CalibrateConfig:
     model: str = opt(None, "DeeDiff checkpoint (from `eediff finetune --method deediff`)")
     target_saving: float = opt(0.4, "fraction of the schedulable blocks to save, on average over rows and steps")
     out: str = opt(None, "write the calibrated model here (default: update --model in place, atomically)")
+    overwrite: bool = opt(False, "replace --out if it exists; an input is never overwritten")
     sampler: str = opt("dpm-solver++", "sampler the threshold is calibrated for")
     steps: int = opt(25, "sampler steps")
     n: int = opt(256, "images in the calibration batch", short="-n")
@@ -261,6 +273,7 @@ class EvalConfig(ToMeOptions):
     fast: bool = opt(False, "use the GPU fast path (compiled blocks, CUDA graphs)")
     cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
     out: str = opt("results/eval.json", "JSON results (a Markdown table and a FID-vs-Accel. PNG are written next to it)")
+    overwrite: bool = opt(False, "replace --out (and the files written next to it) if it exists; an input is never overwritten")
     device: str = opt("auto", "cpu | cuda | auto")
     precision: str = opt("auto", "fp32 | bf16 | auto")
     progress: bool = opt(True, "progress bars")

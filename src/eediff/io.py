@@ -8,8 +8,11 @@ code is refused); any failure is a one-line :class:`CheckpointError`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import re
+import shutil
 import tempfile
 import warnings
 
@@ -24,11 +27,37 @@ class CheckpointError(EediffError):
     """A checkpoint that cannot be used; one-line message naming the problem and the fix."""
 
 
+_TMP_PREFIX = ".tmp-"
+
+
+def remove_stale_tmp(folder: str, name: str | None = None) -> list[str]:
+    """Remove the temporary files and folders a killed writer left in ``folder`` (those of ``name`` only, if
+    given: ``atomic_write`` names them ``.tmp-XXXXXXXX<name>``). Returns what was removed."""
+    if not os.path.isdir(folder):
+        return []
+    pattern = re.compile(re.escape(_TMP_PREFIX) + (r"[A-Za-z0-9_]{8}" + re.escape(name) + "$" if name else ""))
+    removed = []
+    for entry in os.listdir(folder):
+        if pattern.match(entry):
+            p = os.path.join(folder, entry)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(p)
+                except OSError:
+                    continue
+            removed.append(p)
+    return removed
+
+
 def atomic_write(path: str, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file."""
+    """Call ``write_fn(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file
+    (and the temporary files of an earlier, killed write of ``path`` are removed first)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    remove_stale_tmp(folder, os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=os.path.basename(path), dir=folder)
     os.close(fd)
     try:
         write_fn(tmp)
@@ -80,3 +109,33 @@ def safe_torch_load(path: str, fix: str = "convert it to safetensors or a plain 
         raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch weights file: {fix}") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({short_reason(e)}): {fix}") from None
+
+
+def check_finite_tensors(tensors: dict, what: str, fix: str) -> None:
+    """Raise a one-line CheckpointError when any floating-point tensor of ``tensors`` holds NaN or inf."""
+    bad = non_finite_count(tensors)
+    if bad:
+        name, count = bad
+        raise CheckpointError(f"{what} holds {count} non-finite (NaN or inf) value(s), e.g. in {name}: {fix}")
+
+
+def non_finite_count(tensors) -> tuple[str, int] | None:
+    """(first tensor name, total count) of the NaN / inf values in a (nested) dict or list of tensors, or None."""
+    first, total = None, 0
+    stack = [("", tensors)]
+    while stack:
+        prefix, obj = stack.pop()
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point() or obj.is_complex():
+                n = int((~torch.isfinite(obj)).sum())
+                if n:
+                    total += n
+                    first = first if first is not None else prefix
+        elif isinstance(obj, dict):
+            stack.extend((f"{prefix}.{k}" if prefix else str(k), v) for k, v in reversed(list(obj.items())))
+        elif isinstance(obj, (list, tuple)):
+            stack.extend((f"{prefix}[{i}]", v) for i, v in reversed(list(enumerate(obj))))
+        elif isinstance(obj, float) and not math.isfinite(obj):
+            total += 1
+            first = first if first is not None else prefix
+    return None if total == 0 else (first, total)

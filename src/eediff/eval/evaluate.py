@@ -161,6 +161,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         schedules.insert(0, get_schedule("full"))
     for s in schedules:
         s.check(K)
+        if s.zero_block_warning() and rank == 0:
+            print(s.zero_block_warning(), file=sys.stderr)
     samplers = [parse_sampler(s) for s in cfg.samplers.split(";") if s.strip()]
     try:
         seeds = [int(s) for s in cfg.seeds.split(",")]
@@ -196,43 +198,47 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     ref = reference(cfg, features) if rank == 0 else None
 
     rows = []
-    for sc in samplers:
-        # ---- speed: one batch, schedules interleaved, median of repeats -------------------------
-        tb = cfg.time_batch or cfg.batch_size
-        if rank == 0:
-            speed = measure_speed(model, loaded.process, sc, schedules, tb, cfg.time_repeats, device,
-                                  batch_size=cfg.batch_size, autocast=autocast, cfg_scale=cfg.cfg)
-        # ---- quality ----------------------------------------------------------------------------
-        for s in schedules:
-            fids, fracs, blocks = [], [], []
-            for seed in seeds:
-                full = s.blocks is None
-                c = fid_cell(base if full else model, base_process if full else loaded.process, sc, s, cfg.n, seed, cfg.batch_size, features, ref, device,
-                             autocast=autocast, cfg_scale=cfg.cfg, rank=rank, world=world, progress=cfg.progress and rank == 0)
-                fracs.append(c["compute_fraction"])
-                blocks.append(c["mean_blocks"])
-                if rank == 0:
-                    fids.append(c["fid"])
-            if rank != 0:
-                continue
-            t_full = speed["median_s"][schedules[0].name]
-            t_s = speed["median_s"][s.name]
-            row = {
-                "schedule": s.name, "sampler": sc.sampler, "steps": sc.steps, "seeds": seeds, "n": cfg.n,
-                "fid": fids, "fid_mean": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else 0.0,
-                "time_s": t_s, "time_full_s": t_full, "accel_pct": 100 * (1 - t_s / t_full),
-                "flop_reduction_pct": 100 * (1 - fracs[0]), "mean_blocks": blocks[0], "num_blocks": K,
-                "images_per_s": tb / t_s, "timed_batch": tb, "achieved_tflops": speed["flops"][s.name] / t_s / 1e12,
-            }
-            rows.append(row)
-            log(f"{sc.sampler}-{sc.steps:<5d} {s.name:10s} {cfg.metric.upper()} {row['fid_mean']:8.3f} ± {row['fid_std']:.3f}  "
-                f"Accel. {row['accel_pct']:5.1f}%  FLOP cut {row['flop_reduction_pct']:5.1f}%  {row['images_per_s']:.1f} img/s  "
-                f"{1000 * row['achieved_tflops']:.1f} GFLOP/s")
+    interrupted = False
+    try:
+        for sc in samplers:
+            # ---- speed: one batch, schedules interleaved, median of repeats -------------------------
+            tb = cfg.time_batch or cfg.batch_size
+            if rank == 0:
+                speed = measure_speed(model, loaded.process, sc, schedules, tb, cfg.time_repeats, device,
+                                      batch_size=cfg.batch_size, autocast=autocast, cfg_scale=cfg.cfg)
+            # ---- quality ----------------------------------------------------------------------------
+            for s in schedules:
+                fids, fracs, blocks = [], [], []
+                for seed in seeds:
+                    full = s.blocks is None
+                    c = fid_cell(base if full else model, base_process if full else loaded.process, sc, s, cfg.n, seed, cfg.batch_size, features, ref, device,
+                                 autocast=autocast, cfg_scale=cfg.cfg, rank=rank, world=world, progress=cfg.progress and rank == 0)
+                    fracs.append(c["compute_fraction"])
+                    blocks.append(c["mean_blocks"])
+                    if rank == 0:
+                        fids.append(c["fid"])
+                if rank != 0:
+                    continue
+                t_full = speed["median_s"][schedules[0].name]
+                t_s = speed["median_s"][s.name]
+                row = {
+                    "schedule": s.name, "sampler": sc.sampler, "steps": sc.steps, "seeds": seeds, "n": cfg.n,
+                    "fid": fids, "fid_mean": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else 0.0,
+                    "time_s": t_s, "time_full_s": t_full, "accel_pct": 100 * (1 - t_s / t_full),
+                    "flop_reduction_pct": 100 * (1 - fracs[0]), "mean_blocks": blocks[0], "num_blocks": K,
+                    "images_per_s": tb / t_s, "timed_batch": tb, "achieved_tflops": speed["flops"][s.name] / t_s / 1e12,
+                }
+                rows.append(row)
+                log(f"{sc.sampler}-{sc.steps:<5d} {s.name:10s} {cfg.metric.upper()} {row['fid_mean']:8.3f} ± {row['fid_std']:.3f}  "
+                    f"Accel. {row['accel_pct']:5.1f}%  FLOP cut {row['flop_reduction_pct']:5.1f}%  {row['images_per_s']:.1f} img/s  "
+                    f"{1000 * row['achieved_tflops']:.1f} GFLOP/s")
+    except KeyboardInterrupt:  # Ctrl-C: the rows done so far are written below, marked incomplete
+        interrupted = True
     result = {
         "config": asdict(cfg), "model": loaded.source, "baseline": loaded.source if cfg.baseline is None else base_loaded.source, "tuned_for": None if loaded.tuned_for is None else loaded.tuned_for.name,
         "metric": metric_name(cfg.metric),
         "reference": cfg.reference, "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
-        "world_size": world, "rows": rows, "date": time.strftime("%Y-%m-%d"),
+        "world_size": world, "rows": rows, "date": time.strftime("%Y-%m-%d"), "interrupted": interrupted,
         "command": "eediff " + shlex.join(sys.argv[1:]) if os.path.basename(sys.argv[0]).startswith("eediff") else shlex.join(sys.argv),
     }
     if rank == 0:
@@ -249,6 +255,9 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
                               cfg.out.rsplit(".", 1)[0] + ".png")
     for h in handles:
         h.remove()
+    if interrupted:
+        raise KeyboardInterrupt(f"wrote the {len(rows)} row(s) done so far to {cfg.out} (marked \"interrupted\": true); "
+                                "run again with --overwrite for the whole table")
     return result
 
 

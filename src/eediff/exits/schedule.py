@@ -87,6 +87,9 @@ class ExitSchedule:
 
     def check(self, num_blocks: int) -> "ExitSchedule":
         """Raise if the schedule asks for more blocks than a model with ``num_blocks`` schedulable blocks has."""
+        if self.blocks is not None and max(self.blocks) == 0:
+            raise ScheduleError(f"schedule '{self.name}' runs no block at any t (every count is 0): the output would be the "
+                                "head on the embedded input; give block counts >= 1")
         if self.blocks is not None and max(self.blocks) > num_blocks:
             raise ScheduleError(
                 f"schedule '{self.name}' runs up to {max(self.blocks)} blocks but the model has {num_blocks} "
@@ -99,6 +102,13 @@ class ExitSchedule:
             )
         return self
  
+    def zero_block_warning(self) -> str | None:
+        """A warning when the schedule runs no block at all for part of t (None when it always runs one)."""
+        if self.blocks is None or min(self.blocks) > 0:
+            return None
+        return (f"warning: schedule '{self.name}' runs no block at all for part of t: the output there is the "
+                "head on the embedded input")
+
     def is_full(self, num_blocks: int) -> bool:
         return self.blocks is None or all(k == num_blocks for k in self.blocks)
 
@@ -173,10 +183,21 @@ def get_schedule(name_or_spec: "str | ExitSchedule | None") -> ExitSchedule:
     if spec in PRESETS:
         return PRESETS[spec]
     if spec.endswith(".json") and not spec.startswith("{"):
-        if not os.path.exists(spec):
-            raise ScheduleError(f"schedule file '{spec}' does not exist")
-        with open(spec) as f:
-            spec = f.read()
+        path = spec
+        if not os.path.exists(path):
+            raise ScheduleError(f"schedule file '{path}' does not exist")
+        if not os.path.isfile(path):
+            raise ScheduleError(f"schedule file '{path}' is a folder, not a file: give the path of a .json schedule")
+        try:
+            with open(path, encoding="utf-8") as f:
+                spec = f.read().strip()
+        except UnicodeDecodeError:
+            raise ScheduleError(f"schedule file '{path}' is not UTF-8 text: write the schedule as JSON text") from None
+        except OSError as e:
+            raise ScheduleError(f"schedule file '{path}' cannot be read ({e.strerror}): check its permissions") from None
+        if not spec.startswith("{"):
+            raise ScheduleError(f"schedule file '{path}' must hold a JSON object like "
+                                '{"boundaries": [0, 0.5, 1], "blocks": [28, 14]}')
     if spec.startswith("{"):
         try:
             d = json.loads(spec)

@@ -24,8 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
+import math
+
 import torch
 import torch.nn as nn
+
+from ..errors import ModelError
 
 
 @dataclass
@@ -313,3 +317,23 @@ def prefix_update(h: torch.Tensor, n: int, out: torch.Tensor) -> torch.Tensor:
         h[:n] = out
         return h
     return torch.cat([out, h[n:]])
+
+
+def check_config(cfg, ints: dict[str, int], divisible: Sequence[tuple[str, str]] = (), positive: Sequence[str] = ()) -> None:
+    """One-line ModelError for a constructor config that cannot build a network: ``ints`` maps integer fields to
+    their minimum, ``divisible`` lists (a, b) where field a must be a multiple of field b (or of an int b),
+    ``positive`` finite numbers > 0."""
+    name = type(cfg).__name__
+    for f, lo in ints.items():
+        v = getattr(cfg, f)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ModelError(f"{name}: {f} = {v!r} must be an integer >= {lo}: fix the model config (--model-config)")
+    for f in positive:
+        v = getattr(cfg, f)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise ModelError(f"{name}: {f} = {v!r} must be a finite number > 0: fix the model config (--model-config)")
+    for a, b in divisible:
+        va, vb = getattr(cfg, a), (b if isinstance(b, int) else getattr(cfg, b))
+        if va % vb:
+            by = b if isinstance(b, int) else f"{b} = {vb}"
+            raise ModelError(f"{name}: {a} = {va} is not a multiple of {by}: fix the model config (--model-config)")

@@ -50,6 +50,14 @@ class DiTConfig:
     time_freq_shift: int = 0  # diffusers: 1
     mlp_norm_eps: float = 1e-6  # diffusers: norm_eps (1e-5)
 
+    def __post_init__(self):
+        backbone.check_config(self, {"input_size": 1, "patch_size": 1, "in_channels": 1, "hidden_size": 4, "depth": 1,
+                                     "num_heads": 1, "num_classes": 0},
+                              divisible=[("input_size", "patch_size"), ("hidden_size", "num_heads"), ("hidden_size", 4)],
+                              positive=["mlp_ratio", "mlp_norm_eps"])
+        if not 0 <= self.class_dropout_prob < 1:
+            raise ModelError(f"DiTConfig: class_dropout_prob = {self.class_dropout_prob} must be in [0, 1): fix the model config")
+
 
 # Official sizes (DiT paper, Table 1): depth, hidden size, heads, patch size.
 DIT_SIZES: dict[str, dict] = {}

@@ -63,6 +63,11 @@ class UViTConfig:
     # configs use num_classes=1001 for 1000 classes + null). Then ``model.num_classes`` is num_classes - 1.
     null_label: bool = False
 
+    def __post_init__(self):
+        backbone.check_config(self, {"img_size": 1, "patch_size": 1, "in_chans": 1, "embed_dim": 1, "depth": 2, "num_heads": 1,
+                                     "num_classes": -1},
+                              divisible=[("img_size", "patch_size"), ("embed_dim", "num_heads")], positive=["mlp_ratio"])
+
 
 # Official configurations (the ``config.nnet`` dicts of baofff/U-ViT ``configs/``, ``name`` and
 # ``use_checkpoint`` left out). Verified against: celeba64_uvit.py (S/4), cifar10_uvit.py (S/2),

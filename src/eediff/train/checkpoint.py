@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..checkpoint import model_metadata
-from ..io import CheckpointError, read_safetensors
+from ..io import CheckpointError, non_finite_count, read_safetensors
 from ..io import safe_torch_load as _safe_torch_load
 
 FORMAT = "eediff-train/1"
@@ -45,7 +45,7 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-_RESUME_FIX = "resume from another checkpoint"
+_RESUME_FIX = "continue from an earlier checkpoint with --resume-from STEP, or --resume-from intact for the newest one that loads"
 
 
 def safe_torch_load(path: str):
@@ -108,7 +108,7 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator], device: tor
         if device.type == "cuda" and "cuda" in state:
             torch.cuda.set_rng_state(state["cuda"], device)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"'{path}' does not hold this run's random states ({type(e).__name__}: {str(e)[:80]}): resume from another checkpoint") from None
+        raise CheckpointError(f"'{path}' does not hold this run's random states ({type(e).__name__}: {str(e)[:80]}): {_RESUME_FIX}") from None
 
 
 # ---- the run's checkpoint folder ------------------------------------------------------------------
@@ -132,6 +132,50 @@ class RunCheckpoints:
     def latest(self) -> str | None:
         found = self.list()
         return found[-1] if found else None
+
+    def find(self, spec: str) -> str:
+        """The checkpoint that ``--resume-from`` names: a step number or a checkpoint folder."""
+        found = self.list()
+        steps = ", ".join(str(int(_STEP_RE.match(os.path.basename(p)).group(1))) for p in found) or "none"
+        if spec.strip().isdigit():
+            path = os.path.join(self.root, f"step-{int(spec):08d}")
+            if path not in found:
+                raise CheckpointError(f"--resume-from {spec}: '{self.run_dir}' holds no complete checkpoint of step {int(spec)} "
+                                      f"(steps: {steps})")
+            return path
+        if not os.path.isfile(os.path.join(spec, "state.json")):
+            raise CheckpointError(f"--resume-from '{spec}' is not a checkpoint folder (no state.json): give a step number "
+                                  f"({steps}), a checkpoints/step-NNNNNNNN folder, or 'intact'")
+        return spec
+
+    def last_finite(self) -> str | None:
+        """The newest checkpoint whose weights and optimizer state, read back from disk, are all finite."""
+        for path in reversed(self.list()):
+            try:
+                parts = [read_safetensors(os.path.join(path, f))[0] for f in ("model.safetensors", "ema.safetensors")]
+                parts.append(safe_torch_load(os.path.join(path, "train_state.pt")))
+            except CheckpointError:
+                continue
+            if non_finite_count(parts) is None:
+                return path
+        return None
+
+    def set_aside_after(self, path: str) -> list[str]:
+        """Move the checkpoints newer than ``path`` (a run continued from an earlier one) to ``abandoned-step-...``,
+        where ``list`` no longer sees them and nothing of them is lost. Returns the new names."""
+        found = self.list()
+        if path not in found:
+            return []
+        moved = []
+        for newer in found[found.index(path) + 1:]:
+            dst = os.path.join(self.root, "abandoned-" + os.path.basename(newer))
+            n = 1
+            while os.path.exists(dst):
+                n += 1
+                dst = os.path.join(self.root, f"abandoned-{n}-{os.path.basename(newer)}")
+            os.replace(newer, dst)
+            moved.append(dst)
+        return moved
 
     def save(self, accelerator, step: int, model, ema, optimizer, lr_scheduler, process, tuned_for, state: dict, rng: dict) -> str:
         """Collective: every process writes its random states, the main process the rest, then renames."""
@@ -180,7 +224,7 @@ class RunCheckpoints:
             with open(sp) as f:
                 state = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"'{sp}' is unreadable ({str(e)[:80]}): resume from another checkpoint") from None
+            raise CheckpointError(f"'{sp}' is unreadable ({str(e)[:80]}): {_RESUME_FIX}") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("step"), int):
             raise CheckpointError(f"'{sp}' is not an eediff training checkpoint state")
         weights = {}
@@ -191,7 +235,12 @@ class RunCheckpoints:
             weights[fname] = sd
         ts = safe_torch_load(os.path.join(path, "train_state.pt"))
         if not isinstance(ts, dict) or "optimizer" not in ts or "lr_scheduler" not in ts:
-            raise CheckpointError(f"'{os.path.join(path, 'train_state.pt')}' lacks the optimizer or scheduler state")
+            raise CheckpointError(f"'{os.path.join(path, 'train_state.pt')}' lacks the optimizer or scheduler state: {_RESUME_FIX}")
+        for what, tensors in (("weights", weights), ("optimizer state", ts["optimizer"])):
+            bad = non_finite_count(tensors)
+            if bad:
+                raise CheckpointError(f"checkpoint '{path}' holds {bad[1]} non-finite (NaN or inf) value(s) in its {what} "
+                                      f"(e.g. {bad[0]}): it cannot continue the run; {_RESUME_FIX}")
         rng = None
         rp = os.path.join(path, f"rng-rank{rank}.pt")
         if state.get("world_size") == world_size and os.path.exists(rp):

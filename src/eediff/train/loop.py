@@ -33,7 +33,10 @@ import json
 import math
 import os
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -47,11 +50,11 @@ from ..errors import EediffError
 from ..exits import deediff
 from ..exits.policy import make_policy
 from ..exits.schedule import get_schedule
-from ..io import write_json_atomic
+from ..io import CheckpointError, remove_stale_tmp, write_json_atomic
 from ..models import registry
 from .checkpoint import RunCheckpoints, capture_rng, restore_rng
 from .losses import DiffusionObjective, TimeWeight
-from .options import to_json
+from .options import resume_changes, to_json
 from .setup import build_train_model, check_model_data, make_accelerator, resolve_auto, validate
 
 
@@ -344,11 +347,36 @@ class Trainer:
         return float(v.item())
 
     # ---- state ----------------------------------------------------------------------------------
+    def _apply_optimizer_options(self) -> None:
+        """This run's --lr, betas and weight decay over what a loaded optimizer state recorded (a resumed run may
+        change them); the learning rate is recomputed as the scheduler would, so an unchanged one is bit-identical."""
+        cfg, sched = self.cfg, self.lr_scheduler
+        sched.base_lrs = [cfg.lr for _ in self.optimizer.param_groups]
+        for g, factor in zip(self.optimizer.param_groups, sched.lr_lambdas):
+            g.update(initial_lr=cfg.lr, lr=cfg.lr * factor(sched.last_epoch), betas=(cfg.adam_beta1, cfg.adam_beta2),
+                     weight_decay=cfg.weight_decay)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def non_finite_part(self) -> str | None:
+        """Which of the weights, EMA weights and optimizer state holds a NaN or inf (agreed over ranks), or None."""
+        parts = {
+            "weights": list(self.model.parameters()),
+            "EMA weights": list(self.ema.parameters()),
+            "optimizer state": [v for st in self.optimizer.state.values() for v in st.values()
+                                if isinstance(v, torch.Tensor) and v.is_floating_point()],
+        }
+        for name, tensors in parts.items():
+            flags = torch.stack([torch.isfinite(t).all().to(self.device) for t in tensors]) if tensors else None
+            if flags is not None and self.any_rank(~flags.all()):
+                return name
+        return None
+
     def train_state(self, elapsed: float) -> dict:
         return {**self.sampler.state_dict(), "elapsed": elapsed, "seed": self.cfg.seed}
 
     def load_checkpoint(self, ckpts: RunCheckpoints, path: str) -> None:
         state, rng = ckpts.load(path, self.model, self.ema, self.optimizer, self.lr_scheduler, self.rank, self.world)
+        self._apply_optimizer_options()
         self.step_count = int(state["step"])
         self.sampler.load_state_dict(state)
         self.elapsed_before = float(state.get("elapsed", 0.0))
@@ -366,19 +394,32 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
     """Train or fine-tune into ``cfg.out``; resumable, multi-process (launch with accelerate or torchrun)."""
     start = time.perf_counter()
     ckpts = RunCheckpoints(cfg.out, cfg.keep_last)
-    latest = ckpts.latest()
-    if latest is not None and not cfg.resume:
-        raise ConfigError(f"run directory '{cfg.out}' already holds checkpoints: pass --resume to continue it, or choose another --out")
+    resume = cfg.resume or cfg.resume_from is not None
+    check_run_dir(cfg, ckpts, resume)  # before anything is loaded or written
+    changed = check_resume_options(cfg) if resume else []
     tr = trainer or Trainer(cfg, command)
     cfg = tr.cfg
     acc = tr.acc
-    resumed_from = None
-    if latest is not None:
-        tr.load_checkpoint(ckpts, latest)  # validates everything before anything is written
-        resumed_from = latest
+    resumed_from, skipped = None, []
+    if resume:
+        resumed_from, skipped = load_resume_checkpoint(tr, ckpts, cfg.resume_from)  # validates before anything is written
+    acc.wait_for_everyone()  # every process has checked the run directory before the main one changes it
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
     if tr.main:
+        if cfg.overwrite:
+            removed = clear_run_dir(cfg.out)
+            if removed:
+                print(f"{command}: --overwrite: removed the earlier run's {', '.join(removed)} from {cfg.out}", file=sys.stderr)
         os.makedirs(cfg.out, exist_ok=True)
+        for folder in (cfg.out, ckpts.root, os.path.join(cfg.out, "samples")):
+            remove_stale_tmp(folder)  # what a killed run was writing
+        for path, why in skipped:
+            print(f"note: skipped checkpoint {path}: {why}", file=sys.stderr)
+        moved = ckpts.set_aside_after(resumed_from) if resumed_from else []
+        if moved:
+            print(f"note: continuing from {resumed_from}: the newer checkpoints were moved aside to {', '.join(moved)}", file=sys.stderr)
+        if changed:
+            print(f"note: resuming with changed options (recorded in config.json): {'; '.join(changed)}", file=sys.stderr)
         write_json_atomic(os.path.join(cfg.out, "config.json"), {**to_json(cfg)})
         _trim_metrics(metrics_path, tr.step_count)
     acc.wait_for_everyone()
@@ -390,6 +431,8 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
             + (f", resumed from {resumed_from}" if resumed_from else ""),
             file=sys.stderr,
         )
+    if tr.main and tr.schedule.zero_block_warning():
+        print(tr.schedule.zero_block_warning(), file=sys.stderr)
 
     note = ema_residual_note(cfg.ema_decay, cfg.steps - tr.step_count, cfg.ema_warmup)
     if tr.main and note:
@@ -407,6 +450,8 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
     last_log_time, last_log_step = time.perf_counter(), tr.step_count
     last_loss = None
     metrics = open(metrics_path, "a") if tr.main else None
+    stop = _StopOnSignal()
+    interrupted = False
     try:
         while tr.step_count < cfg.steps:
             loss, _ = tr.step()
@@ -421,16 +466,14 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
             # the time limit is checked where the loop already syncs; every rank stops at the same step
             out_of_time = bool(cfg.max_minutes) and step % check_every == 0 and tr.any_rank(
                 torch.tensor(time.perf_counter() - start > 60 * cfg.max_minutes))
-            final = step == cfg.steps or out_of_time
+            # Ctrl-C / SIGTERM: checkpoint this step and stop (one process alone needs no collective to decide)
+            interrupted = stop.requested if tr.world == 1 else step % check_every == 0 and tr.any_rank(torch.tensor(stop.requested))
+            final = step == cfg.steps or out_of_time or interrupted
             log_now = step % cfg.log_every == 0 or final
             save_now = step % cfg.save_every == 0 or final
             if step % check_every == 0 or log_now or save_now:
                 if tr.any_rank(bad):
-                    last = ckpts.latest()
-                    raise TrainError(
-                        f"loss became NaN or inf at or before step {step}: stopped; the last good checkpoint is "
-                        f"{last or 'none (no checkpoint was written)'}; lower --lr or check the data"
-                    )
+                    raise TrainError(f"loss became NaN or inf at or before step {step}: stopped; " + _diverged_fix(ckpts, cfg, "check the data"))
             if log_now:
                 last_loss = tr.mean_over_ranks(loss_sum / max(loss_n, 1))
                 now = time.perf_counter()
@@ -449,8 +492,14 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
                 loss_n = 0
                 last_log_time, last_log_step = now, step
             if save_now:
+                part = tr.non_finite_part()
+                if part is not None:  # a checkpoint must be one a run can continue from
+                    raise TrainError(f"the {part} became NaN or inf at or before step {step}: stopped without writing that "
+                                     "checkpoint; " + _diverged_fix(ckpts, cfg, "use --grad-clip"))
                 ckpts.save(acc, step, tr.model, tr.ema, tr.optimizer, tr.lr_scheduler, tr.process, tr.tuned_for,
                            tr.train_state(tr.elapsed_before + time.perf_counter() - start), capture_rng(tr.generators(), tr.device))
+            if interrupted:
+                break
             if tr.main and cfg.sample_every >= 0 and (final or (cfg.sample_every > 0 and step % cfg.sample_every == 0)):
                 if out_of_time:  # --max-minutes bounds the whole run: no grid after the limit
                     print(f"{command}: no sample grid at the time limit (sample the exported model with `eediff sample`)", file=sys.stderr)
@@ -462,10 +511,15 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
                           f"exporting (continue with --resume)", file=sys.stderr)
                 break
     finally:
+        stop.restore()
         if bar is not None:
             bar.close()
         if metrics is not None:
             metrics.close()
+    if interrupted:
+        acc.wait_for_everyone()
+        raise KeyboardInterrupt(f"{command} stopped at step {tr.step_count} of {cfg.steps} with a checkpoint in {ckpts.latest()}: "
+                                f"continue with --resume")
 
     final_path = export_final(tr) if tr.main else None
     hashes = gather_hashes(tr)
@@ -475,6 +529,121 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
         raise TrainError(f"the {len(hashes)} processes ended with different weights: the run is not consistent")
     acc.wait_for_everyone()
     return RunSummary(cfg.out, tr.step_count, final_path, last_loss, time.perf_counter() - start, resumed_from)
+
+
+class _StopOnSignal:
+    """Turns the first SIGINT / SIGTERM into a request the loop honours after its step (checkpoint, then stop); a
+    second one interrupts at once. Only in the main thread (signal handlers cannot be set elsewhere)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        self.restore()
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+# The files a run writes in its directory (all that --overwrite removes).
+RUN_FILES = ("checkpoints", "samples", "config.json", "metrics.jsonl", "final.safetensors", "final-fp16.safetensors", "rank_hashes.json")
+
+
+def check_run_dir(cfg: TrainBaseConfig, ckpts: RunCheckpoints, resume: bool) -> None:
+    """Refuse a run directory this run must not write into: one-line ConfigError naming the fix."""
+    out = cfg.out
+    if resume and cfg.overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: pass only one of them")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out '{out}' is a file: the run directory must be a folder (choose another --out)")
+    if resume:
+        if not os.path.isdir(out):
+            raise ConfigError(f"--resume: run directory '{out}' does not exist: give the --out of the run to continue, or drop --resume to start one")
+        if ckpts.latest() is None and not (cfg.resume_from and os.path.isdir(cfg.resume_from)):
+            raise ConfigError(f"--resume: '{out}' holds no checkpoint to continue from (no complete checkpoints/step-*): "
+                              "drop --resume and pass --overwrite to start afresh there, or give the run's directory")
+        return
+    if cfg.overwrite:  # never remove a file this run reads
+        doomed = [os.path.realpath(os.path.join(out, name)) for name in RUN_FILES]
+        for flag, p in (("--init", getattr(cfg, "init", None)), ("--config", cfg.config), ("--dataset", cfg.dataset), ("--vae", cfg.vae)):
+            real = os.path.realpath(p) if p and os.path.exists(p) else None
+            if real and any(real == d or real.startswith(d + os.sep) for d in doomed):
+                raise ConfigError(f"{flag} '{p}' belongs to the earlier run in '{out}' that --overwrite would remove: "
+                                  "copy it elsewhere first, or choose another --out")
+    entries = [e for e in os.listdir(out) if not e.startswith(".tmp-")] if os.path.isdir(out) else []
+    if entries and not cfg.overwrite:
+        if ckpts.latest() is not None:
+            raise ConfigError(f"run directory '{out}' already holds checkpoints: pass --resume to continue it, "
+                              "--overwrite to start afresh there, or choose another --out")
+        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ConfigError(f"--out '{out}' is not empty ({shown}) and holds no run to continue: choose another --out, "
+                          "or pass --overwrite to replace an earlier run's files there")
+
+
+def check_resume_options(cfg: TrainBaseConfig) -> list[str]:
+    """Refuse option changes that break the exact continuation of the run; return the allowed ones (to report)."""
+    saved = os.path.join(cfg.out, "config.json")
+    if not os.path.isfile(saved):
+        return []
+    try:
+        with open(saved) as f:
+            recorded = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ConfigError(f"'{saved}' is unreadable: the run's options are lost; restore the file, or start afresh with --overwrite") from None
+    refused, allowed = resume_changes(cfg, recorded if isinstance(recorded, dict) else {})
+    if refused:
+        raise ConfigError(f"--resume cannot change {'; '.join(refused[:3])}: the checkpoint would no longer continue "
+                          "the same run; leave those options out, or start a new run in another --out")
+    return allowed
+
+
+def load_resume_checkpoint(tr: Trainer, ckpts: RunCheckpoints, spec: str | None) -> tuple[str, list[tuple[str, str]]]:
+    """Load the checkpoint to continue from. Returns (its path, [(skipped path, why)]) ('intact' skips broken ones)."""
+    if spec is None or spec.strip() != "intact":
+        path = ckpts.latest() if spec is None else ckpts.find(spec)
+        tr.load_checkpoint(ckpts, path)
+        return path, []
+    skipped = []
+    for path in reversed(ckpts.list()):
+        try:
+            tr.load_checkpoint(ckpts, path)
+            return path, skipped
+        except CheckpointError as e:
+            skipped.append((path, str(e).split(": ")[0] if ": " in str(e) else str(e)))
+    raise CheckpointError(f"--resume-from intact: none of the {len(skipped)} checkpoints in '{ckpts.root}' loads "
+                          f"(newest: {skipped[0][1] if skipped else 'none'}): start afresh with --overwrite")
+
+
+def clear_run_dir(out: str) -> list[str]:
+    """Remove an earlier run's files (RUN_FILES) from ``out``; anything else there is kept. Returns what was removed."""
+    removed = []
+    for name in RUN_FILES:
+        p = os.path.join(out, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.unlink(p)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def _diverged_fix(ckpts: RunCheckpoints, cfg: TrainBaseConfig, other: str) -> str:
+    """The end of a divergence error: the newest checkpoint finite in weights and optimizer state, and what to run."""
+    last = ckpts.last_finite()
+    if last is None:
+        return (f"no finite checkpoint was written: start again with a lower --lr (now {cfg.lr:g}) and --overwrite, or {other}")
+    pick = "--resume" if last == ckpts.latest() else f"--resume --resume-from {int(os.path.basename(last).split('-')[1])}"
+    return (f"the last checkpoint with finite loss, weights and optimizer state is {last}; continue from it with "
+            f"{pick} and a lower --lr (now {cfg.lr:g}), or {other}")
 
 
 def ema_residual_note(decay: float, steps: int, warmup: bool) -> str | None:

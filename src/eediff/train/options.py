@@ -10,6 +10,18 @@ import typing
 
 from ..config import ConfigError
 
+# Options of one invocation, never read from or written to a run's config.json.
+PER_INVOCATION = ("config", "resume", "resume_from", "overwrite")
+
+# What --resume may change: the optimiser's hyper-parameters and the run's bookkeeping. Everything else
+# (model, data and their order, seed, schedule, objective) defines what the checkpoint's state means, and a
+# change would make the continued run no longer the one that was checkpointed.
+SAFE_ON_RESUME = frozenset({
+    "steps", "lr", "lr_schedule", "warmup_steps", "min_lr_ratio", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip",
+    "ema_decay", "max_minutes", "save_every", "keep_last", "log_every", "sample_every", "sample_n", "sample_sampler",
+    "sample_steps", "vae", "export_fp16", "progress", "device", "precision", "compile", "data_on_device", "data_dir", "out",
+})
+
 
 def _coerce(name: str, tp, value):
     args = typing.get_args(tp)
@@ -59,7 +71,7 @@ def read_options_file(path: str, cfg_cls) -> dict:
         name = key.replace("-", "_")
         if name not in names:
             raise ConfigError(f"config file '{path}': unknown option '{key}' for this command")
-        if name in ("config", "resume"):
+        if name in PER_INVOCATION:
             continue
         out[name] = _coerce(name, hints[name], value)
     return out
@@ -82,14 +94,39 @@ def resolve(cfg, explicit: set[str] | None = None):
         file_values = {}
     out_dir = given["out"] if "out" in explicit or "out" not in file_values else file_values["out"]
     saved = os.path.join(out_dir, "config.json")
-    if given["resume"] and os.path.exists(saved):
+    resume = given["resume"] or given["resume_from"] is not None
+    if resume and os.path.isfile(saved):
         values.update(read_options_file(saved, cls))
     values.update(file_values)
     values.update({k: v for k, v in given.items() if k in explicit})
     values["out"] = out_dir
-    values["resume"] = given["resume"]
-    values["config"] = cfg.config
+    values.update({k: given[k] for k in PER_INVOCATION})
+    values["resume"] = resume
     return cls(**values)
+
+
+def _same(name: str, a, b) -> bool:
+    if name == "model_config" and isinstance(a, str) and isinstance(b, str):
+        try:
+            return json.loads(a or "{}") == json.loads(b or "{}")
+        except json.JSONDecodeError:
+            return a == b
+    return a == b
+
+
+def resume_changes(cfg, saved: dict) -> tuple[list[str], list[str]]:
+    """(refused, allowed): the options of ``cfg`` that differ from a run's saved config.json, as 'name old -> new'
+    text; refused ones would break the exact continuation of the run (see SAFE_ON_RESUME)."""
+    refused, allowed = [], []
+    for f in dataclasses.fields(cfg):
+        if f.name in PER_INVOCATION or f.name not in saved:
+            continue
+        new, old = getattr(cfg, f.name), saved[f.name]
+        if new is None or new == "auto" or _same(f.name, new, old):  # unset or 'auto': what the run recorded
+            continue
+        text = f"--{f.name.replace('_', '-')} {old} -> {new}"
+        (allowed if f.name in SAFE_ON_RESUME else refused).append(text)
+    return refused, allowed
 
 
 def explicit_cli_fields() -> set[str] | None:
@@ -120,6 +157,6 @@ def changed_fields(cfg) -> set[str]:
 
 def to_json(cfg) -> dict:
     d = dataclasses.asdict(cfg)
-    d.pop("config", None)
-    d.pop("resume", None)
+    for k in PER_INVOCATION:
+        d.pop(k, None)
     return d

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import torch
 
@@ -80,16 +81,25 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
                 raise ConfigError(f"unknown --deediff-ual '{cfg.deediff_ual}': use paper or code")
             if cfg.deediff_form not in ("paper", "pixel"):
                 raise ConfigError(f"unknown --deediff-form '{cfg.deediff_form}': use paper or pixel")
+            for flag, v in (("--deediff-lambda", cfg.deediff_lambda), ("--deediff-beta", cfg.deediff_beta)):
+                if not (math.isfinite(v) and v >= 0):
+                    raise ConfigError(f"{flag} {v}: give a finite weight >= 0")
     checks = [
         (cfg.steps >= 1, "--steps must be at least 1"),
         (cfg.batch_size >= 1, "--batch-size must be at least 1"),
-        (cfg.lr > 0, "--lr must be positive"),
+        (math.isfinite(cfg.lr) and 0 < cfg.lr <= 1, f"--lr {cfg.lr} is not a usable AdamW learning rate: give a finite value in (0, 1]"),
+        (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, f"--weight-decay {cfg.weight_decay}: give a finite value >= 0"),
+        (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1, "--adam-beta1 and --adam-beta2 must be in [0, 1)"),
+        (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0, f"--grad-clip {cfg.grad_clip}: give a finite value >= 0 (0 = off)"),
+        (0 <= cfg.seed < 2**40, f"--seed {cfg.seed} is out of range: use 0 <= seed < 2**40"),
+        (cfg.sample_n >= 1 and cfg.sample_steps >= 1, "--sample-n and --sample-steps must be at least 1"),
         (cfg.lr_schedule in ("constant", "cosine", "auto"), f"unknown --lr-schedule '{cfg.lr_schedule}': use constant, cosine or auto"),
         (0 <= cfg.ema_decay <= 1, "--ema-decay must be in [0, 1]"),
-        (cfg.max_minutes >= 0, "--max-minutes must be >= 0 (0 = no limit)"),
+        (math.isfinite(cfg.max_minutes) and cfg.max_minutes >= 0, f"--max-minutes {cfg.max_minutes}: give a finite value >= 0 (0 = no limit)"),
         (cfg.depth_grouping in ("group", "batch"), f"unknown --depth-grouping '{cfg.depth_grouping}': use group or batch"),
         (cfg.reweight_unit in ("step", "epoch"), f"unknown --reweight-unit '{cfg.reweight_unit}': use step or epoch"),
-        (cfg.reweight_gamma >= 0 and (cfg.reweight_cycle or 0) >= 0, "--reweight-gamma and --reweight-cycle must be >= 0"),
+        (math.isfinite(cfg.reweight_gamma) and cfg.reweight_gamma >= 0 and (cfg.reweight_cycle or 0) >= 0,
+         "--reweight-gamma (finite) and --reweight-cycle must be >= 0"),
         (cfg.data_on_device in ("auto", "yes", "no"), f"unknown --data-on-device '{cfg.data_on_device}': use yes, no or auto"),
         (cfg.log_every >= 1 and cfg.save_every >= 1, "--log-every and --save-every must be at least 1"),
         (cfg.warmup_steps >= 0 and cfg.keep_last >= 1, "--warmup-steps must be >= 0 and --keep-last >= 1"),
