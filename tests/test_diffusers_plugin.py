@@ -201,3 +201,22 @@ def test_save_diffusers_folder_runs_in_dit_pipeline(tmp_path):
     img = run(pipe, labels=(0, 7), steps=4)
     assert img.shape == (2, 1, 28, 28) and torch.isfinite(img).all()
     assert h.policy.schedule.name == "D4-DiT"
+
+
+def test_readme_export_example_runs(tmp_path):
+    """The README's CPU example, as written there (fewer steps): export, load, pipeline, exits, PIL images."""
+    from diffusers import DPMSolverMultistepScheduler
+    from typer.testing import CliRunner
+
+    from eediff.cli import app
+
+    folder = str(tmp_path / "exported" / "transformer")
+    res = CliRunner().invoke(app, ["export", "--model", "dit-fmnist-D4", "--out", folder])
+    assert res.exit_code == 0, res.output
+    tr = ed.load_transformer(folder)
+    pipe = DiTPipeline(transformer=tr, vae=ed.PixelSpace(), scheduler=DPMSolverMultistepScheduler.from_pretrained(folder))
+    pipe.set_progress_bar_config(disable=True)
+    h = ed.apply_early_exit(tr, ed.ExitConfig(schedule=os.path.join(folder, "exit_schedule.json")))
+    images = pipe(class_labels=[0, 1, 7, 9], num_inference_steps=3, guidance_scale=1.0).images
+    assert len(images) == 4 and images[0].size == (28, 28)
+    assert 0 < h.blocks_run < 4 * 28 * 3

@@ -23,6 +23,7 @@ _LAZY = {
     "REGISTRY": ".models.registry", "build_model": ".models.registry",
     "apply_fast_path": ".fast", "FastPathConfig": ".fast",
     "apply_tome": ".tome", "ToMeConfig": ".tome",
+    "EEDiffPipeline": ".pipeline", "EEDiffPipelineOutput": ".pipeline",
     "apply_deediff": ".exits.deediff", "DeeDiffConfig": ".exits.deediff", "DeeDiffExit": ".exits.deediff",
 }
 _LAZY_SUBMODULES = ("checkpoint", "models", "diffusers")  # `import eediff` used to load them: still reachable as attributes
@@ -32,13 +33,14 @@ if TYPE_CHECKING:
     from .exits.deediff import DeeDiffConfig, DeeDiffExit, apply_deediff
     from .fast import FastPathConfig, apply_fast_path
     from .models.registry import REGISTRY, build_model
+    from .pipeline import EEDiffPipeline, EEDiffPipelineOutput
     from .tome import ToMeConfig, apply_tome
 
 __all__ = [
     "build_model", "REGISTRY", "get_schedule", "ExitSchedule", "ScheduleError", "ScheduledExit",
     "load_model", "save_model", "LoadedModel", "CheckpointError", "generate", "save_grid",
     "SamplerConfig", "sample_loop", "Denoiser", "DiscreteVP", "ContinuousVP", "make_policy", "FullDepth",
-    "apply_fast_path", "FastPathConfig", "apply_tome", "ToMeConfig", "apply_deediff", "DeeDiffConfig", "DeeDiffExit",
+    "EEDiffPipeline", "EEDiffPipelineOutput", "apply_fast_path", "FastPathConfig", "apply_tome", "ToMeConfig", "apply_deediff", "DeeDiffConfig", "DeeDiffExit",
 ]
 
 

@@ -83,9 +83,11 @@ def generate(
     progress: bool = True,
     seed_offset: int = 0,
     policy=None,
+    seeds: list[int] | None = None,
 ) -> GenerationResult:
-    """Sample ``n`` images; image i uses seed ``seed + seed_offset + i`` and label number ``seed_offset + i``,
-    whatever the batch (``seed_offset`` lets several processes or calls share one numbering)."""
+    """Sample ``n`` images; image i uses seed ``seed + seed_offset + i`` (or ``seeds[i]`` when given) and label
+    number ``seed_offset + i``, whatever the batch (``seed_offset`` lets several processes or calls share one
+    numbering)."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
@@ -103,6 +105,9 @@ def generate(
         times.append(t)
         return denoiser(x, t, y)
 
+    if seeds is not None and len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} images: give one seed per image")
+    seed_of = (lambda i: int(seeds[i])) if seeds is not None else (lambda i: seed + seed_offset + i)
     outs = []
     n_batches = math.ceil(n / batch_size)
     bar = tqdm(total=n_batches * sampler.steps, desc=f"{sampler.sampler} x{sampler.steps}", unit="step", disable=not progress, leave=False)
@@ -111,7 +116,7 @@ def generate(
     start = time.perf_counter()
     for b in range(n_batches):
         idx = list(range(b * batch_size, min(n, (b + 1) * batch_size)))
-        noise, gens = image_noise(shape, [seed + seed_offset + i for i in idx], device)
+        noise, gens = image_noise(shape, [seed_of(i) for i in idx], device)
         y = None if labels is None else labels[idx].to(device)
         fn = first_batch_fn if b == 0 else denoiser
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):

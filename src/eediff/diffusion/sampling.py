@@ -30,6 +30,16 @@ class SamplerConfig:
     # diffusers' timestep_spacing; "linspace" includes the last training step (999) and ends at 0,
     # as the official DiT respacing does.
     timestep_spacing: str = "linspace"
+    # further constructor options of the diffusers scheduler (e.g. {"use_karras_sigmas": True}); the model's
+    # noise process and epsilon prediction always win over the same keys here
+    options: dict | None = None
+
+    @classmethod
+    def from_scheduler(cls, scheduler, steps: int) -> "SamplerConfig":
+        """The sampler of a diffusers scheduler instance: its class and its options (not its noise schedule)."""
+        cfg = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+        spacing = cfg.pop("timestep_spacing", "linspace")
+        return cls(type(scheduler).__name__, steps, spacing, cfg)
 
 
 # name -> (diffusers class name, extra constructor kwargs)
@@ -59,7 +69,10 @@ def make_scheduler(cfg: SamplerConfig, process, learned_sigma: bool):
         raise SamplerError("euler-maruyama is not a diffusers scheduler; call sample_loop")
     cls_name, extra = SAMPLERS.get(cfg.sampler, (cfg.sampler, {}))
     cls = _scheduler_class(cls_name)
-    kwargs = dict(process.scheduler_config(), prediction_type="epsilon", timestep_spacing=cfg.timestep_spacing, **extra)
+    owned = dict(process.scheduler_config(), prediction_type="epsilon")
+    noise_keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+    user = {k: v for k, v in (cfg.options or {}).items() if k not in owned and k not in noise_keys}
+    kwargs = dict(owned, timestep_spacing=cfg.timestep_spacing, **{**extra, **user})
     if cls_name == "DDPMScheduler":
         kwargs["variance_type"] = "learned_range" if learned_sigma else "fixed_small"
     accepted = inspect.signature(cls.__init__).parameters
