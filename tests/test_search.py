@@ -1,0 +1,261 @@
+"""Exit-schedule search: the proxy against a direct computation, the greedy path's budget and constraints,
+determinism, the FD confirmation, and the CLI writing a schedule that `sample` runs."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import eediff
+from eediff.diffusion.sampling import SamplerConfig, sample_loop
+from eediff.exits import search as S
+from eediff.generate import generate, image_noise, resolve_labels
+from eediff.models.registry import default_process
+from tiny import tiny_backbone
+
+DDIM = SamplerConfig("ddim", 6)
+
+
+@pytest.fixture(scope="module")
+def dit():
+    m = tiny_backbone("DiT")  # 6 blocks, 8x8x4, 10 classes, learned sigma
+    return m, default_process(m)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A 4-block 8x8x1 DiT with every weight random (a fresh DiT's zero-initialised head would make every depth alike)."""
+    torch.manual_seed(0)
+    m = eediff.build_model("DiT", input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=4, num_heads=4, num_classes=3)
+    with torch.no_grad():
+        for n, q in m.named_parameters():
+            if n != "pos_embed":
+                q.normal_(0, 0.1)
+    path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
+    eediff.save_model(str(path), m)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def table(dit):
+    m, p = dit
+    return S.measure_proxy(m, p, DDIM, n=5, batch_size=5, seed=3)
+
+
+def test_proxy_against_direct_computation(dit, table):
+    """Every recorded step's error, recomputed from states recorded here with the bare forward pass, and the
+    weight from the process's alphas by hand; then one schedule's proxy by hand."""
+    m, p = dit
+    K, C = m.num_exit_blocks, m.in_channels
+    states = []
+
+    def fn(x, t, y):
+        out = m(x, torch.full((x.shape[0],), float(t)), y)
+        states.append((x.clone(), t))
+        return out
+
+    noise, gens = image_noise((C, 8, 8), [3 + i for i in range(5)], "cpu")
+    y = resolve_labels(range(5), m.num_classes, None)
+    with torch.no_grad():
+        sample_loop(fn, p, DDIM, noise, y, gens, learned_sigma=m.learn_sigma)
+        assert [t for _, t in states] == table.t_model and len(states) == 6
+        acp = p.alphas_cumprod()
+        for s, (x, t) in enumerate(states):
+            tt = torch.full((5,), float(t))
+            full = m(x, tt, y)[:, :C]
+            for k in (1, 3, K - 1):
+                e = ((m(x, tt, y, active_blocks=k)[:, :C] - full) ** 2).mean().item()
+                assert table.error[s][k] == pytest.approx(e, rel=1e-5, abs=1e-9)
+            assert table.error[s][K] == 0 and math.isnan(table.error[s][0])
+            a0 = acp[int(t)].item()
+            a1 = acp[int(states[s + 1][1])].item() if s + 1 < len(states) else 1.0
+            b = math.sqrt(1 - a1) - math.sqrt(a1) * math.sqrt(1 - a0) / math.sqrt(a0)
+            assert table.coef[s] == pytest.approx(b, rel=1e-9)
+    assert table.t_unit == [t / 1000 for t in table.t_model]
+    # a schedule that cuts to 2 blocks for t >= 0.5 only: the steps there, weighted
+    sched = eediff.ExitSchedule("half", (0.0, 0.5, 1.0), (K, 2))
+    want = sum(table.coef[s] ** 2 * table.error[s][2] for s, t in enumerate(table.t_unit) if t >= 0.5)
+    assert want > 0 and table.proxy(sched) == pytest.approx(want, rel=1e-12)
+    assert table.proxy(sched, "uniform") == pytest.approx(sum(table.error[s][2] for s, t in enumerate(table.t_unit) if t >= 0.5))
+
+
+def test_continuous_coefficients_by_hand():
+    p = eediff.ContinuousVP()
+    ts = [999.0, 600.0, 100.0]
+    a = [p.alpha_sigma(t / 999) for t in ts] + [(1.0, 0.0)]
+    want = [a[i + 1][1] - a[i + 1][0] * a[i][1] / a[i][0] for i in range(3)]
+    assert S.eps_coefficients(p, ts) == pytest.approx(want)
+
+
+def test_budget_reached_within_one_step_and_savings_are_generates(dit, table):
+    m, p = dit
+    b = S.equal_boundaries(4)
+    for target in (0.1, 0.25, 0.4):
+        path = S.greedy_path(table, b, stop_saving=target)
+        assert path[-1].compute_saving >= target > path[-2].compute_saving  # the first candidate over the target
+    full = S.greedy_path(table, b)
+    assert full[: len(path)] == path  # stopping early is a prefix of the whole path
+    for c in (path[-1], full[-1]):
+        sched = c.schedule(b)
+        assert c.compute_saving == pytest.approx(table.compute_saving(sched), abs=1e-12)
+        assert c.proxy == pytest.approx(table.proxy(sched), rel=1e-12, abs=1e-15)
+        res = generate(m, p, DDIM, n=2, batch_size=2, schedule=sched, progress=False)
+        assert 1 - res.compute_fraction == pytest.approx(c.compute_saving, abs=1e-12)
+
+
+@pytest.mark.parametrize("monotone,data_full", [(True, True), (False, True), (True, False), (False, False)])
+def test_candidates_are_valid(table, monotone, data_full):
+    K = table.num_blocks
+    b = S.equal_boundaries(5)
+    path = S.greedy_path(table, b, min_depth=2, monotone=monotone, data_full=data_full)
+    assert path[0].blocks == (K,) * 5 and path[0].compute_saving == 0 and path[0].proxy == 0
+    for prev, c in zip(path, path[1:]):
+        assert all(2 <= k <= K for k in c.blocks)
+        if monotone:
+            assert all(u >= v for u, v in zip(c.blocks, c.blocks[1:]))
+        if data_full:
+            assert c.blocks[0] == K
+        assert c.compute_saving > prev.compute_saving
+        changed = [i for i in range(5) if c.blocks[i] != prev.blocks[i]]
+        assert prev.blocks[changed[0]] - c.blocks[changed[0]] == 1  # one block off one interval (plus its cascade)
+        if not monotone:
+            assert len(changed) == 1
+    # every visited interval ends at the minimum depth (the path runs out of moves only there)
+    visited = {S.interval_of(t, b) for t in table.t_unit}
+    assert all(path[-1].blocks[i] == 2 for i in visited if not (data_full and i == 0))
+    sched = path[-1].schedule(b)
+    sched.check(K)
+    assert eediff.get_schedule(sched.to_spec()).blocks == path[-1].blocks
+
+
+def test_interval_of_matches_the_schedule():
+    b = S.equal_boundaries(10)
+    probe = eediff.ExitSchedule("index", b, tuple(range(10)))
+    for t in [0.0, 0.05, 0.1, 0.2999999, 0.3, 0.5, 0.95, 1.0]:
+        assert S.interval_of(t, b) == probe.active_blocks(t, 10)
+
+
+def test_deterministic_and_independent_of_batching(dit, table):
+    m, p = dit
+    again = S.measure_proxy(m, p, DDIM, n=5, batch_size=5, seed=3)
+    assert again.to_dict() == table.to_dict()  # bit for bit under the same seed
+    split = S.measure_proxy(m, p, DDIM, n=5, batch_size=2, seed=3)
+    for u, v in zip(split.error, table.error):
+        assert u[1:] == pytest.approx(v[1:], rel=1e-5, abs=1e-9)
+    other = S.measure_proxy(m, p, DDIM, n=5, batch_size=5, seed=4)
+    assert other.error != table.error
+    b = S.equal_boundaries(4)
+    assert S.greedy_path(table, b, stop_saving=0.4) == S.greedy_path(again, b, stop_saving=0.4)
+    assert S.ProxyTable.from_dict(json.loads(json.dumps(table.to_dict()))).to_dict() == table.to_dict()
+
+
+def test_propagated_weight_of_the_last_step(dit):
+    """The last DDIM step lands on x0_hat = (x - sigma eps) / alpha, so an eps error delta moves the sample by
+    -sigma/alpha delta, then clipped: the measured weight against that, computed here."""
+    m, p = dit
+    sampler = SamplerConfig("ddim", 3)
+    t = S.measure_proxy(m, p, sampler, n=3, batch_size=2, seed=1, weighting="propagated")
+    assert t.weights() == t.gain and len(t.gain) == 3 and all(g > 0 for g in t.gain)
+    a = p.alphas_cumprod()[int(t.t_model[-1])].item()
+    ratio = math.sqrt(1 - a) / math.sqrt(a)
+    C = m.in_channels
+    dev = 0.0
+    for i in range(3):
+        noise, gens = image_noise((C, 8, 8), [1 + i], "cpu")
+        y = resolve_labels(range(i, i + 1), m.num_classes, None)
+        with torch.no_grad():
+            u = sample_loop(lambda x, tt, yy: m(x, torch.full((1,), float(tt)), yy), p, sampler, noise, y, gens, learned_sigma=True)
+        delta = S.PROBE * S.probe_noise((C, 8, 8), [1 + i], 2, "cpu")
+        dev += ((u - ratio * delta).clamp(-1, 1) - u.clamp(-1, 1)).pow(2).mean().item()
+    # sigma/alpha = 0.01 at index 0: a change of ~1e-3 on values of ~1, which float32 rounds to ~1e-7
+    assert t.gain[-1] == pytest.approx(dev / 3 / S.PROBE**2, rel=1e-3)
+
+
+def test_bisection_picks_the_last_candidate_under_the_ratio():
+    path = [S.Candidate((10, 10 - i), i / 10, float(i)) for i in range(9)]
+    calls = []
+
+    def judge(schedule):
+        calls.append(schedule.blocks)
+        i = next(j for j, c in enumerate(path) if c.blocks == schedule.blocks)
+        return 10.0 * (1 + 0.01 * i), i / 10
+
+    chosen = S.bisect_ratio(path, judge, (0.0, 0.5, 1.0), max_ratio=1.045)
+    assert chosen == 4 and path[4].fid_ratio == pytest.approx(1.04) and path[5].fid_ratio == pytest.approx(1.05)
+    assert len(calls) <= 2 + math.ceil(math.log2(len(path)))  # full, the end, then bisection
+    assert [i for i, c in enumerate(path) if c.fid is not None] == sorted({0, 8, 4, 6, 5})
+
+
+def test_max_fid_ratio_mode_confirms_on_held_out_images(ckpt, tmp_path):
+    from eediff.config import SearchConfig
+
+    cfg = SearchConfig(model=ckpt, max_fid_ratio=1.5, sampler="ddim", steps=4, n=4, batch_size=8, intervals=4, confirm_n=24,
+                       reference="tests/data/fmnist_sample.npz:test", cache_dir=str(tmp_path / "c"), device="cpu",
+                       out=str(tmp_path / "s.json"), report=str(tmp_path / "r.json"), progress=False)
+    res = S.run_search(cfg, log=lambda s: None)
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["mode"] == "max-fid-ratio" and rep["confirmation"]["metric"] == "fd-classifier"
+    assert rep["confirmation"]["seeds"] == [4, 27]  # after the search batch's seeds 0..3
+    c = res.best
+    assert c.fid is not None and c.fid_ratio <= 1.5 and res.path[0].fid_ratio == 1.0
+    assert c.realised_saving == pytest.approx(c.compute_saving, abs=1e-12)
+    if res.chosen + 1 < len(res.path):  # bisection ends next to a refused candidate
+        assert res.path[res.chosen + 1].fid_ratio > 1.5
+    assert rep["chosen"] == res.chosen and rep["schedule"]["blocks"] == list(c.blocks)
+    assert json.loads((tmp_path / "s.json").read_text())["search"]["fid_ratio"] == pytest.approx(c.fid_ratio)
+
+
+# ---- the command line ----------------------------------------------------------------------------------------
+
+EXE = [sys.executable, "-m", "eediff.cli"]
+
+
+def run(*args):
+    return subprocess.run(EXE + list(args), capture_output=True, text=True, timeout=300)
+
+
+def test_cli_writes_a_schedule_that_sample_runs(ckpt, tmp_path):
+    out, rep = tmp_path / "sched.json", tmp_path / "rep.json"
+    r = run("search", "--model", ckpt, "--target-saving", "0.3", "--sampler", "ddim", "--steps", "4", "-n", "3",
+            "--intervals", "4", "--device", "cpu", "--out", str(out), "--report", str(rep), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    spec = json.loads(out.read_text())
+    assert spec["boundaries"] == [0, 0.25, 0.5, 0.75, 1] and spec["blocks"][0] == 4 and spec["search"]["compute_saving"] >= 0.3
+    assert f"compute saving: {100 * spec['search']['compute_saving']:.1f}%" in r.stdout and "not confirmed" in r.stdout
+    report = json.loads(rep.read_text())
+    assert report["path"][-1]["blocks"] == spec["blocks"] and len(report["proxy_table"]["t_unit"]) == 4
+    r = run("sample", "--model", ckpt, "--schedule", str(out), "--sampler", "ddim", "--steps", "4", "-n", "2",
+            "--out", str(tmp_path / "g.png"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    frac = float(r.stdout.split("compute fraction: ")[1].split()[0])
+    assert frac == pytest.approx(1 - spec["search"]["compute_saving"], abs=5e-4)
+
+
+@pytest.mark.parametrize("args,needle", [
+    ([], "exactly one of --target-saving"),
+    (["--target-saving", "0.4", "--max-fid-ratio", "1.02"], "exactly one of --target-saving"),
+    (["--target-saving", "1.2"], "must lie in (0, 1)"),
+    (["--max-fid-ratio", "nan"], "finite number >= 1"),
+    (["--target-saving", "0.4", "--out", "s.txt"], "ending in .json"),
+])
+def test_cli_one_line_errors(args, needle):
+    r = run("search", *args, "--no-progress")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_unreachable_target_is_refused(ckpt, table, tmp_path):
+    from eediff.config import SearchConfig
+
+    kw = dict(model=ckpt, sampler="ddim", steps=3, n=2, device="cpu", progress=False, out=str(tmp_path / "s.json"))
+    with pytest.raises(S.SearchError, match="nothing to search"):
+        S.run_search(SearchConfig(target_saving=0.3, intervals=1, **kw))
+    with pytest.raises(S.SearchError, match="is beyond the 0.1"):
+        S.run_search(SearchConfig(target_saving=0.9, min_depth=3, intervals=2, **kw))
+    assert not (tmp_path / "s.json").exists()
+    path = S.greedy_path(table, S.equal_boundaries(2), min_depth=5, stop_saving=0.99)
+    assert path[-1].compute_saving < 0.99 and path[-1].blocks == (6, 5)
