@@ -259,3 +259,65 @@ def test_unreachable_target_is_refused(ckpt, table, tmp_path):
     assert not (tmp_path / "s.json").exists()
     path = S.greedy_path(table, S.equal_boundaries(2), min_depth=5, stop_saving=0.99)
     assert path[-1].compute_saving < 0.99 and path[-1].blocks == (6, 5)
+
+
+# ---- benchmarks/search_eval.py ---------------------------------------------------------------------------------
+
+
+def test_search_eval_generate_and_fid_stages(ckpt, tmp_path):
+    work, part, res = tmp_path / "w", tmp_path / "partial.json", tmp_path / "search.json"
+    common = ["--work", str(work), "--device", "cpu"]
+    r = subprocess.run([sys.executable, "benchmarks/search_eval.py", "generate", "--models", f"Tiny={ckpt}", "--presets", "4,3,2,1;4,2,2,1",
+                        "--targets", "0.3", "--weightings", "step,uniform", "-n", "6", "--batch-size", "6", "--search-n", "3",
+                        "--steps", "4", "--intervals", "4", "--out", str(part), *common], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(part.read_text())["rows"]
+    # full, 2 presets, (2 preset savings + 1 target) x 2 weightings
+    assert [r["kind"] for r in rows] == ["full", "preset", "preset"] + ["searched"] * 6
+    assert [r["compared_with"] for r in rows[3:6]] == ["4,3,2,1", "4,2,2,1", None]
+    table = S.ProxyTable.from_dict(json.loads(part.read_text())["tables"]["Tiny"])
+    for row in rows:
+        sched = eediff.get_schedule(json.dumps({"boundaries": row["boundaries"], "blocks": row["blocks"]}))
+        assert row["compute_saving"] == pytest.approx(table.compute_saving(sched), abs=1e-9)  # generate's, on the eval images
+        assert row["proxy"] == row["proxies"]["step"] == pytest.approx(table.proxy(sched, "step"))
+        assert row["proxies"]["propagated"] == pytest.approx(table.proxy(sched))  # the weighting the table was measured for
+        assert set(row["proxies"]) == {"step", "propagated", "uniform"}
+    for row, preset in zip(rows[3:5], rows[1:3]):  # a search at a preset's saving saves at least as much
+        assert row["compute_saving"] >= preset["compute_saving"] - 1e-12
+    assert rows[0]["proxy"] == 0 and rows[0]["compute_saving"] == 0
+    r = subprocess.run([sys.executable, "benchmarks/search_eval.py", "fid", "--partial", str(part), "--metric", "fd-classifier",
+                        "--reference", "tests/data/fmnist_sample.npz", "--cache-dir", str(tmp_path / "c"), "--out", str(res), *common],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(res.read_text())
+    assert all(r["fid"] > 0 and r["fid_full"] == out["rows"][0]["fid"] for r in out["rows"])
+    mod = _search_eval()
+    want = mod.spearman([r["proxies"]["uniform"] for r in out["rows"]], [r["fid"] for r in out["rows"]])
+    assert out["spearman"]["uniform"]["all"] == want and set(out["spearman"]["step"]) == {"all", "Tiny"}
+    md = (tmp_path / "search.md").read_text()
+    assert "| Tiny | search(step)@4,3,2,1 |" in md and "Spearman" in md
+
+
+def _search_eval():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(root))
+    try:
+        spec = importlib.util.spec_from_file_location("search_eval", root / "search_eval.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(root))
+    return mod
+
+
+def test_spearman_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    mod = _search_eval()
+    xs = [0.1, 0.5, 0.5, 2.0, 3.0, 0.0, 7.0]
+    ys = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]
+    assert mod.spearman(xs, ys) == pytest.approx(stats.spearmanr(xs, ys).statistic, rel=1e-12)
+    assert mod.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert mod.spearman([1, 2], [2, 1]) is None and mod.spearman([1, 1, 1], [1, 2, 3]) is None

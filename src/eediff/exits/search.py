@@ -87,6 +87,7 @@ class SearchError(EediffError):
 
 
 WEIGHTINGS = ("step", "propagated", "uniform")
+DEFAULT_WEIGHTING = "step"
 PROBE = 0.1  # RMS of the eps perturbation whose effect on the final sample gives the "propagated" weight
 
 
@@ -121,7 +122,7 @@ class ProxyTable:
     num_blocks: int
     n: int  # images the errors are averaged over
     seed: int
-    weighting: str = "step"
+    weighting: str = DEFAULT_WEIGHTING
     gain: list[float] | None = None  # G_s^2, measured (weighting "propagated"); None when not measured
 
     def weights(self, weighting: str | None = None) -> list[float]:
@@ -172,7 +173,7 @@ def probe_noise(shape, image_seeds: Sequence[int], step: int, device) -> torch.T
 
 @torch.no_grad()
 def measure_proxy(model, process, sampler, n: int = 256, batch_size: int = 256, seed: int = 0, cfg_scale: float = 1.0,
-                  min_depth: int = 1, weighting: str = "step", device="cpu", autocast_dtype=None, probe: float = PROBE,
+                  min_depth: int = 1, weighting: str = DEFAULT_WEIGHTING, device="cpu", autocast_dtype=None, probe: float = PROBE,
                   progress: bool = False) -> ProxyTable:
     """Sample ``n`` images at full depth, then measure every depth in [min_depth, K) on every recorded state;
     with ``weighting="propagated"`` also each step's measured gain (one more sampling run per step)."""
