@@ -97,7 +97,9 @@ def test_budget_reached_within_one_step_and_savings_are_generates(dit, table):
         path = S.greedy_path(table, b, stop_saving=target)
         assert path[-1].compute_saving >= target > path[-2].compute_saving  # the first candidate over the target
     full = S.greedy_path(table, b)
-    assert full[: len(path)] == path  # stopping early is a prefix of the whole path
+    assert full[: len(path) - 1] == path[:-1]  # stopping early follows the whole path up to its last move,
+    reached = next(c for c in full if c.compute_saving >= 0.4)
+    assert path[-1].proxy <= reached.proxy  # which is the best move to the target (at least as good as the path's)
     for c in (path[-1], full[-1]):
         sched = c.schedule(b)
         assert c.compute_saving == pytest.approx(table.compute_saving(sched), abs=1e-12)
@@ -120,15 +122,51 @@ def test_candidates_are_valid(table, monotone, data_full):
             assert c.blocks[0] == K
         assert c.compute_saving > prev.compute_saving
         changed = [i for i in range(5) if c.blocks[i] != prev.blocks[i]]
-        assert prev.blocks[changed[0]] - c.blocks[changed[0]] == 1  # one block off one interval (plus its cascade)
-        if not monotone:
-            assert len(changed) == 1
+        i = changed[0]  # one interval lowered, and with monotone the intervals on its noise side cut to its depth
+        assert c.blocks[i] < prev.blocks[i]
+        assert all(c.blocks[j] == c.blocks[i] < prev.blocks[j] for j in changed[1:]) and (monotone or len(changed) == 1)
     # every visited interval ends at the minimum depth (the path runs out of moves only there)
     visited = {S.interval_of(t, b) for t in table.t_unit}
     assert all(path[-1].blocks[i] == 2 for i in visited if not (data_full and i == 0))
     sched = path[-1].schedule(b)
     sched.check(K)
     assert eediff.get_schedule(sched.to_spec()).blocks == path[-1].blocks
+
+
+def synthetic_table(error, t_unit, K):
+    """A table with given errors, uniform weights (b = 1) and FLOPs 1 + k."""
+    return S.ProxyTable(t_model=[1000 * t for t in t_unit], t_unit=t_unit, coef=[1.0] * len(t_unit), error=error,
+                        flops=[1.0 + k for k in range(K + 1)], num_blocks=K, n=1, seed=0)
+
+
+def test_a_move_jumps_over_a_bump():
+    """Depth 3 is worse than depth 2 at the noise end: the path goes from 4 blocks straight to 2."""
+    t = synthetic_table([[math.nan, 9.0, 9.0, 9.0, 0.0], [math.nan, 5.0, 0.2, 3.0, 0.0]], [0.1, 0.9], 4)
+    path = S.greedy_path(t, (0.0, 0.5, 1.0))
+    assert [c.blocks for c in path] == [(4, 4), (4, 2), (4, 1)]
+    assert path[1].proxy == pytest.approx(0.2) and path[1].compute_saving == pytest.approx(2 / 10)
+    # to a target of 0.1 both (4, 3) and (4, 2) would do: the last move takes the lower proxy
+    assert S.greedy_path(t, (0.0, 0.5, 1.0), stop_saving=0.1)[-1].blocks == (4, 2)
+
+
+def test_unconstrained_path_is_optimal_at_every_saving():
+    """Without the monotone constraint every candidate has the lowest proxy of all schedules that save at
+    least as much (checked against every one of the 4^3 schedules)."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    K, b = 4, (0.0, 1 / 3, 2 / 3, 1.0)
+    t_unit = [0.05, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 0.95]
+    error = [[math.nan] + [rng.uniform(0, 3) for _ in range(K - 1)] + [0.0] for _ in t_unit]  # not monotone in k
+    table = synthetic_table(error, t_unit, K)
+    every = [(table.compute_saving(S.Candidate(bl, 0, 0).schedule(b)), table.proxy(S.Candidate(bl, 0, 0).schedule(b)))
+             for bl in itertools.product(range(1, K + 1), repeat=3)]
+    path = S.greedy_path(table, b, monotone=False, data_full=False)
+    assert path[-1].blocks == (1, 1, 1)
+    for c in path:
+        best = min(p for s, p in every if s >= c.compute_saving - 1e-12)
+        assert c.proxy == pytest.approx(best, abs=1e-12)
 
 
 def test_interval_of_matches_the_schedule():

@@ -42,18 +42,26 @@ from the recorded states, which is why the search can confirm its candidates by 
 
 **Search.** The t axis is cut into ``intervals`` equal intervals (the presets' grid: [0, 0.1), [0.1, 0.2),
 ..., closed on the left, the last one containing 1). Starting from full depth everywhere, each greedy step
-removes one block from one interval, the one with the lowest increase in proxy per FLOP saved. FLOPs are the
-model's analytic count, ``model.flops(k)`` at every step the sampler evaluates, so the compute saving of a
-candidate is ``1 - ExitSchedule.compute_fraction`` over the sampler's own timesteps, the number ``generate``
-reports. Constraints: depth never below ``min_depth`` (>= 1); with ``monotone`` the depth does not increase
-as t grows (removing a block from interval i also lowers every interval on its noise side that would
-otherwise be deeper: one move, costed as a whole, so the greedy never stalls behind the constraint); with
-``data_full`` the interval nearest the data keeps every block. Ties go to the interval nearest the noise.
-The steps form the *greedy path*, from full depth to ``min_depth`` everywhere; intervals the sampler never
-visits cost nothing and save nothing, and keep the largest depth monotonicity leaves them.
+lowers the depth of one interval, choosing the interval and the new depth with the lowest increase in proxy
+per FLOP saved. A move may remove several blocks at once: an interval's proxy need not grow steadily as
+blocks go (a DiT truncated after 16 blocks can be closer to its full output than one truncated after 18),
+and with one block at a time the greedy would stop in front of such a bump. Taking the cheapest ratio over
+all depths follows the lower convex hull of every interval's (FLOPs, proxy) curve: without the monotone
+constraint every candidate on the path then has the lowest proxy of all schedules that save at least as
+much (each minimises proxy + lambda * FLOPs for some lambda, the Lagrangian argument for separable costs);
+the constraint couples neighbouring intervals, and there it is a good heuristic. FLOPs are the model's analytic count, ``model.flops(k)`` at every step the sampler evaluates, so the
+compute saving of a candidate is ``1 - ExitSchedule.compute_fraction`` over the sampler's own timesteps, the
+number ``generate`` reports. Constraints: depth never below ``min_depth`` (>= 1); with ``monotone`` the
+depth does not increase as t grows (lowering interval i also lowers every interval on its noise side that
+would otherwise be deeper: one move, costed as a whole, so the greedy never stalls behind the constraint);
+with ``data_full`` the interval nearest the data keeps every block. Ties go to the interval nearest the
+noise, then to the smaller move. The steps form the *greedy path*, from full depth to ``min_depth``
+everywhere; intervals the sampler never visits cost nothing and save nothing, and keep the largest depth
+monotonicity leaves them.
 
-**Stopping.** ``target_saving``: the first candidate on the path whose compute saving reaches the target
-(so it exceeds it by at most one move). ``max_fid_ratio``: the whole path is built, then candidates are
+**Stopping.** ``target_saving``: the path stops at the first candidate whose compute saving reaches the
+target; for that last move, of all the moves that reach the target, the one leaving the lowest proxy is taken
+(the candidate before it is below the target). ``max_fid_ratio``: the whole path is built, then candidates are
 *confirmed*: ``confirm_n`` held-out images (seeds ``seed + n`` onwards, disjoint from the search batch) are
 generated with the candidate's schedule and with full depth, same seeds and labels, and their Fréchet
 distance to the reference set is measured (``fd-classifier`` by default, Inception FID with an Inception
@@ -197,7 +205,7 @@ def measure_proxy(model, process, sampler, n: int = 256, batch_size: int = 256, 
     shape = (C, model.input_size, model.input_size)
     n_batches = math.ceil(n / batch_size)
     propagate = weighting == "propagated"
-    per_batch = lambda S: S * (1 + len(truncated)) + (S * S if propagate else 0)  # noqa: E731 -- model evaluations
+    per_batch = lambda steps: steps * (1 + len(truncated)) + (steps * steps if propagate else 0)  # noqa: E731 -- model evaluations
     bar = tqdm(total=n_batches * per_batch(sampler.steps), desc=f"proxy {sampler.sampler} x{sampler.steps}", unit="eval",
                disable=not progress, leave=False)
     tick = bar.update if progress else None
@@ -287,7 +295,7 @@ class Candidate:
 
 def greedy_path(table: ProxyTable, boundaries: Sequence[float], min_depth: int = 1, monotone: bool = True,
                 data_full: bool = True, stop_saving: float | None = None, weighting: str | None = None) -> list[Candidate]:
-    """Full depth, then one move (one block off one interval, see the module docstring) at a time, until the
+    """Full depth, then one move (one interval to a lower depth, see the module docstring) at a time, until the
     compute saving reaches ``stop_saving`` or no move saves anything. Candidate 0 is full depth."""
     K = table.num_blocks
     if not 1 <= min_depth <= K:
@@ -309,25 +317,28 @@ def greedy_path(table: ProxyTable, boundaries: Sequence[float], min_depth: int =
     blocks = [K] * m
     path = [candidate(blocks)]
     while stop_saving is None or path[-1].compute_saving < stop_saving:
-        best = None
+        moves = []  # (proxy added per FLOP saved, -interval, new depths, resulting candidate)
         for i in range(m):
-            if (data_full and i == 0) or blocks[i] <= min_depth:
+            if data_full and i == 0:
                 continue
-            new = list(blocks)
-            new[i] -= 1
-            if monotone:
-                new[i + 1:] = [min(k, new[i]) for k in new[i + 1:]]
-            saved = sum(flop[j][blocks[j]] - flop[j][new[j]] for j in range(m))
-            if saved <= 0:
-                continue
-            added = sum(cost[j][new[j]] - cost[j][blocks[j]] for j in range(m))
-            key = (added / saved, -i)  # cheapest per FLOP; ties: nearest the noise
-            if best is None or key < best[0]:
-                best = (key, new)
-        if best is None:
+            for d in range(blocks[i] - 1, min_depth - 1, -1):
+                new = list(blocks)
+                new[i] = d
+                if monotone:
+                    new[i + 1:] = [min(k, d) for k in new[i + 1:]]
+                saved = sum(flop[j][blocks[j]] - flop[j][new[j]] for j in range(m))
+                if saved <= 0:
+                    continue
+                added = sum(cost[j][new[j]] - cost[j][blocks[j]] for j in range(m))
+                moves.append((added / saved, -i, new, candidate(new)))
+        if not moves:
             break
-        blocks = best[1]
-        path.append(candidate(blocks))
+        best = min(moves, key=lambda mv: mv[:2])  # cheapest per FLOP; ties: nearest the noise, then fewest blocks off
+        if stop_saving is not None and best[3].compute_saving >= stop_saving:
+            # the last move: of those that reach the target, the one that leaves the lowest proxy
+            best = min((mv for mv in moves if mv[3].compute_saving >= stop_saving), key=lambda mv: (mv[3].proxy, mv[3].compute_saving, mv[1]))
+        blocks = best[2]
+        path.append(best[3])
     return path
 
 
@@ -350,7 +361,6 @@ class Confirmation:
     autocast_dtype: object = None
     cfg_scale: float = 1.0
     progress: bool = False
-    log: Callable[[str], None] = print
 
     def __call__(self, schedule: ExitSchedule) -> tuple[float, float]:
         """(distance, realised compute saving)."""
@@ -424,10 +434,14 @@ def check_config(cfg) -> None:
         raise SearchError(f"--target-saving {cfg.target_saving} must lie in (0, 1): the fraction of the FLOPs to save")
     if cfg.max_fid_ratio is not None and not (math.isfinite(cfg.max_fid_ratio) and cfg.max_fid_ratio >= 1):
         raise SearchError(f"--max-fid-ratio {cfg.max_fid_ratio} must be a finite number >= 1 (FD of the schedule / FD at full depth)")
-    for flag, v in (("-n", cfg.n), ("--batch-size", cfg.batch_size), ("--confirm-n", cfg.confirm_n), ("--intervals", cfg.intervals),
+    for flag, v in (("-n", cfg.n), ("--batch-size", cfg.batch_size), ("--intervals", cfg.intervals),
                     ("--steps", cfg.steps), ("--min-depth", cfg.min_depth)):
         if v < 1:
             raise SearchError(f"{flag} must be at least 1, got {v}")
+    if cfg.confirm_n < 2:
+        raise SearchError(f"--confirm-n must be at least 2 (a Fréchet distance needs a covariance), got {cfg.confirm_n}")
+    if not (math.isfinite(cfg.cfg) and 0 <= cfg.cfg <= 100):
+        raise SearchError(f"--cfg {cfg.cfg} is not a usable guidance scale: give a finite value in [0, 100] (1 = off)")
     if cfg.weighting not in WEIGHTINGS:
         raise SearchError(f"--weighting '{cfg.weighting}' is unknown: use {', '.join(WEIGHTINGS)}")
     if cfg.metric not in ("auto", "fid", "fd-classifier"):
