@@ -14,8 +14,8 @@ depth, with every preset and with every searched schedule, and saved as uint8 .n
 proxy of its schedule under every weighting (presets included, so that the proxy's agreement with FID can be
 measured), its compute saving as ``generate`` reports it, and the preset it is compared with.
 ``fid``: the FID of every set against the reference, ``fid_full`` of the row's checkpoint at full depth, the
-Spearman rank correlation between proxy and FID over all rows and per model (one per weighting), a Markdown
-table next to ``--out``. CPU smoke run: ``generate -n 64 --search-n 16 --steps 5 --device cpu``.
+Spearman rank correlation between proxy and FID over all rows and per model (one per weighting; a schedule
+that several searches found counts once), a Markdown table next to ``--out``. CPU smoke run: ``generate -n 64 --search-n 16 --steps 5 --device cpu``.
 """
 
 from __future__ import annotations
@@ -126,6 +126,28 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
     return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
 
 
+def distinct(rows: list[dict]) -> list[dict]:
+    """One row per (model, schedule): a schedule found by several searches is one point, not several."""
+    seen: dict = {}
+    for r in rows:
+        seen.setdefault((r["model"], tuple(r["boundaries"]), None if r["blocks"] is None else tuple(r["blocks"])), r)
+    return list(seen.values())
+
+
+def spearman_table(rows: list[dict]) -> dict:
+    """{weighting: {"all": rho, model: rho, ...}} over the distinct schedules (full depth and presets included)."""
+    rows = distinct(rows)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    out = {}
+    for w in rows[0]["proxies"] if rows else []:
+        rho = {"all": spearman([r["proxies"][w] for r in rows], [r["fid"] for r in rows])}
+        for mdl in models:
+            mine = [r for r in rows if r["model"] == mdl]
+            rho[mdl] = spearman([r["proxies"][w] for r in mine], [r["fid"] for r in mine])
+        out[w] = rho
+    return out
+
+
 def fid_stage(a) -> dict:
     from eediff.config import FidConfig
     from eediff.eval.evaluate import run_fid
@@ -144,14 +166,7 @@ def fid_stage(a) -> dict:
     for r in part["rows"]:
         r["fid_full"] = full.get(r["model"])
         r["fid_ratio"] = r["fid"] / r["fid_full"] if r["fid_full"] else None
-    models = list(dict.fromkeys(r["model"] for r in part["rows"]))
-    part["spearman"] = {}
-    for w in part["rows"][0]["proxies"] if part["rows"] else []:
-        rho = {"all": spearman([r["proxies"][w] for r in part["rows"]], [r["fid"] for r in part["rows"]])}
-        for mdl in models:
-            rows = [r for r in part["rows"] if r["model"] == mdl]
-            rho[mdl] = spearman([r["proxies"][w] for r in rows], [r["fid"] for r in rows])
-        part["spearman"][w] = rho
+    part["spearman"] = spearman_table(part["rows"])
     part["commands"] = [part.pop("command"), "python " + " ".join(sys.argv)]
     part["metric"] = a.metric
     return part
@@ -172,7 +187,7 @@ def markdown(res: dict) -> str:
                    + " | ".join(f"{r['proxies'][w]:.4g}" for w in ws)
                    + f" | {'—' if fid is None else f'{fid:.2f}'} | {'—' if ratio is None else f'{ratio:.3f}'} |")
     if res.get("spearman"):
-        out += ["", f"Spearman rank correlation of proxy and {metric}:", ""]
+        out += ["", f"Spearman rank correlation of proxy and {metric} over the distinct schedules (full depth and presets included):", ""]
         for w, rho in res["spearman"].items():
             out.append(f"- {w}: " + ", ".join(f"{k} {'—' if v is None else f'{v:.3f}'}" for k, v in rho.items()))
     out += ["", "Commands: " + "; ".join(f"`{c}`" for c in res.get("commands", [res.get("command", "")])), ""]
