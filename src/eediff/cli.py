@@ -392,6 +392,8 @@ def search_cmd(cfg) -> None:
     typer.echo(f"schedule '{s['name']}': {','.join(map(str, best.blocks))} over {s['intervals']} intervals of t (0 -> 1)")
     target = (f"target {100 * cfg.target_saving:.1f}%" if cfg.target_saving is not None else f"FD ratio at most {cfg.max_fid_ratio:g}")
     typer.echo(f"compute saving: {100 * best.compute_saving:.1f}% of the analytic FLOPs ({target}), proxy {best.proxy:.4g}")
+    if res.chosen == 0:
+        typer.echo(f"note: no candidate that saves compute keeps the FD ratio at most {cfg.max_fid_ratio:g}: the schedule is full depth")
     if best.fid is not None:
         conf = s["confirmation"]
         typer.echo(f"confirmed: {conf['metric']} {best.fid:.3f} vs {res.path[0].fid:.3f} at full depth (ratio {best.fid_ratio:.3f}) on "
