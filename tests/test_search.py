@@ -360,3 +360,16 @@ def test_spearman_against_scipy():
     assert mod.spearman(xs, ys) == pytest.approx(stats.spearmanr(xs, ys).statistic, rel=1e-12)
     assert mod.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert mod.spearman([1, 2], [2, 1]) is None and mod.spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_a_bad_reference_fails_before_the_search(ckpt, tmp_path, monkeypatch):
+    from eediff.config import SearchConfig
+    from eediff.errors import EediffError
+
+    def never(*a, **k):
+        raise AssertionError("the proxy was measured before the reference was checked")
+
+    monkeypatch.setattr(S, "measure_proxy", never)
+    with pytest.raises(EediffError, match="does not exist"):
+        S.run_search(SearchConfig(model=ckpt, max_fid_ratio=1.1, reference=str(tmp_path / "none.npz"), device="cpu",
+                                  cache_dir=str(tmp_path / "c"), out=str(tmp_path / "s.json"), progress=False))

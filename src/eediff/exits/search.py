@@ -480,6 +480,16 @@ def run_search(cfg, log=print) -> SearchResult:
         log(f"note: '{loaded.source}' was fine-tuned for {loaded.tuned_for.name}; the search measures against its full depth")
     boundaries = equal_boundaries(cfg.intervals)
     sampler = SamplerConfig(cfg.sampler, cfg.steps)
+    metric = cfg.metric if cfg.metric != "auto" else ("fid" if cfg.inception else "fd-classifier")
+    judge = None
+    if cfg.max_fid_ratio is not None or cfg.confirm:  # the feature network and reference first: a bad one fails before the work
+        from ..eval.evaluate import feature_network, reference
+
+        ecfg = EvalConfig(metric=metric, inception=cfg.inception, reference=cfg.reference, cache_dir=cfg.cache_dir)
+        features = feature_network(ecfg, device)
+        judge = Confirmation(model, process, sampler, n=cfg.confirm_n, seed=cfg.seed + cfg.n, batch_size=cfg.batch_size,
+                             features=features, reference=reference(ecfg, features), device=device, autocast_dtype=amp,
+                             cfg_scale=cfg.cfg, progress=cfg.progress)
     start = time.perf_counter()
     table = measure_proxy(model, process, sampler, n=cfg.n, batch_size=cfg.batch_size, seed=cfg.seed, cfg_scale=cfg.cfg,
                           min_depth=cfg.min_depth, weighting=cfg.weighting, device=device, autocast_dtype=amp,
@@ -490,17 +500,6 @@ def run_search(cfg, log=print) -> SearchResult:
         raise SearchError(f"--target-saving {cfg.target_saving} is beyond the {path[-1].compute_saving:.3f} this search can reach "
                           f"(--min-depth {cfg.min_depth}{', the interval nearest the data at full depth' if cfg.data_full else ''}, "
                           f"{cfg.sampler} x{cfg.steps}): ask for less")
-    confirming = cfg.max_fid_ratio is not None or cfg.confirm
-    metric = cfg.metric if cfg.metric != "auto" else ("fid" if cfg.inception else "fd-classifier")
-    judge = None
-    if confirming:
-        from ..eval.evaluate import feature_network, reference
-
-        ecfg = EvalConfig(metric=metric, inception=cfg.inception, reference=cfg.reference, cache_dir=cfg.cache_dir)
-        features = feature_network(ecfg, device)
-        judge = Confirmation(model, process, sampler, n=cfg.confirm_n, seed=cfg.seed + cfg.n, batch_size=cfg.batch_size,
-                             features=features, reference=reference(ecfg, features), device=device, autocast_dtype=amp,
-                             cfg_scale=cfg.cfg, progress=cfg.progress)
     if cfg.max_fid_ratio is not None:
         chosen = bisect_ratio(path, judge, boundaries, cfg.max_fid_ratio, log)
     else:
