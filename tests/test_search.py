@@ -1,0 +1,375 @@
+"""Exit-schedule search: the proxy against a direct computation, the greedy path's budget and constraints,
+determinism, the FD confirmation, and the CLI writing a schedule that `sample` runs."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import eediff
+from eediff.diffusion.sampling import SamplerConfig, sample_loop
+from eediff.exits import search as S
+from eediff.generate import generate, image_noise, resolve_labels
+from eediff.models.registry import default_process
+from tiny import tiny_backbone
+
+DDIM = SamplerConfig("ddim", 6)
+
+
+@pytest.fixture(scope="module")
+def dit():
+    m = tiny_backbone("DiT")  # 6 blocks, 8x8x4, 10 classes, learned sigma
+    return m, default_process(m)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A 4-block 8x8x1 DiT with every weight random (a fresh DiT's zero-initialised head would make every depth alike)."""
+    torch.manual_seed(0)
+    m = eediff.build_model("DiT", input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=4, num_heads=4, num_classes=3)
+    with torch.no_grad():
+        for n, q in m.named_parameters():
+            if n != "pos_embed":
+                q.normal_(0, 0.1)
+    path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
+    eediff.save_model(str(path), m)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def table(dit):
+    m, p = dit
+    return S.measure_proxy(m, p, DDIM, n=5, batch_size=5, seed=3)
+
+
+def test_proxy_against_direct_computation(dit, table):
+    """Every recorded step's error, recomputed from states recorded here with the bare forward pass, and the
+    weight from the process's alphas by hand; then one schedule's proxy by hand."""
+    m, p = dit
+    K, C = m.num_exit_blocks, m.in_channels
+    states = []
+
+    def fn(x, t, y):
+        out = m(x, torch.full((x.shape[0],), float(t)), y)
+        states.append((x.clone(), t))
+        return out
+
+    noise, gens = image_noise((C, 8, 8), [3 + i for i in range(5)], "cpu")
+    y = resolve_labels(range(5), m.num_classes, None)
+    with torch.no_grad():
+        sample_loop(fn, p, DDIM, noise, y, gens, learned_sigma=m.learn_sigma)
+        assert [t for _, t in states] == table.t_model and len(states) == 6
+        acp = p.alphas_cumprod()
+        for s, (x, t) in enumerate(states):
+            tt = torch.full((5,), float(t))
+            full = m(x, tt, y)[:, :C]
+            for k in (1, 3, K - 1):
+                e = ((m(x, tt, y, active_blocks=k)[:, :C] - full) ** 2).mean().item()
+                assert table.error[s][k] == pytest.approx(e, rel=1e-5, abs=1e-9)
+            assert table.error[s][K] == 0 and math.isnan(table.error[s][0])
+            a0 = acp[int(t)].item()
+            a1 = acp[int(states[s + 1][1])].item() if s + 1 < len(states) else 1.0
+            b = math.sqrt(1 - a1) - math.sqrt(a1) * math.sqrt(1 - a0) / math.sqrt(a0)
+            assert table.coef[s] == pytest.approx(b, rel=1e-9)
+    assert table.t_unit == [t / 1000 for t in table.t_model]
+    # a schedule that cuts to 2 blocks for t >= 0.5 only: the steps there, weighted
+    sched = eediff.ExitSchedule("half", (0.0, 0.5, 1.0), (K, 2))
+    want = sum(table.coef[s] ** 2 * table.error[s][2] for s, t in enumerate(table.t_unit) if t >= 0.5)
+    assert want > 0 and table.proxy(sched) == pytest.approx(want, rel=1e-12)
+    assert table.proxy(sched, "uniform") == pytest.approx(sum(table.error[s][2] for s, t in enumerate(table.t_unit) if t >= 0.5))
+
+
+def test_continuous_coefficients_by_hand():
+    p = eediff.ContinuousVP()
+    ts = [999.0, 600.0, 100.0]
+    a = [p.alpha_sigma(t / 999) for t in ts] + [(1.0, 0.0)]
+    want = [a[i + 1][1] - a[i + 1][0] * a[i][1] / a[i][0] for i in range(3)]
+    assert S.eps_coefficients(p, ts) == pytest.approx(want)
+
+
+def test_budget_reached_within_one_step_and_savings_are_generates(dit, table):
+    m, p = dit
+    b = S.equal_boundaries(4)
+    for target in (0.1, 0.25, 0.4):
+        path = S.greedy_path(table, b, stop_saving=target)
+        assert path[-1].compute_saving >= target > path[-2].compute_saving  # the first candidate over the target
+    full = S.greedy_path(table, b)
+    assert full[: len(path) - 1] == path[:-1]  # stopping early follows the whole path up to its last move,
+    reached = next(c for c in full if c.compute_saving >= 0.4)
+    assert path[-1].proxy <= reached.proxy  # which is the best move to the target (at least as good as the path's)
+    for c in (path[-1], full[-1]):
+        sched = c.schedule(b)
+        assert c.compute_saving == pytest.approx(table.compute_saving(sched), abs=1e-12)
+        assert c.proxy == pytest.approx(table.proxy(sched), rel=1e-12, abs=1e-15)
+        res = generate(m, p, DDIM, n=2, batch_size=2, schedule=sched, progress=False)
+        assert 1 - res.compute_fraction == pytest.approx(c.compute_saving, abs=1e-12)
+
+
+@pytest.mark.parametrize("monotone,data_full", [(True, True), (False, True), (True, False), (False, False)])
+def test_candidates_are_valid(table, monotone, data_full):
+    K = table.num_blocks
+    b = S.equal_boundaries(5)
+    path = S.greedy_path(table, b, min_depth=2, monotone=monotone, data_full=data_full)
+    assert path[0].blocks == (K,) * 5 and path[0].compute_saving == 0 and path[0].proxy == 0
+    for prev, c in zip(path, path[1:]):
+        assert all(2 <= k <= K for k in c.blocks)
+        if monotone:
+            assert all(u >= v for u, v in zip(c.blocks, c.blocks[1:]))
+        if data_full:
+            assert c.blocks[0] == K
+        assert c.compute_saving > prev.compute_saving
+        changed = [i for i in range(5) if c.blocks[i] != prev.blocks[i]]
+        i = changed[0]  # one interval lowered, and with monotone the intervals on its noise side cut to its depth
+        assert c.blocks[i] < prev.blocks[i]
+        assert all(c.blocks[j] == c.blocks[i] < prev.blocks[j] for j in changed[1:]) and (monotone or len(changed) == 1)
+    # every visited interval ends at the minimum depth (the path runs out of moves only there)
+    visited = {S.interval_of(t, b) for t in table.t_unit}
+    assert all(path[-1].blocks[i] == 2 for i in visited if not (data_full and i == 0))
+    sched = path[-1].schedule(b)
+    sched.check(K)
+    assert eediff.get_schedule(sched.to_spec()).blocks == path[-1].blocks
+
+
+def synthetic_table(error, t_unit, K):
+    """A table with given errors, uniform weights (b = 1) and FLOPs 1 + k."""
+    return S.ProxyTable(t_model=[1000 * t for t in t_unit], t_unit=t_unit, coef=[1.0] * len(t_unit), error=error,
+                        flops=[1.0 + k for k in range(K + 1)], num_blocks=K, n=1, seed=0)
+
+
+def test_a_move_jumps_over_a_bump():
+    """Depth 3 is worse than depth 2 at the noise end: the path goes from 4 blocks straight to 2."""
+    t = synthetic_table([[math.nan, 9.0, 9.0, 9.0, 0.0], [math.nan, 5.0, 0.2, 3.0, 0.0]], [0.1, 0.9], 4)
+    path = S.greedy_path(t, (0.0, 0.5, 1.0))
+    assert [c.blocks for c in path] == [(4, 4), (4, 2), (4, 1)]
+    assert path[1].proxy == pytest.approx(0.2) and path[1].compute_saving == pytest.approx(2 / 10)
+    # to a target of 0.1 both (4, 3) and (4, 2) would do: the last move takes the lower proxy
+    assert S.greedy_path(t, (0.0, 0.5, 1.0), stop_saving=0.1)[-1].blocks == (4, 2)
+
+
+def test_unconstrained_path_is_optimal_at_every_saving():
+    """Without the monotone constraint every candidate has the lowest proxy of all schedules that save at
+    least as much (checked against every one of the 4^3 schedules)."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    K, b = 4, (0.0, 1 / 3, 2 / 3, 1.0)
+    t_unit = [0.05, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 0.95]
+    error = [[math.nan] + [rng.uniform(0, 3) for _ in range(K - 1)] + [0.0] for _ in t_unit]  # not monotone in k
+    table = synthetic_table(error, t_unit, K)
+    every = [(table.compute_saving(S.Candidate(bl, 0, 0).schedule(b)), table.proxy(S.Candidate(bl, 0, 0).schedule(b)))
+             for bl in itertools.product(range(1, K + 1), repeat=3)]
+    path = S.greedy_path(table, b, monotone=False, data_full=False)
+    assert path[-1].blocks == (1, 1, 1)
+    for c in path:
+        best = min(p for s, p in every if s >= c.compute_saving - 1e-12)
+        assert c.proxy == pytest.approx(best, abs=1e-12)
+
+
+def test_interval_of_matches_the_schedule():
+    b = S.equal_boundaries(10)
+    probe = eediff.ExitSchedule("index", b, tuple(range(10)))
+    for t in [0.0, 0.05, 0.1, 0.2999999, 0.3, 0.5, 0.95, 1.0]:
+        assert S.interval_of(t, b) == probe.active_blocks(t, 10)
+
+
+def test_deterministic_and_independent_of_batching(dit, table):
+    m, p = dit
+    again = S.measure_proxy(m, p, DDIM, n=5, batch_size=5, seed=3)
+    assert again.to_dict() == table.to_dict()  # bit for bit under the same seed
+    split = S.measure_proxy(m, p, DDIM, n=5, batch_size=2, seed=3)
+    for u, v in zip(split.error, table.error):
+        assert u[1:] == pytest.approx(v[1:], rel=1e-5, abs=1e-9)
+    other = S.measure_proxy(m, p, DDIM, n=5, batch_size=5, seed=4)
+    assert other.error != table.error
+    b = S.equal_boundaries(4)
+    assert S.greedy_path(table, b, stop_saving=0.4) == S.greedy_path(again, b, stop_saving=0.4)
+    assert S.ProxyTable.from_dict(json.loads(json.dumps(table.to_dict()))).to_dict() == table.to_dict()
+
+
+def test_propagated_weight_of_the_last_step(dit):
+    """The last DDIM step lands on x0_hat = (x - sigma eps) / alpha, so an eps error delta moves the sample by
+    -sigma/alpha delta, then clipped: the measured weight against that, computed here."""
+    m, p = dit
+    sampler = SamplerConfig("ddim", 3)
+    t = S.measure_proxy(m, p, sampler, n=3, batch_size=2, seed=1, weighting="propagated")
+    assert t.weights() == t.gain and len(t.gain) == 3 and all(g > 0 for g in t.gain)
+    a = p.alphas_cumprod()[int(t.t_model[-1])].item()
+    ratio = math.sqrt(1 - a) / math.sqrt(a)
+    C = m.in_channels
+    dev = 0.0
+    for i in range(3):
+        noise, gens = image_noise((C, 8, 8), [1 + i], "cpu")
+        y = resolve_labels(range(i, i + 1), m.num_classes, None)
+        with torch.no_grad():
+            u = sample_loop(lambda x, tt, yy: m(x, torch.full((1,), float(tt)), yy), p, sampler, noise, y, gens, learned_sigma=True)
+        delta = S.PROBE * S.probe_noise((C, 8, 8), [1 + i], 2, "cpu")
+        dev += ((u - ratio * delta).clamp(-1, 1) - u.clamp(-1, 1)).pow(2).mean().item()
+    # sigma/alpha = 0.01 at index 0: a change of ~1e-3 on values of ~1, which float32 rounds to ~1e-7
+    assert t.gain[-1] == pytest.approx(dev / 3 / S.PROBE**2, rel=1e-3)
+
+
+def test_bisection_picks_the_last_candidate_under_the_ratio():
+    path = [S.Candidate((10, 10 - i), i / 10, float(i)) for i in range(9)]
+    calls = []
+
+    def judge(schedule):
+        calls.append(schedule.blocks)
+        i = next(j for j, c in enumerate(path) if c.blocks == schedule.blocks)
+        return 10.0 * (1 + 0.01 * i), i / 10
+
+    chosen = S.bisect_ratio(path, judge, (0.0, 0.5, 1.0), max_ratio=1.045)
+    assert chosen == 4 and path[4].fid_ratio == pytest.approx(1.04) and path[5].fid_ratio == pytest.approx(1.05)
+    assert len(calls) <= 2 + math.ceil(math.log2(len(path)))  # full, the end, then bisection
+    assert [i for i, c in enumerate(path) if c.fid is not None] == sorted({0, 8, 4, 6, 5})
+
+
+def test_max_fid_ratio_mode_confirms_on_held_out_images(ckpt, tmp_path):
+    from eediff.config import SearchConfig
+
+    cfg = SearchConfig(model=ckpt, max_fid_ratio=1.5, sampler="ddim", steps=4, n=4, batch_size=8, intervals=4, confirm_n=24,
+                       reference="tests/data/fmnist_sample.npz:test", cache_dir=str(tmp_path / "c"), device="cpu",
+                       out=str(tmp_path / "s.json"), report=str(tmp_path / "r.json"), progress=False)
+    res = S.run_search(cfg, log=lambda s: None)
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["mode"] == "max-fid-ratio" and rep["confirmation"]["metric"] == "fd-classifier"
+    assert rep["confirmation"]["seeds"] == [4, 27]  # after the search batch's seeds 0..3
+    c = res.best
+    assert c.fid is not None and c.fid_ratio <= 1.5 and res.path[0].fid_ratio == 1.0
+    assert c.realised_saving == pytest.approx(c.compute_saving, abs=1e-12)
+    if res.chosen + 1 < len(res.path):  # bisection ends next to a refused candidate
+        assert res.path[res.chosen + 1].fid_ratio > 1.5
+    assert rep["chosen"] == res.chosen and rep["schedule"]["blocks"] == list(c.blocks)
+    assert json.loads((tmp_path / "s.json").read_text())["search"]["fid_ratio"] == pytest.approx(c.fid_ratio)
+
+
+# ---- the command line ----------------------------------------------------------------------------------------
+
+EXE = [sys.executable, "-m", "eediff.cli"]
+
+
+def run(*args):
+    return subprocess.run(EXE + list(args), capture_output=True, text=True, timeout=300)
+
+
+def test_cli_writes_a_schedule_that_sample_runs(ckpt, tmp_path):
+    out, rep = tmp_path / "sched.json", tmp_path / "rep.json"
+    r = run("search", "--model", ckpt, "--target-saving", "0.3", "--sampler", "ddim", "--steps", "4", "-n", "3",
+            "--intervals", "4", "--device", "cpu", "--out", str(out), "--report", str(rep), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    spec = json.loads(out.read_text())
+    assert spec["boundaries"] == [0, 0.25, 0.5, 0.75, 1] and spec["blocks"][0] == 4 and spec["search"]["compute_saving"] >= 0.3
+    assert f"compute saving: {100 * spec['search']['compute_saving']:.1f}%" in r.stdout and "not confirmed" in r.stdout
+    report = json.loads(rep.read_text())
+    assert report["path"][-1]["blocks"] == spec["blocks"] and len(report["proxy_table"]["t_unit"]) == 4
+    r = run("sample", "--model", ckpt, "--schedule", str(out), "--sampler", "ddim", "--steps", "4", "-n", "2",
+            "--out", str(tmp_path / "g.png"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    frac = float(r.stdout.split("compute fraction: ")[1].split()[0])
+    assert frac == pytest.approx(1 - spec["search"]["compute_saving"], abs=5e-4)
+
+
+@pytest.mark.parametrize("args,needle", [
+    ([], "exactly one of --target-saving"),
+    (["--target-saving", "0.4", "--max-fid-ratio", "1.02"], "exactly one of --target-saving"),
+    (["--target-saving", "1.2"], "must lie in (0, 1)"),
+    (["--max-fid-ratio", "nan"], "finite number >= 1"),
+    (["--target-saving", "0.4", "--out", "s.txt"], "ending in .json"),
+])
+def test_cli_one_line_errors(args, needle):
+    r = run("search", *args, "--no-progress")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_unreachable_target_is_refused(ckpt, table, tmp_path):
+    from eediff.config import SearchConfig
+
+    kw = dict(model=ckpt, sampler="ddim", steps=3, n=2, device="cpu", progress=False, out=str(tmp_path / "s.json"))
+    with pytest.raises(S.SearchError, match="nothing to search"):
+        S.run_search(SearchConfig(target_saving=0.3, intervals=1, **kw))
+    with pytest.raises(S.SearchError, match="is beyond the 0.1"):
+        S.run_search(SearchConfig(target_saving=0.9, min_depth=3, intervals=2, **kw))
+    assert not (tmp_path / "s.json").exists()
+    path = S.greedy_path(table, S.equal_boundaries(2), min_depth=5, stop_saving=0.99)
+    assert path[-1].compute_saving < 0.99 and path[-1].blocks == (6, 5)
+
+
+# ---- benchmarks/search_eval.py ---------------------------------------------------------------------------------
+
+
+def test_search_eval_generate_and_fid_stages(ckpt, tmp_path):
+    work, part, res = tmp_path / "w", tmp_path / "partial.json", tmp_path / "search.json"
+    common = ["--work", str(work), "--device", "cpu"]
+    r = subprocess.run([sys.executable, "benchmarks/search_eval.py", "generate", "--models", f"Tiny={ckpt}", "--presets", "4,3,2,1;4,2,2,1",
+                        "--targets", "0.3", "--weightings", "step,uniform", "-n", "6", "--batch-size", "6", "--search-n", "3",
+                        "--steps", "4", "--intervals", "4", "--out", str(part), *common], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(part.read_text())["rows"]
+    # full, 2 presets, (2 preset savings + 1 target) x 2 weightings
+    assert [r["kind"] for r in rows] == ["full", "preset", "preset"] + ["searched"] * 6
+    assert [r["compared_with"] for r in rows[3:6]] == ["4,3,2,1", "4,2,2,1", None]
+    table = S.ProxyTable.from_dict(json.loads(part.read_text())["tables"]["Tiny"])
+    for row in rows:
+        sched = eediff.get_schedule(json.dumps({"boundaries": row["boundaries"], "blocks": row["blocks"]}))
+        assert row["compute_saving"] == pytest.approx(table.compute_saving(sched), abs=1e-9)  # generate's, on the eval images
+        assert row["proxy"] == row["proxies"]["step"] == pytest.approx(table.proxy(sched, "step"))
+        assert row["proxies"]["propagated"] == pytest.approx(table.proxy(sched))  # the weighting the table was measured for
+        assert set(row["proxies"]) == {"step", "propagated", "uniform"}
+    for row, preset in zip(rows[3:5], rows[1:3]):  # a search at a preset's saving saves at least as much
+        assert row["compute_saving"] >= preset["compute_saving"] - 1e-12
+    assert rows[0]["proxy"] == 0 and rows[0]["compute_saving"] == 0
+    r = subprocess.run([sys.executable, "benchmarks/search_eval.py", "fid", "--partial", str(part), "--metric", "fd-classifier",
+                        "--reference", "tests/data/fmnist_sample.npz", "--cache-dir", str(tmp_path / "c"), "--out", str(res), *common],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(res.read_text())
+    assert all(r["fid"] > 0 and r["fid_full"] == out["rows"][0]["fid"] for r in out["rows"])
+    mod = _search_eval()
+    once = {(tuple(r["boundaries"]), r["blocks"] and tuple(r["blocks"])): r for r in reversed(out["rows"])}.values()
+    want = mod.spearman([r["proxies"]["uniform"] for r in once], [r["fid"] for r in once])
+    assert out["spearman"]["uniform"]["all"] == pytest.approx(want, rel=1e-12) and set(out["spearman"]["step"]) == {"all", "Tiny"}
+    md = (tmp_path / "search.md").read_text()
+    assert "| Tiny | search(step)@4,3,2,1 |" in md and "Spearman" in md
+
+
+def _search_eval():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(root))
+    try:
+        spec = importlib.util.spec_from_file_location("search_eval", root / "search_eval.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(root))
+    return mod
+
+
+def test_spearman_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    mod = _search_eval()
+    xs = [0.1, 0.5, 0.5, 2.0, 3.0, 0.0, 7.0]
+    ys = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]
+    assert mod.spearman(xs, ys) == pytest.approx(stats.spearmanr(xs, ys).statistic, rel=1e-12)
+    assert mod.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert mod.spearman([1, 2], [2, 1]) is None and mod.spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_a_bad_reference_fails_before_the_search(ckpt, tmp_path, monkeypatch):
+    from eediff.config import SearchConfig
+    from eediff.errors import EediffError
+
+    def never(*a, **k):
+        raise AssertionError("the proxy was measured before the reference was checked")
+
+    monkeypatch.setattr(S, "measure_proxy", never)
+    with pytest.raises(EediffError, match="does not exist"):
+        S.run_search(SearchConfig(model=ckpt, max_fid_ratio=1.1, reference=str(tmp_path / "none.npz"), device="cpu",
+                                  cache_dir=str(tmp_path / "c"), out=str(tmp_path / "s.json"), progress=False))
