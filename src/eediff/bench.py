@@ -63,7 +63,10 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
 
     device = "cuda" if torch.cuda.is_available() and not cfg.tiny else "cpu"
     if cfg.tiny:  # a smoke test of the benchmark itself: every code path once, small enough for 2 CPU cores
-        cfg = dataclasses.replace(cfg, batch_sizes="1,4", repeats=2, e2e_images=2, row_batch=8, row_draws=2, row_buckets="4")
+        # (compiled diffusers rows only when asked for explicitly: tracing them doubles the smoke test's time)
+        default_modes = BenchConfig.__dataclass_fields__["diffusers_compile"].default
+        cfg = dataclasses.replace(cfg, batch_sizes="1,4", repeats=2, e2e_images=2, row_batch=8, row_draws=2, row_buckets="4",
+                                  diffusers_compile="" if cfg.diffusers_compile == default_modes else cfg.diffusers_compile)
     res: dict = {"config": asdict(cfg), "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
                  "torch": torch.__version__}
     peak = matmul_peak(device, n=8192 if device == "cuda" else 512)
@@ -84,6 +87,11 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     flops_full = eager.flops()
     res["gflop_per_image"] = flops_full / 1e9
 
+    # the strongest peer: the same diffusers transformer under torch.compile (on a CPU, the eager backend:
+    # a smoke test of the code path, not a timing worth reading)
+    compiled = {mode: torch.compile(dm_bf16, mode=mode if on_gpu else None, backend="inductor" if on_gpu else "eager")
+                for mode in filter(None, cfg.diffusers_compile.split(","))}
+    res["diffusers_compile_backend"] = "inductor" if on_gpu else "eager (CPU smoke test)"
     rows = []
     torch.backends.cuda.matmul.allow_tf32 = False
     for B in [int(b) for b in cfg.batch_sizes.split(",")]:
@@ -95,14 +103,18 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         with torch.no_grad():
             ref = dm(x, timestep=t, class_labels=y).sample.float()
             variants = {
+                "floor: 4 GEMMs + SDPA per block": _floor(config, B, device),
                 "diffusers bf16": lambda: dm_bf16(x.bfloat16(), timestep=t, class_labels=y).sample,
+                **{f"diffusers bf16 + compile {mode}": (lambda c=c: c(x.bfloat16(), timestep=t, class_labels=y).sample)
+                   for mode, c in compiled.items()},
                 "eediff eager fp32": lambda: eager(x, tf, y),
                 "eediff eager bf16": lambda: eager_bf16(x.bfloat16(), tf, y),
                 "eediff fast path": lambda: fast(x, tf, y),
             }
             for name, fn in variants.items():
                 try:
-                    err = ((fn().float() - ref).norm() / ref.norm()).item()
+                    out = fn()
+                    err = None if name.startswith("floor") else ((out.float() - ref).norm() / ref.norm()).item()
                     r = time_fn(fn, device, warmup=3, repeats=cfg.repeats)
                 except Exception as e:  # a variant that fails is reported, the others still run
                     rows.append({"batch": B, "variant": name, "error": f"{type(e).__name__}: {e}"[:300]})
@@ -110,10 +122,11 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                     continue
                 tfl = flops_full * B / r["median_s"] / 1e12
                 pct = 100 * tfl * 1e12 / peak if on_gpu else None
-                rows.append({"batch": B, "variant": name, "ms": r["median_s"] * 1e3, "tflops": tfl,
-                             "pct_peak": pct, "rel_err_vs_diffusers_fp32": err})
+                floor = next((q["ms"] for q in rows if q["batch"] == B and q["variant"].startswith("floor")), None)
+                rows.append({"batch": B, "variant": name, "ms": r["median_s"] * 1e3, "tflops": tfl, "pct_peak": pct,
+                             "rel_err_vs_diffusers_fp32": err, "x_floor": r["median_s"] * 1e3 / floor if floor else None})
                 rate = f"{tfl:7.1f} TFLOP/s ({pct:4.1f}% of peak)" if on_gpu else f"{tfl * 1e3:7.2f} GFLOP/s"
-                log(f"B={B:3d} {name:18s} {r['median_s'] * 1e3:8.2f} ms  {rate}  rel.err {err:.1e}")
+                log(f"B={B:3d} {name:40s} {r['median_s'] * 1e3:8.2f} ms  {rate}  " + ("" if err is None else f"rel.err {err:.1e}"))
     res["forward"] = rows
     if device == "cuda":
         res["fast_path_recompiles"] = _recompile_count()
@@ -156,7 +169,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             log(f"per-row depths FAILED: {res['per_row_error']}")
     if not cfg.skip_e2e:
         try:
-            res["end_to_end"] = _end_to_end(cfg, dm_bf16, fast, eager, device, log)
+            res["end_to_end"] = _end_to_end(cfg, dm_bf16, compiled, fast, eager, device, log)
         except Exception as e:
             res["end_to_end_error"] = f"{type(e).__name__}: {e}"[:300]
             log(f"end to end FAILED: {res['end_to_end_error']}")
@@ -232,7 +245,33 @@ def _recompile_count():
         return None
 
 
-def _end_to_end(cfg, dm_bf16, fast, eager, device, log):
+def _floor(config, B: int, device: str):
+    """What a DiT forward cannot go below with these kernels: each block's four GEMMs (qkv, attention out,
+    MLP in, MLP out) and its attention (SDPA), on preallocated bf16 tensors, x depth; nothing else (no norms,
+    modulation, activations, residuals, embedding or head). Written by hand: no library times this."""
+    dt = torch.bfloat16 if device == "cuda" else torch.float32
+    D, H = config.hidden_size, config.num_heads
+    N = (config.input_size // config.patch_size) ** 2
+    M, F = B * N, int(D * config.mlp_ratio)
+    g = torch.Generator(device=device).manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, device=device, dtype=dt, generator=g) * 0.02  # noqa: E731
+    x, h = r(M, D), r(M, F)
+    w_qkv, w_o, w_1, w_2 = r(D, 3 * D), r(D, D), r(D, F), r(F, D)
+    q = k = v = r(B, H, N, D // H)
+
+    def fn():
+        for _ in range(config.depth):
+            x @ w_qkv
+            torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            x @ w_o
+            x @ w_1
+            y = h @ w_2
+        return y
+
+    return fn
+
+
+def _end_to_end(cfg, dm_bf16, compiled, fast, eager, device, log):
     from diffusers import DiTPipeline
 
     from .diffusion.process import DiscreteVP
@@ -243,12 +282,15 @@ def _end_to_end(cfg, dm_bf16, fast, eager, device, log):
     n = cfg.e2e_images
     out = []
     labels = list(range(n))
-    runs = [("diffusers DiTPipeline bf16", "dpm-solver++", 25, None), ("eediff fast", "dpm-solver++", 25, None),
+    runs = [("diffusers DiTPipeline bf16", "dpm-solver++", 25, None)]
+    runs += [(f"diffusers DiTPipeline bf16 + compile {mode}", "dpm-solver++", 25, None) for mode in compiled]
+    runs += [("eediff fast", "dpm-solver++", 25, None),
             ("eediff fast", "dpm-solver++", 25, "D4-DiT"), ("eediff fast", "ddpm", 250, None), ("eediff fast", "ddpm", 250, "D4-DiT")]
     for name, sampler, steps, sched in runs:
         sc = SamplerConfig(sampler, steps)
         if name.startswith("diffusers"):
-            pipe = DiTPipeline(transformer=dm_bf16, vae=vae, scheduler=make_scheduler(sc, DiscreteVP(), learned_sigma=True))
+            tr = compiled[name.rsplit(" ", 1)[1]] if "compile" in name else dm_bf16
+            pipe = DiTPipeline(transformer=tr, vae=vae, scheduler=make_scheduler(sc, DiscreteVP(), learned_sigma=True))
             pipe.set_progress_bar_config(disable=True)
             fn = lambda: pipe(class_labels=labels, guidance_scale=cfg.e2e_cfg, num_inference_steps=steps, output_type="pt")
         else:
@@ -275,13 +317,15 @@ def write_results(res: dict, path: str) -> None:
     lines = [f"# DiT benchmark ({res['device']}, torch {res['torch']})", "", f"Command: `{res.get('command', '')}`", "",
              f"bf16 matmul peak (measured): {res['bf16_matmul_tflops']:.1f} TFLOP/s; model: {res['config']['model']}, "
              f"{res['gflop_per_image']:.1f} GFLOP per image forward", "",
-             "| batch | variant | ms / forward | TFLOP/s | % of peak | rel. err vs diffusers fp32 |", "|---|---|---|---|---|---|"]
+             "| batch | variant | ms / forward | × floor | TFLOP/s | % of peak | rel. err vs diffusers fp32 |", "|---|---|---|---|---|---|---|"]
     for r in res["forward"]:
         if "error" in r:
-            lines.append(f"| {r['batch']} | {r['variant']} | failed: {r['error'][:80]} | | | |")
+            lines.append(f"| {r['batch']} | {r['variant']} | failed: {r['error'][:80]} | | | | |")
             continue
         pct = "—" if r["pct_peak"] is None else f"{r['pct_peak']:.1f}"
-        lines.append(f"| {r['batch']} | {r['variant']} | {r['ms']:.2f} | {r['tflops']:.1f} | {pct} | {r['rel_err_vs_diffusers_fp32']:.1e} |")
+        err = "—" if r.get("rel_err_vs_diffusers_fp32") is None else f"{r['rel_err_vs_diffusers_fp32']:.1e}"
+        xf = "—" if r.get("x_floor") is None else f"{r['x_floor']:.2f}"
+        lines.append(f"| {r['batch']} | {r['variant']} | {r['ms']:.2f} | {xf} | {r['tflops']:.1f} | {pct} | {err} |")
     lines += ["", "| schedule | time ratio | FLOP ratio | time / FLOP ratio |", "|---|---|---|---|"]
     for r in res["schedules"]:
         lines.append(f"| {r['schedule']} | {r['time_ratio']:.3f} | {r['flop_ratio']:.3f} | {r['time_over_flop']:.3f} |")

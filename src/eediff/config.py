@@ -233,6 +233,8 @@ class BenchConfig:
     row_batch: int = opt(64, "batch of the per-row depth timings (0 = skip them)")
     row_buckets: str = opt("8,4", "fast-path row buckets to time per-row depths with (comma-separated)")
     row_draws: int = opt(8, "depth vectors drawn from D4-DiT over uniform t for the per-row timings")
+    diffusers_compile: str = opt("default,max-autotune-no-cudagraphs",
+                                 "torch.compile modes of the diffusers transformer timed beside the fast path (forward and end to end; '' = none)")
 
 
 @dataclass
