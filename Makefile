@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   # samples a 64-image grid from the shipped default model (CPU is fine)
+#   make demo   # samples an 80-image grid, one named column per class, from the shipped default model (CPU is fine)
 #   make test   # installs everything into .venv and runs the test suite
 VENV   ?= .venv
 PYTHON ?= python3
@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	@echo "demo: 64 images from the shipped ASE fine-tuned DiT (D4-DiT, DPM-Solver++ 15 steps), then full depth vs the schedule timed on 8"
-	$(VENV)/bin/eediff sample -n 64 --batch-size 64 --sampler dpm-solver++ --steps 15 --out demo.png --overwrite --compare-full --no-progress
+	@echo "demo: 80 images (8 per class, one named column per class) from the shipped ASE fine-tuned DiT (D4-DiT, DPM-Solver++ 15 steps), then full depth vs the schedule timed on 8"
+	$(VENV)/bin/eediff sample -n 80 --batch-size 80 --sampler dpm-solver++ --steps 15 --out demo.png --overwrite --compare-full --no-progress
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check --select F src benchmarks tests   # pyflakes rules: unused imports and names, undefined names

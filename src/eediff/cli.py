@@ -146,6 +146,7 @@ def sample_cmd(cfg) -> None:
     from .diffusion.sampling import SamplerConfig, SAMPLERS, _scheduler_class
     from .exits.deediff import DeeDiffExit, heads_of
     from .exits.schedule import get_schedule
+    from .data import class_names
     from .generate import generate, save_grid, save_npz
 
     if cfg.n < 1 or cfg.batch_size < 1 or cfg.compare_repeats < 1 or cfg.steps < 1:
@@ -204,7 +205,8 @@ def sample_cmd(cfg) -> None:
             class_labels=_parse_labels(cfg.class_labels), vae=vae, device=device,
             autocast_dtype=autocast_dtype(cfg.precision, device), tuned_for=loaded.tuned_for, progress=cfg.progress, policy=policy,
         )
-    save_grid(res.images[:, :3] if vae is None and cfg.latents else res.images, cfg.out)
+    names = class_names(loaded.meta.get("dataset", "")) if cfg.label_grid and not cfg.latents and res.labels is not None else None
+    save_grid(res.images[:, :3] if vae is None and cfg.latents else res.images, cfg.out, labels=res.labels if names else None, class_names=names)
     if vae is None and cfg.latents:
         typer.echo(f"note: {cfg.out} shows latent channels 0-2 as RGB, clipped to [-1, 1]: not decoded images")
     if cfg.exit_plot:

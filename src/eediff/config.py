@@ -48,6 +48,7 @@ class SampleConfig(ToMeOptions):
     out: str = opt("grid.png", "output grid: .png or .jpg/.jpeg (the format follows the extension)")
     overwrite: bool = opt(False, "replace --out (and the files written next to it) if it exists; an input is never overwritten")
     save_npz: bool = opt(False, "also write the images as uint8 NHWC .npz next to --out")
+    label_grid: bool = opt(True, "arrange the grid by class, one named column per class, when the model records its data set's class names")
     vae: str = opt(None, "diffusers AutoencoderKL folder, for latent models")
     latents: bool = opt(False, "latent models without a VAE: write latent channels 0-2 as the grid instead of decoding (to try a model's speed, e.g. a registry size with random weights)")
     device: str = opt("auto", "cpu | cuda | auto")

@@ -38,6 +38,11 @@ class DataError(EediffError):
 
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+def class_names(dataset: str) -> list[str] | None:
+    """The class names of a data set eediff knows by name (what a checkpoint records as its ``dataset``)."""
+    return {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": [str(i) for i in range(10)]}.get(dataset)
+
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SPLITS = ("train", "test", "all")
 

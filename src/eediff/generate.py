@@ -158,22 +158,51 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
-def save_grid(images: torch.Tensor, path: str, nrow: int | None = None, pad: int = 2) -> None:
-    """Tile images into one PNG (written atomically)."""
-    from PIL import Image
+def save_grid(images: torch.Tensor, path: str, nrow: int | None = None, pad: int = 2, labels=None,
+              class_names: list[str] | None = None) -> None:
+    """Tile images into one PNG/JPEG (written atomically; the format follows the extension).
+
+    With ``labels`` and ``class_names``: one column per class present, in class order, the images of that
+    class in generation order down it, the class name above it (tiles upscaled to at least 64 pixels so the
+    names fit)."""
+    from PIL import Image, ImageDraw, ImageFont
 
     from .io import atomic_write
 
     arr = to_uint8(images)
     N, H, W, C = arr.shape
-    nrow = nrow or math.ceil(math.sqrt(N))
-    rows = math.ceil(N / nrow)
-    grid = np.full((rows * (H + pad) + pad, nrow * (W + pad) + pad, C), 255, dtype=np.uint8)
-    for i in range(N):
-        r, c = divmod(i, nrow)
-        grid[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = arr[i]
-    img = Image.fromarray(grid[..., 0] if C == 1 else grid)
-    fmt = "JPEG" if path.lower().endswith((".jpg", ".jpeg")) else "PNG"  # the format follows the extension
+    if labels is not None and class_names:
+        labels = [int(v) for v in labels]
+        classes = sorted(set(labels))
+        cols = {c: [i for i in range(N) if labels[i] == c] for c in classes}
+        scale = max(1, math.ceil(64 / H))
+        th, tw = H * scale, W * scale
+        head = 18
+        rows = max(len(v) for v in cols.values())
+        grid = np.full((head + rows * (th + pad) + pad, len(classes) * (tw + pad) + pad, C), 255, dtype=np.uint8)
+        for j, c in enumerate(classes):
+            for r, i in enumerate(cols[c]):
+                y0, x0 = head + pad + r * (th + pad), pad + j * (tw + pad)
+                grid[y0:y0 + th, x0:x0 + tw] = arr[i].repeat(scale, 0).repeat(scale, 1)
+        img = Image.fromarray(grid[..., 0] if C == 1 else grid)
+        draw = ImageDraw.Draw(img)
+        try:
+            font = ImageFont.load_default(size=11)
+        except TypeError:  # Pillow without FreeType sizes
+            font = ImageFont.load_default()
+        for j, c in enumerate(classes):
+            name = class_names[c] if c < len(class_names) else str(c)
+            x = pad + j * (tw + pad) + tw / 2
+            draw.text((x, head / 2), name, fill=0, font=font, anchor="mm")
+    else:
+        nrow = nrow or math.ceil(math.sqrt(N))
+        rows = math.ceil(N / nrow)
+        grid = np.full((rows * (H + pad) + pad, nrow * (W + pad) + pad, C), 255, dtype=np.uint8)
+        for i in range(N):
+            r, c = divmod(i, nrow)
+            grid[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = arr[i]
+        img = Image.fromarray(grid[..., 0] if C == 1 else grid)
+    fmt = "JPEG" if path.lower().endswith((".jpg", ".jpeg")) else "PNG"
     atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {})))
 
 
