@@ -248,6 +248,17 @@ def fid_stage(a) -> dict:
     return part
 
 
+def short_label(method: str) -> str:
+    """A few words for the plot."""
+    m = method.replace("diffusers ", "").replace("eediff exits ", "ASE ").replace("eediff sampler, ", "").replace("eediff fast path (bf16, CUDA graphs), ", "fast ")
+    for a, b in (("FirstBlockCache threshold", "FBC"), ("(ASE fine-tune)", "tuned"), ("(base weights)", "untuned"), ("full depth", "full"),
+                 (" (attn1+ff)", ""), ("TaylorSeer interval ", "TaylorSeer i"), ("TaylorSeer (default identifiers)", "TaylorSeer default (no-op)"),
+                 ("PyramidAttentionBroadcast (attention every 2nd step, t in 100..800)", "PAB"), (", schedule B, 14 blocks", " B14"),
+                 ("ToMe ratio ", "ToMe "), ("layer skip: last 8 blocks, every step", "layer skip 8"), ("cache-dit DBCache (defaults)", "cache-dit")):
+        m = m.replace(a, b)
+    return m
+
+
 def report(part: dict, stem: str) -> None:
     """peers.md (the table) and peers.png (FID against measured speed-up)."""
     import matplotlib
@@ -271,18 +282,24 @@ def report(part: dict, stem: str) -> None:
     lines += ["", "Commands:", ""] + [f"    {c}" for c in part["commands"]]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for r in part["rows"]:
-        if "error" in r or r.get("speedup") is None:
-            continue
-        eed = r["method"].startswith("eediff")
-        ax.scatter(r["speedup"], r["fid"], marker="o" if eed else "s", c="tab:red" if eed else "tab:gray", s=36)
-        ax.annotate(r["method"].replace("diffusers ", "").replace("eediff ", "")[:40], (r["speedup"], r["fid"]), fontsize=6, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.set_xlabel("measured speed-up vs full depth (same runtime)")
-    ax.set_ylabel(part["metric"].upper())
-    ax.set_title(f"Fashion-MNIST DiT, {part['sampler']}: eediff (red) and peers (gray)")
-    ax.grid(alpha=0.3)
+    good = [r for r in part["rows"] if "error" not in r and r.get("speedup") is not None]
+    full_fid = min(r["fid"] for r in good)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for panel, ax in enumerate(axes):
+        rows = good if panel == 0 else [r for r in good if r["fid"] <= 1.12 * full_fid]
+        for k, r in enumerate(rows):
+            colour = "tab:blue" if "ToMe" in r["method"] else "tab:red" if r["method"].startswith("eediff") else "tab:gray"
+            marker = {"diffusers DiTPipeline (fp32)": "o", "eediff sampler (fp32)": "s", "eediff fast path": "^"}.get(r["runtime"], "o")
+            ax.scatter(r["speedup"], r["fid"], marker=marker, c=colour, s=40, zorder=3)
+            ax.annotate(short_label(r["method"]), (r["speedup"], r["fid"]), fontsize=6.5, xytext=(4, 4 if k % 2 else -9), textcoords="offset points")
+        if panel == 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("measured speed-up vs full depth in the same runtime")
+        ax.set_ylabel(part["metric"].upper() + (" (log scale)" if panel == 0 else ""))
+        ax.set_title("all rows" if panel == 0 else f"rows within 12% of full depth's {part['metric'].upper()}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle(f"Fashion-MNIST DiT, {part['sampler']}: eediff (red), ToMe (blue), diffusers / cache-dit (gray); "
+                 "o diffusers DiTPipeline, s eediff sampler, ^ eediff fast path", fontsize=9)
     fig.tight_layout()
     fig.savefig(stem + ".png", dpi=130)
 
