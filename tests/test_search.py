@@ -277,7 +277,7 @@ def test_cli_writes_a_schedule_that_sample_runs(ckpt, tmp_path):
     (["--target-saving", "0.4", "--max-fid-ratio", "1.02"], "exactly one of --target-saving"),
     (["--target-saving", "1.2"], "must lie in (0, 1)"),
     (["--max-fid-ratio", "nan"], "finite number >= 1"),
-    (["--target-saving", "0.4", "--out", "s.txt"], "ending in .json"),
+    (["--target-saving", "0.4", "--out", "s.txt"], "must end in .json"),
 ])
 def test_cli_one_line_errors(args, needle):
     r = run("search", *args, "--no-progress")

@@ -463,6 +463,9 @@ def eval_cmd(cfg) -> None:
 def search_cmd(cfg) -> None:
     from .exits.search import run_search
 
+    _check_output(cfg.out, (".json",), inputs=(cfg.model,), overwrite=cfg.overwrite)
+    if cfg.report:
+        _check_output(cfg.report, (".json",), inputs=(cfg.model,), overwrite=cfg.overwrite, flag="--report")
     res = run_search(cfg, log=typer.echo)
     best, s = res.best, res.settings
     typer.echo(f"model: {s['model']}  ({s['arch']}, {s['num_blocks']} schedulable blocks)  sampler: {s['sampler']}  "

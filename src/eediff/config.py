@@ -303,6 +303,7 @@ class SearchConfig:
     steps: int = opt(25, "sampler steps")
     out: str = opt("schedule.json", "the schedule as JSON, for --schedule of sample / eval / finetune")
     report: str = opt(None, "JSON report: the greedy path (schedule, compute saving, proxy, FD where confirmed) and the proxy table")
+    overwrite: bool = opt(False, "replace --out / --report if they exist; an input is never overwritten")
     name: str = opt(None, "the schedule's name (default: search-MODEL-SAVING)")
     n: int = opt(256, "images whose full-depth trajectories the proxy is measured on", short="-n")
     batch_size: int = opt(256, "images per batch (proxy and confirmation)")
