@@ -5,7 +5,6 @@ keeps the work done."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -22,19 +21,11 @@ from typer.testing import CliRunner
 import eediff
 from eediff.checkpoint import model_metadata
 from eediff.cli import app
+from tiny import TINY_DIT, digest, one_thread  # noqa: F401 (an autouse fixture: every test here runs on one thread)
 
 HERE = os.path.dirname(__file__)
 TRAIN_DATA = os.path.join(HERE, "data", "fmnist_train_sample.npz")
 REFERENCE = os.path.join(HERE, "data", "fmnist_sample.npz")
-TINY_DIT = json.dumps(dict(patch_size=4, hidden_size=32, depth=4, num_heads=4))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def invoke(*args):
@@ -48,15 +39,6 @@ def error_line(res) -> str:
     lines = [ln for ln in res.output.strip().splitlines() if ln.strip() and not ln.startswith(("note:", "warning:"))]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.output
     return lines[0]
-
-
-def digest(folder) -> dict:
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
 
 
 # ---- the inputs every bad case is run against (their hashes must not change) ----------------------------

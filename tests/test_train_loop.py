@@ -19,18 +19,10 @@ from eediff.data import ShardedSampler
 from eediff.train.loop import Trainer, ema_update, run, stratified_counts
 from eediff.models.registry import build_model
 from eediff.train.losses import DiffusionObjective, TimeWeight
+from tiny import TINY_DIT, one_thread  # noqa: F401 (an autouse fixture: every test here runs on one thread)
 
 HERE = os.path.dirname(__file__)
 SAMPLE = os.path.join(HERE, "data", "fmnist_train_sample.npz")
-TINY_DIT = json.dumps(dict(patch_size=4, hidden_size=32, depth=4, num_heads=4))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_cfg(tmp_path, **kw) -> TrainConfig:

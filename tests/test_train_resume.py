@@ -3,7 +3,6 @@ are refused with one line and nothing is overwritten."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,10 +18,10 @@ from typer.testing import CliRunner
 
 from eediff.cli import app
 from eediff.models.registry import build_model
+from tiny import TINY_DIT, digest
 
 HERE = os.path.dirname(__file__)
 SAMPLE = os.path.join(HERE, "data", "fmnist_train_sample.npz")
-TINY_DIT = json.dumps(dict(patch_size=4, hidden_size=32, depth=4, num_heads=4))
 
 
 def train_args(out, steps: int, save_every: int) -> list[str]:
@@ -86,15 +85,6 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert len(os.listdir(killed / "checkpoints")) == 2  # keep-last, and no stale temporary folder
 
 
-def _digest(folder) -> dict:
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
-
-
 MARKER = "/tmp/eediff-test-pickle-ran-code"
 
 
@@ -142,7 +132,7 @@ def test_bad_checkpoint_gives_one_line_and_overwrites_nothing(finished_run, tmp_
     _corrupt(run, kind)
     if os.path.exists(MARKER):
         os.unlink(MARKER)
-    before = _digest(run)
+    before = digest(run)
     res = CliRunner().invoke(app, train_args(run, 8, 2) + ["--resume"])
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
@@ -150,17 +140,17 @@ def test_bad_checkpoint_gives_one_line_and_overwrites_nothing(finished_run, tmp_
     expect = {"wrong-architecture": "wrong architecture", "other-width": "wrong architecture", "truncated": "truncated",
               "truncated-optimizer": "truncated", "pickle-with-code": "carry code", "rng-pickle-with-code": "carry code"}[kind]
     assert expect in lines[0]
-    assert _digest(run) == before  # nothing written, nothing overwritten
+    assert digest(run) == before  # nothing written, nothing overwritten
     assert not os.path.exists(MARKER)
 
 
 def test_existing_run_needs_resume(finished_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    before = _digest(run)
+    before = digest(run)
     res = CliRunner().invoke(app, train_args(run, 8, 2))
     assert res.exit_code == 2 and "--resume" in res.output and len(res.output.strip().splitlines()) == 1
-    assert _digest(run) == before
+    assert digest(run) == before
 
 
 def test_resume_continues_a_finished_run_to_more_steps(finished_run, tmp_path):
