@@ -299,6 +299,36 @@ def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
     )
 
 
+# official name -> diffusers name, for the parameters that map one to one (both conversions read these)
+_DIFFUSERS_TOP = {
+    "x_embedder.proj.weight": "pos_embed.proj.weight",
+    "x_embedder.proj.bias": "pos_embed.proj.bias",
+    "final_layer.adaLN_modulation.1.weight": "proj_out_1.weight",
+    "final_layer.adaLN_modulation.1.bias": "proj_out_1.bias",
+    "final_layer.linear.weight": "proj_out_2.weight",
+    "final_layer.linear.bias": "proj_out_2.bias",
+}
+# the shared embedders, under each diffusers block's norm1.emb.
+_DIFFUSERS_EMB = {
+    "t_embedder.mlp.0.weight": "timestep_embedder.linear_1.weight",
+    "t_embedder.mlp.0.bias": "timestep_embedder.linear_1.bias",
+    "t_embedder.mlp.2.weight": "timestep_embedder.linear_2.weight",
+    "t_embedder.mlp.2.bias": "timestep_embedder.linear_2.bias",
+    "y_embedder.embedding_table.weight": "class_embedder.embedding_table.weight",
+}
+# per block (blocks.{i}. -> transformer_blocks.{i}.); attn.qkv is split into to_q/to_k/to_v
+_DIFFUSERS_BLOCK = {
+    "adaLN_modulation.1.weight": "norm1.linear.weight",
+    "adaLN_modulation.1.bias": "norm1.linear.bias",
+    "attn.proj.weight": "attn1.to_out.0.weight",
+    "attn.proj.bias": "attn1.to_out.0.bias",
+    "mlp.fc1.weight": "ff.net.0.proj.weight",
+    "mlp.fc1.bias": "ff.net.0.proj.bias",
+    "mlp.fc2.weight": "ff.net.2.weight",
+    "mlp.fc2.bias": "ff.net.2.bias",
+}
+
+
 def from_diffusers_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> tuple[DiTConfig, dict[str, torch.Tensor]]:
     """Convert a diffusers ``DiTTransformer2DModel`` (config.json + weights) to official DiT names."""
     inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
@@ -323,35 +353,17 @@ def from_diffusers_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> tuple[D
     if cfg.get("activation_fn", "gelu-approximate") != "gelu-approximate" or cfg.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
         raise ModelError("only diffusers DiT folders with gelu-approximate and ada_norm_zero can be converted (the official DiT architecture)")
     e = "transformer_blocks.0.norm1.emb."
-    out = {
-        "x_embedder.proj.weight": sd["pos_embed.proj.weight"],
-        "x_embedder.proj.bias": sd["pos_embed.proj.bias"],
-        "t_embedder.mlp.0.weight": sd[e + "timestep_embedder.linear_1.weight"],
-        "t_embedder.mlp.0.bias": sd[e + "timestep_embedder.linear_1.bias"],
-        "t_embedder.mlp.2.weight": sd[e + "timestep_embedder.linear_2.weight"],
-        "t_embedder.mlp.2.bias": sd[e + "timestep_embedder.linear_2.bias"],
-        "y_embedder.embedding_table.weight": sd[e + "class_embedder.embedding_table.weight"],
-        "final_layer.adaLN_modulation.1.weight": sd["proj_out_1.weight"],
-        "final_layer.adaLN_modulation.1.bias": sd["proj_out_1.bias"],
-        "final_layer.linear.weight": sd["proj_out_2.weight"],
-        "final_layer.linear.bias": sd["proj_out_2.bias"],
-    }
+    out = {ours: sd[theirs] for ours, theirs in _DIFFUSERS_TOP.items()}
+    out.update({ours: sd[e + theirs] for ours, theirs in _DIFFUSERS_EMB.items()})
     for i in range(config.depth):
         b, o = f"transformer_blocks.{i}.", f"blocks.{i}."
         # diffusers stores one (identical) embedder per block; eediff, like the official code, shares one.
         for name in ("timestep_embedder.linear_1.weight", "class_embedder.embedding_table.weight"):
             if not torch.equal(sd[b + "norm1.emb." + name], sd[e + name]):
                 raise ModelError(f"block {i} of this diffusers DiT has its own {name}; eediff's DiT (the official one) shares one")
-        out[o + "adaLN_modulation.1.weight"] = sd[b + "norm1.linear.weight"]
-        out[o + "adaLN_modulation.1.bias"] = sd[b + "norm1.linear.bias"]
+        out.update({o + ours: sd[b + theirs] for ours, theirs in _DIFFUSERS_BLOCK.items()})
         out[o + "attn.qkv.weight"] = torch.cat([sd[b + f"attn1.to_{n}.weight"] for n in "qkv"], 0)
         out[o + "attn.qkv.bias"] = torch.cat([sd[b + f"attn1.to_{n}.bias"] for n in "qkv"], 0)
-        out[o + "attn.proj.weight"] = sd[b + "attn1.to_out.0.weight"]
-        out[o + "attn.proj.bias"] = sd[b + "attn1.to_out.0.bias"]
-        out[o + "mlp.fc1.weight"] = sd[b + "ff.net.0.proj.weight"]
-        out[o + "mlp.fc1.bias"] = sd[b + "ff.net.0.proj.bias"]
-        out[o + "mlp.fc2.weight"] = sd[b + "ff.net.2.weight"]
-        out[o + "mlp.fc2.bias"] = sd[b + "ff.net.2.bias"]
     pos = get_2d_sincos_pos_embed(inner, config.input_size // config.patch_size)
     out["pos_embed"] = torch.from_numpy(pos).float().unsqueeze(0)
     return config, out
@@ -387,39 +399,19 @@ def to_diffusers_state_dict(model: "DiT") -> tuple[dict, dict[str, torch.Tensor]
         "norm_elementwise_affine": False,
         "norm_eps": c.mlp_norm_eps,
     }
-    emb = {
-        "timestep_embedder.linear_1.weight": sd["t_embedder.mlp.0.weight"],
-        "timestep_embedder.linear_1.bias": sd["t_embedder.mlp.0.bias"],
-        "timestep_embedder.linear_2.weight": sd["t_embedder.mlp.2.weight"],
-        "timestep_embedder.linear_2.bias": sd["t_embedder.mlp.2.bias"],
-        "class_embedder.embedding_table.weight": sd["y_embedder.embedding_table.weight"],
-    }
+    emb = {theirs: sd[ours] for ours, theirs in _DIFFUSERS_EMB.items()}
     table = emb["class_embedder.embedding_table.weight"]
     if table.shape[0] == c.num_classes:  # trained without label dropout: diffusers' table always has the null row
         emb["class_embedder.embedding_table.weight"] = torch.cat([table, torch.zeros_like(table[:1])])
-    out = {
-        "pos_embed.proj.weight": sd["x_embedder.proj.weight"],
-        "pos_embed.proj.bias": sd["x_embedder.proj.bias"],
-        "proj_out_1.weight": sd["final_layer.adaLN_modulation.1.weight"],
-        "proj_out_1.bias": sd["final_layer.adaLN_modulation.1.bias"],
-        "proj_out_2.weight": sd["final_layer.linear.weight"],
-        "proj_out_2.bias": sd["final_layer.linear.bias"],
-    }
+    out = {theirs: sd[ours] for ours, theirs in _DIFFUSERS_TOP.items()}
     h = c.hidden_size
     for i in range(c.depth):
         b, o = f"transformer_blocks.{i}.", f"blocks.{i}."
         out.update({b + "norm1.emb." + k: v.clone() for k, v in emb.items()})
-        out[b + "norm1.linear.weight"] = sd[o + "adaLN_modulation.1.weight"]
-        out[b + "norm1.linear.bias"] = sd[o + "adaLN_modulation.1.bias"]
+        out.update({b + theirs: sd[o + ours] for ours, theirs in _DIFFUSERS_BLOCK.items()})
         for j, n in enumerate("qkv"):
             out[b + f"attn1.to_{n}.weight"] = sd[o + "attn.qkv.weight"][j * h:(j + 1) * h].clone()
             out[b + f"attn1.to_{n}.bias"] = sd[o + "attn.qkv.bias"][j * h:(j + 1) * h].clone()
-        out[b + "attn1.to_out.0.weight"] = sd[o + "attn.proj.weight"]
-        out[b + "attn1.to_out.0.bias"] = sd[o + "attn.proj.bias"]
-        out[b + "ff.net.0.proj.weight"] = sd[o + "mlp.fc1.weight"]
-        out[b + "ff.net.0.proj.bias"] = sd[o + "mlp.fc1.bias"]
-        out[b + "ff.net.2.weight"] = sd[o + "mlp.fc2.weight"]
-        out[b + "ff.net.2.bias"] = sd[o + "mlp.fc2.bias"]
     return cfg, {k: v.contiguous() for k, v in out.items()}
 
 
