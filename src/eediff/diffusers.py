@@ -77,7 +77,7 @@ class _Routing:
     def __init__(self):
         self.counts: list[int] | None = None  # None: no exit decided (all rows run every block)
         self.batch = 0
-        self.calls = [0]  # rows x blocks actually run, for tests and reports (host ints, no device read)
+        self.rows_run = 0  # rows x blocks actually run, for tests and reports (host ints, no device read)
 
 
 def _permute(obj, order: torch.Tensor, batch: int):
@@ -127,11 +127,11 @@ class _RouterHook(ModelHook):
         t_unit = torch.as_tensor(t).reshape(-1).to(torch.float64).expand(b) / self.T  # (B,)
         depth = self.policy.depth(t_unit)  # (B,) long, on t's device
         layers = torch.arange(self.policy.num_blocks, device=depth.device)
-        order = torch.argsort(depth, descending=True, stable=True)
         stats = torch.cat([(depth.unsqueeze(0) > layers.unsqueeze(1)).sum(1), depth.min().view(1), depth.max().view(1)])
         *counts, lo, hi = stats.tolist()  # the one host read per call
         r.counts = counts
         if lo != hi:  # rows exit at different blocks: sort them deepest first (prefix of each block = its rows)
+            order = torch.argsort(depth, descending=True, stable=True)
             args, kwargs = _permute(args, order, b), _permute(kwargs, order, b)
             self.inverse = torch.argsort(order)
         return args, kwargs
@@ -162,14 +162,14 @@ class _BlockHook(ModelHook):
         r = self.routing
         n = r.batch if r.counts is None else r.counts[self.index]
         if n == r.batch:
-            r.calls[0] += n
+            r.rows_run += n
             return self.fn_ref.original_forward(*args, **kwargs)
         hidden = self.meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
         enc_i = self.meta.return_encoder_hidden_states_index
         enc = self.meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs) if enc_i is not None else None
         if n == 0:
             return hidden if enc_i is None else _order(self.meta, hidden, enc)
-        r.calls[0] += n
+        r.rows_run += n
         out = self.fn_ref.original_forward(*_prefix(args, n, r.batch), **_prefix(kwargs, n, r.batch))
         if enc_i is None:
             return torch.cat([out, hidden[n:]])
@@ -202,7 +202,7 @@ class EarlyExitHandle:
 
     @property
     def blocks_run(self) -> int:
-        return self.routing.calls[0]
+        return self.routing.rows_run
 
     def remove(self) -> None:
         if self.removed:
