@@ -80,26 +80,25 @@ class _Routing:
         self.rows_run = 0  # rows x blocks actually run, for tests and reports (host ints, no device read)
 
 
-def _permute(obj, order: torch.Tensor, batch: int):
-    """Every per-row tensor (dim 0 == batch) in ``obj`` (nested in tuples/lists/dicts) reordered by ``order``."""
+def _rows(obj, batch: int, fn):
+    """``obj`` (tensors nested in tuples/lists/dicts) with ``fn`` applied to every per-row tensor (dim 0 == batch)."""
     if torch.is_tensor(obj):
-        return obj.index_select(0, order.to(obj.device)) if obj.dim() > 0 and obj.shape[0] == batch else obj
+        return fn(obj) if obj.dim() > 0 and obj.shape[0] == batch else obj
     if isinstance(obj, dict):
-        return {k: _permute(v, order, batch) for k, v in obj.items()}
+        return {k: _rows(v, batch, fn) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_permute(v, order, batch) for v in obj)
+        return type(obj)(_rows(v, batch, fn) for v in obj)
     return obj
+
+
+def _permute(obj, order: torch.Tensor, batch: int):
+    """Every per-row tensor in ``obj`` reordered by ``order``."""
+    return _rows(obj, batch, lambda x: x.index_select(0, order.to(x.device)))
 
 
 def _prefix(obj, n: int, batch: int):
     """Every per-row tensor in ``obj`` cut to its first ``n`` rows."""
-    if torch.is_tensor(obj):
-        return obj[:n] if obj.dim() > 0 and obj.shape[0] == batch else obj
-    if isinstance(obj, dict):
-        return {k: _prefix(v, n, batch) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_prefix(v, n, batch) for v in obj)
-    return obj
+    return _rows(obj, batch, lambda x: x[:n])
 
 
 class _RouterHook(ModelHook):
