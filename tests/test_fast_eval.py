@@ -11,6 +11,7 @@ import torch
 
 import eediff
 from eediff.fast import FastPathConfig, apply_fast_path
+from tiny import random_weights
 
 
 def test_fast_path_is_removable_and_close(tiny_dit):
@@ -39,10 +40,7 @@ def test_eval_reports_accel_and_metric(tmp_path, tiny_dit, monkeypatch):
 
     torch.manual_seed(0)
     m = eediff.build_model("DiT", input_size=28, patch_size=7, in_channels=1, hidden_size=32, depth=4, num_heads=2, num_classes=10)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if n != "pos_embed":
-                p.normal_(0, 0.05)
+    random_weights(m, 0.05)
     ck = tmp_path / "m.safetensors"
     eediff.save_model(str(ck), m)
     # A clock that the test controls: every timed call "takes" 1e-12 s per analytic FLOP of the sampling it ran,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import eediff
+from tiny import random_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,10 +23,7 @@ def _load(name):
 def _tiny(path, seed):
     torch.manual_seed(seed)
     m = eediff.build_model("DiT", input_size=28, patch_size=7, in_channels=1, hidden_size=32, depth=4, num_heads=2, num_classes=10)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if n != "pos_embed":
-                p.normal_(0, 0.05)
+    random_weights(m, 0.05)
     eediff.save_model(str(path), m)
     return str(path)
 

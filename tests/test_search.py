@@ -14,7 +14,7 @@ from eediff.diffusion.sampling import SamplerConfig, sample_loop
 from eediff.exits import search as S
 from eediff.generate import generate, image_noise, resolve_labels
 from eediff.models.registry import default_process
-from tiny import tiny_backbone
+from tiny import random_weights, tiny_backbone
 
 DDIM = SamplerConfig("ddim", 6)
 
@@ -30,10 +30,7 @@ def ckpt(tmp_path_factory):
     """A 4-block 8x8x1 DiT with every weight random (a fresh DiT's zero-initialised head would make every depth alike)."""
     torch.manual_seed(0)
     m = eediff.build_model("DiT", input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=4, num_heads=4, num_classes=3)
-    with torch.no_grad():
-        for n, q in m.named_parameters():
-            if n != "pos_embed":
-                q.normal_(0, 0.1)
+    random_weights(m, 0.1)
     path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
     eediff.save_model(str(path), m)
     return str(path)

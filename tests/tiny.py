@@ -35,6 +35,16 @@ def digest(folder) -> dict:
     return out
 
 
+def random_weights(model, std: float):
+    """Every weight of ``model`` drawn from N(0, std²), the fixed sin-cos position table excepted (a fresh DiT's
+    adaLN-Zero and zero-initialised head would make every depth alike)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "pos_embed":
+                p.normal_(0, std)
+    return model
+
+
 def tiny_backbone(arch: str, std: float = 0.1, seed: int = 0):
     torch.manual_seed(seed)
     if arch == "DiT":
