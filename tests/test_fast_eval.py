@@ -143,15 +143,17 @@ def test_bench_smoke_compares_the_same_function(tmp_path):
     from eediff.config import BenchConfig
 
     cfg = BenchConfig(tiny=True, skip_e2e=True, batch_sizes="2", repeats=1, schedules="D4-DiT,D6-DiT", diffusers_compile="default",
-                      out=str(tmp_path / "b.json"))
+                      block_parts=False, out=str(tmp_path / "b.json"))
     res = run_bench(cfg, log=lambda *_: None)
     errs = {r["variant"]: r["rel_err_vs_diffusers_fp32"] for r in res["forward"]}
     assert errs["eediff eager fp32"] < 1e-5  # same function as diffusers, fp32 rounding only
-    for name in ("diffusers bf16", "diffusers bf16 + compile default", "eediff eager bf16", "eediff fast path"):
-        assert errs[name] < 3e-2, (name, errs[name])  # bf16 weights and activations
+    for name in ("diffusers bf16", "diffusers bf16 + compile default", "eediff eager bf16", "eediff fast path",
+                 "eediff fast path, kernels=fused", "eediff fast path, kernels=fp8"):
+        assert errs[name] < 3e-2, (name, errs[name])  # bf16 weights and activations (fp8: row-scaled e4m3 GEMMs)
     assert errs["floor: 4 GEMMs + SDPA per block"] is None  # the floor computes no model output
-    floors = {r["batch"]: r["ms"] for r in res["forward"] if r["variant"].startswith("floor")}
+    floors = {r["batch"]: r["ms"] for r in res["forward"] if r["variant"].startswith("floor:")}
     assert all(r["x_floor"] == pytest.approx(r["ms"] / floors[r["batch"]]) for r in res["forward"] if not r["variant"].startswith("floor"))
+    assert {r["variant"] for r in res["schedules"]} == {"eediff fast path", "eediff fast path, kernels=fused", "eediff fast path, kernels=fp8"}
     ratios = {r["schedule"]: r["flop_ratio"] for r in res["schedules"]}
     assert 0.70 < ratios["D4-DiT"] < 0.73 and ratios["D6-DiT"] < ratios["D4-DiT"]
     res["command"] = "test"

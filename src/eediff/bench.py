@@ -81,8 +81,14 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     eager = eager.eval().to(device)
     dm_bf16 = copy.deepcopy(dm).to(torch.bfloat16)
     eager_bf16 = copy.deepcopy(eager).to(torch.bfloat16)
-    fast = copy.deepcopy(eager)
-    handle = apply_fast_path(fast, FastPathConfig(compile=device == "cuda"))
+    kernel_names = [k for k in cfg.kernels.split(",") if k]
+    if not kernel_names:
+        raise ValueError("--kernels is empty: name at least one of inductor, fused, fp8")
+    fasts = {}  # kernels -> (fast-path model, handle), all on the same weights
+    for kern in kernel_names:
+        m = copy.deepcopy(eager)
+        fasts[kern] = (m, apply_fast_path(m, FastPathConfig(compile=device == "cuda", kernels=kern)))
+    fast, handle = fasts["fused" if "fused" in fasts else kernel_names[0]]  # per-row depths and exits
     K = config.depth
     flops_full = eager.flops()
     res["gflop_per_image"] = flops_full / 1e9
@@ -104,12 +110,13 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             ref = dm(x, timestep=t, class_labels=y).sample.float()
             variants = {
                 "floor: 4 GEMMs + SDPA per block": _floor(config, B, device),
+                "floor fp8: 4 row-scaled fp8 GEMMs + bf16 SDPA per block": _floor(config, B, device, fp8=True),
                 "diffusers bf16": lambda: dm_bf16(x.bfloat16(), timestep=t, class_labels=y).sample,
                 **{f"diffusers bf16 + compile {mode}": (lambda c=c: c(x.bfloat16(), timestep=t, class_labels=y).sample)
                    for mode, c in compiled.items()},
                 "eediff eager fp32": lambda: eager(x, tf, y),
                 "eediff eager bf16": lambda: eager_bf16(x.bfloat16(), tf, y),
-                "eediff fast path": lambda: fast(x, tf, y),
+                **{fast_name(kern): (lambda m=m: m(x, tf, y)) for kern, (m, _) in fasts.items()},
             }
             for name, fn in variants.items():
                 try:
@@ -122,7 +129,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                     continue
                 tfl = flops_full * B / r["median_s"] / 1e12
                 pct = 100 * tfl * 1e12 / peak if on_gpu else None
-                floor = next((q["ms"] for q in rows if q["batch"] == B and q["variant"].startswith("floor")), None)
+                floor = next((q["ms"] for q in rows if q["batch"] == B and q["variant"].startswith("floor:")), None)
                 rows.append({"batch": B, "variant": name, "ms": r["median_s"] * 1e3, "tflops": tfl, "pct_peak": pct,
                              "rel_err_vs_diffusers_fp32": err, "x_floor": r["median_s"] * 1e3 / floor if floor else None})
                 rate = f"{tfl:7.1f} TFLOP/s ({pct:4.1f}% of peak)" if on_gpu else f"{tfl * 1e3:7.2f} GFLOP/s"
@@ -138,27 +145,28 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     y = torch.zeros(B, dtype=torch.long, device=device)
     scheds = [get_schedule(s) for s in cfg.schedules.split(",")]
     depths = sorted({k for s in scheds for k in s.blocks} | {K})
-    per_depth = {}
-    res["exits_variant"] = "eediff fast path"
-    with torch.no_grad():
-        try:
-            for k in depths:
-                per_depth[k] = time_fn(lambda: fast(x, tf, y, active_blocks=k), device, warmup=3, repeats=cfg.repeats)["median_s"]
-        except Exception as e:  # fall back to eager bf16 so the exit ratios are still measured
-            res["exits_variant"] = f"eediff eager bf16 (fast path failed: {type(e).__name__}: {e})"[:300]
-            log(res["exits_variant"])
-            xb = x.bfloat16()
-            for k in depths:
-                per_depth[k] = time_fn(lambda: eager_bf16(xb, tf, y, active_blocks=k), device, warmup=3, repeats=cfg.repeats)["median_s"]
-    res["per_depth_ms"] = {k: v * 1e3 for k, v in per_depth.items()}
     ts = [s / 1000 for s in torch.linspace(0, 999, 250).round().tolist()]  # the DDPM-250 grid
-    sched_rows = []
-    for s in scheds:
-        ks = [s.active_blocks(u, K) for u in ts]
-        time_ratio = sum(per_depth[k] for k in ks) / (len(ks) * per_depth[K])
-        flop_ratio = sum(eager.flops(k) for k in ks) / (len(ks) * flops_full)
-        sched_rows.append({"schedule": s.name, "time_ratio": time_ratio, "flop_ratio": flop_ratio, "time_over_flop": time_ratio / flop_ratio})
-        log(f"{s.name:8s} time ratio {time_ratio:.3f}  FLOP ratio {flop_ratio:.3f}  ({time_ratio / flop_ratio:.3f}x)")
+    sched_rows, res["per_depth_ms"] = [], {}
+    for kern, (m, _) in fasts.items():
+        per_depth, variant = {}, fast_name(kern)
+        with torch.no_grad():
+            try:
+                for k in depths:
+                    per_depth[k] = time_fn(lambda: m(x, tf, y, active_blocks=k), device, warmup=3, repeats=cfg.repeats)["median_s"]
+            except Exception as e:  # fall back to eager bf16 so the exit ratios are still measured
+                variant = f"eediff eager bf16 ({fast_name(kern)} failed: {type(e).__name__}: {e})"[:300]
+                log(variant)
+                xb = x.bfloat16()
+                for k in depths:
+                    per_depth[k] = time_fn(lambda: eager_bf16(xb, tf, y, active_blocks=k), device, warmup=3, repeats=cfg.repeats)["median_s"]
+        res["per_depth_ms"][variant] = {k: v * 1e3 for k, v in per_depth.items()}
+        for s in scheds:
+            ks = [s.active_blocks(u, K) for u in ts]
+            time_ratio = sum(per_depth[k] for k in ks) / (len(ks) * per_depth[K])
+            flop_ratio = sum(eager.flops(k) for k in ks) / (len(ks) * flops_full)
+            sched_rows.append({"variant": variant, "schedule": s.name, "time_ratio": time_ratio, "flop_ratio": flop_ratio,
+                               "time_over_flop": time_ratio / flop_ratio, "mean_ms": time_ratio * per_depth[K] * 1e3})
+            log(f"{variant:34s} {s.name:8s} time ratio {time_ratio:.3f}  FLOP ratio {flop_ratio:.3f}  ({time_ratio / flop_ratio:.3f}x)")
     res["schedules"] = sched_rows
 
     if cfg.row_batch > 0:
@@ -169,12 +177,22 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             log(f"per-row depths FAILED: {res['per_row_error']}")
     if not cfg.skip_e2e:
         try:
-            res["end_to_end"] = _end_to_end(cfg, dm_bf16, compiled, fast, eager, device, log)
+            res["end_to_end"] = _end_to_end(cfg, dm_bf16, compiled, fasts, device, log)
         except Exception as e:
             res["end_to_end_error"] = f"{type(e).__name__}: {e}"[:300]
             log(f"end to end FAILED: {res['end_to_end_error']}")
-    res["fast_path_stats"] = dict(handle.stats)
+    if cfg.block_parts:
+        try:
+            res["block_parts"] = block_parts(config, max(int(b) for b in cfg.batch_sizes.split(",")), device, cfg.repeats, log)
+        except Exception as e:
+            res["block_parts_error"] = f"{type(e).__name__}: {e}"[:300]
+            log(f"block parts FAILED: {res['block_parts_error']}")
+    res["fast_path_stats"] = {fast_name(k): dict(h.stats) for k, (_, h) in fasts.items()}
     return res
+
+
+def fast_name(kernels: str) -> str:
+    return "eediff fast path" if kernels == "inductor" else f"eediff fast path, kernels={kernels}"
 
 
 def _per_row(cfg, fast, handle, eager, config, device, log) -> dict:
@@ -245,63 +263,202 @@ def _recompile_count():
         return None
 
 
-def _floor(config, B: int, device: str):
+def _floor(config, B: int, device: str, fp8: bool = False):
     """What a DiT forward cannot go below with these kernels: each block's four GEMMs (qkv, attention out,
-    MLP in, MLP out) and its attention (SDPA), on preallocated bf16 tensors, x depth; nothing else (no norms,
-    modulation, activations, residuals, embedding or head). Written by hand: no library times this."""
+    MLP in, MLP out) and its attention (SDPA), on preallocated tensors, x depth; nothing else (no norms,
+    modulation, activations, residuals, embedding or head). ``fp8``: the GEMMs as ``torch._scaled_mm`` on e4m3
+    operands with row-wise scales and bf16 output (what ``kernels='fp8'`` runs), attention in bf16.
+    Written by hand: no library times this."""
     dt = torch.bfloat16 if device == "cuda" else torch.float32
     D, H = config.hidden_size, config.num_heads
     N = (config.input_size // config.patch_size) ** 2
     M, F = B * N, int(D * config.mlp_ratio)
     g = torch.Generator(device=device).manual_seed(0)
     r = lambda *shape: torch.randn(*shape, device=device, dtype=dt, generator=g) * 0.02  # noqa: E731
-    x, h = r(M, D), r(M, F)
-    w_qkv, w_o, w_1, w_2 = r(D, 3 * D), r(D, D), r(D, F), r(F, D)
-    q = k = v = r(B, H, N, D // H)
+    q = k = v = r(B, H, N, D // H).to(torch.bfloat16 if fp8 else dt)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if not fp8:
+        x, h = r(M, D), r(M, F)
+        w_qkv, w_o, w_1, w_2 = r(D, 3 * D), r(D, D), r(D, F), r(F, D)
+        gemms = [lambda: x @ w_qkv, lambda: x @ w_o, lambda: x @ w_1, lambda: h @ w_2]
+    else:
+        from .kernels import quantize_rows, quantize_weight
+
+        (x8, sx), (h8, sh) = quantize_rows(r(M, D)), quantize_rows(r(M, F))
+        ws = [quantize_weight(r(n, kk)) for n, kk in ((3 * D, D), (D, D), (F, D), (D, F))]  # (out, in)
+        mm = lambda a, sa, w: torch._scaled_mm(a, w[0].t(), scale_a=sa, scale_b=w[1], out_dtype=torch.bfloat16)  # noqa: E731
+        gemms = [lambda: mm(x8, sx, ws[0]), lambda: mm(x8, sx, ws[1]), lambda: mm(x8, sx, ws[2]), lambda: mm(h8, sh, ws[3])]
 
     def fn():
         for _ in range(config.depth):
-            x @ w_qkv
-            torch.nn.functional.scaled_dot_product_attention(q, k, v)
-            x @ w_o
-            x @ w_1
-            y = h @ w_2
+            for i, gemm in enumerate(gemms):
+                y = gemm()
+                if i == 0:
+                    sdpa(q, k, v)
         return y
 
     return fn
 
 
-def _end_to_end(cfg, dm_bf16, compiled, fast, eager, device, log):
+def block_parts(config, B: int, device: str, repeats: int, log=print) -> dict:
+    """Each part of one DiT block timed alone at batch ``B`` (bf16 on a GPU; fp32 on a CPU, a smoke test), and
+    the block's sum under each kernel variant. The elementwise parts are compiled as the fast path compiles
+    them (inductor: each part one or two fused kernels); the GEMMs are cuBLAS / cuBLASLt calls, the fp8 ones
+    ``torch._scaled_mm`` with row-wise scales. The attention is timed on the strided q/k/v views of the qkv
+    output that the block passes, once per SDPA backend."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from .kernels import fp8_matmul, quantize_rows, quantize_weight
+    from .models.layers import modulate
+
+    on_gpu = device == "cuda"
+    dt = torch.bfloat16 if on_gpu else torch.float32
+    D, H = config.hidden_size, config.num_heads
+    N = (config.input_size // config.patch_size) ** 2
+    M, Fh = B * N, int(D * config.mlp_ratio)
+    g = torch.Generator(device=device).manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, device=device, dtype=dt, generator=g)  # noqa: E731
+    x, o, c = r(B, N, D), r(B, N, D), r(B, D)
+    mods = r(B, 6 * D) * 0.1
+    sh, sc, gt = mods[:, :D], mods[:, D:2 * D], mods[:, 2 * D:3 * D]
+    w = {n: r(a, b) * b**-0.5 for n, (a, b) in {"ada": (6 * D, D), "qkv": (3 * D, D), "proj": (D, D), "fc1": (Fh, D), "fc2": (D, Fh)}.items()}
+    bias = {n: r(v.shape[0]) * 0.02 for n, v in w.items()}
+    a, hid = r(B, N, D), r(M, Fh)
+    qkv = F.linear(a, w["qkv"], bias["qkv"]).reshape(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d)
+    comp = (lambda f: torch.compile(f, dynamic=False)) if on_gpu else (lambda f: f)
+    ln = lambda v, eps=1e-6: F.layer_norm(v, (D,), eps=eps)  # noqa: E731
+    ln_mod = comp(lambda v: modulate(ln(v), sh, sc))
+    res_ln_mod = comp(lambda v, u: (lambda h: (h, modulate(ln(h), sh, sc)))(v + gt.unsqueeze(1) * u))
+    res = comp(lambda v, u: v + gt.unsqueeze(1) * u)
+    gelu = comp(lambda v: F.gelu(v, approximate="tanh"))
+    q8 = {n: quantize_weight(v) for n, v in w.items()} if on_gpu else None
+    ln_mod_q = comp(lambda v: quantize_rows(modulate(ln(v), sh, sc).reshape(M, D)))
+    res_ln_mod_q = comp(lambda v, u: (lambda h: (h, quantize_rows(modulate(ln(h), sh, sc).reshape(M, D))))(v + gt.unsqueeze(1) * u))
+    gelu_q = comp(lambda v: quantize_rows(F.gelu(v, approximate="tanh")))
+    quant = comp(lambda v: quantize_rows(v.reshape(M, D)))
+    xq, hq = quantize_rows(a.reshape(M, D).to(torch.bfloat16)), quantize_rows(hid.to(torch.bfloat16))
+    mm8 = lambda qa, n: torch._scaled_mm(qa[0], q8[n][0].t(), scale_a=qa[1], scale_b=q8[n][1], bias=bias[n],  # noqa: E731
+                                         out_dtype=torch.bfloat16)
+    parts = {
+        "adaLN: SiLU + Linear (B x 6D)": lambda: F.linear(F.silu(c), w["ada"], bias["ada"]),
+        "LayerNorm + modulate": lambda: ln_mod(x),
+        "qkv GEMM (+bias)": lambda: F.linear(a, w["qkv"], bias["qkv"]),
+        **{f"attention: SDPA {be.name.lower()}": (lambda be=be: _sdpa_with(sdpa_kernel, be, qkv))
+           for be in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)},
+        "proj GEMM (+bias)": lambda: F.linear(a, w["proj"], bias["proj"]),
+        "gate + residual + LayerNorm + modulate": lambda: res_ln_mod(x, o),
+        "fc1 GEMM (+bias)": lambda: F.linear(a, w["fc1"], bias["fc1"]),
+        "GELU (tanh)": lambda: gelu(hid),
+        "fc2 GEMM (+bias)": lambda: F.linear(hid, w["fc2"], bias["fc2"]),
+        "gate + residual": lambda: res(x, o),
+    }
+    if on_gpu:  # CUDA only: on a CPU _addmm_activation's GELU is the exact one, and fp8 GEMMs are emulated
+        parts["fc1 GEMM + bias + GELU epilogue (cuBLASLt)"] = lambda: torch._addmm_activation(
+            bias["fc1"], a.reshape(M, D), w["fc1"].t(), use_gelu=True)
+        parts |= {
+            "fp8: LayerNorm + modulate + row quantise": lambda: ln_mod_q(x),
+            "fp8: qkv GEMM": lambda: mm8(xq, "qkv"),
+            "fp8: attention output row quantise": lambda: quant(o),
+            "fp8: proj GEMM": lambda: mm8(xq, "proj"),
+            "fp8: gate + residual + LayerNorm + modulate + row quantise": lambda: res_ln_mod_q(x, o),
+            "fp8: fc1 GEMM": lambda: mm8(xq, "fc1"),
+            "fp8: fc1 GEMM, fast accumulation": lambda: torch._scaled_mm(xq[0], q8["fc1"][0].t(), scale_a=xq[1], scale_b=q8["fc1"][1],
+                                                                          bias=bias["fc1"], out_dtype=torch.bfloat16, use_fast_accum=True),
+            "fp8: GELU + row quantise": lambda: gelu_q(hid),
+            "fp8: fc2 GEMM": lambda: mm8(hq, "fc2"),
+            "fp8: qkv GEMM, quantise included (fp8_matmul)": lambda: fp8_matmul(a, *q8["qkv"], bias["qkv"]),
+        }
+    inner = 10  # calls per timed sample: one part takes tens of microseconds
+    ms: dict = {}
+    with torch.no_grad():
+        for name, fn in parts.items():
+            try:
+                fn()
+                ms[name] = time_fn(lambda: [fn() for _ in range(inner)], device, warmup=2, repeats=repeats)["median_s"] * 1e3 / inner
+            except Exception as e:  # an SDPA backend this GPU or these shapes do not support
+                ms[name] = None
+                log(f"block part {name}: unavailable ({type(e).__name__}: {str(e)[:120]})")
+    attn = ms.get("attention: SDPA flash_attention") or ms.get("attention: SDPA math")
+    common = ["adaLN: SiLU + Linear (B x 6D)", "gate + residual"]
+    sums = {
+        "inductor": common + ["LayerNorm + modulate", "qkv GEMM (+bias)", "proj GEMM (+bias)", "gate + residual + LayerNorm + modulate",
+                              "fc1 GEMM (+bias)", "GELU (tanh)", "fc2 GEMM (+bias)"],
+        "fused": common + ["LayerNorm + modulate", "qkv GEMM (+bias)", "proj GEMM (+bias)", "gate + residual + LayerNorm + modulate",
+                           "fc1 GEMM + bias + GELU epilogue (cuBLASLt)", "fc2 GEMM (+bias)"],
+        "fp8": common + ["fp8: LayerNorm + modulate + row quantise", "fp8: qkv GEMM", "fp8: attention output row quantise", "fp8: proj GEMM",
+                         "fp8: gate + residual + LayerNorm + modulate + row quantise", "fp8: fc1 GEMM", "fp8: GELU + row quantise", "fp8: fc2 GEMM"],
+    }
+    totals = {}
+    for kern, names in sums.items():
+        if attn is not None and all(ms.get(n) is not None for n in names):
+            per_block = sum(ms[n] for n in names) + attn
+            totals[kern] = {"ms_per_block": per_block, "ms_x_depth": per_block * config.depth}
+    for name, v in ms.items():
+        log(f"block part {name:58s} " + ("unavailable" if v is None else f"{v * 1e3:8.1f} us  x{config.depth} = {v * config.depth:6.2f} ms"))
+    for kern, t in totals.items():
+        log(f"block sum, kernels={kern:9s} {t['ms_per_block'] * 1e3:8.1f} us  x{config.depth} = {t['ms_x_depth']:6.2f} ms")
+    return {"batch": B, "depth": config.depth, "ms_per_block": ms, "sums": totals, "sum_parts": sums}
+
+
+def _sdpa_with(sdpa_kernel, backend, qkv):
+    with sdpa_kernel(backend):
+        return torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+
+
+def _end_to_end(cfg, dm_bf16, compiled, fasts, device, log):
+    """Images/s of whole sampling runs (CFG doubles the model batch, SD-config VAE decode), every variant in the
+    same run. The compiled-diffusers pipelines get the same compiled channels-last bf16 VAE as eediff (what a
+    diffusers user who compiles gets), the eager one the eager VAE. ``host_syncs``: the synchronising calls
+    CUDA's sync debug mode reports during one eediff run (the images' copy to the host at the end included)."""
+    import warnings
+
     from diffusers import DiTPipeline
 
     from .diffusion.process import DiscreteVP
     from .diffusion.sampling import SamplerConfig, make_scheduler
+    from .fast import apply_fast_vae
     from .generate import generate
 
     vae = _sd_vae(cfg.tiny).to(device).to(torch.bfloat16)
+    vae_fast = copy.deepcopy(vae)
+    apply_fast_vae(vae_fast, compile=device == "cuda")
     n = cfg.e2e_images
     out = []
     labels = list(range(n))
-    runs = [("diffusers DiTPipeline bf16", "dpm-solver++", 25, None)]
-    runs += [(f"diffusers DiTPipeline bf16 + compile {mode}", "dpm-solver++", 25, None) for mode in compiled]
-    runs += [("eediff fast", "dpm-solver++", 25, None),
-            ("eediff fast", "dpm-solver++", 25, "D4-DiT"), ("eediff fast", "ddpm", 250, None), ("eediff fast", "ddpm", 250, "D4-DiT")]
-    for name, sampler, steps, sched in runs:
+    runs = [("diffusers DiTPipeline bf16", None, "dpm-solver++", 25, None)]
+    runs += [(f"diffusers DiTPipeline bf16 + compile {mode}", None, "dpm-solver++", 25, None) for mode in compiled]
+    for kern in fasts:
+        runs += [(f"eediff fast, kernels={kern}", kern, "dpm-solver++", 25, None), (f"eediff fast, kernels={kern}", kern, "dpm-solver++", 25, "D4-DiT")]
+    kd = "fused" if "fused" in fasts else next(iter(fasts))
+    runs += [(f"eediff fast, kernels={kd}", kd, "ddpm", 250, None), (f"eediff fast, kernels={kd}", kd, "ddpm", 250, "D4-DiT")]
+    for name, kern, sampler, steps, sched in runs:
         sc = SamplerConfig(sampler, steps)
-        if name.startswith("diffusers"):
+        if kern is None:
             tr = compiled[name.rsplit(" ", 1)[1]] if "compile" in name else dm_bf16
-            pipe = DiTPipeline(transformer=tr, vae=vae, scheduler=make_scheduler(sc, DiscreteVP(), learned_sigma=True))
+            pipe = DiTPipeline(transformer=tr, vae=vae_fast if "compile" in name else vae,
+                               scheduler=make_scheduler(sc, DiscreteVP(), learned_sigma=True))
             pipe.set_progress_bar_config(disable=True)
             fn = lambda: pipe(class_labels=labels, guidance_scale=cfg.e2e_cfg, num_inference_steps=steps, output_type="pt")
         else:
-            fn = lambda: generate(fast, DiscreteVP(), sc, n=n, batch_size=n, schedule=sched, cfg_scale=cfg.e2e_cfg,
-                                  vae=vae, device=device, progress=False)
+            fn = lambda: generate(fasts[kern][0], DiscreteVP(), sc, n=n, batch_size=n, schedule=sched, cfg_scale=cfg.e2e_cfg,
+                                  vae=vae_fast, device=device, progress=False)
         with torch.no_grad():
             r = time_fn(fn, device, warmup=1, repeats=3)
+            syncs = None
+            if kern is not None and device == "cuda":
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    torch.cuda.set_sync_debug_mode("warn")
+                    try:
+                        fn()
+                    finally:
+                        torch.cuda.set_sync_debug_mode("default")
+                syncs = sum("synchroniz" in str(w.message) for w in caught)
         ips = n / r["median_s"]
         out.append({"variant": name, "sampler": f"{sampler}-{steps}", "schedule": sched or "full", "images": n,
-                    "cfg": cfg.e2e_cfg, "seconds": r["median_s"], "images_per_s": ips})
-        log(f"e2e {name:28s} {sampler}-{steps:<4d} {sched or 'full':7s} {ips:7.2f} images/s")
+                    "cfg": cfg.e2e_cfg, "seconds": r["median_s"], "images_per_s": ips, "host_syncs": syncs})
+        log(f"e2e {name:44s} {sampler}-{steps:<4d} {sched or 'full':7s} {ips:7.2f} images/s" + ("" if syncs is None else f"  ({syncs} host syncs)"))
     return out
 
 
@@ -326,9 +483,20 @@ def write_results(res: dict, path: str) -> None:
         err = "—" if r.get("rel_err_vs_diffusers_fp32") is None else f"{r['rel_err_vs_diffusers_fp32']:.1e}"
         xf = "—" if r.get("x_floor") is None else f"{r['x_floor']:.2f}"
         lines.append(f"| {r['batch']} | {r['variant']} | {r['ms']:.2f} | {xf} | {r['tflops']:.1f} | {pct} | {err} |")
-    lines += ["", "| schedule | time ratio | FLOP ratio | time / FLOP ratio |", "|---|---|---|---|"]
+    lines += ["", "| variant | schedule | time ratio | FLOP ratio | time / FLOP ratio | mean ms / forward (DDPM-250 grid) |", "|---|---|---|---|---|---|"]
     for r in res["schedules"]:
-        lines.append(f"| {r['schedule']} | {r['time_ratio']:.3f} | {r['flop_ratio']:.3f} | {r['time_over_flop']:.3f} |")
+        lines.append(f"| {r.get('variant', res.get('exits_variant', 'eediff fast path'))} | {r['schedule']} | {r['time_ratio']:.3f} | "
+                     f"{r['flop_ratio']:.3f} | {r['time_over_flop']:.3f} | {r['mean_ms']:.2f} |" if "mean_ms" in r else
+                     f"| {res.get('exits_variant', '')} | {r['schedule']} | {r['time_ratio']:.3f} | {r['flop_ratio']:.3f} | {r['time_over_flop']:.3f} | — |")
+    if "block_parts" in res:
+        bp = res["block_parts"]
+        lines += ["", f"One block's parts timed alone at batch {bp['batch']} (each part's own kernels; the sums add one attention "
+                  "(flash) and are what the block would cost with no gaps between kernels)", "",
+                  f"| part | µs per block | × {bp['depth']} blocks, ms |", "|---|---|---|"]
+        for name, v in bp["ms_per_block"].items():
+            lines.append(f"| {name} | " + ("unavailable | |" if v is None else f"{v * 1e3:.1f} | {v * bp['depth']:.2f} |"))
+        for kern, t in bp["sums"].items():
+            lines.append(f"| **sum, kernels={kern}** | {t['ms_per_block'] * 1e3:.1f} | {t['ms_x_depth']:.2f} |")
     if "per_row" in res:
         pr = res["per_row"]
         lines += ["", f"Per-row depths at batch {pr['batch']} (full depth: " + ", ".join(f"{k} {v:.2f} ms" for k, v in pr["full_ms"].items())
@@ -338,7 +506,8 @@ def write_results(res: dict, path: str) -> None:
             lines.append(f"| {r['variant']} | {r['case']} ({r['draws']} draws) | {r['time_ratio']:.3f} | {r['flop_share']:.3f} | "
                          f"{r['time_over_flop_mean']:.3f}, {r['time_over_flop_max']:.3f} |")
     if "end_to_end" in res:
-        lines += ["", "| end to end | sampler | schedule | images/s |", "|---|---|---|---|"]
+        lines += ["", "| end to end | sampler | schedule | images/s | host syncs in one run |", "|---|---|---|---|---|"]
         for r in res["end_to_end"]:
-            lines.append(f"| {r['variant']} | {r['sampler']} | {r['schedule']} | {r['images_per_s']:.2f} |")
+            hs = "—" if r.get("host_syncs") is None else str(r["host_syncs"])
+            lines.append(f"| {r['variant']} | {r['sampler']} | {r['schedule']} | {r['images_per_s']:.2f} | {hs} |")
     atomic_write(md, lambda tmp: open(tmp, "w").write("\n".join(lines) + "\n"))

@@ -234,6 +234,8 @@ class BenchConfig:
     row_batch: int = opt(64, "batch of the per-row depth timings (0 = skip them)")
     row_buckets: str = opt("8,4", "fast-path row buckets to time per-row depths with (comma-separated)")
     row_draws: int = opt(8, "depth vectors drawn from D4-DiT over uniform t for the per-row timings")
+    kernels: str = opt("inductor,fused,fp8", "fast-path kernel variants timed (comma-separated; see `eediff.kernels`)")
+    block_parts: bool = opt(True, "time each part of one block alone (norms, GEMMs, attention backends, GELU, gates; bf16 and fp8)")
     diffusers_compile: str = opt("default,max-autotune-no-cudagraphs",
                                  "torch.compile modes of the diffusers transformer timed beside the fast path (forward and end to end; '' = none)")
 
@@ -274,6 +276,7 @@ class EvalConfig(ToMeOptions):
     time_repeats: int = opt(5, "timed repeats of one batch per schedule (median reported)")
     time_batch: int = opt(0, "batch size for the timing (0 = --batch-size, at most -n)")
     fast: bool = opt(False, "use the GPU fast path (compiled blocks, CUDA graphs)")
+    kernels: str = opt("inductor", "fast-path block kernels: inductor | fused (GELU in the GEMM epilogue) | fp8 (row-scaled fp8 GEMMs)")
     cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
     out: str = opt("results/eval.json", "JSON results (a Markdown table and a FID-vs-Accel. PNG are written next to it)")
     overwrite: bool = opt(False, "replace --out (and the files written next to it) if it exists; an input is never overwritten")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .kernels import KERNELS, KernelHandle, apply_kernels
 from .models.backbone import ExitState, Tokens, forward_exits, row_counts, store_tokens
 
 
@@ -41,6 +42,7 @@ class FastPathConfig:
     cuda_graphs: bool = True  # CUDA graphs: one per (depth, input shape); per-row depths: one per (block, bucket); CUDA only
     compile_mode: str = "default"  # matmuls stay on cuBLAS; inductor fuses the elementwise work around them
     row_bucket: int = 8  # per-row depths: a block's rows are padded up to a multiple of this (few shapes, few graphs)
+    kernels: str = "inductor"  # inductor | fused (GELU in the GEMM epilogue) | fp8 (row-wise fp8 GEMMs): kernels.py
 
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -58,11 +60,14 @@ class FastPathHandle:
     pool: object = None  # one CUDA graph memory pool shared by all graphs (they never replay concurrently)
     exit_states: dict = field(default_factory=dict)  # (shape, y is None, policy) -> ExitState with its stage graphs
     stats: dict = field(default_factory=lambda: {"captures": 0, "replays": 0, "eager_calls": 0, "row_calls": 0, "exit_calls": 0})
+    kernels: KernelHandle | None = None  # the blocks' kernel overrides (kernels.py)
 
     def remove(self) -> None:
         """Undo everything: forward, compiled blocks, dtype and the exact original weights."""
         m = self.model
         m.forward = self.original_forward
+        if self.kernels is not None:
+            self.kernels.remove()
         for blk in m.compute_blocks():
             if hasattr(blk, "_compiled_call_impl"):
                 blk._compiled_call_impl = None
@@ -81,12 +86,17 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     config = config or FastPathConfig()
     if config.dtype not in _DTYPES:
         raise ValueError(f"unknown dtype '{config.dtype}': use bf16, fp16 or fp32")
+    if config.kernels not in KERNELS:
+        raise ValueError(f"unknown kernels '{config.kernels}': use one of {', '.join(KERNELS)}")
+    if config.kernels == "fp8" and config.dtype != "bf16":
+        raise ValueError(f"kernels='fp8' runs bf16 activations: use dtype='bf16', not '{config.dtype}'")
     if config.row_bucket < 1:
         raise ValueError(f"row_bucket must be at least 1, got {config.row_bucket}")
     dtype = _DTYPES[config.dtype]
     p0 = next(model.parameters())
     handle = FastPathHandle(model, config, model.forward, p0.dtype, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.eval().to(dtype)
+    handle.kernels = apply_kernels(model, config.kernels)
     if config.compile:
         # every block shares one compiled graph per input shape; leave room for many shapes (batch sizes, CFG
         # doubling, row buckets) before dynamo would silently fall back to eager
@@ -137,6 +147,26 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
         return out.to(torch.float32, copy=True)  # always a copy: the static output buffer is reused by the next replay
 
     model.forward = forward
+    return handle
+
+
+@dataclass
+class FastVAEHandle:
+    vae: torch.nn.Module
+    original_dtype: torch.dtype
+
+    def remove(self) -> None:
+        self.vae.__dict__.pop("decode", None)
+        self.vae.to(self.original_dtype, memory_format=torch.contiguous_format)
+
+
+def apply_fast_vae(vae: torch.nn.Module, compile: bool = True, dtype: torch.dtype = torch.bfloat16) -> FastVAEHandle:
+    """A diffusers ``AutoencoderKL`` for decoding: bf16 weights, channels-last convolutions (cuDNN's fast NHWC
+    kernels), ``decode`` compiled (inductor fuses GroupNorm + SiLU). ``handle.remove()`` undoes it."""
+    handle = FastVAEHandle(vae, next(vae.parameters()).dtype)
+    vae.eval().to(dtype, memory_format=torch.channels_last)
+    decode = type(vae).decode.__get__(vae)
+    vae.decode = torch.compile(decode, dynamic=False) if compile else decode
     return handle
 
 

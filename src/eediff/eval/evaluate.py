@@ -170,6 +170,10 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         raise ConfigError(f"--seeds '{cfg.seeds}' must be comma-separated integers, e.g. 0,1,2") from None
     if cfg.n < 1 or cfg.batch_size < 1:
         raise ConfigError("-n and --batch-size must be at least 1")
+    from ..kernels import KERNELS
+
+    if cfg.kernels not in KERNELS:
+        raise ConfigError(f"unknown --kernels '{cfg.kernels}': use one of {', '.join(KERNELS)}")
     autocast = autocast_dtype(cfg.precision, device)
     # The full-depth quality row: a fine-tuned checkpoint run deeper than its schedule is not the baseline the
     # paper compares with (measured: FID 27 -> 574), the model it was tuned from is. Timing uses --model
@@ -192,7 +196,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     if cfg.fast and device.startswith("cuda"):
         from ..fast import FastPathConfig, apply_fast_path
 
-        handles = [apply_fast_path(m, FastPathConfig()) for m in dict.fromkeys([model, base])]
+        handles = [apply_fast_path(m, FastPathConfig(kernels=cfg.kernels)) for m in dict.fromkeys([model, base])]
         autocast = None
     features = feature_network(cfg, device) if rank == 0 else None
     ref = reference(cfg, features) if rank == 0 else None

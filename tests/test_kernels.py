@@ -1,0 +1,161 @@
+"""eediff.kernels (the fast path's block kernels) and apply_fast_vae, on the CPU: every variant computes the
+same function as the eager model (tolerances stated per test), is removable, and refuses what it cannot run.
+The GPU kernels themselves (cuBLASLt epilogue, _scaled_mm on Hopper) are timed and checked against diffusers
+fp32 by `eediff bench`."""
+
+import copy
+
+import pytest
+import torch
+
+import eediff
+from eediff.fast import FastPathConfig, apply_fast_path, apply_fast_vae
+from eediff.kernels import FP8_MAX, apply_kernels, fp8_matmul, quantize_rows, quantize_weight
+
+from tiny import one_thread, random_weights  # noqa: F401
+
+
+def dit(hidden=32, heads=2, depth=4, seed=0):
+    torch.manual_seed(seed)
+    m = eediff.build_model("DiT", input_size=8, patch_size=2, in_channels=4, hidden_size=hidden, depth=depth, num_heads=heads, num_classes=10)
+    return random_weights(m, 0.05).eval()
+
+
+def inputs(B=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 4, 8, 8, generator=g), torch.rand(B, generator=g) * 999, torch.randint(0, 10, (B,), generator=g)
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def test_quantise_rows_and_weights_bounds_and_error():
+    """e4m3 keeps 3 mantissa bits: a value is within 2^-4 of itself (relative, half an ulp) once its row is
+    scaled so its largest magnitude is 448; a row's scale depends on that row alone."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 48, generator=g) * torch.logspace(-3, 2, 64).unsqueeze(1)  # rows of very different scales
+    q, s = quantize_rows(x)
+    assert q.dtype == torch.float8_e4m3fn and s.shape == (64, 1)
+    assert q.float().abs().amax(1).sub(FP8_MAX).abs().max() == 0  # every row uses the full range
+    back = q.float() * s
+    big = x.abs() > x.abs().amax(1, keepdim=True) / 64  # normal range of e4m3 within each row
+    assert ((back - x).abs() / x.abs())[big].max() <= 2**-4 + 1e-6
+    q2, s2 = quantize_rows(x[5:6])
+    assert torch.equal(q2.float(), q[5:6].float()) and torch.equal(s2, s[5:6])  # batch-independent
+    w = torch.randn(40, 48, generator=g)
+    qw, sw = quantize_weight(w)
+    assert sw.shape == (1, 40) and torch.allclose((qw.float() * sw.t()), w, rtol=2**-4, atol=1e-3)
+    z, sz = quantize_rows(torch.zeros(2, 16))  # an all-zero row: finite scale, zero codes
+    assert torch.isfinite(sz).all() and z.float().abs().max() == 0
+
+
+def test_fp8_matmul_is_the_dequantised_product():
+    """``_scaled_mm`` with row-wise scales = (q_x s_x) @ (q_w s_w)^T + b, up to bf16 output rounding (2^-8)."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(3, 5, 32, generator=g), torch.randn(48, 32, generator=g), torch.randn(48, generator=g)
+    x, b = x.bfloat16(), b.bfloat16()
+    qw, sw = quantize_weight(w)
+    out = fp8_matmul(x, qw, sw, b)
+    qx, sx = quantize_rows(x.reshape(-1, 32))
+    ref = (qx.float() * sx) @ (qw.float() * sw.t()).t() + b.float()
+    assert out.shape == (3, 5, 48) and out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), ref.reshape(3, 5, 48), rtol=2**-7, atol=2**-7 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("kernels, tol", [("inductor", 0.0), ("fused", 0.0), ("fp8", 0.06)])
+def test_kernel_variants_compute_the_eager_bf16_function(kernels, tol):
+    """Fast path (no compile on a CPU) against the eager model in bf16, every depth mode. fused on a CPU runs
+    the same ops unfused (bit-exact); fp8 is within 6% relative (measured 1-3%: e4m3 operands, fp32
+    accumulation)."""
+    m = dit()
+    x, t, y = inputs()
+    ref_model = copy.deepcopy(m).bfloat16()
+    fast = copy.deepcopy(m)
+    h = apply_fast_path(fast, FastPathConfig(kernels=kernels, compile=False))
+    depths = torch.tensor([4, 2, 0, 3])
+    with torch.no_grad():
+        for ab in (None, 3, depths):
+            ref = ref_model(x.bfloat16(), t, y, active_blocks=ab)
+            out = fast(x, t, y, active_blocks=ab)
+            assert rel(out, ref) <= tol + 1e-7, (kernels, ab, rel(out, ref))
+    if kernels == "fp8":
+        assert h.kernels.fp8_linears == 4 * 4 and h.kernels.bf16_linears == 0  # qkv, proj, fc1, fc2 per block
+        assert 0 < rel(out, ref)  # it really runs in fp8
+
+
+def test_fp8_rows_do_not_depend_on_the_batch():
+    """Row-wise activation scales: a row's output is the same alone as in any batch (a per-tensor scale would
+    let the largest row of the batch set everyone's precision)."""
+    m = dit()
+    apply_fast_path(m, FastPathConfig(kernels="fp8", compile=False))
+    x, t, y = inputs(6)
+    x[0] *= 50  # one loud row
+    with torch.no_grad():
+        full = m(x, t, y)
+        for i in range(1, 6):
+            assert torch.allclose(m(x[i:i + 1], t[i:i + 1], y[i:i + 1]), full[i:i + 1], rtol=0, atol=1e-6)
+
+
+def test_kernels_remove_restores_the_exact_model():
+    m = dit()
+    x, t, y = inputs()
+    with torch.no_grad():
+        ref = m(x, t, y)
+        for kernels in ("fused", "fp8"):
+            h = apply_fast_path(m, FastPathConfig(kernels=kernels, compile=False))
+            m(x, t, y)
+            h.remove()
+            assert not any("forward" in mod.__dict__ or "_fp8" in mod.__dict__ for mod in m.blocks.modules())
+            assert torch.equal(m(x, t, y), ref)
+
+
+def test_fp8_leaves_sizes_it_cannot_take_in_bf16():
+    """fp8 GEMMs need multiples of 16 on both sides: width 24 keeps qkv (72), proj and fc1/fc2 (96) ...
+    in bf16 where a side is not a multiple of 16."""
+    m = dit(hidden=24, heads=2).bfloat16()
+    h = apply_kernels(m, "fp8")
+    assert h.fp8_linears == 0 and h.bf16_linears == 4 * 4  # 24 % 16 != 0: every token GEMM stays bf16
+    m2 = dit(hidden=48, heads=2).bfloat16()
+    assert apply_kernels(m2, "fp8").fp8_linears == 16
+
+
+def test_kernels_refuse_bad_settings():
+    with pytest.raises(ValueError, match="unknown kernels 'fp4'"):
+        apply_fast_path(dit(), FastPathConfig(kernels="fp4", compile=False))
+    with pytest.raises(ValueError, match="use dtype='bf16'"):
+        apply_fast_path(dit(), FastPathConfig(kernels="fp8", dtype="fp32", compile=False))
+    with pytest.raises(ValueError, match="needs bf16 weights"):
+        apply_kernels(dit(), "fp8")  # fp32 weights
+
+
+def test_kernels_trace_as_one_graph():
+    """The instance-level forwards compile without graph breaks (dynamo, fullgraph; the aot_eager backend needs
+    no C++ compiler) and give the eager result."""
+    m = dit().bfloat16()
+    x, c = torch.randn(2, 16, 32).bfloat16(), torch.randn(2, 32).bfloat16()
+    for kernels in ("fused", "fp8"):
+        mm = copy.deepcopy(m)
+        apply_kernels(mm, kernels)
+        blk = mm.blocks[0]
+        with torch.no_grad():
+            assert torch.equal(torch.compile(blk, backend="aot_eager", fullgraph=True)(x, c), blk(x, c))
+
+
+def test_fast_vae_decodes_the_same_images():
+    """bf16 + channels-last (compile off on a CPU) against the fp32 VAE: within 2% relative; remove() restores."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(latent_channels=4, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2).eval()
+    z = torch.randn(2, 4, 4, 4)
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+        fast = copy.deepcopy(vae)
+        h = apply_fast_vae(fast, compile=False)
+        out = fast.decode(z.bfloat16()).sample
+        assert rel(out, ref) < 2e-2
+        h.remove()
+        assert "decode" not in fast.__dict__ and next(fast.parameters()).dtype == torch.float32
+        assert torch.allclose(fast.decode(z).sample, ref, atol=1e-2)
