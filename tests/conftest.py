@@ -6,6 +6,8 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
+# Triton kernels (eediff.triton_ops) run on CPU tensors in its interpreter where a test asks for it
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -63,11 +63,11 @@ def test_fp8_matmul_is_the_dequantised_product():
     assert torch.allclose(out.float(), ref.reshape(3, 5, 48), rtol=2**-7, atol=2**-7 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("kernels, tol", [("inductor", 0.0), ("fused", 0.0), ("fp8", 0.06)])
+@pytest.mark.parametrize("kernels, tol", [("inductor", 0.0), ("fused", 1e-2), ("fp8", 0.06)])
 def test_kernel_variants_compute_the_eager_bf16_function(kernels, tol):
-    """Fast path (no compile on a CPU) against the eager model in bf16, every depth mode. fused on a CPU runs
-    the same ops unfused (bit-exact); fp8 is within 6% relative (measured 1-3%: e4m3 operands, fp32
-    accumulation)."""
+    """Fast path (no compile on a CPU) against the eager model in bf16, every depth mode. inductor: the same
+    ops (bit-exact); fused: its row kernels' LayerNorm and residual in fp32, one rounding each, within 1%
+    (measured 0.2%); fp8 within 6% relative (measured 1-3%: e4m3 operands, fp32 accumulation)."""
     m = dit()
     x, t, y = inputs()
     ref_model = copy.deepcopy(m).bfloat16()
@@ -159,3 +159,95 @@ def test_fast_vae_decodes_the_same_images():
         h.remove()
         assert "decode" not in fast.__dict__ and next(fast.parameters()).dtype == torch.float32
         assert torch.allclose(fast.decode(z).sample, ref, atol=1e-2)
+
+
+# ---- the Triton row kernels, in Triton's interpreter ------------------------------------------------------
+@pytest.fixture
+def interpret(monkeypatch):
+    pytest.importorskip("triton")
+    from eediff import triton_ops
+
+    monkeypatch.setattr(triton_ops, "INTERPRET_ON_CPU", True)
+    return triton_ops
+
+
+def _codes_close(codes, codes_ref, s):
+    """Dequantised codes within one e4m3 step (2^-3 relative) of the reference, except where the reference cast
+    rounds up to a power of two: Triton's interpreter does not carry that round-up into the exponent (7.94 -> 4,
+    not 8; the GPU's cvt instruction does), so those codes are left out. They must be few."""
+    ref = codes_ref.float()
+    carry = (ref.abs() > 0) & (torch.log2(ref.abs()) == torch.log2(ref.abs()).round())
+    ok = torch.isclose(codes.float() * s, ref * s, rtol=2**-3, atol=2**-3 * s.max().item()) | carry
+    return bool(ok.all()) and carry.float().mean() < 0.2
+
+
+def _mods(B, D, g):
+    m = torch.randn(B, 6 * D, generator=g).bfloat16() * 0.5
+    return m[:, :D], m[:, D:2 * D], m[:, 2 * D:3 * D]  # strided views, as the block's chunk() gives
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("quant", [False, True])
+def test_ln_modulate_kernel_against_torch(interpret, residual, quant):
+    """The Triton kernel (D = 48, not a power of two: masked lanes) against the fp32 torch reference and against
+    the block's own bf16 ops (norm + modulate, gated residual). bf16 outputs: within 2 bf16 ulps (2^-7 relative)
+    of the reference; fp8 codes: within one e4m3 step (2^-3 relative) after dequantising."""
+    g = torch.Generator().manual_seed(0)
+    B, N, D = 3, 5, 48
+    x = torch.randn(B, N, D, generator=g).bfloat16()
+    r = torch.randn(B, N, D, generator=g).bfloat16() if residual else None
+    shift, scale, gate = _mods(B, D, g)
+    gate = gate if residual else None
+    h, y, s = interpret.ln_modulate(x, shift, scale, 1e-6, r, gate, quant)
+    assert interpret.triton_available(x)
+    h_ref, y_ref, s_ref = interpret._ln_modulate_ref(x, shift, scale, 1e-6, r, gate, quant)
+    if residual:  # h within one bf16 rounding (the interpreter rounds fp32 -> bf16 its own way); then the
+        # normalisation is checked on the kernel's own h, so that one-ulp differences do not move the row maxima
+        assert torch.allclose(h.float(), h_ref.float(), rtol=2**-7, atol=2**-7)
+        _, y_ref, s_ref = interpret._ln_modulate_ref(h, shift, scale, 1e-6, None, None, quant)
+        block_h = x + gate.unsqueeze(1) * r  # DiTBlock's bf16 ops
+        assert torch.allclose(h.float(), block_h.float(), rtol=2**-6, atol=2**-6)
+    else:
+        assert h.numel() == 0
+    if quant:
+        assert y.dtype == torch.float8_e4m3fn and s.shape == (B * N, 1)
+        assert torch.allclose(s, s_ref, rtol=1e-5)
+        assert _codes_close(y.reshape(B * N, D), y_ref.reshape(B * N, D), s)
+    else:
+        assert torch.allclose(y.float(), y_ref.float(), rtol=2**-7, atol=2**-7 * y_ref.float().abs().max().item())
+        base = (x if not residual else h).float()
+        own = torch.nn.functional.layer_norm(base, (D,), eps=1e-6) * (1 + scale.float().unsqueeze(1)) + shift.float().unsqueeze(1)
+        assert torch.allclose(y.float(), own, rtol=2**-6, atol=2**-6 * own.abs().max().item())
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_act_quant_kernel_against_torch(interpret, gelu):
+    """(tanh-GELU +) row quantisation, K = 80 (masked): scales to 1e-5 relative, dequantised values within one
+    e4m3 step of the reference."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(7, 80, generator=g) * 3).bfloat16()
+    q, s = interpret.act_quant(x, gelu)
+    xf = torch.nn.functional.gelu(x.float(), approximate="tanh") if gelu else x.float()
+    q_ref, s_ref = interpret._quant_ref(xf)
+    assert q.dtype == torch.float8_e4m3fn and torch.allclose(s, s_ref, rtol=1e-5)
+    assert _codes_close(q, q_ref, s)
+
+
+@pytest.mark.parametrize("kernels, tol", [("fused", 1e-2), ("fp8", 0.06)])
+def test_fused_dit_block_with_triton_kernels_matches_the_block(interpret, kernels, tol):
+    """The whole fused DiT block (Triton row kernels in the interpreter, torch GEMMs) against DiTBlock.forward in
+    bf16, with padded rows (``keep``) unchanged and the in-place write: bf16 within 1%, fp8 within 6%."""
+    m = dit(hidden=32, depth=2).bfloat16()
+    blk = m.blocks[0]
+    g = torch.Generator().manual_seed(2)
+    x, c = torch.randn(3, 16, 32, generator=g).bfloat16(), torch.randn(3, 32, generator=g).bfloat16()
+    keep = torch.tensor([1.0, 0.0, 1.0]).bfloat16()
+    with torch.no_grad():
+        ref = blk(x, c, keep)
+        apply_kernels(m, kernels)
+        out = blk(x, c, keep)
+        assert rel(out, ref) < tol, rel(out, ref)
+        assert torch.equal(out[1], x[1])  # a padded row comes out unchanged
+        xi = x.clone()
+        blk(xi, c, keep, inplace=True)
+        assert torch.equal(xi, out)

@@ -445,7 +445,7 @@ def _end_to_end(cfg, dm_bf16, compiled, fasts, device, log):
                                   vae=vae_fast, device=device, progress=False)
         with torch.no_grad():
             r = time_fn(fn, device, warmup=1, repeats=3)
-            syncs = None
+            syncs, where = None, None
             if kern is not None and device == "cuda":
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -454,11 +454,13 @@ def _end_to_end(cfg, dm_bf16, compiled, fasts, device, log):
                         fn()
                     finally:
                         torch.cuda.set_sync_debug_mode("default")
-                syncs = sum("synchroniz" in str(w.message) for w in caught)
+                found = [w for w in caught if "synchroniz" in str(w.message)]
+                syncs = len(found)
+                where = sorted({f"{w.filename.rsplit('/', 2)[-1]}:{w.lineno}" for w in found})[:8]
         ips = n / r["median_s"]
         out.append({"variant": name, "sampler": f"{sampler}-{steps}", "schedule": sched or "full", "images": n,
-                    "cfg": cfg.e2e_cfg, "seconds": r["median_s"], "images_per_s": ips, "host_syncs": syncs})
-        log(f"e2e {name:44s} {sampler}-{steps:<4d} {sched or 'full':7s} {ips:7.2f} images/s" + ("" if syncs is None else f"  ({syncs} host syncs)"))
+                    "cfg": cfg.e2e_cfg, "seconds": r["median_s"], "images_per_s": ips, "host_syncs": syncs, "host_sync_sites": where})
+        log(f"e2e {name:44s} {sampler}-{steps:<4d} {sched or 'full':7s} {ips:7.2f} images/s" + ("" if syncs is None else f"  ({syncs} host syncs: {', '.join(where)})"))
     return out
 
 

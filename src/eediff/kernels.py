@@ -26,7 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .models.dit import DiTBlock
 from .models.layers import Attention, Mlp
+from .triton_ops import act_quant, cudnn_attention, ln_modulate
 
 KERNELS = ("inductor", "fused", "fp8")
 FP8 = torch.float8_e4m3fn
@@ -42,8 +44,8 @@ class KernelHandle:
 
     def remove(self) -> None:
         for m in self.patched:
-            m.__dict__.pop("forward", None)
-            m.__dict__.pop("_fp8", None)
+            for name in ("forward", "_fp8", "_kernels"):
+                m.__dict__.pop(name, None)
         self.patched.clear()
 
 
@@ -56,6 +58,18 @@ def apply_kernels(model: nn.Module, kernels: str) -> KernelHandle:
     if kernels == "inductor":
         return handle
     for blk in model.compute_blocks():
+        if isinstance(blk, DiTBlock):  # the whole block as one kernel sequence (row kernels in triton_ops.py)
+            lins = (blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2)
+            fp8 = kernels == "fp8" and all(fp8_shape_ok(v.in_features, v.out_features) for v in lins)
+            blk.forward = _dit_block.__get__(blk)
+            blk._kernels = "fp8" if fp8 else "fused"  # a width fp8 GEMMs cannot take: the bf16 fused block
+            handle.patched.append(blk)
+            if fp8:
+                for lin in lins:
+                    _to_fp8(lin, handle, patch=False)
+            elif kernels == "fp8":
+                handle.bf16_linears += len(lins)
+            continue
         for m in blk.modules():
             if kernels == "fused" and isinstance(m, Mlp) and getattr(m.act, "approximate", None) == "tanh" and m.fc1.bias is not None:
                 m.forward = _mlp_gelu_epilogue.__get__(m)
@@ -66,7 +80,7 @@ def apply_kernels(model: nn.Module, kernels: str) -> KernelHandle:
     return handle
 
 
-def _to_fp8(lin: nn.Linear, handle: KernelHandle) -> None:
+def _to_fp8(lin: nn.Linear, handle: KernelHandle, patch: bool = True) -> None:
     """The token GEMMs (attention's qkv and proj, the MLP's two) only: the adaLN projection works on one
     vector per row, so fp8 would only save a few MB of weight reads there, and its output (shift, scale,
     gate) sets every token's scale."""
@@ -76,7 +90,8 @@ def _to_fp8(lin: nn.Linear, handle: KernelHandle) -> None:
     if lin.weight.dtype != torch.bfloat16:
         raise ValueError(f"kernels='fp8' needs bf16 weights, got {lin.weight.dtype}: use FastPathConfig(dtype='bf16')")
     lin._fp8 = quantize_weight(lin.weight.detach())
-    lin.forward = _fp8_linear.__get__(lin)
+    if patch:
+        lin.forward = _fp8_linear.__get__(lin)
     handle.patched.append(lin)
     handle.fp8_linears += 1
 
@@ -122,3 +137,43 @@ def _mlp_gelu_epilogue(self: Mlp, x: torch.Tensor) -> torch.Tensor:
     else:
         h = F.gelu(F.linear(x.reshape(-1, shape[-1]), fc1.weight, fc1.bias), approximate="tanh")
     return self.fc2(h).reshape(*shape[:-1], -1)  # (..., D)
+
+
+def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
+    """``DiTBlock.forward`` (same arguments, same function up to rounding) as: one row kernel for LayerNorm +
+    modulation, the qkv GEMM, cuDNN attention, the proj GEMM, one row kernel for the gated residual +
+    LayerNorm + modulation, the MLP (bf16: GELU in fc1's epilogue; fp8: GELU + quantisation in one row
+    kernel between the two fp8 GEMMs), and the last gated residual (inductor, stored into ``x``)."""
+    B, N, D = x.shape
+    fp8 = self._kernels == "fp8"
+    shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (B, D)
+    if keep is not None:
+        gate1, gate2 = gate1 * keep.unsqueeze(1), gate2 * keep.unsqueeze(1)  # (B, D)
+    at, ml = self.attn, self.mlp
+    _, a, sa = ln_modulate(x, shift1, scale1, self.norm1.eps, None, None, fp8)  # (B, N, D) bf16 or e4m3 (+ (M, 1) scales)
+    qkv = _gemm(a.reshape(B * N, D), sa, at.qkv, fp8)  # (M, 3D)
+    qkv = qkv.reshape(B, N, 3, at.num_heads, D // at.num_heads).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d)
+    o = cudnn_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(B * N, D)  # (M, D)
+    o = _gemm(*act_quant(o, False), at.proj, True) if fp8 else _gemm(o, None, at.proj, False)  # (M, D)
+    h, a, sa = ln_modulate(x, shift2, scale2, self.norm2.eps, o.reshape(B, N, D), gate1, fp8)  # h = x + g1 * o
+    if fp8:
+        f = _gemm(a.reshape(B * N, D), sa, ml.fc1, True)  # (M, 4D) bf16, bias in the GEMM
+        y = _gemm(*act_quant(f, True), ml.fc2, True)  # GELU + quantise in one pass, then (M, D)
+    else:
+        f = _gelu_linear(a.reshape(B * N, D), ml.fc1)  # (M, 4D), bias + GELU in the epilogue
+        y = F.linear(f, ml.fc2.weight, ml.fc2.bias)  # (M, D)
+    out = h + gate2.unsqueeze(1) * y.reshape(B, N, D)  # (B, N, D)
+    return x.copy_(out) if inplace else out
+
+
+def _gemm(a: torch.Tensor, s: torch.Tensor | None, lin: nn.Linear, fp8: bool) -> torch.Tensor:
+    if not fp8:
+        return F.linear(a, lin.weight, lin.bias)
+    q_w, s_w = lin._fp8
+    return torch._scaled_mm(a, q_w.t(), scale_a=s, scale_b=s_w, bias=lin.bias, out_dtype=torch.bfloat16)
+
+
+def _gelu_linear(a: torch.Tensor, fc1: nn.Linear) -> torch.Tensor:
+    if a.is_cuda and fc1.bias is not None:  # cuBLASLt epilogue (tanh GELU on CUDA)
+        return torch._addmm_activation(fc1.bias, a, fc1.weight.t(), use_gelu=True)
+    return F.gelu(F.linear(a, fc1.weight, fc1.bias), approximate="tanh")

@@ -1,0 +1,176 @@
+"""Row kernels of the fast path's ``fused`` / ``fp8`` DiT blocks, written in Triton, as torch custom ops
+(opaque to inductor, capturable in CUDA graphs, traceable by dynamo).
+
+Why by hand: measured on an H200 at B=64 (DiT-XL/2, 16384 token rows of 1152), inductor's own LayerNorm +
+modulation kernel moves its 75 MB at about 1 TB/s and its GELU + row-quantise kernel its 226 MB at under
+1 TB/s (``results/bench_dit_h200_kernels.md``, block parts); a one-pass kernel per row that keeps the row in
+registers runs near the memory bandwidth. No library offers these fusions (LayerNorm + adaLN modulation +
+gated residual + fp8 row quantisation in one pass).
+
+- ``ln_modulate(x, shift, scale, eps, residual, gate, quant) -> (h, y, s)``: ``h = x + gate * residual``
+  (when a residual is given; else ``h`` is empty and ``x`` is used), ``y = LN(h) * (1 + scale) + shift`` in
+  bf16, or with ``quant`` e4m3 codes and their (M, 1) fp32 row scales ``s`` (``y_bf16 ~ codes * s``).
+  ``shift`` / ``scale`` / ``gate`` are (B, D), one row per image; ``x`` is (B, N, D).
+- ``act_quant(x, gelu) -> (codes, s)``: (optionally tanh-GELU, then) row-wise e4m3 quantisation of (M, K).
+
+Without Triton, or on a CPU, the same functions run as torch ops in fp32 (what the tests compare with; the
+Triton kernels themselves are tested on a CPU in Triton's interpreter, ``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)
+MIN_SCALE = 1e-12
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the torch fallback below computes the same functions
+    triton = None
+
+
+# CPU tensors go through the Triton kernels only in Triton's interpreter, when a test asks for it (the
+# interpreter reads TRITON_INTERPRET=1 once, when the kernels below are defined: tests/conftest.py sets it)
+INTERPRET_ON_CPU = False
+
+
+def triton_available(x: torch.Tensor) -> bool:
+    if triton is None:
+        return False
+    return x.is_cuda or (INTERPRET_ON_CPU and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _ln_modulate_kernel(X, R, G, SHIFT, SCALE, H, Y, S, n_tok, D, mod_stride, eps,
+                            HAS_RES: tl.constexpr, QUANT: tl.constexpr, BLOCK_D: tl.constexpr):
+        row = tl.program_id(0)  # one token row of (M, D)
+        b = row // n_tok  # its image
+        cols = tl.arange(0, BLOCK_D)
+        mask = cols < D
+        x = tl.load(X + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_RES:
+            r = tl.load(R + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(G + b * mod_stride + cols, mask=mask, other=0.0).to(tl.float32)
+            x = x + g * r
+            hb = x.to(H.dtype.element_ty)
+            tl.store(H + row * D + cols, hb, mask=mask)
+            x = hb.to(tl.float32)  # the LayerNorm sees the stored (rounded) h, as the next block will
+        mean = tl.sum(x, axis=0) / D
+        xc = tl.where(mask, x - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps)
+        sh = tl.load(SHIFT + b * mod_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        sc = tl.load(SCALE + b * mod_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        y = xc * rstd * (1.0 + sc) + sh
+        if QUANT:
+            s = tl.maximum(tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0) / 448.0, 1e-12)
+            tl.store(S + row, s)
+            y = y / s
+        tl.store(Y + row * D + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _act_quant_kernel(X, Q, S, K, GELU: tl.constexpr, BLOCK_K: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_K)
+        mask = cols < K
+        x = tl.load(X + row * K + cols, mask=mask, other=0.0).to(tl.float32)
+        if GELU:  # tanh approximation, as nn.GELU(approximate="tanh"): tanh(u) = 1 - 2 / (exp(2u) + 1)
+            u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+            x = 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
+        s = tl.maximum(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=0) / 448.0, 1e-12)
+        tl.store(S + row, s)
+        tl.store(Q + row * K + cols, (x / s).to(Q.dtype.element_ty), mask=mask)
+
+
+def _warps(block: int) -> int:
+    return max(1, min(16, block // 256))
+
+
+@torch.library.custom_op("eediff::ln_modulate", mutates_args=())
+def ln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, residual: torch.Tensor | None,
+                gate: torch.Tensor | None, quant: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, N, D = x.shape
+    if not triton_available(x):
+        return _ln_modulate_ref(x, shift, scale, eps, residual, gate, quant)
+    x = x.contiguous()
+    mods = [shift, scale] + ([gate] if gate is not None else [])
+    stride = shift.stride(0)
+    if any(m.stride(0) != stride or m.stride(1) != 1 for m in mods):  # views of one (B, 6D) modulation tensor, or not
+        mods = [m.contiguous() for m in mods]
+        stride = D
+    shift, scale = mods[0], mods[1]
+    gate = mods[2] if gate is not None else None
+    h = torch.empty_like(x) if residual is not None else x.new_empty(0)
+    y = torch.empty(B, N, D, device=x.device, dtype=FP8 if quant else x.dtype)
+    s = torch.empty(B * N, 1, device=x.device, dtype=torch.float32) if quant else x.new_empty(0, dtype=torch.float32)
+    block = triton.next_power_of_2(D)
+    r = residual.contiguous() if residual is not None else x
+    _ln_modulate_kernel[(B * N,)](x, r, gate if gate is not None else shift, shift, scale, h, y, s, N, D, stride, eps,
+                                  HAS_RES=residual is not None, QUANT=quant, BLOCK_D=block, num_warps=_warps(block))
+    return h, y, s
+
+
+@ln_modulate.register_fake
+def _(x, shift, scale, eps, residual, gate, quant):
+    B, N, D = x.shape
+    h = torch.empty_like(x) if residual is not None else x.new_empty(0)
+    y = torch.empty(B, N, D, device=x.device, dtype=FP8 if quant else x.dtype)
+    s = torch.empty(B * N, 1, device=x.device, dtype=torch.float32) if quant else x.new_empty(0, dtype=torch.float32)
+    return h, y, s
+
+
+def _ln_modulate_ref(x, shift, scale, eps, residual, gate, quant):
+    """The same function in torch ops (fp32 math, one rounding per stored tensor, as the kernel)."""
+    B, N, D = x.shape
+    h = x.new_empty(0)
+    xf = x.float()
+    if residual is not None:
+        h = (xf + gate.float().unsqueeze(1) * residual.float()).to(x.dtype)
+        xf = h.float()
+    y = F.layer_norm(xf, (D,), eps=eps) * (1 + scale.float().unsqueeze(1)) + shift.float().unsqueeze(1)
+    if not quant:
+        return h, y.to(x.dtype), x.new_empty(0, dtype=torch.float32)
+    q, s = _quant_ref(y.reshape(B * N, D))
+    return h, q.reshape(B, N, D), s
+
+
+@torch.library.custom_op("eediff::act_quant", mutates_args=())
+def act_quant(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    M, K = x.shape
+    if not triton_available(x):
+        xf = F.gelu(x.float(), approximate="tanh") if gelu else x.float()
+        return _quant_ref(xf)
+    x = x.contiguous()
+    q = torch.empty(M, K, device=x.device, dtype=FP8)
+    s = torch.empty(M, 1, device=x.device, dtype=torch.float32)
+    block = triton.next_power_of_2(K)
+    _act_quant_kernel[(M,)](x, q, s, K, GELU=gelu, BLOCK_K=block, num_warps=_warps(block))
+    return q, s
+
+
+@act_quant.register_fake
+def _(x, gelu):
+    M, K = x.shape
+    return torch.empty(M, K, device=x.device, dtype=FP8), torch.empty(M, 1, device=x.device, dtype=torch.float32)
+
+
+def _quant_ref(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    s = (xf.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
+    return (xf / s).to(FP8), s
+
+
+def cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SDPA through cuDNN's fused attention on CUDA (measured 90 vs 138 us per DiT-XL/2 block at B=64 for
+    the flash backend, same strided q/k/v), the default SDPA choice elsewhere; (B, H, N, d) each."""
+    d = q.shape[-1]
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and d % 8 == 0 and d <= 128:
+        return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, False, 0.0, False, False, scale=1 / math.sqrt(q.shape[-1]))[0]
+    return F.scaled_dot_product_attention(q, k, v)
