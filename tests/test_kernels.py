@@ -251,3 +251,16 @@ def test_fused_dit_block_with_triton_kernels_matches_the_block(interpret, kernel
         xi = x.clone()
         blk(xi, c, keep, inplace=True)
         assert torch.equal(xi, out)
+
+
+def test_custom_ops_fake_kernels_match(interpret):
+    """torch.library.opcheck: the fake (meta) kernels give the real outputs' shapes, dtypes and strides, also
+    for a non-contiguous input (a DiT's patch tokens arrive transposed); what inductor plans its buffers by."""
+    g = torch.Generator().manual_seed(0)
+    B, N, D = 2, 4, 32
+    x = torch.randn(B, D, N, generator=g).bfloat16().transpose(1, 2)  # (B, N, D), strides (N*D, 1, N)
+    shift, scale, gate = _mods(B, D, g)
+    r = torch.randn(B, N, D, generator=g).bfloat16()
+    for args in [(x, shift, scale, 1e-6, None, None, False), (x, shift, scale, 1e-6, r, gate, True)]:
+        torch.library.opcheck(interpret.ln_modulate, args, test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(interpret.act_quant, (torch.randn(6, 48, generator=g).bfloat16(), True), test_utils=("test_schema", "test_faketensor"))

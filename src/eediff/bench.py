@@ -311,6 +311,7 @@ def block_parts(config, B: int, device: str, repeats: int, log=print) -> dict:
 
     from .kernels import fp8_matmul, quantize_rows, quantize_weight
     from .models.layers import modulate
+    from .triton_ops import act_quant, cudnn_attention, ln_modulate
 
     on_gpu = device == "cuda"
     dt = torch.bfloat16 if on_gpu else torch.float32
@@ -368,6 +369,14 @@ def block_parts(config, B: int, device: str, repeats: int, log=print) -> dict:
             "fp8: GELU + row quantise": lambda: gelu_q(hid),
             "fp8: fc2 GEMM": lambda: mm8(hq, "fc2"),
             "fp8: qkv GEMM, quantise included (fp8_matmul)": lambda: fp8_matmul(a, *q8["qkv"], bias["qkv"]),
+            # the row kernels kernels='fused' / 'fp8' run (triton_ops.py)
+            "triton: LayerNorm + modulate": lambda: ln_modulate(x, sh, sc, 1e-6, None, None, False),
+            "triton: gate + residual + LayerNorm + modulate": lambda: ln_modulate(x, sh, sc, 1e-6, o, gt, False),
+            "triton fp8: LayerNorm + modulate + row quantise": lambda: ln_modulate(x, sh, sc, 1e-6, None, None, True),
+            "triton fp8: gate + residual + LayerNorm + modulate + row quantise": lambda: ln_modulate(x, sh, sc, 1e-6, o, gt, True),
+            "triton fp8: GELU + row quantise": lambda: act_quant(hid, True),
+            "triton fp8: attention output row quantise": lambda: act_quant(o.reshape(M, D), False),
+            "attention: cuDNN (aten op, as the fused block calls it)": lambda: cudnn_attention(qkv[0], qkv[1], qkv[2]),
         }
     inner = 10  # calls per timed sample: one part takes tens of microseconds
     ms: dict = {}
@@ -386,13 +395,20 @@ def block_parts(config, B: int, device: str, repeats: int, log=print) -> dict:
                               "fc1 GEMM (+bias)", "GELU (tanh)", "fc2 GEMM (+bias)"],
         "fused": common + ["LayerNorm + modulate", "qkv GEMM (+bias)", "proj GEMM (+bias)", "gate + residual + LayerNorm + modulate",
                            "fc1 GEMM + bias + GELU epilogue (cuBLASLt)", "fc2 GEMM (+bias)"],
-        "fp8": common + ["fp8: LayerNorm + modulate + row quantise", "fp8: qkv GEMM", "fp8: attention output row quantise", "fp8: proj GEMM",
+        "fused (triton row kernels, cuDNN attention)": ["adaLN: SiLU + Linear (B x 6D)", "gate + residual", "triton: LayerNorm + modulate",
+                           "qkv GEMM (+bias)", "proj GEMM (+bias)", "triton: gate + residual + LayerNorm + modulate",
+                           "fc1 GEMM + bias + GELU epilogue (cuBLASLt)", "fc2 GEMM (+bias)", "attention: cuDNN (aten op, as the fused block calls it)"],
+        "fp8 (triton row kernels, cuDNN attention)": ["adaLN: SiLU + Linear (B x 6D)", "gate + residual", "triton fp8: LayerNorm + modulate + row quantise",
+                         "fp8: qkv GEMM", "triton fp8: attention output row quantise", "fp8: proj GEMM",
+                         "triton fp8: gate + residual + LayerNorm + modulate + row quantise", "fp8: fc1 GEMM", "triton fp8: GELU + row quantise",
+                         "fp8: fc2 GEMM", "attention: cuDNN (aten op, as the fused block calls it)"],
+        "fp8 inductor": common + ["fp8: LayerNorm + modulate + row quantise", "fp8: qkv GEMM", "fp8: attention output row quantise", "fp8: proj GEMM",
                          "fp8: gate + residual + LayerNorm + modulate + row quantise", "fp8: fc1 GEMM", "fp8: GELU + row quantise", "fp8: fc2 GEMM"],
     }
     totals = {}
     for kern, names in sums.items():
         if attn is not None and all(ms.get(n) is not None for n in names):
-            per_block = sum(ms[n] for n in names) + attn
+            per_block = sum(ms[n] for n in names) + (0 if any(n.startswith("attention") for n in names) else attn)
             totals[kern] = {"ms_per_block": per_block, "ms_x_depth": per_block * config.depth}
     for name, v in ms.items():
         log(f"block part {name:58s} " + ("unavailable" if v is None else f"{v * 1e3:8.1f} us  x{config.depth} = {v * config.depth:6.2f} ms"))
@@ -493,7 +509,7 @@ def write_results(res: dict, path: str) -> None:
     if "block_parts" in res:
         bp = res["block_parts"]
         lines += ["", f"One block's parts timed alone at batch {bp['batch']} (each part's own kernels; the sums add one attention "
-                  "(flash) and are what the block would cost with no gaps between kernels)", "",
+                  "(flash, unless the sum names its own) and are what the block would cost with no gaps between kernels)", "",
                   f"| part | µs per block | × {bp['depth']} blocks, ms |", "|---|---|---|"]
         for name, v in bp["ms_per_block"].items():
             lines.append(f"| {name} | " + ("unavailable | |" if v is None else f"{v * 1e3:.1f} | {v * bp['depth']:.2f} |"))

@@ -99,8 +99,8 @@ def ln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: 
                 gate: torch.Tensor | None, quant: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, N, D = x.shape
     if not triton_available(x):
-        return _ln_modulate_ref(x, shift, scale, eps, residual, gate, quant)
-    x = x.contiguous()
+        return tuple(v.contiguous() for v in _ln_modulate_ref(x, shift, scale, eps, residual, gate, quant))
+    x = x.contiguous()  # every output is contiguous, whatever the input's strides (the fake below says so)
     mods = [shift, scale] + ([gate] if gate is not None else [])
     stride = shift.stride(0)
     if any(m.stride(0) != stride or m.stride(1) != 1 for m in mods):  # views of one (B, 6D) modulation tensor, or not
@@ -121,7 +121,7 @@ def ln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: 
 @ln_modulate.register_fake
 def _(x, shift, scale, eps, residual, gate, quant):
     B, N, D = x.shape
-    h = torch.empty_like(x) if residual is not None else x.new_empty(0)
+    h = torch.empty(B, N, D, device=x.device, dtype=x.dtype) if residual is not None else x.new_empty(0)
     y = torch.empty(B, N, D, device=x.device, dtype=FP8 if quant else x.dtype)
     s = torch.empty(B * N, 1, device=x.device, dtype=torch.float32) if quant else x.new_empty(0, dtype=torch.float32)
     return h, y, s
@@ -147,7 +147,7 @@ def act_quant(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     M, K = x.shape
     if not triton_available(x):
         xf = F.gelu(x.float(), approximate="tanh") if gelu else x.float()
-        return _quant_ref(xf)
+        return tuple(v.contiguous() for v in _quant_ref(xf))
     x = x.contiguous()
     q = torch.empty(M, K, device=x.device, dtype=FP8)
     s = torch.empty(M, 1, device=x.device, dtype=torch.float32)

@@ -187,7 +187,10 @@ class Denoiser:
     def __call__(self, x: torch.Tensor, t_model, y: torch.Tensor | None = None) -> torch.Tensor:
         B = x.shape[0]
         k = self.depths(t_model, B)
-        t = torch.as_tensor(t_model, dtype=torch.float32).to(x.device).expand(B)
+        if isinstance(t_model, (int, float)):  # one time for the batch: filled on the device, no host-to-device copy
+            t = torch.full((B,), float(t_model), dtype=torch.float32, device=x.device)
+        else:
+            t = torch.as_tensor(t_model, dtype=torch.float32).to(x.device).expand(B)
         guided = self.cfg_scale != 1.0 and y is not None
         if guided:
             null = torch.full_like(y, self.model.num_classes)
