@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import KERNELS, KernelHandle, apply_kernels
+from .kernels import ATTENTION, KERNELS, ROW_KERNELS, KernelHandle, apply_kernels
 from .models.backbone import ExitState, Tokens, forward_exits, row_counts, store_tokens
 
 
@@ -43,6 +43,8 @@ class FastPathConfig:
     compile_mode: str = "default"  # matmuls stay on cuBLAS; inductor fuses the elementwise work around them
     row_bucket: int = 8  # per-row depths: a block's rows are padded up to a multiple of this (few shapes, few graphs)
     kernels: str = "inductor"  # inductor | fused (GELU in the GEMM epilogue) | fp8 (row-wise fp8 GEMMs): kernels.py
+    attention: str = "cudnn"  # fused / fp8 DiT blocks: cudnn | sdpa (SDPA's own choice, flash on Hopper)
+    row_kernels: str = "triton"  # fused / fp8 DiT blocks' LayerNorm, residual and quantise passes: triton | inductor
 
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -88,6 +90,8 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
         raise ValueError(f"unknown dtype '{config.dtype}': use bf16, fp16 or fp32")
     if config.kernels not in KERNELS:
         raise ValueError(f"unknown kernels '{config.kernels}': use one of {', '.join(KERNELS)}")
+    if config.attention not in ATTENTION or config.row_kernels not in ROW_KERNELS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION)} and row_kernels one of {', '.join(ROW_KERNELS)}")
     if config.kernels == "fp8" and config.dtype != "bf16":
         raise ValueError(f"kernels='fp8' runs bf16 activations: use dtype='bf16', not '{config.dtype}'")
     if config.row_bucket < 1:
@@ -96,7 +100,7 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     p0 = next(model.parameters())
     handle = FastPathHandle(model, config, model.forward, p0.dtype, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.eval().to(dtype)
-    handle.kernels = apply_kernels(model, config.kernels)
+    handle.kernels = apply_kernels(model, config.kernels, config.attention, config.row_kernels)
     if config.compile:
         # every block shares one compiled graph per input shape; leave room for many shapes (batch sizes, CFG
         # doubling, row buckets) before dynamo would silently fall back to eager

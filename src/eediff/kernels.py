@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .models.dit import DiTBlock
 from .models.layers import Attention, Mlp
-from .triton_ops import act_quant, cudnn_attention, ln_modulate
+from .triton_ops import _ln_modulate_ref, _quant_ref, act_quant, cudnn_attention, ln_modulate
 
 KERNELS = ("inductor", "fused", "fp8")
 FP8 = torch.float8_e4m3fn
@@ -44,16 +44,23 @@ class KernelHandle:
 
     def remove(self) -> None:
         for m in self.patched:
-            for name in ("forward", "_fp8", "_kernels"):
+            for name in ("forward", "_fp8", "_kernels", "_attention", "_row_kernels"):
                 m.__dict__.pop(name, None)
         self.patched.clear()
 
 
-def apply_kernels(model: nn.Module, kernels: str) -> KernelHandle:
+ATTENTION = ("cudnn", "sdpa")  # the fused DiT block's attention: cuDNN's fused kernel, or SDPA's own choice (flash)
+ROW_KERNELS = ("triton", "inductor")  # its LayerNorm / residual / quantise passes: triton_ops.py, or torch ops inductor fuses
+
+
+def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_kernels: str = "triton") -> KernelHandle:
     """Switch ``model.compute_blocks()`` to ``kernels`` (one of :data:`KERNELS`); the weights are taken as they
     are now (apply after the dtype conversion; the fp8 copies are not updated if the weights change later)."""
     if kernels not in KERNELS:
         raise ValueError(f"unknown kernels '{kernels}': use one of {', '.join(KERNELS)}")
+    if attention not in ATTENTION or row_kernels not in ROW_KERNELS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION)} and row_kernels one of {', '.join(ROW_KERNELS)}, "
+                         f"got '{attention}', '{row_kernels}'")
     handle = KernelHandle(kernels)
     if kernels == "inductor":
         return handle
@@ -63,6 +70,7 @@ def apply_kernels(model: nn.Module, kernels: str) -> KernelHandle:
             fp8 = kernels == "fp8" and all(fp8_shape_ok(v.in_features, v.out_features) for v in lins)
             blk.forward = _dit_block.__get__(blk)
             blk._kernels = "fp8" if fp8 else "fused"  # a width fp8 GEMMs cannot take: the bf16 fused block
+            blk._attention, blk._row_kernels = attention, row_kernels
             handle.patched.append(blk)
             if fp8:
                 for lin in lins:
@@ -150,15 +158,19 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
     if keep is not None:
         gate1, gate2 = gate1 * keep.unsqueeze(1), gate2 * keep.unsqueeze(1)  # (B, D)
     at, ml = self.attn, self.mlp
-    _, a, sa = ln_modulate(x, shift1, scale1, self.norm1.eps, None, None, fp8)  # (B, N, D) bf16 or e4m3 (+ (M, 1) scales)
+    rows = self._row_kernels == "triton"
+    lnm = ln_modulate if rows else _ln_modulate_ref  # the torch ops: inductor fuses them itself
+    quant = act_quant if rows else (lambda v, gelu: _quant_ref(F.gelu(v.float(), approximate="tanh") if gelu else v.float()))
+    attend = cudnn_attention if self._attention == "cudnn" else F.scaled_dot_product_attention
+    _, a, sa = lnm(x, shift1, scale1, self.norm1.eps, None, None, fp8)  # (B, N, D) bf16 or e4m3 (+ (M, 1) scales)
     qkv = _gemm(a.reshape(B * N, D), sa, at.qkv, fp8)  # (M, 3D)
     qkv = qkv.reshape(B, N, 3, at.num_heads, D // at.num_heads).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d)
-    o = cudnn_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(B * N, D)  # (M, D)
-    o = _gemm(*act_quant(o, False), at.proj, True) if fp8 else _gemm(o, None, at.proj, False)  # (M, D)
-    h, a, sa = ln_modulate(x, shift2, scale2, self.norm2.eps, o.reshape(B, N, D), gate1, fp8)  # h = x + g1 * o
+    o = attend(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(B * N, D)  # (M, D)
+    o = _gemm(*quant(o, False), at.proj, True) if fp8 else _gemm(o, None, at.proj, False)  # (M, D)
+    h, a, sa = lnm(x, shift2, scale2, self.norm2.eps, o.reshape(B, N, D), gate1, fp8)  # h = x + g1 * o
     if fp8:
         f = _gemm(a.reshape(B * N, D), sa, ml.fc1, True)  # (M, 4D) bf16, bias in the GEMM
-        y = _gemm(*act_quant(f, True), ml.fc2, True)  # GELU + quantise in one pass, then (M, D)
+        y = _gemm(*quant(f, True), ml.fc2, True)  # GELU + quantise in one pass, then (M, D)
     else:
         f = _gelu_linear(a.reshape(B * N, D), ml.fc1)  # (M, 4D), bias + GELU in the epilogue
         y = F.linear(f, ml.fc2.weight, ml.fc2.bias)  # (M, D)

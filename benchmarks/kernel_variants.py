@@ -1,0 +1,76 @@
+"""The fast path's DiT block kernels, one component at a time: kernels (fused / fp8) x attention (cudnn / sdpa)
+x row kernels (triton / inductor), DiT-XL/2 random weights, B=64, one forward; median of CUDA-event timings
+(warm-up first) and the rel. error against eager fp32, plus each variant's ten most expensive kernels from
+torch.profiler (CUDA time per forward), all in one run.
+
+    python benchmarks/kernel_variants.py --out results/kernel_variants_h200.json
+"""
+
+import argparse
+import copy
+import itertools
+import json
+
+import torch
+
+from eediff.bench import _random_diffusers_dit
+from eediff.eval.timing import time_fn
+from eediff.fast import FastPathConfig, apply_fast_path
+from eediff.models.dit import DiT, from_diffusers_state_dict
+
+
+def top_kernels(fn, n=10):
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    return [{"kernel": e.key[:90], "ms_per_forward": e.device_time_total / 3 / 1e3, "calls_per_forward": e.count / 3} for e in rows[:n]]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch", type=int, default=64)
+    a = ap.parse_args()
+    dm = _random_diffusers_dit("DiT-XL/2", False)
+    config, sd = from_diffusers_state_dict({k: v.cpu() for k, v in dm.state_dict().items()}, dict(dm.config))
+    eager = DiT(config)
+    eager.load_state_dict(sd)
+    eager = eager.eval().cuda()
+    B = a.batch
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(B, 4, 32, 32, device="cuda", generator=g)
+    t = torch.randint(0, 1000, (B,), device="cuda", generator=g).float()
+    y = torch.randint(0, 1000, (B,), device="cuda", generator=g)
+    with torch.no_grad():
+        ref = eager(x, t, y)
+    variants = [("inductor", "cudnn", "triton")] + list(itertools.product(["fused", "fp8"], ["cudnn", "sdpa"], ["triton", "inductor"]))
+    rows = []
+    for kern, attn, rk in variants:
+        m = copy.deepcopy(eager)
+        h = apply_fast_path(m, FastPathConfig(kernels=kern, attention=attn, row_kernels=rk))
+        fn = lambda m=m: m(x, t, y)  # noqa: E731
+        with torch.no_grad():
+            err = ((fn() - ref).norm() / ref.norm()).item()
+            ms = time_fn(fn, "cuda", warmup=3, repeats=20)["median_s"] * 1e3
+            top = top_kernels(fn)
+        name = "inductor" if kern == "inductor" else f"{kern}, attention={attn}, row kernels={rk}"
+        rows.append({"variant": name, "kernels": kern, "attention": attn, "row_kernels": rk, "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
+        print(f"{name:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
+        for k in top[:6]:
+            print(f"      {k['ms_per_forward']:6.2f} ms  x{k['calls_per_forward']:5.0f}  {k['kernel'][:80]}", flush=True)
+        h.remove()
+        del m, h
+        torch.cuda.empty_cache()
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "model": "DiT-XL/2", "rows": rows,
+           "command": "python benchmarks/kernel_variants.py --out results/kernel_variants_h200.json"}
+    json.dump(res, open(a.out, "w"), indent=2)
+
+
+if __name__ == "__main__":
+    main()
