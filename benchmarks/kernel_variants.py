@@ -36,6 +36,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--attention", default="cudnn,sdpa", help="attention backends of the fused / fp8 variants")
+    ap.add_argument("--diffusers-compile", action="store_true", help="time compiled diffusers first, in the same run")
     a = ap.parse_args()
     dm = _random_diffusers_dit("DiT-XL/2", False)
     config, sd = from_diffusers_state_dict({k: v.cpu() for k, v in dm.state_dict().items()}, dict(dm.config))
@@ -49,8 +51,21 @@ def main():
     y = torch.randint(0, 1000, (B,), device="cuda", generator=g)
     with torch.no_grad():
         ref = eager(x, t, y)
-    variants = [("inductor", "cudnn", "triton")] + list(itertools.product(["fused", "fp8"], ["cudnn", "sdpa"], ["triton", "inductor"]))
+    ap_att = a.attention.split(",")
+    variants = [("inductor", "cudnn", "triton")] + list(itertools.product(["fused", "fp8"], ap_att, ["triton", "inductor"]))
     rows = []
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "model": "DiT-XL/2", "rows": rows,
+           "command": "python benchmarks/kernel_variants.py --out results/kernel_variants_h200.json"
+                      + ("" if a.attention == "cudnn,sdpa" else f" --attention {a.attention}") + (" --diffusers-compile" if a.diffusers_compile else "")}
+    if a.diffusers_compile:  # the strongest peer, in the same run
+        c = torch.compile(copy.deepcopy(dm).cuda().to(torch.bfloat16))
+        fn = lambda: c(x.bfloat16(), timestep=t.long(), class_labels=y).sample  # noqa: E731
+        with torch.no_grad():
+            err = ((fn().float() - ref).norm() / ref.norm()).item()
+            ms = time_fn(fn, "cuda", warmup=3, repeats=20)["median_s"] * 1e3
+        rows.append({"variant": "diffusers bf16 + torch.compile (default)", "ms": ms, "rel_err_vs_fp32": err, "top_kernels": []})
+        print(f"{rows[-1]['variant']:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
+        del c
     for kern, attn, rk in variants:
         m = copy.deepcopy(eager)
         h = apply_fast_path(m, FastPathConfig(kernels=kern, attention=attn, row_kernels=rk))
@@ -67,9 +82,7 @@ def main():
         h.remove()
         del m, h
         torch.cuda.empty_cache()
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "model": "DiT-XL/2", "rows": rows,
-           "command": "python benchmarks/kernel_variants.py --out results/kernel_variants_h200.json"}
-    json.dump(res, open(a.out, "w"), indent=2)
+        json.dump(res, open(a.out, "w"), indent=2)  # after every variant: a run cut short keeps what it measured
 
 
 if __name__ == "__main__":

@@ -230,7 +230,9 @@ class DiT(nn.Module):
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> Tokens:
         if y is None:
             y = torch.full((x.shape[0],), self.config.num_classes, dtype=torch.long, device=x.device)
-        h = self.x_embedder(x) + self.pos_embed  # (B, N, D)
+        # (B, N, D), made token-major in memory: the patch conv's output is channel-major (strides (N*D, 1, N)),
+        # and every block would otherwise read and write the residual stream with a stride of N along D
+        h = (self.x_embedder(x) + self.pos_embed).contiguous()
         c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, D)
         return Tokens(h, c)
 
