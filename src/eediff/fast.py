@@ -44,7 +44,7 @@ class FastPathConfig:
     row_bucket: int = 8  # per-row depths: a block's rows are padded up to a multiple of this (few shapes, few graphs)
     kernels: str = "inductor"  # inductor | fused (GELU in the GEMM epilogue) | fp8 (row-wise fp8 GEMMs): kernels.py
     attention: str = "cudnn"  # fused / fp8 DiT blocks: cudnn | sdpa (SDPA's own choice, flash on Hopper)
-    row_kernels: str = "inductor"  # (measured faster than triton, results/kernel_variants_h200.md) fused / fp8 DiT blocks' LayerNorm, residual and quantise passes: triton | inductor
+    row_kernels: str = "triton"  # (measured faster than inductor's, results/kernel_variants_h200.md) fused / fp8 DiT blocks' LayerNorm, residual and quantise passes: triton | inductor
 
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
