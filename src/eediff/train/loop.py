@@ -198,6 +198,8 @@ class Trainer:
         self._seed_rngs(cfg.seed)
         self.step_count = 0
         self.elapsed_before = 0.0
+        self.evals: list[dict] = []  # --eval-every measurements so far (kept in checkpoints: --plateau compares across resumes)
+        self._eval_ref = None  # (feature network, reference statistics), made at the first measurement
 
         if self.device.type == "cuda" and cfg.data_on_device != "no":
             if cfg.data_on_device == "yes" or self.data.nbytes <= 8 * 2**30:
@@ -372,7 +374,7 @@ class Trainer:
         return None
 
     def train_state(self, elapsed: float) -> dict:
-        return {**self.sampler.state_dict(), "elapsed": elapsed, "seed": self.cfg.seed}
+        return {**self.sampler.state_dict(), "elapsed": elapsed, "seed": self.cfg.seed, "evals": self.evals}
 
     def load_checkpoint(self, ckpts: RunCheckpoints, path: str) -> None:
         state, rng = ckpts.load(path, self.model, self.ema, self.optimizer, self.lr_scheduler, self.rank, self.world)
@@ -380,6 +382,7 @@ class Trainer:
         self.step_count = int(state["step"])
         self.sampler.load_state_dict(state)
         self.elapsed_before = float(state.get("elapsed", 0.0))
+        self.evals = list(state.get("evals", []))
         if rng is not None:
             restore_rng(rng, self.generators(), self.device, path)
         else:  # resumed with another number of processes: fresh, but deterministic, random streams
@@ -469,6 +472,18 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
             # Ctrl-C / SIGTERM: checkpoint this step and stop (one process alone needs no collective to decide)
             interrupted = stop.requested if tr.world == 1 else step % check_every == 0 and tr.any_rank(torch.tensor(stop.requested))
             final = step == cfg.steps or out_of_time or interrupted
+            plateau = None
+            if cfg.eval_every and (step % cfg.eval_every == 0 or final) and not (interrupted or out_of_time):  # the limit bounds the run
+                if tr.main:
+                    entry = measure_quality(tr)
+                    tr.evals.append(entry)
+                    plateau = plateau_reached(tr.evals, cfg.plateau) if cfg.plateau else None
+                    if metrics is not None:
+                        metrics.write(json.dumps({"step": step, "eval": entry, "plateau": plateau is not None}) + "\n")
+                        metrics.flush()
+                if cfg.plateau and (tr.any_rank(torch.tensor(plateau is not None)) if tr.world > 1 else plateau is not None):
+                    final = True
+                    plateau = plateau or {}
             log_now = step % cfg.log_every == 0 or final
             save_now = step % cfg.save_every == 0 or final
             if step % check_every == 0 or log_now or save_now:
@@ -499,6 +514,13 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
                 ckpts.save(acc, step, tr.model, tr.ema, tr.optimizer, tr.lr_scheduler, tr.process, tr.tuned_for,
                            tr.train_state(tr.elapsed_before + time.perf_counter() - start), capture_rng(tr.generators(), tr.device))
             if interrupted:
+                break
+            if plateau is not None:
+                if tr.main:
+                    p, q = plateau["from"], plateau["to"]
+                    print(f"{command}: plateau at step {step}: {q['metric']} {p['value']:.3f} at step {p['step']} -> {q['value']:.3f} "
+                          f"({100 * plateau['gain']:+.1f}%, less than {100 * cfg.plateau:g}% for {100 * (q['step'] / p['step'] - 1):.0f}% "
+                          f"more steps): stopping and exporting", file=sys.stderr)
                 break
             if tr.main and cfg.sample_every >= 0 and (final or (cfg.sample_every > 0 and step % cfg.sample_every == 0)):
                 if out_of_time:  # --max-minutes bounds the whole run: no grid after the limit
@@ -684,6 +706,49 @@ def _trim_metrics(path: str, step: int) -> None:
             f.writelines(keep)
 
     atomic_write(path, write)
+
+
+def measure_quality(tr: Trainer) -> dict:
+    """Fréchet distance of ``--eval-n`` samples of the EMA weights (the schedule being trained, seeds 0..n-1, so
+    every measurement of a run sees the same noise) to ``--eval-reference``, in ``--eval-metric``'s features.
+    Touches no training RNG."""
+    from ..eval import classifier, fid
+    from ..eval.evaluate import parse_sampler
+    from ..generate import generate, to_uint8
+
+    cfg = tr.cfg
+    if tr.data.is_latent:
+        raise ConfigError("--eval-every measures pixel images: it does not decode a latent data set (leave it out)")
+    if tr._eval_ref is None:
+        features = (fid.InceptionFeatures(cfg.inception, device=tr.device) if cfg.eval_metric == "fid"
+                    else classifier.ClassifierFeatures(device=tr.device))
+        name, _, split = cfg.eval_reference.partition(":")
+        split = split or "test"
+        ref = fid.reference_stats(name, split, "uint8-full", lambda: load_dataset(name, split).data, cfg.eval_cache_dir, features=features)
+        tr._eval_ref = (features, ref)
+    features, ref = tr._eval_ref
+    devices = [tr.device] if tr.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        res = generate(tr.ema, tr.process, parse_sampler(cfg.eval_sampler), n=cfg.eval_n, batch_size=min(cfg.eval_n, 500), seed=0,
+                       schedule=tr.schedule, device=tr.device, progress=False,
+                       autocast_dtype=torch.bfloat16 if tr.acc.mixed_precision == "bf16" else None)
+    value = fid.fid_against_stats(to_uint8(res.images), ref, features, backend="eigh")
+    return {"step": tr.step_count, "metric": cfg.eval_metric, "value": float(value), "n": cfg.eval_n, "sampler": cfg.eval_sampler,
+            "reference": cfg.eval_reference, "schedule": tr.schedule.name}
+
+
+def plateau_reached(evals: list[dict], tol: float, more: float = 0.2) -> dict | None:
+    """The plateau rule: the latest measurement improved on the latest one made at least ``more`` (20%) fewer steps
+    before it by less than ``tol`` (a fraction). Only measurements of the same kind (metric, images, sampler,
+    reference) are compared. Returns ``{"from", "to", "gain"}`` or None."""
+    last = evals[-1]
+    kind = lambda e: (e["metric"], e["n"], e["sampler"], e["reference"])  # noqa: E731
+    prior = [e for e in evals[:-1] if kind(e) == kind(last) and e["step"] * (1 + more) <= last["step"]]
+    if not prior:
+        return None
+    p = prior[-1]
+    gain = (p["value"] - last["value"]) / p["value"] if p["value"] > 0 else 0.0
+    return {"from": p, "to": last, "gain": gain} if gain < tol else None
 
 
 def write_samples(tr: Trainer, path: str) -> None:

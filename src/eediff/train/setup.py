@@ -104,10 +104,18 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
         (cfg.log_every >= 1 and cfg.save_every >= 1, "--log-every and --save-every must be at least 1"),
         (cfg.warmup_steps >= 0 and cfg.keep_last >= 1, "--warmup-steps must be >= 0 and --keep-last >= 1"),
         (0 <= cfg.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]"),
+        (cfg.eval_every >= 0 and cfg.eval_n >= 2, "--eval-every must be >= 0 and --eval-n at least 2"),
+        (cfg.eval_metric in ("fd-classifier", "fid"), f"unknown --eval-metric '{cfg.eval_metric}': use fd-classifier or fid"),
+        (math.isfinite(cfg.plateau) and 0 <= cfg.plateau < 1, f"--plateau {cfg.plateau}: give a fraction in [0, 1), e.g. 0.03"),
+        (cfg.plateau == 0 or cfg.eval_every > 0, "--plateau needs --eval-every N (the measurements it compares)"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    if cfg.eval_every:
+        from ..eval.evaluate import parse_sampler
+
+        parse_sampler(cfg.eval_sampler)  # a one-line error for a bad NAME-STEPS
 
 
 def resolve_auto(cfg: TrainBaseConfig, command: str, model) -> TrainBaseConfig:

@@ -1,0 +1,87 @@
+"""`--eval-every` (the Fréchet distance of EMA samples during training) and `--plateau` (stop once 20% more
+training improved it by less than a fraction), on a tiny CPU run."""
+
+import json
+import os
+
+import pytest
+from safetensors.torch import load_file
+
+from eediff.train.loop import plateau_reached
+
+from test_reliability import REFERENCE, TRAIN_DATA, error_line, invoke
+from tiny import TINY_DIT, one_thread  # noqa: F401
+
+
+def train(out, *args, steps=4):
+    return invoke("train", "--dataset", TRAIN_DATA, "--model-config", TINY_DIT, "--steps", str(steps), "--batch-size", "16", "--lr", "1e-3",
+                  "--save-every", "2", "--log-every", "1", "--sample-every", "-1", "--device", "cpu", "--no-progress", "--out", out, *args)
+
+
+def evals_args(cache):
+    return ["--eval-every", "2", "--eval-n", "32", "--eval-sampler", "ddim-3", "--eval-reference", REFERENCE + ":test", "--eval-cache-dir", str(cache)]
+
+
+def rows(out):
+    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"eval"' in line]
+
+
+def test_measurements_do_not_change_the_training(tmp_path):
+    """Every second step and at the end, one row per measurement; the trained weights are bit-identical to a run
+    without them (sampling touches no training RNG)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train(a, steps=5).exit_code == 0
+    res = train(b, *evals_args(tmp_path / "c"), steps=5)
+    assert res.exit_code == 0, res.output
+    ev = rows(b)
+    assert [r["step"] for r in ev] == [2, 4, 5] and all(r["eval"]["value"] > 0 and not r["plateau"] for r in ev)
+    assert ev[0]["eval"]["metric"] == "fd-classifier" and ev[0]["eval"]["n"] == 32
+    wa, wb = load_file(a / "final.safetensors"), load_file(b / "final.safetensors")
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_plateau_stops_exports_and_keeps_the_history_across_resume(tmp_path):
+    """A learning rate too small to move the EMA: the distance at step 4 is within 3% of step 2's (100% more steps),
+    so the run stops at step 4 of 10 with its checkpoint and export; --resume to a longer run keeps the history."""
+    out = tmp_path / "run"
+    res = train(out, *evals_args(tmp_path / "c"), "--plateau", "0.03", "--lr", "1e-7", steps=10)
+    assert res.exit_code == 0, res.output
+    assert "plateau at step 4" in res.output and "stopping and exporting" in res.output
+    assert [r["plateau"] for r in rows(out)] == [False, True]
+    assert (out / "final.safetensors").exists()
+    state = json.load(open(out / "checkpoints" / "step-00000004" / "state.json"))
+    assert [e["step"] for e in state["evals"]] == [2, 4]
+    res = train(out, *evals_args(tmp_path / "c"), "--resume", "--plateau", "0", steps=6)
+    assert res.exit_code == 0, res.output
+    assert [r["step"] for r in rows(out)] == [2, 4, 6]
+    state = json.load(open(out / "checkpoints" / "step-00000006" / "state.json"))
+    assert [e["step"] for e in state["evals"]] == [2, 4, 6]
+
+
+def e(step, value, metric="fid", n=1000):
+    return {"step": step, "value": value, "metric": metric, "n": n, "sampler": "dpm-solver++-25", "reference": "fashion-mnist:test"}
+
+
+def test_plateau_rule():
+    """The latest measurement against the latest one with at least 20% fewer steps; gain = relative improvement."""
+    assert plateau_reached([e(1000, 50.0)], 0.03) is None  # nothing to compare with
+    assert plateau_reached([e(1000, 50.0), e(1100, 50.0)], 0.03) is None  # only 10% more steps
+    p = plateau_reached([e(1000, 50.0), e(1100, 49.0), e(1200, 49.0)], 0.03)
+    assert p["from"]["step"] == 1000 and p["gain"] == pytest.approx(0.02)  # 2% < 3%
+    assert plateau_reached([e(1000, 50.0), e(1200, 48.0)], 0.03) is None  # 4% is still progress
+    assert plateau_reached([e(1000, 50.0), e(1200, 55.0)], 0.03)["gain"] == pytest.approx(-0.1)  # worse: a plateau too
+    assert plateau_reached([e(1000, 50.0, metric="fd-classifier"), e(1200, 50.0)], 0.03) is None  # other kinds never compared
+    assert plateau_reached([e(1000, 50.0, n=500), e(1200, 50.0)], 0.03) is None
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--plateau", "0.03"], "--plateau needs --eval-every"),
+    (["--eval-every", "2", "--plateau", "1.5"], "--plateau 1.5"),
+    (["--eval-every", "2", "--eval-metric", "is"], "unknown --eval-metric 'is'"),
+    (["--eval-every", "2", "--eval-sampler", "ddim"], "NAME-STEPS"),
+    (["--eval-every", "-1"], "--eval-every must be >= 0"),
+])
+def test_bad_eval_options_one_line(tmp_path, args, needle):
+    line = error_line(train(tmp_path / "run", *args))
+    assert needle in line, line
+    assert not (tmp_path / "run").exists()
