@@ -1,21 +1,25 @@
 """What runs inside the fast path's compiled transformer blocks (``FastPathConfig.kernels``).
 
 - ``"inductor"``: the blocks as written. torch.compile fuses LayerNorm + adaLN modulation, the gates and the
-  residual adds into Triton kernels between the cuBLAS GEMMs and the flash-attention call.
-- ``"fused"``: also the MLP's bias and tanh-GELU inside the first MLP GEMM, as a cuBLASLt epilogue
-  (``torch._addmm_activation``, which inductor leaves as one opaque call). That removes the largest
-  elementwise pass of a DiT block: a read and a write of the ``(B*N, 4D)`` hidden activations, about a
-  quarter of all the bytes a block's non-GEMM kernels move.
-- ``"fp8"``: every token GEMM of a block (attention's qkv and proj, the MLP's two) whose sizes allow it becomes an fp8 (e4m3) GEMM, ``torch._scaled_mm``
+  residual adds into Triton kernels between the cuBLAS GEMMs and SDPA.
+- ``"fused"``: a DiT block runs as one kernel sequence (:func:`_dit_block`): one row kernel for LayerNorm +
+  modulation, the qkv GEMM, cuDNN attention, the proj GEMM, one row kernel for the gated residual +
+  LayerNorm + modulation, fc1 with its bias and tanh-GELU in the GEMM's cuBLASLt epilogue
+  (``torch._addmm_activation``, which inductor leaves as one opaque call), fc2, the last gated residual.
+  The row kernels are ``triton_ops.py``'s (``row_kernels="triton"``) or the same math in torch ops that
+  inductor fuses (``"inductor"``). Other blocks (U-ViT) get only the GELU epilogue, where their MLP uses
+  tanh-GELU.
+- ``"fp8"``: as ``"fused"``, with the four token GEMMs (qkv, proj, fc1, fc2) as e4m3 ``torch._scaled_mm``
   with row-wise scales: each weight row (output channel) quantised once when the path is applied, each
-  activation row (token) quantised inside the compiled block, where inductor fuses the row ``amax`` and the
-  cast into the kernel that produces the activation (LayerNorm + modulation, GELU); bf16 output, bias in the
-  GEMM. Attention stays in bf16.
+  activation row (token) quantised by the row kernel that produces it (LayerNorm + modulation, GELU, the
+  attention output); bf16 output, bias in the GEMM; attention in bf16. A block whose widths fp8 GEMMs cannot
+  take (not multiples of 16) stays on ``"fused"``; other blocks' token Linears become fp8 one by one.
 
-Opt-in and removable: :func:`apply_kernels` sets instance-level ``forward`` overrides on the blocks' own
-``Mlp`` / ``nn.Linear`` modules (no module is replaced, the state dict is unchanged) and returns a handle whose
-``remove()`` deletes them. Written by hand because no installed library does it: torchao (float8 dynamic
-activation, row-wise weights) is not a dependency, and the cuBLASLt GELU epilogue has no public module.
+Measured (H200, DiT-XL/2, B=64): ``results/kernel_variants_h200.md``. Opt-in and removable:
+:func:`apply_kernels` sets instance-level ``forward`` overrides on the blocks' own modules (no module is
+replaced, the state dict is unchanged) and returns a handle whose ``remove()`` deletes them. Written by hand
+because no installed library does it: torchao (float8 dynamic activation, row-wise weights) is not a
+dependency, and no library fuses LayerNorm + adaLN modulation + gated residual (+ fp8 quantisation).
 """
 
 from __future__ import annotations
@@ -28,11 +32,9 @@ import torch.nn.functional as F
 
 from .models.dit import DiTBlock
 from .models.layers import Attention, Mlp
-from .triton_ops import _ln_modulate_ref, _quant_ref, act_quant, cudnn_attention, ln_modulate
+from .triton_ops import FP8, FP8_MAX, MIN_SCALE, _ln_modulate_ref, _quant_ref, act_quant, cudnn_attention, ln_modulate
 
 KERNELS = ("inductor", "fused", "fp8")
-FP8 = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8).max)  # 448
 
 
 @dataclass
@@ -111,15 +113,14 @@ def fp8_shape_ok(in_features: int, out_features: int) -> bool:
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) weight -> (N, K) e4m3 and its (1, N) fp32 scales, one per output channel: w ~ q * s."""
-    s = (w.float().abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12)  # (N,)
+    s = (w.float().abs().amax(dim=1) / FP8_MAX).clamp(min=MIN_SCALE)  # (N,)
     q = (w.float() / s.unsqueeze(1)).to(FP8)
     return q, s.unsqueeze(0)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) activations -> (M, K) e4m3 and (M, 1) fp32 scales, one per row (token): x ~ q * s."""
-    s = (x.float().abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)  # (M, 1)
-    return (x.float() / s).to(FP8), s
+    return _quant_ref(x.float())
 
 
 def fp8_matmul(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

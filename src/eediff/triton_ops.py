@@ -84,6 +84,7 @@ if triton is not None:
         x = tl.load(X + row * K + cols, mask=mask, other=0.0).to(tl.float32)
         if GELU:  # tanh approximation, as nn.GELU(approximate="tanh"): tanh(u) = 1 - 2 / (exp(2u) + 1)
             u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+            u = tl.minimum(tl.maximum(u, -15.0), 15.0)  # tanh is +-1 to fp32 precision there; exp(2u) stays finite
             x = 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
         s = tl.maximum(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=0) / 448.0, 1e-12)
         tl.store(S + row, s)
