@@ -6,6 +6,7 @@
                generator=torch.Generator().manual_seed(0))
     out.images[0].save("shirt.png")                                          # PIL images (output_type="pil")
     pipe.save_pretrained("my-model")                                         # my-model/model.safetensors
+    pipe.to("cuda").enable_fast_path(eediff.FastPathConfig(kernels="fp8"))   # compiled blocks, CUDA graphs, fp8 GEMMs
 
 It is a thin layer over ``eediff.generate`` (the function the CLI's ``sample`` calls): the same images for
 the same seeds. Seeds: ``seed=S`` gives image i the seed S + i, as ``eediff sample --seed S`` does; a
@@ -68,6 +69,30 @@ class EEDiffPipeline:
         os.makedirs(folder, exist_ok=True)
         save_model(path, self.model, self.loaded.process, tuned_for=self.loaded.tuned_for)
         return path
+
+    def enable_fast_path(self, config=None, vae: bool = True):
+        """The fast path (``eediff.fast``: bf16, compiled blocks, CUDA graphs, ``config.kernels``) on the model,
+        and (``vae``) bf16 channels-last compiled decoding on the VAE; call after ``.to("cuda")``. On a CPU the
+        blocks are not compiled and no graphs are captured (same function, for trying it out). Returns the
+        model's handle; ``disable_fast_path()`` undoes both."""
+        import dataclasses
+
+        from .fast import FastPathConfig, apply_fast_path, apply_fast_vae
+
+        self.disable_fast_path()
+        config = config or FastPathConfig()
+        if self.device.type != "cuda":
+            config = dataclasses.replace(config, compile=False)
+        self._fast = apply_fast_path(self.model, config)
+        if vae and self.vae is not None:
+            self._fast_vae = apply_fast_vae(self.vae, compile=config.compile)
+        return self._fast
+
+    def disable_fast_path(self) -> None:
+        for name in ("_fast", "_fast_vae"):
+            h = self.__dict__.pop(name, None)
+            if h is not None:
+                h.remove()
 
     def to(self, device) -> "EEDiffPipeline":
         self.device = torch.device(device)
