@@ -370,3 +370,34 @@ def test_a_bad_reference_fails_before_the_search(ckpt, tmp_path, monkeypatch):
     with pytest.raises(EediffError, match="does not exist"):
         S.run_search(SearchConfig(model=ckpt, max_fid_ratio=1.1, reference=str(tmp_path / "none.npz"), device="cpu",
                                   cache_dir=str(tmp_path / "c"), out=str(tmp_path / "s.json"), progress=False))
+
+
+def test_uvit_search_path_proxy_and_savings():
+    """The search on a U-ViT (decoder blocks are the schedulable ones; a dropped one still runs its
+    skip_linear): the first step's errors recomputed by hand from the initial noise, valid candidates, and each
+    candidate's analytic saving equal to what sampling with it measures."""
+    m = tiny_backbone("U-ViT")
+    p = default_process(m)
+    K, C = m.num_exit_blocks, m.in_channels
+    table = S.measure_proxy(m, p, DDIM, n=4, batch_size=4, seed=7)
+    noise, _ = image_noise((C, 8, 8), [7 + i for i in range(4)], "cpu")
+    y = resolve_labels(range(4), m.num_classes, None)
+    from eediff.diffusion.sampling import make_scheduler
+
+    x = noise * make_scheduler(DDIM, p, m.learn_sigma).init_noise_sigma
+    tt = torch.full((4,), float(table.t_model[0]))
+    with torch.no_grad():
+        full = m(x, tt, y)[:, :C]
+        for k in range(1, K):
+            e = ((m(x, tt, y, active_blocks=k)[:, :C] - full) ** 2).mean().item()
+            assert table.error[0][k] == pytest.approx(e, rel=1e-5, abs=1e-9)
+    assert table.error[0][K] == 0
+    b = S.equal_boundaries(4)
+    path = S.greedy_path(table, b, min_depth=1, monotone=True, data_full=True)
+    assert len(path) > 1 and path[0].blocks == (K,) * 4
+    for c in path[1:]:
+        assert all(1 <= k <= K for k in c.blocks) and c.blocks[0] == K
+        sched = c.schedule(b)
+        sched.check(K)
+        res = generate(m, p, DDIM, n=2, batch_size=2, schedule=sched, progress=False)
+        assert 1 - res.compute_fraction == pytest.approx(c.compute_saving, abs=1e-12)
