@@ -159,3 +159,22 @@ def test_bench_smoke_compares_the_same_function(tmp_path):
     res["command"] = "test"
     write_results(res, cfg.out)
     assert (tmp_path / "b.md").exists()
+
+
+def test_block_parts_time_every_part_and_sum_them():
+    """`eediff bench`'s block parts on a tiny DiT on the CPU: every CPU part timed (> 0), the SDPA backends a
+    CPU lacks (cuDNN) reported unavailable rather than failing, and the inductor sum = its parts + one
+    (flash) attention."""
+    from eediff.bench import block_parts
+    from eediff.models.dit import DiTConfig
+
+    cfg = DiTConfig(input_size=8, in_channels=4, hidden_size=32, depth=3, num_heads=2, patch_size=2, num_classes=10)
+    res = block_parts(cfg, 2, "cpu", repeats=1, log=lambda *_: None)
+    ms = res["ms_per_block"]
+    assert ms["qkv GEMM (+bias)"] > 0 and ms["GELU (tanh)"] > 0 and ms["attention: SDPA math"] > 0
+    assert ms["attention: SDPA cudnn_attention"] is None  # no cuDNN on a CPU: reported, not raised
+    parts = res["sum_parts"]["inductor"]
+    want = sum(ms[n] for n in parts) + ms["attention: SDPA flash_attention"]
+    assert res["sums"]["inductor"]["ms_per_block"] == pytest.approx(want)
+    assert res["sums"]["inductor"]["ms_x_depth"] == pytest.approx(3 * want)
+    assert "fp8" not in str(res["sums"])  # the fp8 and Triton parts are GPU-only
