@@ -8,6 +8,9 @@ Opt-in and removable::
     ...                      # model(x, t, y, active_blocks=depths) with a (B,) tensor runs each row at its own depth
     handle.remove()          # back to the eager fp32 module, weights restored
 
+What runs inside each block is ``config.kernels`` (``kernels.py``): the blocks as written under inductor, or
+a fused DiT block (Triton row kernels, cuDNN attention, GELU in the GEMM epilogue), in bf16 or with fp8 GEMMs.
+
 One depth for the whole batch: one CUDA graph per (depth, input shape), the whole forward in one replay.
 
 A depth per row (``backbone.forward`` semantics, same result up to bf16 rounding): the rows are sorted
