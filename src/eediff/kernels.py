@@ -153,6 +153,8 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
     modulation, the qkv GEMM, cuDNN attention, the proj GEMM, one row kernel for the gated residual +
     LayerNorm + modulation, the MLP (bf16: GELU in fc1's epilogue; fp8: GELU + quantisation in one row
     kernel between the two fp8 GEMMs), and the last gated residual (inductor, stored into ``x``)."""
+    if torch.is_grad_enabled():  # the custom ops have no backward: a gradient goes through the block as written
+        return DiTBlock.forward(self, x, c, keep, inplace)
     B, N, D = x.shape
     fp8 = self._kernels == "fp8"
     shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (B, D)
