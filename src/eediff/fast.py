@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import ATTENTION, KERNELS, ROW_KERNELS, KernelHandle, apply_kernels
+from .kernels import KernelHandle, apply_kernels, check_kernel_options
 from .models.backbone import ExitState, Tokens, forward_exits, row_counts, store_tokens
 
 
@@ -91,10 +91,7 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     config = config or FastPathConfig()
     if config.dtype not in _DTYPES:
         raise ValueError(f"unknown dtype '{config.dtype}': use bf16, fp16 or fp32")
-    if config.kernels not in KERNELS:
-        raise ValueError(f"unknown kernels '{config.kernels}': use one of {', '.join(KERNELS)}")
-    if config.attention not in ATTENTION or config.row_kernels not in ROW_KERNELS:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION)} and row_kernels one of {', '.join(ROW_KERNELS)}")
+    check_kernel_options(config.kernels, config.attention, config.row_kernels)  # before the model is touched
     if config.kernels == "fp8" and config.dtype != "bf16":
         raise ValueError(f"kernels='fp8' runs bf16 activations: use dtype='bf16', not '{config.dtype}'")
     if config.row_bucket < 1:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .models.dit import DiTBlock
 from .models.layers import Attention, Mlp
-from .triton_ops import FP8, FP8_MAX, MIN_SCALE, _ln_modulate_ref, _quant_ref, act_quant, cudnn_attention, ln_modulate
+from .triton_ops import FP8, FP8_MAX, MIN_SCALE, _ln_modulate_ref, _quant_ref, act_quant, act_quant_ref, cudnn_attention, ln_modulate
 
 KERNELS = ("inductor", "fused", "fp8")
 
@@ -58,11 +58,7 @@ ROW_KERNELS = ("triton", "inductor")  # its LayerNorm / residual / quantise pass
 def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_kernels: str = "triton") -> KernelHandle:
     """Switch ``model.compute_blocks()`` to ``kernels`` (one of :data:`KERNELS`); the weights are taken as they
     are now (apply after the dtype conversion; the fp8 copies are not updated if the weights change later)."""
-    if kernels not in KERNELS:
-        raise ValueError(f"unknown kernels '{kernels}': use one of {', '.join(KERNELS)}")
-    if attention not in ATTENTION or row_kernels not in ROW_KERNELS:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION)} and row_kernels one of {', '.join(ROW_KERNELS)}, "
-                         f"got '{attention}', '{row_kernels}'")
+    check_kernel_options(kernels, attention, row_kernels)
     handle = KernelHandle(kernels)
     if kernels == "inductor":
         return handle
@@ -88,6 +84,14 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
                 for lin in (m.qkv, m.proj) if isinstance(m, Attention) else (m.fc1, m.fc2):
                     _to_fp8(lin, handle)
     return handle
+
+
+def check_kernel_options(kernels: str, attention: str, row_kernels: str) -> None:
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels '{kernels}': use one of {', '.join(KERNELS)}")
+    if attention not in ATTENTION or row_kernels not in ROW_KERNELS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION)} and row_kernels one of {', '.join(ROW_KERNELS)}, "
+                         f"got '{attention}', '{row_kernels}'")
 
 
 def _to_fp8(lin: nn.Linear, handle: KernelHandle, patch: bool = True) -> None:
@@ -126,9 +130,13 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def fp8_matmul(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x (..., K) bf16 @ (q_w * s_w).T + bias -> (..., N) bf16, the activation quantised per row."""
     shape = x.shape
-    q_x, s_x = quantize_rows(x.reshape(-1, shape[-1]))  # (M, K) e4m3, (M, 1)
-    out = torch._scaled_mm(q_x, q_w.t(), scale_a=s_x, scale_b=s_w, bias=bias, out_dtype=x.dtype)  # (M, N)
+    out = _fp8_gemm(*quantize_rows(x.reshape(-1, shape[-1])), q_w, s_w, bias)  # (M, N)
     return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def _fp8_gemm(q_x: torch.Tensor, s_x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(M, K) e4m3 codes with (M, 1) scales @ ((N, K) codes with (1, N) scales).T + bias -> (M, N) bf16."""
+    return torch._scaled_mm(q_x, q_w.t(), scale_a=s_x, scale_b=s_w, bias=bias, out_dtype=torch.bfloat16)
 
 
 def _fp8_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -140,11 +148,7 @@ def _mlp_gelu_epilogue(self: Mlp, x: torch.Tensor) -> torch.Tensor:
     ``_addmm_activation(use_gelu=True)`` is the tanh approximation (cuBLASLt's GELU epilogue); on a CPU it
     would be the exact GELU, so a CPU computes the same function the unfused way."""
     shape = x.shape
-    fc1 = self.fc1
-    if x.is_cuda:
-        h = torch._addmm_activation(fc1.bias, x.reshape(-1, shape[-1]), fc1.weight.t(), use_gelu=True)  # (M, 4D)
-    else:
-        h = F.gelu(F.linear(x.reshape(-1, shape[-1]), fc1.weight, fc1.bias), approximate="tanh")
+    h = _gelu_linear(x.reshape(-1, shape[-1]), self.fc1)  # (M, 4D)
     return self.fc2(h).reshape(*shape[:-1], -1)  # (..., D)
 
 
@@ -163,7 +167,7 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
     at, ml = self.attn, self.mlp
     rows = self._row_kernels == "triton"
     lnm = ln_modulate if rows else _ln_modulate_ref  # the torch ops: inductor fuses them itself
-    quant = act_quant if rows else (lambda v, gelu: _quant_ref(F.gelu(v.float(), approximate="tanh") if gelu else v.float()))
+    quant = act_quant if rows else act_quant_ref
     attend = cudnn_attention if self._attention == "cudnn" else F.scaled_dot_product_attention
     _, a, sa = lnm(x, shift1, scale1, self.norm1.eps, None, None, fp8)  # (B, N, D) bf16 or e4m3 (+ (M, 1) scales)
     qkv = _gemm(a.reshape(B * N, D), sa, at.qkv, fp8)  # (M, 3D)
@@ -184,8 +188,7 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
 def _gemm(a: torch.Tensor, s: torch.Tensor | None, lin: nn.Linear, fp8: bool) -> torch.Tensor:
     if not fp8:
         return F.linear(a, lin.weight, lin.bias)
-    q_w, s_w = lin._fp8
-    return torch._scaled_mm(a, q_w.t(), scale_a=s, scale_b=s_w, bias=lin.bias, out_dtype=torch.bfloat16)
+    return _fp8_gemm(a, s, *lin._fp8, lin.bias)
 
 
 def _gelu_linear(a: torch.Tensor, fc1: nn.Linear) -> torch.Tensor:

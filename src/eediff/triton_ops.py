@@ -147,8 +147,7 @@ def _ln_modulate_ref(x, shift, scale, eps, residual, gate, quant):
 def act_quant(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     M, K = x.shape
     if not triton_available(x):
-        xf = F.gelu(x.float(), approximate="tanh") if gelu else x.float()
-        return tuple(v.contiguous() for v in _quant_ref(xf))
+        return tuple(v.contiguous() for v in act_quant_ref(x, gelu))
     x = x.contiguous()
     q = torch.empty(M, K, device=x.device, dtype=FP8)
     s = torch.empty(M, 1, device=x.device, dtype=torch.float32)
@@ -161,6 +160,11 @@ def act_quant(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
 def _(x, gelu):
     M, K = x.shape
     return torch.empty(M, K, device=x.device, dtype=FP8), torch.empty(M, 1, device=x.device, dtype=torch.float32)
+
+
+def act_quant_ref(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``act_quant`` in torch ops (fp32 math)."""
+    return _quant_ref(F.gelu(x.float(), approximate="tanh") if gelu else x.float())
 
 
 def _quant_ref(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
