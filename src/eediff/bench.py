@@ -282,11 +282,11 @@ def _floor(config, B: int, device: str, fp8: bool = False):
         w_qkv, w_o, w_1, w_2 = r(D, 3 * D), r(D, D), r(D, F), r(F, D)
         gemms = [lambda: x @ w_qkv, lambda: x @ w_o, lambda: x @ w_1, lambda: h @ w_2]
     else:
-        from .kernels import quantize_rows, quantize_weight
+        from .kernels import _fp8_gemm, quantize_rows, quantize_weight
 
         (x8, sx), (h8, sh) = quantize_rows(r(M, D)), quantize_rows(r(M, F))
         ws = [quantize_weight(r(n, kk)) for n, kk in ((3 * D, D), (D, D), (F, D), (D, F))]  # (out, in)
-        mm = lambda a, sa, w: torch._scaled_mm(a, w[0].t(), scale_a=sa, scale_b=w[1], out_dtype=torch.bfloat16)  # noqa: E731
+        mm = lambda a, sa, w: _fp8_gemm(a, sa, w[0], w[1], None)  # noqa: E731
         gemms = [lambda: mm(x8, sx, ws[0]), lambda: mm(x8, sx, ws[1]), lambda: mm(x8, sx, ws[2]), lambda: mm(h8, sh, ws[3])]
 
     def fn():
@@ -309,7 +309,7 @@ def block_parts(config, B: int, device: str, repeats: int, log=print) -> dict:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from .kernels import fp8_matmul, quantize_rows, quantize_weight
+    from .kernels import _fp8_gemm, fp8_matmul, quantize_rows, quantize_weight
     from .models.layers import modulate
     from .triton_ops import act_quant, cudnn_attention, ln_modulate
 
@@ -339,8 +339,7 @@ def block_parts(config, B: int, device: str, repeats: int, log=print) -> dict:
     gelu_q = comp(lambda v: quantize_rows(F.gelu(v, approximate="tanh")))
     quant = comp(lambda v: quantize_rows(v.reshape(M, D)))
     xq, hq = quantize_rows(a.reshape(M, D).to(torch.bfloat16)), quantize_rows(hid.to(torch.bfloat16))
-    mm8 = lambda qa, n: torch._scaled_mm(qa[0], q8[n][0].t(), scale_a=qa[1], scale_b=q8[n][1], bias=bias[n],  # noqa: E731
-                                         out_dtype=torch.bfloat16)
+    mm8 = lambda qa, n: _fp8_gemm(qa[0], qa[1], *q8[n], bias[n])  # noqa: E731
     parts = {
         "adaLN: SiLU + Linear (B x 6D)": lambda: F.linear(F.silu(c), w["ada"], bias["ada"]),
         "LayerNorm + modulate": lambda: ln_mod(x),

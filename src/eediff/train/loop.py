@@ -712,20 +712,18 @@ def measure_quality(tr: Trainer) -> dict:
     """Fréchet distance of ``--eval-n`` samples of the EMA weights (the schedule being trained, seeds 0..n-1, so
     every measurement of a run sees the same noise) to ``--eval-reference``, in ``--eval-metric``'s features.
     Touches no training RNG."""
-    from ..eval import classifier, fid
-    from ..eval.evaluate import parse_sampler
+    from ..config import EvalConfig
+    from ..eval import fid
+    from ..eval.evaluate import feature_network, parse_sampler, reference
     from ..generate import generate, to_uint8
 
     cfg = tr.cfg
     if tr.data.is_latent:
         raise ConfigError("--eval-every measures pixel images: it does not decode a latent data set (leave it out)")
-    if tr._eval_ref is None:
-        features = (fid.InceptionFeatures(cfg.inception, device=tr.device) if cfg.eval_metric == "fid"
-                    else classifier.ClassifierFeatures(device=tr.device))
-        name, _, split = cfg.eval_reference.partition(":")
-        split = split or "test"
-        ref = fid.reference_stats(name, split, "uint8-full", lambda: load_dataset(name, split).data, cfg.eval_cache_dir, features=features)
-        tr._eval_ref = (features, ref)
+    if tr._eval_ref is None:  # the same feature network and cached reference statistics as `eediff eval`
+        ecfg = EvalConfig(metric=cfg.eval_metric, inception=cfg.inception, reference=cfg.eval_reference, cache_dir=cfg.eval_cache_dir)
+        features = feature_network(ecfg, tr.device)
+        tr._eval_ref = (features, reference(ecfg, features))
     features, ref = tr._eval_ref
     devices = [tr.device] if tr.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
