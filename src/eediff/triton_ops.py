@@ -109,9 +109,7 @@ def ln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: 
         stride = D
     shift, scale = mods[0], mods[1]
     gate = mods[2] if gate is not None else None
-    h = torch.empty_like(x) if residual is not None else x.new_empty(0)
-    y = torch.empty(B, N, D, device=x.device, dtype=FP8 if quant else x.dtype)
-    s = torch.empty(B * N, 1, device=x.device, dtype=torch.float32) if quant else x.new_empty(0, dtype=torch.float32)
+    h, y, s = _ln_modulate_outputs(x, residual, quant)
     block = triton.next_power_of_2(D)
     r = residual.contiguous() if residual is not None else x
     _ln_modulate_kernel[(B * N,)](x, r, gate if gate is not None else shift, shift, scale, h, y, s, N, D, stride, eps,
@@ -121,6 +119,11 @@ def ln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: 
 
 @ln_modulate.register_fake
 def _(x, shift, scale, eps, residual, gate, quant):
+    return _ln_modulate_outputs(x, residual, quant)
+
+
+def _ln_modulate_outputs(x, residual, quant):
+    """The op's outputs, contiguous: h (B, N, D) or empty, y (B, N, D) bf16 or e4m3, s (B*N, 1) fp32 or empty."""
     B, N, D = x.shape
     h = torch.empty(B, N, D, device=x.device, dtype=x.dtype) if residual is not None else x.new_empty(0)
     y = torch.empty(B, N, D, device=x.device, dtype=FP8 if quant else x.dtype)
@@ -149,8 +152,7 @@ def act_quant(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if not triton_available(x):
         return tuple(v.contiguous() for v in act_quant_ref(x, gelu))
     x = x.contiguous()
-    q = torch.empty(M, K, device=x.device, dtype=FP8)
-    s = torch.empty(M, 1, device=x.device, dtype=torch.float32)
+    q, s = _act_quant_outputs(x)
     block = triton.next_power_of_2(K)
     _act_quant_kernel[(M,)](x, q, s, K, GELU=gelu, BLOCK_K=block, num_warps=_warps(block))
     return q, s
@@ -158,6 +160,10 @@ def act_quant(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 @act_quant.register_fake
 def _(x, gelu):
+    return _act_quant_outputs(x)
+
+
+def _act_quant_outputs(x):
     M, K = x.shape
     return torch.empty(M, K, device=x.device, dtype=FP8), torch.empty(M, 1, device=x.device, dtype=torch.float32)
 
