@@ -279,3 +279,28 @@ def test_a_gradient_runs_the_blocks_as_written():
     out_a.float().square().sum().backward()
     out_b.float().square().sum().backward()
     assert torch.equal(out_a, out_b) and torch.equal(xa.grad, xb.grad)
+
+
+@pytest.mark.parametrize("gemms", [("qkv",), ("proj",), ("fc1",), ("fc2",), ("fc1", "fc2"), ("qkv", "proj", "fc2")])
+def test_fp8_on_some_gemms(gemms):
+    """FastPathConfig(fp8_gemms=...): any subset of a block's token GEMMs in fp8, the rest as kernels='fused';
+    within the fp8 tolerance of the bf16 model, and counted; the empty subset is the fused path bit for bit."""
+    m = dit()
+    x, t, y = inputs()
+    ref = copy.deepcopy(m).bfloat16()
+    part, fused, none = copy.deepcopy(m), copy.deepcopy(m), copy.deepcopy(m)
+    h = apply_fast_path(part, FastPathConfig(kernels="fp8", fp8_gemms=gemms, compile=False))
+    apply_fast_path(fused, FastPathConfig(kernels="fused", compile=False))
+    apply_fast_path(none, FastPathConfig(kernels="fp8", fp8_gemms=(), compile=False))
+    with torch.no_grad():
+        r = ref(x.bfloat16(), t, y)
+        assert 0 < rel(part(x, t, y), r) < 0.06
+        assert torch.equal(none(x, t, y), fused(x, t, y))
+    assert h.kernels.fp8_linears == 4 * len(gemms) and h.kernels.bf16_linears == 4 * (4 - len(gemms))
+
+
+def test_fp8_gemms_refuses_unknown_names():
+    with pytest.raises(ValueError, match="fp8_gemms must be a tuple of some of qkv, proj, fc1, fc2"):
+        apply_fast_path(dit(), FastPathConfig(kernels="fp8", fp8_gemms=("adaLN",), compile=False))
+    with pytest.raises(ValueError, match="fp8_gemms must be a tuple"):
+        apply_fast_path(dit(), FastPathConfig(kernels="fp8", fp8_gemms="qkv", compile=False))

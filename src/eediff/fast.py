@@ -47,6 +47,7 @@ class FastPathConfig:
     row_bucket: int = 8  # per-row depths: a block's rows are padded up to a multiple of this (few shapes, few graphs)
     kernels: str = "inductor"  # inductor | fused (GELU in the GEMM epilogue) | fp8 (row-wise fp8 GEMMs): kernels.py
     attention: str = "cudnn"  # fused / fp8 DiT blocks: cudnn | sdpa (SDPA's own choice, flash on Hopper)
+    fp8_gemms: tuple = ("qkv", "proj", "fc1", "fc2")  # kernels="fp8": which of a DiT block's token GEMMs run in fp8
     row_kernels: str = "triton"  # (measured faster than inductor's, results/kernel_variants_h200.md) fused / fp8 DiT blocks' LayerNorm, residual and quantise passes: triton | inductor
 
 
@@ -91,7 +92,7 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     config = config or FastPathConfig()
     if config.dtype not in _DTYPES:
         raise ValueError(f"unknown dtype '{config.dtype}': use bf16, fp16 or fp32")
-    check_kernel_options(config.kernels, config.attention, config.row_kernels)  # before the model is touched
+    check_kernel_options(config.kernels, config.attention, config.row_kernels, config.fp8_gemms)  # before the model is touched
     if config.kernels == "fp8" and config.dtype != "bf16":
         raise ValueError(f"kernels='fp8' runs bf16 activations: use dtype='bf16', not '{config.dtype}'")
     if config.row_bucket < 1:
@@ -100,7 +101,7 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     p0 = next(model.parameters())
     handle = FastPathHandle(model, config, model.forward, p0.dtype, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.eval().to(dtype)
-    handle.kernels = apply_kernels(model, config.kernels, config.attention, config.row_kernels)
+    handle.kernels = apply_kernels(model, config.kernels, config.attention, config.row_kernels, tuple(config.fp8_gemms))
     if config.compile:
         # every block shares one compiled graph per input shape; leave room for many shapes (batch sizes, CFG
         # doubling, row buckets) before dynamo would silently fall back to eager

@@ -46,7 +46,7 @@ class KernelHandle:
 
     def remove(self) -> None:
         for m in self.patched:
-            for name in ("forward", "_fp8", "_kernels", "_attention", "_row_kernels"):
+            for name in ("forward", "_fp8", "_fp8_gemms", "_attention", "_row_kernels"):
                 m.__dict__.pop(name, None)
         self.patched.clear()
 
@@ -55,26 +55,30 @@ ATTENTION = ("cudnn", "sdpa")  # the fused DiT block's attention: cuDNN's fused 
 ROW_KERNELS = ("triton", "inductor")  # its LayerNorm / residual / quantise passes: triton_ops.py, or torch ops inductor fuses
 
 
-def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_kernels: str = "triton") -> KernelHandle:
+TOKEN_GEMMS = ("qkv", "proj", "fc1", "fc2")  # a DiT block's GEMMs over its tokens, which kernels="fp8" may run in fp8
+
+
+def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_kernels: str = "triton",
+                  fp8_gemms: tuple[str, ...] = TOKEN_GEMMS) -> KernelHandle:
     """Switch ``model.compute_blocks()`` to ``kernels`` (one of :data:`KERNELS`); the weights are taken as they
     are now (apply after the dtype conversion; the fp8 copies are not updated if the weights change later)."""
-    check_kernel_options(kernels, attention, row_kernels)
+    check_kernel_options(kernels, attention, row_kernels, fp8_gemms)
     handle = KernelHandle(kernels)
     if kernels == "inductor":
         return handle
     for blk in model.compute_blocks():
         if isinstance(blk, DiTBlock):  # the whole block as one kernel sequence (row kernels in triton_ops.py)
-            lins = (blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2)
-            fp8 = kernels == "fp8" and all(fp8_shape_ok(v.in_features, v.out_features) for v in lins)
+            lins = dict(zip(TOKEN_GEMMS, (blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2)))
+            fp8 = kernels == "fp8" and all(fp8_shape_ok(v.in_features, v.out_features) for v in lins.values())
             blk.forward = _dit_block.__get__(blk)
-            blk._kernels = "fp8" if fp8 else "fused"  # a width fp8 GEMMs cannot take: the bf16 fused block
+            blk._fp8_gemms = frozenset(fp8_gemms if fp8 else ())  # a width fp8 GEMMs cannot take: the bf16 fused block
             blk._attention, blk._row_kernels = attention, row_kernels
             handle.patched.append(blk)
-            if fp8:
-                for lin in lins:
+            for name, lin in lins.items():
+                if name in blk._fp8_gemms:
                     _to_fp8(lin, handle, patch=False)
-            elif kernels == "fp8":
-                handle.bf16_linears += len(lins)
+                elif kernels == "fp8":
+                    handle.bf16_linears += 1
             continue
         for m in blk.modules():
             if kernels == "fused" and isinstance(m, Mlp) and getattr(m.act, "approximate", None) == "tanh" and m.fc1.bias is not None:
@@ -86,7 +90,9 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
     return handle
 
 
-def check_kernel_options(kernels: str, attention: str, row_kernels: str) -> None:
+def check_kernel_options(kernels: str, attention: str, row_kernels: str, fp8_gemms=TOKEN_GEMMS) -> None:
+    if set(fp8_gemms) - set(TOKEN_GEMMS) or isinstance(fp8_gemms, str):
+        raise ValueError(f"fp8_gemms must be a tuple of some of {', '.join(TOKEN_GEMMS)}, got {fp8_gemms!r}")
     if kernels not in KERNELS:
         raise ValueError(f"unknown kernels '{kernels}': use one of {', '.join(KERNELS)}")
     if attention not in ATTENTION or row_kernels not in ROW_KERNELS:
@@ -160,7 +166,7 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
     if torch.is_grad_enabled():  # the custom ops have no backward: a gradient goes through the block as written
         return DiTBlock.forward(self, x, c, keep, inplace)
     B, N, D = x.shape
-    fp8 = self._kernels == "fp8"
+    q8 = self._fp8_gemms  # the GEMMs that run in fp8 (all four under kernels="fp8", none under "fused")
     shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (B, D)
     if keep is not None:
         gate1, gate2 = gate1 * keep.unsqueeze(1), gate2 * keep.unsqueeze(1)  # (B, D)
@@ -169,17 +175,18 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
     lnm = ln_modulate if rows else _ln_modulate_ref  # the torch ops: inductor fuses them itself
     quant = act_quant if rows else act_quant_ref
     attend = cudnn_attention if self._attention == "cudnn" else F.scaled_dot_product_attention
-    _, a, sa = lnm(x, shift1, scale1, self.norm1.eps, None, None, fp8)  # (B, N, D) bf16 or e4m3 (+ (M, 1) scales)
-    qkv = _gemm(a.reshape(B * N, D), sa, at.qkv, fp8)  # (M, 3D)
+    _, a, sa = lnm(x, shift1, scale1, self.norm1.eps, None, None, "qkv" in q8)  # (B, N, D) bf16 or e4m3 (+ (M, 1) scales)
+    qkv = _gemm(a.reshape(B * N, D), sa, at.qkv, "qkv" in q8)  # (M, 3D)
     qkv = qkv.reshape(B, N, 3, at.num_heads, D // at.num_heads).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d)
     o = attend(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(B * N, D)  # (M, D)
-    o = _gemm(*quant(o, False), at.proj, True) if fp8 else _gemm(o, None, at.proj, False)  # (M, D)
-    h, a, sa = lnm(x, shift2, scale2, self.norm2.eps, o.reshape(B, N, D), gate1, fp8)  # h = x + g1 * o
-    if fp8:
-        f = _gemm(a.reshape(B * N, D), sa, ml.fc1, True)  # (M, 4D) bf16, bias in the GEMM
-        y = _gemm(*quant(f, True), ml.fc2, True)  # GELU + quantise in one pass, then (M, D)
-    else:
-        f = _gelu_linear(a.reshape(B * N, D), ml.fc1)  # (M, 4D), bias + GELU in the epilogue
+    o = _gemm(*quant(o, False), at.proj, True) if "proj" in q8 else _gemm(o, None, at.proj, False)  # (M, D)
+    h, a, sa = lnm(x, shift2, scale2, self.norm2.eps, o.reshape(B, N, D), gate1, "fc1" in q8)  # h = x + g1 * o
+    a = a.reshape(B * N, D)
+    if "fc2" in q8:  # fc1's bf16 output (bias in the GEMM), then GELU + quantise in one row pass
+        f = _gemm(a, sa, ml.fc1, "fc1" in q8)  # (M, 4D)
+        y = _gemm(*quant(f, True), ml.fc2, True)  # (M, D)
+    else:  # bias + GELU in a bf16 fc1's epilogue, or after an fp8 fc1
+        f = F.gelu(_gemm(a, sa, ml.fc1, True), approximate="tanh") if "fc1" in q8 else _gelu_linear(a, ml.fc1)  # (M, 4D)
         y = F.linear(f, ml.fc2.weight, ml.fc2.bias)  # (M, D)
     out = h + gate2.unsqueeze(1) * y.reshape(B, N, D)  # (B, N, D)
     return x.copy_(out) if inplace else out
