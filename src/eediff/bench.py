@@ -88,7 +88,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     for kern in kernel_names:
         m = copy.deepcopy(eager)
         fasts[kern] = (m, apply_fast_path(m, FastPathConfig(compile=device == "cuda", kernels=kern)))
-    fast, handle = fasts["fused" if "fused" in fasts else kernel_names[0]]  # per-row depths and exits
+    main_kernels = "fused" if "fused" in fasts else kernel_names[0]  # the variant per-row depths and DDPM-250 e2e run on
+    fast, handle = fasts[main_kernels]
     K = config.depth
     flops_full = eager.flops()
     res["gflop_per_image"] = flops_full / 1e9
@@ -177,7 +178,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             log(f"per-row depths FAILED: {res['per_row_error']}")
     if not cfg.skip_e2e:
         try:
-            res["end_to_end"] = _end_to_end(cfg, dm_bf16, compiled, fasts, device, log)
+            res["end_to_end"] = _end_to_end(cfg, dm_bf16, compiled, fasts, main_kernels, device, log)
         except Exception as e:
             res["end_to_end_error"] = f"{type(e).__name__}: {e}"[:300]
             log(f"end to end FAILED: {res['end_to_end_error']}")
@@ -363,8 +364,7 @@ def block_parts(config, B: int, device: str, repeats: int, log=print) -> dict:
             "fp8: proj GEMM": lambda: mm8(xq, "proj"),
             "fp8: gate + residual + LayerNorm + modulate + row quantise": lambda: res_ln_mod_q(x, o),
             "fp8: fc1 GEMM": lambda: mm8(xq, "fc1"),
-            "fp8: fc1 GEMM, fast accumulation": lambda: torch._scaled_mm(xq[0], q8["fc1"][0].t(), scale_a=xq[1], scale_b=q8["fc1"][1],
-                                                                          bias=bias["fc1"], out_dtype=torch.bfloat16, use_fast_accum=True),
+            "fp8: fc1 GEMM, fast accumulation": lambda: _fp8_gemm(xq[0], xq[1], *q8["fc1"], bias["fc1"], fast_accum=True),
             "fp8: GELU + row quantise": lambda: gelu_q(hid),
             "fp8: fc2 GEMM": lambda: mm8(hq, "fc2"),
             "fp8: qkv GEMM, quantise included (fp8_matmul)": lambda: fp8_matmul(a, *q8["qkv"], bias["qkv"]),
@@ -394,10 +394,10 @@ def block_parts(config, B: int, device: str, repeats: int, log=print) -> dict:
                               "fc1 GEMM (+bias)", "GELU (tanh)", "fc2 GEMM (+bias)"],
         "fused": common + ["LayerNorm + modulate", "qkv GEMM (+bias)", "proj GEMM (+bias)", "gate + residual + LayerNorm + modulate",
                            "fc1 GEMM + bias + GELU epilogue (cuBLASLt)", "fc2 GEMM (+bias)"],
-        "fused (triton row kernels, cuDNN attention)": ["adaLN: SiLU + Linear (B x 6D)", "gate + residual", "triton: LayerNorm + modulate",
+        "fused (triton row kernels, cuDNN attention)": common + ["triton: LayerNorm + modulate",
                            "qkv GEMM (+bias)", "proj GEMM (+bias)", "triton: gate + residual + LayerNorm + modulate",
                            "fc1 GEMM + bias + GELU epilogue (cuBLASLt)", "fc2 GEMM (+bias)", "attention: cuDNN (aten op, as the fused block calls it)"],
-        "fp8 (triton row kernels, cuDNN attention)": ["adaLN: SiLU + Linear (B x 6D)", "gate + residual", "triton fp8: LayerNorm + modulate + row quantise",
+        "fp8 (triton row kernels, cuDNN attention)": common + ["triton fp8: LayerNorm + modulate + row quantise",
                          "fp8: qkv GEMM", "triton fp8: attention output row quantise", "fp8: proj GEMM",
                          "triton fp8: gate + residual + LayerNorm + modulate + row quantise", "fp8: fc1 GEMM", "triton fp8: GELU + row quantise",
                          "fp8: fc2 GEMM", "attention: cuDNN (aten op, as the fused block calls it)"],
@@ -421,7 +421,7 @@ def _sdpa_with(sdpa_kernel, backend, qkv):
         return torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
 
 
-def _end_to_end(cfg, dm_bf16, compiled, fasts, device, log):
+def _end_to_end(cfg, dm_bf16, compiled, fasts, kd, device, log):
     """Images/s of whole sampling runs (CFG doubles the model batch, SD-config VAE decode), every variant in the
     same run. The compiled-diffusers pipelines get the same compiled channels-last bf16 VAE as eediff (what a
     diffusers user who compiles gets), the eager one the eager VAE. ``host_syncs``: the synchronising calls
@@ -445,7 +445,6 @@ def _end_to_end(cfg, dm_bf16, compiled, fasts, device, log):
     runs += [(f"diffusers DiTPipeline bf16 + compile {mode}", None, "dpm-solver++", 25, None) for mode in compiled]
     for kern in fasts:
         runs += [(f"eediff fast, kernels={kern}", kern, "dpm-solver++", 25, None), (f"eediff fast, kernels={kern}", kern, "dpm-solver++", 25, "D4-DiT")]
-    kd = "fused" if "fused" in fasts else next(iter(fasts))
     runs += [(f"eediff fast, kernels={kd}", kd, "ddpm", 250, None), (f"eediff fast, kernels={kd}", kd, "ddpm", 250, "D4-DiT")]
     for name, kern, sampler, steps, sched in runs:
         sc = SamplerConfig(sampler, steps)

@@ -140,9 +140,10 @@ def fp8_matmul(x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, bias: torc
     return out.reshape(*shape[:-1], out.shape[-1])
 
 
-def _fp8_gemm(q_x: torch.Tensor, s_x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _fp8_gemm(q_x: torch.Tensor, s_x: torch.Tensor, q_w: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None,
+              fast_accum: bool = False) -> torch.Tensor:
     """(M, K) e4m3 codes with (M, 1) scales @ ((N, K) codes with (1, N) scales).T + bias -> (M, N) bf16."""
-    return torch._scaled_mm(q_x, q_w.t(), scale_a=s_x, scale_b=s_w, bias=bias, out_dtype=torch.bfloat16)
+    return torch._scaled_mm(q_x, q_w.t(), scale_a=s_x, scale_b=s_w, bias=bias, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
 
 
 def _fp8_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
