@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Training curves of the base models trained towards the --plateau rule (benchmarks/device/converge.sh).
+
+Reads results/converge/{dit,uvit}-partN.metrics.jsonl (part N + 1 continues part N's EMA export with a fresh
+optimizer, so its steps are offset by part N's last step) and writes results/converge/converge.{json,md,png}:
+the eval rows (classifier Fréchet distance of 5000 EMA samples, DPM-Solver++ 25, fixed seeds) against total
+steps, the plateau rule's gain at each (the improvement over the latest eval at <= 1/1.2 of the steps) and
+the training speed.
+
+    python benchmarks/converge_report.py --dir results/converge
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+
+
+def read_rows(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip().endswith("}")]
+
+
+def curve(dir_: str, model: str) -> dict:
+    parts = sorted(glob.glob(os.path.join(dir_, f"{model}-part*.metrics.jsonl")), key=lambda p: int(re.search(r"part(\d+)", p).group(1)))
+    offset, evals, speed, bounds = 0, [], [], []
+    for p in parts:
+        rows = read_rows(p)
+        steps = [r for r in rows if "loss" in r]
+        for r in rows:
+            if "eval" in r:
+                evals.append({"step": offset + r["eval"]["step"], "value": r["eval"]["value"], "part": len(bounds) + 1})
+        speed += [r["steps_per_s"] for r in steps[2:]]  # past the compile
+        last = max(r["step"] for r in steps)
+        bounds.append({"part": len(bounds) + 1, "from": offset, "to": offset + last, "last_loss": steps[-1]["loss"]})
+        offset += last
+    for e in evals:
+        prior = [q for q in evals if q["step"] * 1.2 <= e["step"]]
+        e["plateau_gain"] = None if not prior else (prior[-1]["value"] - e["value"]) / prior[-1]["value"]
+    speed.sort()
+    return {"model": model, "parts": bounds, "evals": evals, "median_steps_per_s": speed[len(speed) // 2] if speed else None}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", default="results/converge")
+    a = ap.parse_args(argv)
+    out = {m: curve(a.dir, m) for m in ("dit", "uvit")}
+    with open(os.path.join(a.dir, "converge.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    names = {"dit": "DiT (28 blocks, width 64)", "uvit": "U-ViT (13 blocks, width 96)"}
+    lines = ["| model | total steps | classifier FD (5000, DPM-Solver++ 25) | gain over the eval at ≤ 1/1.2 of the steps | part |", "|---|---|---|---|---|"]
+    for m, c in out.items():
+        for e in c["evals"]:
+            g = "—" if e["plateau_gain"] is None else f"{100 * e['plateau_gain']:.1f}%"
+            lines.append(f"| {names[m]} | {e['step']} | {e['value']:.3f} | {g} | {e['part']} |")
+    lines += ["", "| model | parts (total steps) | median steps/s (B=512, both models on one H200) | last loss |", "|---|---|---|---|"]
+    for m, c in out.items():
+        spans = ", ".join("%d–%d" % (b["from"], b["to"]) for b in c["parts"])
+        lines.append(f"| {names[m]} | {spans} | {c['median_steps_per_s']:.1f} | {c['parts'][-1]['last_loss']:.4f} |")
+    with open(os.path.join(a.dir, "converge_tables.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for m, c in out.items():
+        ax.plot([e["step"] for e in c["evals"]], [e["value"] for e in c["evals"]], "o-", label=names[m])
+        for b in c["parts"][1:]:
+            ax.axvline(b["from"], color="gray", lw=0.6, ls=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("training steps (batch 512)")
+    ax.set_ylabel("classifier FD (5000 EMA samples)")
+    ax.set_title("Base models towards the plateau (dotted: a part continues an EMA export)", fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(a.dir, "converge.png"), dpi=120)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

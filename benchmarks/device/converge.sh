@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Base Fashion-MNIST models (DiT and U-ViT) trained to the --plateau rule, then their ASE fine-tunes (D4, D6 and
+# the fair full-depth baseline) and FID tables, over consecutive calls on one H200 (results/converge/).
+#
+#   bash benchmarks/device/converge.sh base DEADLINE_S       carry [".whl", ".data/fm-xz"]
+#   bash benchmarks/device/converge.sh base DEADLINE_S       carry [".gpu1"]  (same warm machine: resumes exactly;
+#                                                             keeps the first half of the Inception xz)
+#   bash benchmarks/device/converge.sh finetune DEADLINE_S   carry [".gpu2"]  (the second half: FID tables)
+#   INIT_DIT=F INIT_UVIT=G bash benchmarks/device/converge.sh base DEADLINE_S   carry [".whl", ".data/fm-xz"]
+#       (a fresh machine: continue earlier EMA exports F and G with a fresh optimizer; the exports must travel
+#        too, and with the wheels and data the call is at its 64 MiB: put them in place of the zoo's
+#        dit-fmnist / uvit-fmnist files in the working tree for that call, then `git checkout` those two files)
+#
+# .data/fm-xz: the Fashion-MNIST IDX files, the training images recompressed with `xz -9e`. State that a later
+# call reuses (data, checkpoints, Inception) stays in /root/converge: the checkout there is replaced at every
+# call, ignored folders included. What each call made comes back in $OUT (fp16 EMA exports, metrics, logs).
+# Base runs: constant lr 3e-4, batch 512, EMA 0.9995, compiled blocks, the classifier Fréchet distance of 5000
+# EMA samples (DPM-Solver++ 25, fixed seeds) every 2000 steps; --plateau 0.03.
+set -u
+shopt -s nullglob
+export PYTHONUNBUFFERED=1
+STAGE=${1:?base|finetune}; DL=${2:?deadline in seconds}
+T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
+mins() { python3 -c "print(round(max(0.5, ($1 - $(el)) / 60), 2))"; }  # minutes left until second $1 of this call
+R=${STATE:-/root/converge}; mkdir -p $R/data $R/pt $R/ret
+PY=${PYTHON:-python3}; E="$PY -m eediff.cli"
+
+if [ -d .whl ] && [ -z "${NO_INSTALL:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
+fi
+[ -n "${NO_INSTALL:-}" ] || [ -d /tmp/site/diffusers ] || { echo "no /tmp/site: the first call carries .whl"; exit 3; }
+if [ -f .data/fm-xz/train-images-idx3-ubyte.xz ]; then
+  xz -dc .data/fm-xz/train-images-idx3-ubyte.xz > $R/data/train-images-idx3-ubyte.tmp && mv $R/data/train-images-idx3-ubyte.tmp $R/data/train-images-idx3-ubyte
+  cp .data/fm-xz/*.gz $R/data/
+fi
+[ -f $R/data/train-images-idx3-ubyte ] || { echo "no data in $R/data: the first call carries .data/fm-xz"; exit 3; }
+[ -f .gpu1/inception.xz.00 ] && cp .gpu1/inception.xz.00 $R/pt/
+if [ -f .gpu2/inception.xz.01 ] && [ -f $R/pt/inception.xz.00 ] && [ ! -f $R/pt/inception_fp16.pt ]; then
+  cat $R/pt/inception.xz.00 .gpu2/inception.xz.01 | python3 -c "import lzma, sys, shutil; shutil.copyfileobj(lzma.open(sys.stdin.buffer), open('$R/pt/inception.tmp', 'wb'))" \
+    && mv $R/pt/inception.tmp $R/pt/inception_fp16.pt
+fi
+export PYTHONPATH=/tmp/site:$PWD/src EEDIFF_FASHION_MNIST_DIR=$R/data
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name --format=csv,noheader
+echo "[$(el)s] stage $STAGE, deadline ${DL}s"
+
+STEPS=${BASE_STEPS:-100000}; EV=${EVAL_EVERY:-2000}; EN=${EVAL_N:-5000}
+B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr 3e-4 --lr-schedule constant --ema-decay 0.9995 --steps $STEPS
+   --eval-every $EV --eval-n $EN --eval-cache-dir $R/fdcache --plateau 0.03 --save-every $EV --keep-last 2
+   --log-every 500 --sample-every 0 --no-progress --export-fp16 ${COMPILE---compile}"
+declare -A CONF=([dit]='--arch DiT --model-config {"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}'
+                 [uvit]='--arch U-ViT --model-config {"embed_dim":96,"depth":12,"num_heads":3,"patch_size":2}')
+# done: the run stopped at a plateau or at --steps (its last eval row says so / its last step is --steps)
+done_run() { python3 - "$R/$1/metrics.jsonl" "$STEPS" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().endswith("}")] if __import__("os").path.exists(sys.argv[1]) else []
+last = max((r.get("step", 0) for r in rows), default=0)
+sys.exit(0 if any(r.get("plateau") for r in rows) or last >= int(sys.argv[2]) else 1)
+PY
+}
+ret() {  # what comes back: the EMA export (fp16) and the metrics of each run, one tar per family
+  for m in dit uvit; do
+    (cd $R && tar cf ret/$m.tar $(ls -d $m* 2>/dev/null | while read d; do for f in $d/final-fp16.safetensors $d/metrics.jsonl $d/config.json; do [ -f $f ] && echo $f; done; done))
+  done
+  cp $R/ret/*.tar $OUT/ 2>/dev/null; tar czf $OUT/logs.tgz -C $R $(cd $R && ls *.log 2>/dev/null) 2>/dev/null; ls -la $OUT
+}
+fid_snaps() {  # Inception FID (DPM-Solver++ 25, 5000 images) of every base export kept so far, once Inception is here
+  [ -f $R/pt/inception_fp16.pt ] || return 0
+  for f in $R/snap/*.safetensors; do
+    d=${f%.safetensors}; [ -f $d/eval.json ] && continue
+    [ $(el) -lt $(( DL - 30 )) ] || { echo "[$(el)s] no time for the FID of $f"; break; }
+    timeout 90 $E eval --model $f --schedules full --samplers dpm-solver++-25 -n $EN --batch-size 1000 --metric fid \
+      --inception $R/pt/inception_fp16.pt --cache-dir $R/fidcache --time-repeats 1 --no-progress --out $d/eval.json 2>&1 | grep -v -i warn | tail -n 2
+  done
+  (cd $R && tar czf $OUT/snap_fid.tgz $(ls snap/*/eval.json snap/*/eval.md 2>/dev/null)) 2>/dev/null
+}
+watch() { while [ $(jobs -r | wc -l) -gt 0 ]; do sleep 20; echo "[$(el)s] $(for f in $R/*/metrics.jsonl; do echo -n "$(basename $(dirname $f)):$(python3 -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().endswith("}")]
+s = [r for r in rows if "loss" in r]; e = [r for r in rows if "eval" in r]
+print(s[-1]["step"] if s else 0, round(s[-1].get("steps_per_s", 0), 1) if s else 0, round(e[-1]["eval"]["value"], 2) if e else "-", sep="/")' $f 2>/dev/null) "; done)"; done; }
+
+if [ "$STAGE" = base ]; then
+  for m in dit uvit; do
+    if [ -f $R/$m/metrics.jsonl ] && done_run $m; then echo "$m: finished earlier"; continue; fi
+    RES=""; [ -d $R/$m/checkpoints ] && RES="--resume"
+    RESERVE=50; [ -f $R/pt/inception_fp16.pt ] && RESERVE=170   # the snapshots' FID comes after training
+    M=$(mins $(( DL - RESERVE )))
+    INIT=INIT_${m^^}
+    if [ -z "$RES" ] && [ -n "${!INIT:-}" ]; then  # continue an earlier export (a fresh optimizer; EMA from its weights)
+      $E finetune --init ${!INIT} --schedule full --reweight-gamma 0 ${B//--compile/--compile} --max-minutes $M --out $R/$m >> $R/$m.log 2>&1 &
+    else
+      $E train ${CONF[$m]} $B --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
+    fi
+  done
+  watch; wait
+  for m in dit uvit; do tail -n 3 $R/$m.log | cut -c1-240; done
+  mkdir -p $R/snap
+  for m in dit uvit; do  # this call's EMA export, kept for the FID at checkpoints
+    S=$(python3 -c "import json,sys; print(max(json.loads(l).get('step', 0) for l in open(sys.argv[1]) if l.strip().endswith('}')))" $R/$m/metrics.jsonl)
+    [ -f $R/snap/$m-$S.safetensors ] || cp $R/$m/final.safetensors $R/snap/$m-$S.safetensors
+  done
+  ret
+  fid_snaps
+elif [ "$STAGE" = finetune ]; then
+  FS=${FT_STEPS:-5000}
+  F="--dataset fashion-mnist --batch-size 512 --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS
+     --eval-every 1000 --eval-n $EN --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
+  FT_END=${FT_END:-$(( DL * 6 / 10 ))}   # the fine-tunes get 60% of the call, the FID tables the rest
+  for m in ${FT_MODELS:-dit uvit}; do
+    [ -f $R/$m/final.safetensors ] || { echo "no $R/$m/final.safetensors: run the base stage first"; exit 3; }
+    A=DiT; [ $m = uvit ] && A=U-ViT
+    for s in ${FT_KINDS:-D4-$A D6-$A full}; do
+      [ -f $R/$m-$s/final.safetensors ] && continue
+      $E finetune --init $R/$m/final.safetensors --schedule $s $F --max-minutes $(mins $(( FT_END - 40 ))) --out $R/$m-$s > $R/$m-$s.log 2>&1 &
+    done
+  done
+  watch; wait
+  ret
+  if [ -f $R/pt/inception_fp16.pt ]; then MET="--metric fid --inception $R/pt/inception_fp16.pt"; else MET="--metric fd-classifier"; fi
+  C="--n $EN --batch-size 1000 --seeds 0 --cache-dir $R/fidcache --time-batch 1000 --time-repeats 3 $MET"
+  for m in ${FT_MODELS:-dit uvit}; do
+    A=DiT; SHARE=2; [ $m = uvit ] && A=U-ViT && SHARE=1   # DiT gets half of what is left, U-ViT the rest
+    $PY benchmarks/gpu_tables.py --arch-label $A --base $R/$m/final.safetensors --finetuned D4-$A=$R/$m-D4-$A/final.safetensors \
+      --finetuned D6-$A=$R/$m-D6-$A/final.safetensors --fair $R/$m-full/final.safetensors --zero-shot "D4-$A;D6-$A" \
+      --samplers "${SAMPLERS:-dpm-solver++-25;ddim-50;ddpm-100}" --late-samplers ddpm-100 --deadline-s $(( (DL - $(el) - 20) / SHARE )) \
+      $C --out-jsonl $R/tables_$m.jsonl 2>&1 | grep -v -i warn | tail -n 5
+    cp $R/tables_$m.jsonl $OUT/ 2>/dev/null
+  done
+fi
+echo "[$(el)s] done"
