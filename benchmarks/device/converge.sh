@@ -15,7 +15,8 @@
 # call reuses (data, checkpoints, Inception) stays in /root/converge: the checkout there is replaced at every
 # call, ignored folders included. What each call made comes back in $OUT (fp16 EMA exports, metrics, logs).
 # Base runs: constant lr 3e-4, batch 512, EMA 0.9995, compiled blocks, the classifier Fréchet distance of 5000
-# EMA samples (DPM-Solver++ 25, fixed seeds) every 2000 steps; --plateau 0.03.
+# EMA samples (DPM-Solver++ 25, fixed seeds) every 2000 steps; --plateau 0.03. SPEED=1 first times the ways of
+# compiling a training step (benchmarks/train_speed.py); SCOPE=model trains with --compile-scope model.
 set -u
 shopt -s nullglob
 export PYTHONUNBUFFERED=1
@@ -46,7 +47,7 @@ echo "[$(el)s] stage $STAGE, deadline ${DL}s"
 STEPS=${BASE_STEPS:-100000}; EV=${EVAL_EVERY:-2000}; EN=${EVAL_N:-5000}
 B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr 3e-4 --lr-schedule constant --ema-decay 0.9995 --steps $STEPS
    --eval-every $EV --eval-n $EN --eval-cache-dir $R/fdcache --plateau 0.03 --save-every $EV --keep-last 2
-   --log-every 500 --sample-every 0 --no-progress --export-fp16 ${COMPILE---compile}"
+   --log-every 500 --sample-every 0 --no-progress --export-fp16 ${COMPILE---compile --compile-scope ${SCOPE:-blocks}}"
 declare -A CONF=([dit]='--arch DiT --model-config {"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}'
                  [uvit]='--arch U-ViT --model-config {"embed_dim":96,"depth":12,"num_heads":3,"patch_size":2}')
 # done: the run stopped at a plateau or at --steps (its last eval row says so / its last step is --steps)
@@ -80,6 +81,12 @@ s = [r for r in rows if "loss" in r]; e = [r for r in rows if "eval" in r]
 print(s[-1]["step"] if s else 0, round(s[-1].get("steps_per_s", 0), 1) if s else 0, round(e[-1]["eval"]["value"], 2) if e else "-", sep="/")' $f 2>/dev/null) "; done)"; done; }
 
 if [ "$STAGE" = base ]; then
+  if [ -n "${SPEED:-}" ]; then  # first, how fast each way of compiling trains (about 2 minutes)
+    for m in dit uvit; do
+      timeout 150 $PY benchmarks/train_speed.py ${CONF[$m]} --variants blocks:512,model:512,blocks:1024,model:1024 \
+        --warmup 20 --repeats 30 --out $OUT/train_speed_$m.json 2>&1 | grep -v -i warn | tail -n 5
+    done
+  fi
   for m in dit uvit; do
     if [ -f $R/$m/metrics.jsonl ] && done_run $m; then echo "$m: finished earlier"; continue; fi
     RES=""; [ -d $R/$m/checkpoints ] && RES="--resume"
@@ -87,7 +94,7 @@ if [ "$STAGE" = base ]; then
     M=$(mins $(( DL - RESERVE )))
     INIT=INIT_${m^^}
     if [ -z "$RES" ] && [ -n "${!INIT:-}" ]; then  # continue an earlier export (a fresh optimizer; EMA from its weights)
-      $E finetune --init ${!INIT} --schedule full --reweight-gamma 0 ${B//--compile/--compile} --max-minutes $M --out $R/$m >> $R/$m.log 2>&1 &
+      $E finetune --init ${!INIT} --schedule full --reweight-gamma 0 $B --max-minutes $M --out $R/$m >> $R/$m.log 2>&1 &
     else
       $E train ${CONF[$m]} $B --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
     fi

@@ -133,6 +133,8 @@ class TrainBaseConfig:
     device: str = opt("auto", "cpu | cuda | auto")
     precision: str = opt("auto", "bf16 | fp32 | auto (bf16 autocast on GPU, fp32 on CPU)", aliases=("--mixed-precision",))
     compile: bool = opt(False, "torch.compile the model")
+    compile_scope: str = opt("blocks", "what --compile compiles: blocks (each block alone; any per-row depth) | model (the whole "
+                                       "forward as one graph, fused across blocks; full-depth ASE training only)")
     data_on_device: str = opt("auto", "keep the whole data set on the GPU: yes | no | auto (when it fits in 8 GiB)")
     seed: int = opt(0, "seed for data order, timesteps, noise and initialisation")
     log_every: int = opt(50, "log the loss every N steps (the only host sync on GPU)")

@@ -204,7 +204,15 @@ class Trainer:
         if self.device.type == "cuda" and cfg.data_on_device != "no":
             if cfg.data_on_device == "yes" or self.data.nbytes <= 8 * 2**30:
                 self.data = self.data.to(self.device)
-        if cfg.compile:
+        self.whole_graph = bool(cfg.compile) and cfg.compile_scope == "model"
+        if self.whole_graph:
+            # one graph for the whole forward (inductor fuses across block boundaries); every row runs every
+            # block, so the forward is called without a per-row depth (the same function: all depths are K)
+            if not self.schedule.is_full(self.K) or self.method == "deediff":
+                raise ConfigError("--compile-scope model compiles one full-depth forward: it needs --schedule full and "
+                                  "--method ase (use --compile-scope blocks for an exit schedule or DeeDiff)")
+            model.compile()
+        elif cfg.compile:
             # the blocks, not the whole forward: the rows per block change from step to step, and a compiled
             # block (one graph shared by all blocks, dynamic in the batch dimension) takes any row count
             from torch import _dynamo
@@ -296,7 +304,7 @@ class Trainer:
             if self.method == "deediff":  # every block's exit output and uncertainty, in one pass
                 out, exits = deediff.layer_outputs(self.model, x_t, t_model, y)
             else:
-                out = self.model(x_t, t_model, y, active_blocks=depth)  # every row at the depth of its own t
+                out = self.model(x_t, t_model, y, active_blocks=None if self.whole_graph else depth)  # every row at the depth of its own t
         per_example = self.objective.loss(out, x0, x_t, noise, t_dev, t)  # (n,)
         loss = (per_example * lam_dev).sum() / n
         if self.method == "deediff":

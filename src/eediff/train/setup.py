@@ -108,6 +108,7 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
         (cfg.eval_metric in ("fd-classifier", "fid"), f"unknown --eval-metric '{cfg.eval_metric}': use fd-classifier or fid"),
         (math.isfinite(cfg.plateau) and 0 <= cfg.plateau < 1, f"--plateau {cfg.plateau}: give a fraction in [0, 1), e.g. 0.03"),
         (cfg.plateau == 0 or cfg.eval_every > 0, "--plateau needs --eval-every N (the measurements it compares)"),
+        (cfg.compile_scope in ("blocks", "model"), f"unknown --compile-scope '{cfg.compile_scope}': use blocks or model"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Training speed of the base models, one optimizer step at a time, for several ways of running it, in one run.
+
+For each variant (--compile-scope blocks / model / eager, batch size) a Trainer is built exactly as
+`eediff train` builds it, warmed up (compilation included), then timed over --steps optimizer steps with
+device events (median of --repeats timings of one step each; host-side work included, as in training).
+Reports steps/s, images/s and achieved TFLOP/s (the model's analytic forward FLOPs x 3 for forward and
+backward), plus the ten most expensive GPU kernels of the first variant from torch.profiler.
+
+    python benchmarks/train_speed.py --arch DiT --model-config '{"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}' \
+        --variants blocks:512,model:512,blocks:1024,model:1024 --out results/train_speed_dit_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+from eediff.config import TrainConfig
+from eediff.data import load_dataset
+from eediff.train.loop import Trainer
+
+
+def top_kernels(tr: Trainer, n: int = 10) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            tr.step()
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    return [{"kernel": e.key[:90], "ms_per_step": e.device_time_total / 5 / 1e3, "calls_per_step": e.count / 5} for e in rows[:n]]
+
+
+def time_steps(tr: Trainer, warmup: int, repeats: int) -> list[float]:
+    """Seconds per optimizer step: device events around each step, after ``warmup`` steps."""
+    for _ in range(warmup):
+        tr.step()
+    cuda = tr.device.type == "cuda"
+    out = []
+    for _ in range(repeats):
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            tr.step()
+            b.record()
+            b.synchronize()
+            out.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            tr.step()
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="DiT")
+    ap.add_argument("--model-config", default='{"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}')
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--variants", default="blocks:512,model:512,eager:512,blocks:1024,model:1024",
+                    help="comma-separated SCOPE:BATCH, SCOPE = blocks | model (--compile --compile-scope) | eager")
+    ap.add_argument("--warmup", type=int, default=20, help="steps before timing (compilation happens here)")
+    ap.add_argument("--repeats", type=int, default=30, help="timed steps (median reported)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True, help="top GPU kernels of the first variant")
+    ap.add_argument("--out", required=True, help="JSON results (Markdown written next to it)")
+    a = ap.parse_args(argv)
+    data = load_dataset(a.dataset)
+    rows = []
+    res = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+           "arch": a.arch, "model_config": json.loads(a.model_config), "rows": rows, "command": "python benchmarks/train_speed.py "
+           f"--arch {a.arch} --model-config '{a.model_config}' --variants {a.variants} --out {a.out}"}
+    for i, spec in enumerate(a.variants.split(",")):
+        scope, batch = spec.split(":")
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(arch=a.arch, model_config=a.model_config, dataset=a.dataset, batch_size=int(batch), steps=10**6,
+                              lr=3e-4, compile=scope != "eager", compile_scope="model" if scope == "model" else "blocks",
+                              out=os.path.join(tmp, "run"), sample_every=-1, progress=False, device=a.device)
+            t0 = time.perf_counter()
+            tr = Trainer(cfg, "train", data=data)
+            secs = time_steps(tr, a.warmup, a.repeats)
+            setup = time.perf_counter() - t0 - sum(secs)
+            med = statistics.median(secs)
+            flops = 3 * tr.model.flops() * int(batch)
+            row = {"scope": scope, "batch": int(batch), "ms_per_step": 1e3 * med, "steps_per_s": 1 / med, "images_per_s": int(batch) / med,
+                   "tflops": flops / med / 1e12, "spread_ms": 1e3 * (max(secs) - min(secs)), "setup_and_warmup_s": setup}
+            if i == 0 and a.profile and tr.device.type == "cuda":
+                row["top_kernels"] = top_kernels(tr)
+            rows.append(row)
+            print(f"{scope:>6} B={batch:>5}  {row['ms_per_step']:8.2f} ms/step  {row['images_per_s']:9.0f} img/s  {row['tflops']:6.2f} TFLOP/s"
+                  f"  (warm-up and set-up {setup:.0f} s)", flush=True)
+            del tr
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    lines = [f"Training speed, {a.arch} {a.model_config}, {res['device']}, torch {res['torch']}; median of {a.repeats} steps after {a.warmup}.", "",
+             "| compile | batch | ms/step | steps/s | images/s | TFLOP/s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['scope']} | {r['batch']} | {r['ms_per_step']:.2f} | {r['steps_per_s']:.1f} | {r['images_per_s']:.0f} | {r['tflops']:.2f} |" for r in rows]
+    if rows and "top_kernels" in rows[0]:
+        lines += ["", f"Top GPU kernels, {rows[0]['scope']} B={rows[0]['batch']} (ms per step, calls per step):", "",
+                  "| kernel | ms | calls |", "|---|---|---|"]
+        lines += [f"| `{k['kernel']}` | {k['ms_per_step']:.2f} | {k['calls_per_step']:.0f} |" for k in rows[0]["top_kernels"]]
+    lines += ["", f"Command: `{res['command']}`"]
+    with open(os.path.splitext(a.out)[0] + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
