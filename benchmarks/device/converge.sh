@@ -6,6 +6,8 @@
 #   bash benchmarks/device/converge.sh base DEADLINE_S       carry [".gpu1"]  (same warm machine: resumes exactly;
 #                                                             keeps the first half of the Inception xz)
 #   bash benchmarks/device/converge.sh finetune DEADLINE_S   carry [".gpu2"]  (the second half: FID tables)
+#   INIT_DIT=F INIT_UVIT=G bash benchmarks/device/converge.sh finetune DEADLINE_S   carry [".whl", ".data/fm-xz"]
+#       (a fresh machine: fine-tune the exports F and G; classifier distances, no Inception)
 #   INIT_DIT=F INIT_UVIT=G bash benchmarks/device/converge.sh base DEADLINE_S   carry [".whl", ".data/fm-xz"]
 #       (a fresh machine: continue earlier EMA exports F and G with a fresh optimizer; the exports must travel
 #        too, and with the wheels and data the call is at its 64 MiB: put them in place of the zoo's
@@ -113,12 +115,14 @@ elif [ "$STAGE" = finetune ]; then
   F="--dataset fashion-mnist --batch-size 512 --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS
      --eval-every 1000 --eval-n $EN --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
   FT_END=${FT_END:-$(( DL * 6 / 10 ))}   # the fine-tunes get 60% of the call, the FID tables the rest
+  declare -A BASE
   for m in ${FT_MODELS:-dit uvit}; do
-    [ -f $R/$m/final.safetensors ] || { echo "no $R/$m/final.safetensors: run the base stage first"; exit 3; }
+    INIT=INIT_${m^^}; BASE[$m]=${!INIT:-$R/$m/final.safetensors}   # this machine's base run, or an export that travelled
+    [ -f ${BASE[$m]} ] || { echo "no ${BASE[$m]}: run the base stage first (or give INIT_${m^^}=EXPORT)"; exit 3; }
     A=DiT; [ $m = uvit ] && A=U-ViT
     for s in ${FT_KINDS:-D4-$A D6-$A full}; do
       [ -f $R/$m-$s/final.safetensors ] && continue
-      $E finetune --init $R/$m/final.safetensors --schedule $s $F --max-minutes $(mins $(( FT_END - 40 ))) --out $R/$m-$s > $R/$m-$s.log 2>&1 &
+      $E finetune --init ${BASE[$m]} --schedule $s $F --max-minutes $(mins $(( FT_END - 40 ))) --out $R/$m-$s > $R/$m-$s.log 2>&1 &
     done
   done
   watch; wait
@@ -127,7 +131,7 @@ elif [ "$STAGE" = finetune ]; then
   C="--n $EN --batch-size 1000 --seeds 0 --cache-dir $R/fidcache --time-batch 1000 --time-repeats 3 $MET"
   for m in ${FT_MODELS:-dit uvit}; do
     A=DiT; SHARE=2; [ $m = uvit ] && A=U-ViT && SHARE=1   # DiT gets half of what is left, U-ViT the rest
-    $PY benchmarks/gpu_tables.py --arch-label $A --base $R/$m/final.safetensors --finetuned D4-$A=$R/$m-D4-$A/final.safetensors \
+    $PY benchmarks/gpu_tables.py --arch-label $A --base ${BASE[$m]} --finetuned D4-$A=$R/$m-D4-$A/final.safetensors \
       --finetuned D6-$A=$R/$m-D6-$A/final.safetensors --fair $R/$m-full/final.safetensors --zero-shot "D4-$A;D6-$A" \
       --samplers "${SAMPLERS:-dpm-solver++-25;ddim-50;ddpm-100}" --late-samplers ddpm-100 --deadline-s $(( (DL - $(el) - 20) / SHARE )) \
       $C --out-jsonl $R/tables_$m.jsonl 2>&1 | grep -v -i warn | tail -n 5
