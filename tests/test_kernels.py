@@ -304,3 +304,55 @@ def test_fp8_gemms_refuses_unknown_names():
         apply_fast_path(dit(), FastPathConfig(kernels="fp8", fp8_gemms=("adaLN",), compile=False))
     with pytest.raises(ValueError, match="fp8_gemms must be a tuple"):
         apply_fast_path(dit(), FastPathConfig(kernels="fp8", fp8_gemms="qkv", compile=False))
+
+
+@pytest.mark.parametrize("rows, warps", [(2, 1), (4, 2), (8, 4)])
+def test_row_kernels_several_rows_per_program(interpret, rows, warps):
+    """More rows per program (15 rows: the last program is partly masked) computes what one row per program
+    does: every output within one rounding of its dtype, and no row written twice or left unwritten."""
+    g = torch.Generator().manual_seed(1)
+    B, N, D = 3, 5, 48
+    x, r = torch.randn(B, N, D, generator=g).bfloat16(), torch.randn(B, N, D, generator=g).bfloat16()
+    shift, scale, gate = _mods(B, D, g)
+    for has_res, quant in ((False, False), (True, False), (True, True)):
+        outs = []
+        for launch in ((1, 1), (rows, warps)):
+            h, y, s = interpret._ln_modulate_outputs(x, r if has_res else None, quant)
+            for v in (h, y, s):
+                v.fill_(float("nan")) if v.dtype != torch.float8_e4m3fn else v.view(torch.uint8).fill_(0x7F)  # NaN poison
+            interpret.launch_ln_modulate(x, r, gate, shift, scale, h, y, s, N, D, shift.stride(0), 1e-6, has_res, quant, *launch)
+            outs.append((h.float(), y.float(), s))
+        for a, b in zip(*outs):
+            assert not b.isnan().any()
+            assert torch.allclose(a, b, rtol=2**-7, atol=1e-6), (has_res, quant)
+    xq = (torch.randn(15, 80, generator=g) * 3).bfloat16()
+    q1, s1 = interpret._act_quant_outputs(xq)
+    q2, s2 = interpret._act_quant_outputs(xq)
+    s2.fill_(float("nan"))
+    interpret.launch_act_quant(xq, q1, s1, True, 1, 1)
+    interpret.launch_act_quant(xq, q2, s2, True, rows, warps)
+    assert torch.allclose(s1, s2, rtol=1e-6) and _codes_close(q2, q1, s2)
+
+
+def test_row_kernel_sweep_cases_launch(interpret):
+    """benchmarks/row_kernels.py's cases call the kernels with the arguments the ops pass (here on a CPU, in the
+    interpreter, 256 token rows): each launch, at a multi-row setting too, gives what the op gives."""
+    from test_gpu_tables import _load
+
+    row_kernels = _load("row_kernels")
+    g = torch.Generator().manual_seed(0)
+    for name, (make, launch, moved, width) in row_kernels.cases(256, 1152, 4608, "cpu").items():
+        inp = make(g)
+        launch(inp, 4, 4)
+        if name.startswith("ln_modulate"):
+            x, r, m, (h, y, s) = inp
+            D = x.shape[-1]
+            has_res, quant = h.numel() > 0, s.numel() > 0
+            ref = interpret.ln_modulate(x, m[:, :D], m[:, D:2 * D], 1e-6, r if has_res else None, m[:, 2 * D:3 * D] if has_res else None, quant)
+            got = (h, y, s)
+        else:
+            x, got = inp[0], inp[1]
+            ref = interpret.act_quant(x, "GELU" in name)
+        for a, b in zip(got, ref):
+            assert torch.allclose(a.float(), b.float(), rtol=2**-7, atol=1e-6), name
+        assert moved > x.numel() * 2

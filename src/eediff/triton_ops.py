@@ -50,49 +50,66 @@ def triton_available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _ln_modulate_kernel(X, R, G, SHIFT, SCALE, H, Y, S, n_tok, D, mod_stride, eps,
-                            HAS_RES: tl.constexpr, QUANT: tl.constexpr, BLOCK_D: tl.constexpr):
-        row = tl.program_id(0)  # one token row of (M, D)
-        b = row // n_tok  # its image
+    def _ln_modulate_kernel(X, R, G, SHIFT, SCALE, H, Y, S, M, n_tok, D, mod_stride, eps,
+                            HAS_RES: tl.constexpr, QUANT: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # (ROWS,) token rows of (M, D)
+        b = rows // n_tok  # their images
         cols = tl.arange(0, BLOCK_D)
-        mask = cols < D
-        x = tl.load(X + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+        mask = (rows[:, None] < M) & (cols[None, :] < D)  # (ROWS, BLOCK_D)
+        offs = rows[:, None] * D + cols[None, :]
+        moffs = b[:, None] * mod_stride + cols[None, :]
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_RES:
-            r = tl.load(R + row * D + cols, mask=mask, other=0.0).to(tl.float32)
-            g = tl.load(G + b * mod_stride + cols, mask=mask, other=0.0).to(tl.float32)
+            r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(G + moffs, mask=mask, other=0.0).to(tl.float32)
             x = x + g * r
             hb = x.to(H.dtype.element_ty)
-            tl.store(H + row * D + cols, hb, mask=mask)
+            tl.store(H + offs, hb, mask=mask)
             x = hb.to(tl.float32)  # the LayerNorm sees the stored (rounded) h, as the next block will
-        mean = tl.sum(x, axis=0) / D
-        xc = tl.where(mask, x - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps)
-        sh = tl.load(SHIFT + b * mod_stride + cols, mask=mask, other=0.0).to(tl.float32)
-        sc = tl.load(SCALE + b * mod_stride + cols, mask=mask, other=0.0).to(tl.float32)
-        y = xc * rstd * (1.0 + sc) + sh
+        mean = tl.sum(x, axis=1) / D  # (ROWS,)
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / D + eps)
+        sh = tl.load(SHIFT + moffs, mask=mask, other=0.0).to(tl.float32)
+        sc = tl.load(SCALE + moffs, mask=mask, other=0.0).to(tl.float32)
+        y = xc * rstd[:, None] * (1.0 + sc) + sh
         if QUANT:
-            s = tl.maximum(tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0) / 448.0, 1e-12)
-            tl.store(S + row, s)
-            y = y / s
-        tl.store(Y + row * D + cols, y.to(Y.dtype.element_ty), mask=mask)
+            s = tl.maximum(tl.max(tl.where(mask, tl.abs(y), 0.0), axis=1) / 448.0, 1e-12)
+            tl.store(S + rows, s, mask=rows < M)
+            y = y / s[:, None]
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _act_quant_kernel(X, Q, S, K, GELU: tl.constexpr, BLOCK_K: tl.constexpr):
-        row = tl.program_id(0)
+    def _act_quant_kernel(X, Q, S, M, K, GELU: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK_K)
-        mask = cols < K
-        x = tl.load(X + row * K + cols, mask=mask, other=0.0).to(tl.float32)
+        mask = (rows[:, None] < M) & (cols[None, :] < K)
+        offs = rows[:, None] * K + cols[None, :]
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         if GELU:  # tanh approximation, as nn.GELU(approximate="tanh"): tanh(u) = 1 - 2 / (exp(2u) + 1)
             u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
             u = tl.minimum(tl.maximum(u, -15.0), 15.0)  # tanh is +-1 to fp32 precision there; exp(2u) stays finite
             x = 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
-        s = tl.maximum(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=0) / 448.0, 1e-12)
-        tl.store(S + row, s)
-        tl.store(Q + row * K + cols, (x / s).to(Q.dtype.element_ty), mask=mask)
+        s = tl.maximum(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=1) / 448.0, 1e-12)
+        tl.store(S + rows, s, mask=rows < M)
+        tl.store(Q + offs, (x / s[:, None]).to(Q.dtype.element_ty), mask=mask)
 
 
-def _warps(block: int) -> int:
-    return max(1, min(16, block // 256))
+def row_launch(block: int) -> tuple[int, int]:
+    """(rows per program, warps) of a row kernel whose rows are padded to ``block`` lanes: one row per
+    program, a warp per 256 lanes (what the H200 block-part timings in results/ were measured with;
+    ``benchmarks/row_kernels.py`` times the other choices)."""
+    return 1, max(1, min(16, block // 256))
+
+
+def launch_ln_modulate(x, r, gate, shift, scale, h, y, s, N, D, stride, eps, has_res, quant, rows, warps) -> None:
+    M = x.shape[0] * N
+    _ln_modulate_kernel[(triton.cdiv(M, rows),)](x, r, gate, shift, scale, h, y, s, M, N, D, stride, eps, HAS_RES=has_res,
+                                                 QUANT=quant, BLOCK_D=triton.next_power_of_2(D), ROWS=rows, num_warps=warps)
+
+
+def launch_act_quant(x, q, s, gelu, rows, warps) -> None:
+    M, K = x.shape
+    _act_quant_kernel[(triton.cdiv(M, rows),)](x, q, s, M, K, GELU=gelu, BLOCK_K=triton.next_power_of_2(K), ROWS=rows, num_warps=warps)
 
 
 @torch.library.custom_op("eediff::ln_modulate", mutates_args=())
@@ -110,10 +127,9 @@ def ln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: 
     shift, scale = mods[0], mods[1]
     gate = mods[2] if gate is not None else None
     h, y, s = _ln_modulate_outputs(x, residual, quant)
-    block = triton.next_power_of_2(D)
     r = residual.contiguous() if residual is not None else x
-    _ln_modulate_kernel[(B * N,)](x, r, gate if gate is not None else shift, shift, scale, h, y, s, N, D, stride, eps,
-                                  HAS_RES=residual is not None, QUANT=quant, BLOCK_D=block, num_warps=_warps(block))
+    launch_ln_modulate(x, r, gate if gate is not None else shift, shift, scale, h, y, s, N, D, stride, eps,
+                       residual is not None, quant, *row_launch(triton.next_power_of_2(D)))
     return h, y, s
 
 
@@ -153,8 +169,7 @@ def act_quant(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(v.contiguous() for v in act_quant_ref(x, gelu))
     x = x.contiguous()
     q, s = _act_quant_outputs(x)
-    block = triton.next_power_of_2(K)
-    _act_quant_kernel[(M,)](x, q, s, K, GELU=gelu, BLOCK_K=block, num_warps=_warps(block))
+    launch_act_quant(x, q, s, gelu, *row_launch(triton.next_power_of_2(K)))
     return q, s
 
 
