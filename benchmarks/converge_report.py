@@ -4,8 +4,9 @@
 Reads results/converge/{dit,uvit}-partN.metrics.jsonl (part N + 1 continues part N's EMA export with a fresh
 optimizer, so its steps are offset by part N's last step) and writes results/converge/converge.{json,md,png}:
 the eval rows (classifier Fréchet distance of 5000 EMA samples, DPM-Solver++ 25, fixed seeds) against total
-steps, the plateau rule's gain at each (the improvement over the latest eval at <= 1/1.2 of the steps) and
-the training speed.
+steps, the plateau rule's gain at each (the improvement over the latest eval at <= 1/1.2 of the total steps;
+a continued part's own --plateau would count from its first step, so the rule is applied here), where it
+is first met, and the training speed.
 
     python benchmarks/converge_report.py --dir results/converge
 """
@@ -18,6 +19,7 @@ import json
 import os
 import re
 
+PLATEAU = 0.03  # --plateau 0.03: 20% more steps improved the distance by less than 3%
 
 def read_rows(path: str) -> list[dict]:
     with open(path) as f:
@@ -41,7 +43,9 @@ def curve(dir_: str, model: str) -> dict:
         prior = [q for q in evals if q["step"] * 1.2 <= e["step"]]
         e["plateau_gain"] = None if not prior else (prior[-1]["value"] - e["value"]) / prior[-1]["value"]
     speed.sort()
-    return {"model": model, "parts": bounds, "evals": evals, "median_steps_per_s": speed[len(speed) // 2] if speed else None}
+    plateau = next((e for e in evals if e["plateau_gain"] is not None and e["plateau_gain"] < PLATEAU), None)
+    return {"model": model, "parts": bounds, "evals": evals, "median_steps_per_s": speed[len(speed) // 2] if speed else None,
+            "plateau_at": plateau and plateau["step"]}
 
 
 def main(argv=None):
@@ -57,10 +61,11 @@ def main(argv=None):
         for e in c["evals"]:
             g = "—" if e["plateau_gain"] is None else f"{100 * e['plateau_gain']:.1f}%"
             lines.append(f"| {names[m]} | {e['step']} | {e['value']:.3f} | {g} | {e['part']} |")
-    lines += ["", "| model | parts (total steps) | median steps/s (B=512, both models on one H200) | last loss |", "|---|---|---|---|"]
+    lines += ["", "| model | parts (total steps) | median steps/s (B=512, both models on one H200) | last loss | plateau (total steps) |",
+              "|---|---|---|---|---|"]
     for m, c in out.items():
         spans = ", ".join("%d–%d" % (b["from"], b["to"]) for b in c["parts"])
-        lines.append(f"| {names[m]} | {spans} | {c['median_steps_per_s']:.1f} | {c['parts'][-1]['last_loss']:.4f} |")
+        lines.append(f"| {names[m]} | {spans} | {c['median_steps_per_s']:.1f} | {c['parts'][-1]['last_loss']:.4f} | {c['plateau_at'] or 'not reached'} |")
     with open(os.path.join(a.dir, "converge_tables.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     import matplotlib

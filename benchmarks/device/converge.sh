@@ -48,7 +48,7 @@ echo "[$(el)s] stage $STAGE, deadline ${DL}s"
 
 STEPS=${BASE_STEPS:-100000}; EV=${EVAL_EVERY:-2000}; EN=${EVAL_N:-5000}
 B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr 3e-4 --lr-schedule constant --ema-decay 0.9995 --steps $STEPS
-   --eval-every $EV --eval-n $EN --eval-cache-dir $R/fdcache --plateau 0.03 --save-every $EV --keep-last 2
+   --eval-every $EV --eval-n $EN --eval-cache-dir $R/fdcache --save-every $EV --keep-last 2
    --log-every 500 --sample-every 0 --no-progress --export-fp16 ${COMPILE---compile --compile-scope ${SCOPE:-blocks}}"
 declare -A CONF=([dit]='--arch DiT --model-config {"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}'
                  [uvit]='--arch U-ViT --model-config {"embed_dim":96,"depth":12,"num_heads":3,"patch_size":2}')
@@ -96,9 +96,10 @@ if [ "$STAGE" = base ]; then
     M=$(mins $(( DL - RESERVE )))
     INIT=INIT_${m^^}
     if [ -z "$RES" ] && [ -n "${!INIT:-}" ]; then  # continue an earlier export (a fresh optimizer; EMA from its weights)
+      # no --plateau here: its steps count from 0, the rule is about total steps (benchmarks/converge_report.py applies it)
       $E finetune --init ${!INIT} --schedule full --reweight-gamma 0 $B --max-minutes $M --out $R/$m >> $R/$m.log 2>&1 &
     else
-      $E train ${CONF[$m]} $B --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
+      $E train ${CONF[$m]} $B --plateau 0.03 --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
     fi
   done
   watch; wait
