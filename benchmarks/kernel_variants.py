@@ -39,6 +39,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--attention", default="cudnn,sdpa", help="attention backends of the fused / fp8 variants")
     ap.add_argument("--diffusers-compile", action="store_true", help="time compiled diffusers first, in the same run")
+    ap.add_argument("--batched-adaln", action="store_true", help="also time fused and fp8 (cuDNN attention, Triton rows) with "
+                                                                  "every block's adaLN projection in one GEMM (FastPathConfig.batched_adaln)")
     ap.add_argument("--fp8-subsets", default="", help="';'-separated token-GEMM subsets timed as extra fp8 variants (cuDNN "
                                                       "attention, Triton rows), e.g. 'qkv,proj;qkv,proj,fc1'")
     a = ap.parse_args()
@@ -56,13 +58,14 @@ def main():
         ref = eager(x, t, y)
     ap_att = a.attention.split(",")
     variants = [("inductor", "cudnn", "triton")] + list(itertools.product(["fused", "fp8"], ap_att, ["triton", "inductor"]))
-    variants = [(*v, TOKEN_GEMMS) for v in variants]
-    variants += [("fp8", "cudnn", "triton", tuple(sub.split(","))) for sub in a.fp8_subsets.split(";") if sub]
+    variants = [(*v, TOKEN_GEMMS, False) for v in variants]
+    variants += [("fp8", "cudnn", "triton", tuple(sub.split(",")), False) for sub in a.fp8_subsets.split(";") if sub]
+    variants += [(k, "cudnn", "triton", TOKEN_GEMMS, True) for k in ("fused", "fp8") if a.batched_adaln]
     rows = []
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "model": "DiT-XL/2", "rows": rows,
            "command": "python benchmarks/kernel_variants.py --out results/kernel_variants_h200.json"
                       + ("" if a.attention == "cudnn,sdpa" else f" --attention {a.attention}") + (" --diffusers-compile" if a.diffusers_compile else "")
-                      + (f" --fp8-subsets '{a.fp8_subsets}'" if a.fp8_subsets else "")}
+                      + (f" --fp8-subsets '{a.fp8_subsets}'" if a.fp8_subsets else "") + (" --batched-adaln" if a.batched_adaln else "")}
     if a.diffusers_compile:  # the strongest peer, in the same run
         c = torch.compile(copy.deepcopy(dm).cuda().to(torch.bfloat16))
         fn = lambda: c(x.bfloat16(), timestep=t.long(), class_labels=y).sample  # noqa: E731
@@ -72,9 +75,9 @@ def main():
         rows.append({"variant": "diffusers bf16 + torch.compile (default)", "ms": ms, "rel_err_vs_fp32": err, "top_kernels": []})
         print(f"{rows[-1]['variant']:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
         del c
-    for kern, attn, rk, gemms in variants:
+    for kern, attn, rk, gemms, batched in variants:
         m = copy.deepcopy(eager)
-        h = apply_fast_path(m, FastPathConfig(kernels=kern, attention=attn, row_kernels=rk, fp8_gemms=gemms))
+        h = apply_fast_path(m, FastPathConfig(kernels=kern, attention=attn, row_kernels=rk, fp8_gemms=gemms, batched_adaln=batched))
         fn = lambda m=m: m(x, t, y)  # noqa: E731
         with torch.no_grad():
             err = ((fn() - ref).norm() / ref.norm()).item()
@@ -83,7 +86,9 @@ def main():
         name = "inductor" if kern == "inductor" else f"{kern}, attention={attn}, row kernels={rk}"
         if kern == "fp8" and gemms != TOKEN_GEMMS:
             name += f", fp8 GEMMs={'+'.join(gemms)}"
-        rows.append({"variant": name, "kernels": kern, "attention": attn, "row_kernels": rk, "fp8_gemms": list(gemms), "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
+        if batched:
+            name += ", batched adaLN"
+        rows.append({"variant": name, "kernels": kern, "attention": attn, "row_kernels": rk, "fp8_gemms": list(gemms), "batched_adaln": batched, "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
         print(f"{name:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
         for k in top[:6]:
             print(f"      {k['ms_per_forward']:6.2f} ms  x{k['calls_per_forward']:5.0f}  {k['kernel'][:80]}", flush=True)

@@ -309,3 +309,20 @@ def test_deediff_finetune_resumes_exactly(tmp_path):
     a, b = (eediff.load_model(str(tmp_path / d / "final.safetensors")).model for d in ("a", "b"))
     assert heads_of(a).cfg.form == "pixel"
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_per_sample_exits_with_batched_adaln(float64):
+    """DeeDiff exits read the tokens block by block: with the adaLN projections batched
+    (kernels.batch_adaln) every row leaves at the same block with the same output (float64)."""
+    from eediff.kernels import apply_kernels
+
+    m = _model("DiT").double()
+    x, t, y = _inputs(10)
+    with torch.no_grad():
+        tau = _between(layer_outputs(m, x, t, y)[1][0][1])
+    ref, d_ref = _run(m, x, t, y, tau)
+    h = apply_kernels(m, "inductor", batched_adaln=True)
+    out, d = _run(m, x, t, y, tau)
+    h.remove()
+    assert torch.equal(d, d_ref) and len(set(d.tolist())) > 1
+    assert torch.allclose(out, ref, rtol=0, atol=1e-12)

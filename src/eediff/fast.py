@@ -48,6 +48,7 @@ class FastPathConfig:
     kernels: str = "inductor"  # inductor | fused (GELU in the GEMM epilogue) | fp8 (row-wise fp8 GEMMs): kernels.py
     attention: str = "cudnn"  # fused / fp8 DiT blocks: cudnn | sdpa (SDPA's own choice, flash on Hopper)
     fp8_gemms: tuple = ("qkv", "proj", "fc1", "fc2")  # kernels="fp8": which of a DiT block's token GEMMs run in fp8
+    batched_adaln: bool = False  # DiT: every block's adaLN projection in one GEMM per forward (kernels.batch_adaln)
     row_kernels: str = "triton"  # (measured faster than inductor's, results/kernel_variants_h200.md) fused / fp8 DiT blocks' LayerNorm, residual and quantise passes: triton | inductor
 
 
@@ -101,7 +102,8 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     p0 = next(model.parameters())
     handle = FastPathHandle(model, config, model.forward, p0.dtype, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.eval().to(dtype)
-    handle.kernels = apply_kernels(model, config.kernels, config.attention, config.row_kernels, tuple(config.fp8_gemms))
+    handle.kernels = apply_kernels(model, config.kernels, config.attention, config.row_kernels, tuple(config.fp8_gemms),
+                                   config.batched_adaln)
     if config.compile:
         # every block shares one compiled graph per input shape; leave room for many shapes (batch sizes, CFG
         # doubling, row buckets) before dynamo would silently fall back to eager

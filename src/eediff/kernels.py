@@ -44,11 +44,20 @@ class KernelHandle:
     fp8_linears: int = 0  # block Linears running as fp8 GEMMs
     bf16_linears: int = 0  # block Linears left in bf16 (sizes fp8 GEMMs do not take)
 
+    batched_adaln: nn.Module | None = field(default=None, repr=False)  # the DiT whose adaLN projections batch_adaln joined
+
     def remove(self) -> None:
         for m in self.patched:
             for name in ("forward", "_fp8", "_fp8_gemms", "_attention", "_row_kernels"):
                 m.__dict__.pop(name, None)
         self.patched.clear()
+        if self.batched_adaln is not None:
+            model, self.batched_adaln = self.batched_adaln, None
+            for name in ("embed", "run_block", "head"):
+                model.__dict__.pop(name, None)
+            for blk in model.compute_blocks():  # each weight back in storage of its own (saving shared views fails)
+                lin = blk.adaLN_modulation[-1]
+                lin.weight.data, lin.bias.data = lin.weight.data.clone(), lin.bias.data.clone()
 
 
 ATTENTION = ("cudnn", "sdpa")  # the fused DiT block's attention: cuDNN's fused kernel, or SDPA's own choice (flash)
@@ -59,11 +68,14 @@ TOKEN_GEMMS = ("qkv", "proj", "fc1", "fc2")  # a DiT block's GEMMs over its toke
 
 
 def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_kernels: str = "triton",
-                  fp8_gemms: tuple[str, ...] = TOKEN_GEMMS) -> KernelHandle:
+                  fp8_gemms: tuple[str, ...] = TOKEN_GEMMS, batched_adaln: bool = False) -> KernelHandle:
     """Switch ``model.compute_blocks()`` to ``kernels`` (one of :data:`KERNELS`); the weights are taken as they
-    are now (apply after the dtype conversion; the fp8 copies are not updated if the weights change later)."""
+    are now (apply after the dtype conversion; the fp8 copies are not updated if the weights change later).
+    ``batched_adaln``: every DiT block's adaLN projection in one GEMM per forward (:func:`batch_adaln`)."""
     check_kernel_options(kernels, attention, row_kernels, fp8_gemms)
     handle = KernelHandle(kernels)
+    if batched_adaln:
+        batch_adaln(model, handle)
     if kernels == "inductor":
         return handle
     for blk in model.compute_blocks():
@@ -88,6 +100,47 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
                 for lin in (m.qkv, m.proj) if isinstance(m, Attention) else (m.fc1, m.fc2):
                     _to_fp8(lin, handle)
     return handle
+
+
+def batch_adaln(model: nn.Module, handle: KernelHandle) -> None:
+    """A DiT's adaLN projections (one (6D, D) Linear per block, all on the same conditioning c) as one GEMM
+    at the embedding: (B, D) -> (B, K * 6D), instead of K small GEMMs that each read their weight once
+    for a handful of rows. The blocks' weights become views of the joined matrix (no copy; ``remove()``
+    separates them again). The modulations ride on the tokens' conditioning, ``Tokens.c`` = [c | mod_0 |
+    ... | mod_K-1] (B, D + K*6D): ``run_block`` hands block i its (B, 6D) slice, which the block takes as its
+    modulation (``DiTBlock.forward``), and ``head`` the c part. The same function: every output element is
+    the same dot product over D. Rows that leave early carry modulations for blocks they skip (B x K*6D
+    values, small beside the tokens). Written by hand: no library joins per-block projections."""
+    from .models.backbone import Tokens
+    from .models.dit import DiT
+
+    if handle.batched_adaln is not None or "embed" in model.__dict__:
+        raise ValueError("batched_adaln is applied to this model already (remove() the earlier handle first)")
+    blocks = model.compute_blocks()
+    if not isinstance(model, DiT) or not all(isinstance(b, DiTBlock) for b in blocks):
+        raise ValueError(f"batched_adaln joins DiT blocks' adaLN projections; this {type(model).__name__} has none")
+    lins = [b.adaLN_modulation[-1] for b in blocks]
+    D = lins[0].in_features
+    W = torch.cat([lin.weight.data for lin in lins])  # (K * 6D, D)
+    bias = torch.cat([lin.bias.data for lin in lins])  # (K * 6D,)
+    for i, lin in enumerate(lins):
+        lin.weight.data, lin.bias.data = W[6 * D * i: 6 * D * (i + 1)], bias[6 * D * i: 6 * D * (i + 1)]
+
+    base_embed, base_run_block, base_head = model.embed, model.run_block, model.head
+
+    def embed(x, t, y):
+        s = base_embed(x, t, y)
+        return Tokens(s.h, torch.cat([s.c, F.linear(F.silu(s.c), W, bias)], dim=1))  # (B, D + K*6D)
+
+    def run_block(i, s, n, active=None):
+        out = base_run_block(i, Tokens(s.h, s.c[:, D + 6 * D * i: D + 6 * D * (i + 1)]), n, active)  # block i's (B, 6D)
+        return Tokens(out.h, s.c)
+
+    def head(s):
+        return base_head(Tokens(s.h, s.c[:, :D]))
+
+    model.embed, model.run_block, model.head = embed, run_block, head
+    handle.batched_adaln = model
 
 
 def check_kernel_options(kernels: str, attention: str, row_kernels: str, fp8_gemms=TOKEN_GEMMS) -> None:
@@ -168,7 +221,8 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
         return DiTBlock.forward(self, x, c, keep, inplace)
     B, N, D = x.shape
     q8 = self._fp8_gemms  # the GEMMs that run in fp8 (all four under kernels="fp8", none under "fused")
-    shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (B, D)
+    mod = c if c.shape[1] == 6 * D else self.adaLN_modulation(c)  # (B, 6D): computed already under batch_adaln
+    shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=1)  # 6 x (B, D)
     if keep is not None:
         gate1, gate2 = gate1 * keep.unsqueeze(1), gate2 * keep.unsqueeze(1)  # (B, D)
     at, ml = self.attn, self.mlp

@@ -85,8 +85,10 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, keep: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
         """``keep`` (B,) in {0, 1}: rows with 0 come out unchanged (both residual gates zeroed): padded rows
         of a bucket cost no extra pass over the tokens, the mask rides on the gates. ``inplace``: the result
-        is written into ``x`` (compiled, the last residual add stores there directly: no copy)."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (B, D)
+        is written into ``x`` (compiled, the last residual add stores there directly: no copy). ``c`` is the
+        (B, D) conditioning, or (B, 6D) when its modulation was computed already (``kernels.batch_adaln``)."""
+        mod = c if c.shape[1] == 6 * x.shape[2] else self.adaLN_modulation(c)  # (B, 6D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)  # 6 x (B, D)
         if keep is not None:
             gate_msa, gate_mlp = gate_msa * keep.unsqueeze(1), gate_mlp * keep.unsqueeze(1)  # (B, D)
         h = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
