@@ -117,7 +117,9 @@ def generate(
     for b in range(n_batches):
         idx = list(range(b * batch_size, min(n, (b + 1) * batch_size)))
         noise, gens = image_noise(shape, [seed_of(i) for i in idx], device)
-        y = None if labels is None else labels[idx].to(device)
+        y = None if labels is None else labels[idx]
+        if y is not None:  # pinned and asynchronous on a GPU: no host sync before the batch's first step
+            y = y.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else y.to(device)
         fn = first_batch_fn if b == 0 else denoiser
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             x = sample_loop(fn, process, sampler, noise, y, gens, learned_sigma=model.learn_sigma, progress=bar.update if progress else None)
