@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED=1
 STAGE=${1:?base|finetune}; DL=${2:?deadline in seconds}
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
 mins() { python3 -c "print(round(max(0.5, ($1 - $(el)) / 60), 2))"; }  # minutes left until second $1 of this call
-R=${STATE:-/root/converge}; mkdir -p $R/data $R/pt $R/ret
+R=${STATE:-/root/converge}; mkdir -p $R/data $R/pt
 PY=${PYTHON:-python3}; E="$PY -m eediff.cli"
 
 if [ -d .whl ] && [ -z "${NO_INSTALL:-}" ]; then
@@ -60,11 +60,13 @@ last = max((r.get("step", 0) for r in rows), default=0)
 sys.exit(0 if any(r.get("plateau") for r in rows) or last >= int(sys.argv[2]) else 1)
 PY
 }
-ret() {  # what comes back: the EMA export (fp16) and the metrics of each run, one tar per family
-  for m in dit uvit; do
-    (cd $R && tar cf ret/$m.tar $(ls -d $m* 2>/dev/null | while read d; do for f in $d/final-fp16.safetensors $d/metrics.jsonl $d/config.json; do [ -f $f ] && echo $f; done; done))
+ret() {  # what comes back: the EMA export (fp16) and metrics of each run of this stage, one tar per family (<= 16 MiB)
+  for m in dit uvit; do  # base stage: the base run; finetune stage: its fine-tunes (the base came back earlier)
+    if [ "$STAGE" = base ]; then dirs=$m; else dirs=$(cd $R && ls -d $m-* 2>/dev/null); fi
+    files=$(cd $R && for d in $dirs; do for f in $d/final-fp16.safetensors $d/metrics.jsonl $d/config.json; do [ -f $f ] && echo $f; done; done)
+    [ -n "$files" ] && (cd $R && tar cf $OUT/$m-$STAGE.tar $files)
   done
-  cp $R/ret/*.tar $OUT/ 2>/dev/null; tar czf $OUT/logs.tgz -C $R $(cd $R && ls *.log 2>/dev/null) 2>/dev/null; ls -la $OUT
+  (cd $R && ls *.log > /dev/null 2>&1 && tar czf $OUT/logs-$STAGE.tgz *.log); ls -la $OUT
 }
 fid_snaps() {  # Inception FID (DPM-Solver++ 25, 5000 images) of every base export kept so far, once Inception is here
   [ -f $R/pt/inception_fp16.pt ] || return 0
