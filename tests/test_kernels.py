@@ -382,9 +382,12 @@ def test_batched_adaln_is_the_same_function_and_removable(kernels, tol, tmp_path
         assert not any(k in m.__dict__ for k in ("embed", "run_block", "head"))
         assert torch.equal(m(x, t, y), before)
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "m.safetensors"))
+    u = eediff.build_model("U-ViT", img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=4, num_heads=4)
     with pytest.raises(ValueError, match="DiT blocks"):
-        apply_kernels(eediff.build_model("U-ViT", img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=4, num_heads=4), "inductor",
-                      batched_adaln=True)
+        apply_kernels(u, "inductor", batched_adaln=True)
+    with pytest.raises(ValueError, match="DiT blocks"):  # refused before the model is touched
+        apply_fast_path(u, FastPathConfig(compile=False, batched_adaln=True))
+    assert next(u.parameters()).dtype == torch.float32 and "forward" not in u.__dict__
 
 
 def test_batched_adaln_keeps_one_compiled_graph_for_all_blocks():

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import KernelHandle, apply_kernels, check_kernel_options
+from .kernels import KernelHandle, apply_kernels, check_batched_adaln, check_kernel_options
 from .models.backbone import ExitState, Tokens, forward_exits, row_counts, store_tokens
 
 
@@ -94,6 +94,8 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     if config.dtype not in _DTYPES:
         raise ValueError(f"unknown dtype '{config.dtype}': use bf16, fp16 or fp32")
     check_kernel_options(config.kernels, config.attention, config.row_kernels, config.fp8_gemms)  # before the model is touched
+    if config.batched_adaln:
+        check_batched_adaln(model)
     if config.kernels == "fp8" and config.dtype != "bf16":
         raise ValueError(f"kernels='fp8' runs bf16 activations: use dtype='bf16', not '{config.dtype}'")
     if config.row_bucket < 1:

@@ -112,13 +112,11 @@ def batch_adaln(model: nn.Module, handle: KernelHandle) -> None:
     the same dot product over D. Rows that leave early carry modulations for blocks they skip (B x K*6D
     values, small beside the tokens). Written by hand: no library joins per-block projections."""
     from .models.backbone import Tokens
-    from .models.dit import DiT
 
     if handle.batched_adaln is not None or "embed" in model.__dict__:
         raise ValueError("batched_adaln is applied to this model already (remove() the earlier handle first)")
+    check_batched_adaln(model)
     blocks = model.compute_blocks()
-    if not isinstance(model, DiT) or not all(isinstance(b, DiTBlock) for b in blocks):
-        raise ValueError(f"batched_adaln joins DiT blocks' adaLN projections; this {type(model).__name__} has none")
     lins = [b.adaLN_modulation[-1] for b in blocks]
     D = lins[0].in_features
     W = torch.cat([lin.weight.data for lin in lins])  # (K * 6D, D)
@@ -141,6 +139,14 @@ def batch_adaln(model: nn.Module, handle: KernelHandle) -> None:
 
     model.embed, model.run_block, model.head = embed, run_block, head
     handle.batched_adaln = model
+
+
+def check_batched_adaln(model: nn.Module) -> None:
+    from .models.dit import DiT
+
+    if not isinstance(model, DiT) or not all(isinstance(b, DiTBlock) for b in model.compute_blocks()):
+        raise ValueError(f"batched_adaln joins DiT blocks' adaLN projections; this {type(model).__name__} has none "
+                         "(leave batched_adaln off)")
 
 
 def check_kernel_options(kernels: str, attention: str, row_kernels: str, fp8_gemms=TOKEN_GEMMS) -> None:
