@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -1
 export PYTHONPATH=/tmp/site:$PWD/src
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
-timeout 150 python3 benchmarks/row_kernels.py --out $OUT/row_kernels_h200.json 2>&1 | grep -v -i warn
+timeout 200 python3 benchmarks/row_kernels.py --out $OUT/row_kernels_h200.json 2>&1 | grep -v -i warn
 timeout 330 python3 benchmarks/kernel_variants.py --attention cudnn --diffusers-compile --fp8-subsets 'qkv,proj;qkv,proj,fc1' --batched-adaln \
   --out $OUT/kernel_variants_h200.json 2>&1 | grep -v -i -E "warn|kept in float32" | tail -n 60
 ls -la $OUT
