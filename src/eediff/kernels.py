@@ -227,8 +227,7 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
         return DiTBlock.forward(self, x, c, keep, inplace)
     B, N, D = x.shape
     q8 = self._fp8_gemms  # the GEMMs that run in fp8 (all four under kernels="fp8", none under "fused")
-    mod = c if c.shape[1] == 6 * D else self.adaLN_modulation(c)  # (B, 6D): computed already under batch_adaln
-    shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=1)  # 6 x (B, D)
+    shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=1)  # 6 x (B, D)
     if keep is not None:
         gate1, gate2 = gate1 * keep.unsqueeze(1), gate2 * keep.unsqueeze(1)  # (B, D)
     at, ml = self.attn, self.mlp

@@ -82,13 +82,17 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), approximate_gelu=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
+    def modulation(self, c: torch.Tensor) -> torch.Tensor:
+        """(B, 6D) shifts, scales and gates from the (B, D) conditioning, or ``c`` itself when it is that
+        (B, 6D) modulation already (``kernels.batch_adaln`` computes every block's in one GEMM)."""
+        return c if c.shape[1] == self.adaLN_modulation[-1].out_features else self.adaLN_modulation(c)
+
     def forward(self, x: torch.Tensor, c: torch.Tensor, keep: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
         """``keep`` (B,) in {0, 1}: rows with 0 come out unchanged (both residual gates zeroed): padded rows
         of a bucket cost no extra pass over the tokens, the mask rides on the gates. ``inplace``: the result
-        is written into ``x`` (compiled, the last residual add stores there directly: no copy). ``c`` is the
-        (B, D) conditioning, or (B, 6D) when its modulation was computed already (``kernels.batch_adaln``)."""
-        mod = c if c.shape[1] == 6 * x.shape[2] else self.adaLN_modulation(c)  # (B, 6D)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)  # 6 x (B, D)
+        is written into ``x`` (compiled, the last residual add stores there directly: no copy). ``c``: see
+        :meth:`modulation`."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c).chunk(6, dim=1)  # 6 x (B, D)
         if keep is not None:
             gate_msa, gate_mlp = gate_msa * keep.unsqueeze(1), gate_mlp * keep.unsqueeze(1)  # (B, D)
         h = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
