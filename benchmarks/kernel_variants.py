@@ -14,23 +14,10 @@ import json
 import torch
 
 from eediff.bench import _random_diffusers_dit
-from eediff.eval.timing import time_fn
+from eediff.eval.timing import time_fn, top_kernels
 from eediff.fast import FastPathConfig, apply_fast_path
 from eediff.kernels import TOKEN_GEMMS
 from eediff.models.dit import DiT, from_diffusers_state_dict
-
-
-def top_kernels(fn, n=10):
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
-    return [{"kernel": e.key[:90], "ms_per_forward": e.device_time_total / 3 / 1e3, "calls_per_forward": e.count / 3} for e in rows[:n]]
 
 
 def main():
@@ -82,7 +69,7 @@ def main():
         with torch.no_grad():
             err = ((fn() - ref).norm() / ref.norm()).item()
             ms = time_fn(fn, "cuda", warmup=3, repeats=20)["median_s"] * 1e3
-            top = top_kernels(fn)
+            top = top_kernels(fn, unit="forward")
         name = "inductor" if kern == "inductor" else f"{kern}, attention={attn}, row kernels={rk}"
         if kern == "fp8" and gemms != TOKEN_GEMMS:
             name += f", fp8 GEMMs={'+'.join(gemms)}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 
@@ -24,39 +23,8 @@ import torch
 
 from eediff.config import TrainConfig
 from eediff.data import load_dataset
+from eediff.eval.timing import time_fn, top_kernels
 from eediff.train.loop import Trainer
-
-
-def top_kernels(tr: Trainer, n: int = 10) -> list[dict]:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            tr.step()
-        torch.cuda.synchronize()
-    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
-    return [{"kernel": e.key[:90], "ms_per_step": e.device_time_total / 5 / 1e3, "calls_per_step": e.count / 5} for e in rows[:n]]
-
-
-def time_steps(tr: Trainer, warmup: int, repeats: int) -> list[float]:
-    """Seconds per optimizer step: device events around each step, after ``warmup`` steps."""
-    for _ in range(warmup):
-        tr.step()
-    cuda = tr.device.type == "cuda"
-    out = []
-    for _ in range(repeats):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            tr.step()
-            b.record()
-            b.synchronize()
-            out.append(a.elapsed_time(b) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            tr.step()
-            out.append(time.perf_counter() - t0)
-    return out
 
 
 def main(argv=None):
@@ -85,17 +53,19 @@ def main(argv=None):
                               out=os.path.join(tmp, "run"), sample_every=-1, progress=False, device=a.device)
             t0 = time.perf_counter()
             tr = Trainer(cfg, "train", data=data)
-            secs = time_steps(tr, a.warmup, a.repeats)
-            setup = time.perf_counter() - t0 - sum(secs)
-            med = statistics.median(secs)
+            setup = time.perf_counter() - t0
+            r = time_fn(tr.step, tr.device, warmup=a.warmup, repeats=a.repeats)  # device events around each step on GPU
+            wall = time.perf_counter() - t0 - setup
+            med = r["median_s"]
             flops = 3 * tr.model.flops() * int(batch)
             row = {"scope": scope, "batch": int(batch), "ms_per_step": 1e3 * med, "steps_per_s": 1 / med, "images_per_s": int(batch) / med,
-                   "tflops": flops / med / 1e12, "spread_ms": 1e3 * (max(secs) - min(secs)), "setup_and_warmup_s": setup}
+                   "tflops": flops / med / 1e12, "spread_ms": 1e3 * (r["max_s"] - r["min_s"]), "setup_s": setup,
+                   "warmup_and_timing_s": wall}
             if i == 0 and a.profile and tr.device.type == "cuda":
-                row["top_kernels"] = top_kernels(tr)
+                row["top_kernels"] = top_kernels(tr.step, repeats=5, unit="step")
             rows.append(row)
             print(f"{scope:>6} B={batch:>5}  {row['ms_per_step']:8.2f} ms/step  {row['images_per_s']:9.0f} img/s  {row['tflops']:6.2f} TFLOP/s"
-                  f"  (warm-up and set-up {setup:.0f} s)", flush=True)
+                  f"  (set-up {setup:.0f} s, warm-up and timing {wall:.0f} s)", flush=True)
             del tr
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

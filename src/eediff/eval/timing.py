@@ -32,6 +32,22 @@ def time_fn(fn: Callable[[], object], device: str | torch.device, warmup: int = 
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
 
 
+def top_kernels(fn: Callable[[], object], n: int = 10, repeats: int = 3, unit: str = "call") -> list[dict]:
+    """The ``n`` GPU kernels with the most device time over ``repeats`` calls of ``fn`` (after one warm call),
+    from torch.profiler: ``{"kernel", "ms_per_<unit>", "calls_per_<unit>"}`` per kernel name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    return [{"kernel": e.key[:90], f"ms_per_{unit}": e.device_time_total / repeats / 1e3, f"calls_per_{unit}": e.count / repeats}
+            for e in rows[:n]]
+
+
 def matmul_peak(device: str, n: int = 8192, dtype=torch.bfloat16, repeats: int = 20) -> float:
     """Measured dense matmul rate (FLOP/s) on random data, the ceiling achieved TFLOP/s is compared with."""
     a = torch.randn(n, n, device=device, dtype=dtype)
