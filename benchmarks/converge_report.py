@@ -4,9 +4,9 @@
 Reads results/converge/{dit,uvit}-partN.metrics.jsonl (part N + 1 continues part N's EMA export with a fresh
 optimizer, so its steps are offset by part N's last step) and writes results/converge/converge.{json,md,png}:
 the eval rows (classifier Fréchet distance of 5000 EMA samples, DPM-Solver++ 25, fixed seeds) against total
-steps, the plateau rule's gain at each (the improvement over the latest eval at <= 1/1.2 of the total steps;
-a continued part's own --plateau would count from its first step, so the rule is applied here), where it
-is first met, and the training speed.
+steps, the plateau rule's gain at each (`eediff.train.loop.plateau_gain`: the log-log trend of the evals of
+the last doubling of total steps, extrapolated to 20% more steps; a continued part's own --plateau would
+count from its first step, so the rule is applied here), where it is first met, and the training speed.
 
     python benchmarks/converge_report.py --dir results/converge
 """
@@ -19,7 +19,10 @@ import json
 import os
 import re
 
-PLATEAU = 0.03  # --plateau 0.03: 20% more steps improved the distance by less than 3%
+from eediff.train.loop import plateau_gain
+
+PLATEAU = 0.03  # --plateau 0.03: 20% more steps improve the distance by less than 3%
+
 
 def read_rows(path: str) -> list[dict]:
     with open(path) as f:
@@ -39,9 +42,8 @@ def curve(dir_: str, model: str) -> dict:
         last = max(r["step"] for r in steps)
         bounds.append({"part": len(bounds) + 1, "from": offset, "to": offset + last, "last_loss": steps[-1]["loss"]})
         offset += last
-    for e in evals:
-        prior = [q for q in evals if q["step"] * 1.2 <= e["step"]]
-        e["plateau_gain"] = None if not prior else (prior[-1]["value"] - e["value"]) / prior[-1]["value"]
+    for i, e in enumerate(evals):
+        e["plateau_gain"] = plateau_gain(evals[: i + 1])
     speed.sort()
     plateau = next((e for e in evals if e["plateau_gain"] is not None and e["plateau_gain"] < PLATEAU), None)
     return {"model": model, "parts": bounds, "evals": evals, "median_steps_per_s": speed[len(speed) // 2] if speed else None,
@@ -56,7 +58,7 @@ def main(argv=None):
     with open(os.path.join(a.dir, "converge.json"), "w") as f:
         json.dump(out, f, indent=1)
     names = {"dit": "DiT (28 blocks, width 64)", "uvit": "U-ViT (13 blocks, width 96)"}
-    lines = ["| model | total steps | classifier FD (5000, DPM-Solver++ 25) | gain over the eval at ≤ 1/1.2 of the steps | part |", "|---|---|---|---|---|"]
+    lines = ["| model | total steps | classifier FD (5000, DPM-Solver++ 25) | trend: gain for 20% more steps | part |", "|---|---|---|---|---|"]
     for m, c in out.items():
         for e in c["evals"]:
             g = "—" if e["plateau_gain"] is None else f"{100 * e['plateau_gain']:.1f}%"

@@ -4,10 +4,11 @@ training improved it by less than a fraction), on a tiny CPU run."""
 import json
 import os
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from eediff.train.loop import plateau_reached
+from eediff.train.loop import plateau_gain, plateau_reached
 
 from test_reliability import REFERENCE, TRAIN_DATA, error_line, invoke
 from tiny import TINY_DIT, one_thread  # noqa: F401
@@ -63,15 +64,31 @@ def e(step, value, metric="fid", n=1000):
 
 
 def test_plateau_rule():
-    """The latest measurement against the latest one with at least 20% fewer steps; gain = relative improvement."""
+    """Two measurements: the trend is their comparison (gain = relative improvement over 20% more steps)."""
     assert plateau_reached([e(1000, 50.0)], 0.03) is None  # nothing to compare with
     assert plateau_reached([e(1000, 50.0), e(1100, 50.0)], 0.03) is None  # only 10% more steps
-    p = plateau_reached([e(1000, 50.0), e(1100, 49.0), e(1200, 49.0)], 0.03)
-    assert p["from"]["step"] == 1000 and p["gain"] == pytest.approx(0.02)  # 2% < 3%
+    p = plateau_reached([e(1000, 50.0), e(1200, 49.0)], 0.03)
+    assert p["from"]["step"] == 1000 and p["points"] == 2 and p["gain"] == pytest.approx(0.02)  # 2% < 3%
     assert plateau_reached([e(1000, 50.0), e(1200, 48.0)], 0.03) is None  # 4% is still progress
     assert plateau_reached([e(1000, 50.0), e(1200, 55.0)], 0.03)["gain"] == pytest.approx(-0.1)  # worse: a plateau too
     assert plateau_reached([e(1000, 50.0, metric="fd-classifier"), e(1200, 50.0)], 0.03) is None  # other kinds never compared
     assert plateau_reached([e(1000, 50.0, n=500), e(1200, 50.0)], 0.03) is None
+    assert plateau_reached([e(400, 10.0), e(1000, 50.0), e(1200, 49.0)], 0.03)["points"] == 2  # older than half the steps: left out
+
+
+def test_plateau_trend_matches_a_direct_fit_and_ignores_one_bad_measurement():
+    """The trend is numpy's least-squares line in log-log space; one spike on a falling curve is no plateau
+    (the DiT run of results/converge had a 3.10 between 1.61 and 1.48), a flat but noisy curve is one."""
+    steps = [13500, 17500, 19500, 21500, 23500, 25500]
+    falling = [4.75, 2.96, 2.45, 1.96, 1.61, 3.10]  # the spike comes last, where one comparison would call it a plateau
+    p = plateau_gain([e(s, v) for s, v in zip(steps, falling)])
+    slope = np.polyfit(np.log(steps), np.log(falling), 1)[0]
+    assert p == pytest.approx(1 - 1.2 ** slope, rel=1e-9) and p > 0.03
+    assert plateau_reached([e(s, v) for s, v in zip(steps, falling)], 0.03) is None
+    flat = [0.40, 0.35, 0.44, 0.42, 0.36, 0.34, 0.41]
+    q = plateau_reached([e(1000 * (10 + 2 * i), v) for i, v in enumerate(flat)], 0.03)
+    assert q is not None and q["points"] == 6 and q["from"]["step"] == 12000 and q["gain"] < 0.03  # 10000 < 22000 / 2
+    assert plateau_gain([e(1000, 1.0)]) is None
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -526,9 +526,9 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
             if plateau is not None:
                 if tr.main:
                     p, q = plateau["from"], plateau["to"]
-                    print(f"{command}: plateau at step {step}: {q['metric']} {p['value']:.3f} at step {p['step']} -> {q['value']:.3f} "
-                          f"({100 * plateau['gain']:+.1f}%, less than {100 * cfg.plateau:g}% for {100 * (q['step'] / p['step'] - 1):.0f}% "
-                          f"more steps): stopping and exporting", file=sys.stderr)
+                    print(f"{command}: plateau at step {step}: the trend of {plateau['points']} {q['metric']} measurements since "
+                          f"step {p['step']} ({p['value']:.3f} -> {q['value']:.3f}) gives {100 * plateau['gain']:+.1f}% for 20% more "
+                          f"steps, less than {100 * cfg.plateau:g}%: stopping and exporting", file=sys.stderr)
                 break
             if tr.main and cfg.sample_every >= 0 and (final or (cfg.sample_every > 0 and step % cfg.sample_every == 0)):
                 if out_of_time:  # --max-minutes bounds the whole run: no grid after the limit
@@ -744,17 +744,35 @@ def measure_quality(tr: Trainer) -> dict:
 
 
 def plateau_reached(evals: list[dict], tol: float, more: float = 0.2) -> dict | None:
-    """The plateau rule: the latest measurement improved on the latest one made at least ``more`` (20%) fewer steps
-    before it by less than ``tol`` (a fraction). Only measurements of the same kind (metric, images, sampler,
-    reference) are compared. Returns ``{"from", "to", "gain"}`` or None."""
+    """The plateau rule: the trend of the measurements says that ``more`` (20%) further steps would improve the
+    distance by less than ``tol`` (a fraction). Returns ``{"from", "to", "gain", "slope", "points"}`` or None.
+
+    The trend is a least-squares line of log(distance) on log(steps) through the measurements of the last
+    doubling of steps (those made at >= half the latest step; at least two, ``1 + more`` apart): distance ~
+    steps^slope, so 20% more steps give ``gain = 1 - 1.2^slope``. Why a fit and not the latest measurement
+    against one earlier measurement: at a constant learning rate the EMA weights' distance moves by 10-25%
+    between measurements (``results/converge/converge.md``), so a single bad measurement would look like a
+    plateau and stop a run that is still improving. With two measurements the fit is that comparison. Only
+    measurements of the same kind (metric, images, sampler, reference) are used.
+    """
     last = evals[-1]
-    kind = lambda e: (e["metric"], e["n"], e["sampler"], e["reference"])  # noqa: E731
-    prior = [e for e in evals[:-1] if kind(e) == kind(last) and e["step"] * (1 + more) <= last["step"]]
-    if not prior:
+    kind = lambda e: (e.get("metric"), e.get("n"), e.get("sampler"), e.get("reference"))  # noqa: E731
+    pts = [e for e in evals if kind(e) == kind(last) and 2 * e["step"] >= last["step"] and e["step"] <= last["step"]]
+    if len(pts) < 2 or pts[0]["step"] * (1 + more) > last["step"] or min(e["value"] for e in pts) <= 0:
         return None
-    p = prior[-1]
-    gain = (p["value"] - last["value"]) / p["value"] if p["value"] > 0 else 0.0
-    return {"from": p, "to": last, "gain": gain} if gain < tol else None
+    xs = [math.log(e["step"]) for e in pts]
+    ys = [math.log(e["value"]) for e in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    gain = 1 - (1 + more) ** slope
+    return {"from": pts[0], "to": last, "gain": gain, "slope": slope, "points": len(pts)} if gain < tol else None
+
+
+def plateau_gain(evals: list[dict], more: float = 0.2) -> float | None:
+    """The trend's gain for ``more`` further steps at the latest measurement (what ``plateau_reached`` compares
+    with its tolerance), or None when there are too few measurements."""
+    p = plateau_reached(evals, float("inf"), more)
+    return None if p is None else p["gain"]
 
 
 def write_samples(tr: Trainer, path: str) -> None:
