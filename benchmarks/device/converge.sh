@@ -85,9 +85,9 @@ s = [r for r in rows if "loss" in r]; e = [r for r in rows if "eval" in r]
 print(s[-1]["step"] if s else 0, round(s[-1].get("steps_per_s", 0), 1) if s else 0, round(e[-1]["eval"]["value"], 2) if e else "-", sep="/")' $f 2>/dev/null) "; done)"; done; }
 
 if [ "$STAGE" = base ]; then
-  if [ -n "${SPEED:-}" ]; then  # first, how fast each way of compiling trains (about 2 minutes)
+  if [ -n "${SPEED:-}" ]; then  # first, how fast each way of compiling trains (about 5 minutes)
     for m in dit uvit; do
-      timeout 150 $PY benchmarks/train_speed.py ${CONF[$m]} --variants blocks:512,model:512,blocks:1024,model:1024 \
+      timeout 240 $PY benchmarks/train_speed.py ${CONF[$m]} --variants blocks:512,model:512,blocks:1024,model:1024 \
         --warmup 20 --repeats 30 --out $OUT/train_speed_$m.json 2>&1 | grep -v -i warn | tail -n 5
     done
   fi
@@ -97,9 +97,9 @@ if [ "$STAGE" = base ]; then
     RESERVE=50; [ -f $R/pt/inception_fp16.pt ] && RESERVE=170   # the snapshots' FID comes after training
     M=$(mins $(( DL - RESERVE )))
     INIT=INIT_${m^^}
-    if [ -z "$RES" ] && [ -n "${!INIT:-}" ]; then  # continue an earlier export (a fresh optimizer; EMA from its weights)
+    if [ -n "${!INIT:-}" ]; then  # continue an earlier export (a fresh optimizer; EMA from its weights), or resume that
       # no --plateau here: its steps count from 0, the rule is about total steps (benchmarks/converge_report.py applies it)
-      $E finetune --init ${!INIT} --schedule full --reweight-gamma 0 $B --max-minutes $M --out $R/$m >> $R/$m.log 2>&1 &
+      $E finetune --init ${!INIT} --schedule full --reweight-gamma 0 $B --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
     else
       $E train ${CONF[$m]} $B --plateau 0.03 --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
     fi
