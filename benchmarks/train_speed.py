@@ -5,7 +5,9 @@ For each variant (--compile-scope blocks / model / eager, batch size) a Trainer 
 `eediff train` builds it, warmed up (compilation included), then timed over --steps optimizer steps with
 device events (median of --repeats timings of one step each; host-side work included, as in training).
 Reports steps/s, images/s and achieved TFLOP/s (the model's analytic forward FLOPs x 3 for forward and
-backward), plus the ten most expensive GPU kernels of the first variant from torch.profiler.
+backward), the share of each step the GPU was busy (its kernels' summed device time from torch.profiler
+over the step's wall time: a low share means launch- or host-bound), and the ten most expensive GPU
+kernels of the first variant. The results are written after every variant (a run cut short keeps them).
 
     python benchmarks/train_speed.py --arch DiT --model-config '{"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}' \
         --variants blocks:512,model:512,blocks:1024,model:1024 --out results/train_speed_dit_h200.json
@@ -23,7 +25,7 @@ import torch
 
 from eediff.config import TrainConfig
 from eediff.data import load_dataset
-from eediff.eval.timing import time_fn, top_kernels
+from eediff.eval.timing import profile_kernels, time_fn
 from eediff.train.loop import Trainer
 
 
@@ -37,7 +39,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=20, help="steps before timing (compilation happens here)")
     ap.add_argument("--repeats", type=int, default=30, help="timed steps (median reported)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True, help="top GPU kernels of the first variant")
+    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True, help="GPU busy share of every variant, top GPU kernels of the first")
     ap.add_argument("--out", required=True, help="JSON results (Markdown written next to it)")
     a = ap.parse_args(argv)
     data = load_dataset(a.dataset)
@@ -61,19 +63,39 @@ def main(argv=None):
             row = {"scope": scope, "batch": int(batch), "ms_per_step": 1e3 * med, "steps_per_s": 1 / med, "images_per_s": int(batch) / med,
                    "tflops": flops / med / 1e12, "spread_ms": 1e3 * (r["max_s"] - r["min_s"]), "setup_s": setup,
                    "warmup_and_timing_s": wall}
-            if i == 0 and a.profile and tr.device.type == "cuda":
-                row["top_kernels"] = top_kernels(tr.step, repeats=5, unit="step")
+            if tr.device.type == "cuda":  # the host's share: one step's Python and launches, from an idle GPU
+                host = []
+                for _ in range(10):
+                    torch.cuda.synchronize()
+                    h0 = time.perf_counter()
+                    tr.step()
+                    host.append(time.perf_counter() - h0)
+                torch.cuda.synchronize()
+                row["host_ms_per_step"] = 1e3 * sorted(host)[len(host) // 2]
+            if a.profile and tr.device.type == "cuda":
+                prof = profile_kernels(tr.step, repeats=5, unit="step")
+                row["gpu_busy_ms_per_step"] = prof["busy_ms_per_step"]
+                row["gpu_busy_share"] = prof["busy_ms_per_step"] / row["ms_per_step"]
+                if i == 0:
+                    row["top_kernels"] = prof["kernels"][:10]
             rows.append(row)
+            busy = f", GPU busy {100 * row['gpu_busy_share']:.0f}%, host {row['host_ms_per_step']:.1f} ms" if "gpu_busy_share" in row else ""
             print(f"{scope:>6} B={batch:>5}  {row['ms_per_step']:8.2f} ms/step  {row['images_per_s']:9.0f} img/s  {row['tflops']:6.2f} TFLOP/s"
-                  f"  (set-up {setup:.0f} s, warm-up and timing {wall:.0f} s)", flush=True)
+                  f"{busy}  (set-up {setup:.0f} s, warm-up and timing {wall:.0f} s)", flush=True)
             del tr
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        write(res, a)
+
+
+def write(res: dict, a) -> None:
+    rows = res["rows"]
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     lines = [f"Training speed, {a.arch} {a.model_config}, {res['device']}, torch {res['torch']}; median of {a.repeats} steps after {a.warmup}.", "",
-             "| compile | batch | ms/step | steps/s | images/s | TFLOP/s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['scope']} | {r['batch']} | {r['ms_per_step']:.2f} | {r['steps_per_s']:.1f} | {r['images_per_s']:.0f} | {r['tflops']:.2f} |" for r in rows]
+             "| compile | batch | ms/step | steps/s | images/s | TFLOP/s | GPU busy | host ms/step |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['scope']} | {r['batch']} | {r['ms_per_step']:.2f} | {r['steps_per_s']:.1f} | {r['images_per_s']:.0f} | {r['tflops']:.2f} | "
+              + (f"{100 * r['gpu_busy_share']:.0f}% | {r['host_ms_per_step']:.1f} |" if "gpu_busy_share" in r else "— | — |") for r in rows]
     if rows and "top_kernels" in rows[0]:
         lines += ["", f"Top GPU kernels, {rows[0]['scope']} B={rows[0]['batch']} (ms per step, calls per step):", "",
                   "| kernel | ms | calls |", "|---|---|---|"]

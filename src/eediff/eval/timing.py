@@ -32,9 +32,11 @@ def time_fn(fn: Callable[[], object], device: str | torch.device, warmup: int = 
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
 
 
-def top_kernels(fn: Callable[[], object], n: int = 10, repeats: int = 3, unit: str = "call") -> list[dict]:
-    """The ``n`` GPU kernels with the most device time over ``repeats`` calls of ``fn`` (after one warm call),
-    from torch.profiler: ``{"kernel", "ms_per_<unit>", "calls_per_<unit>"}`` per kernel name."""
+def profile_kernels(fn: Callable[[], object], repeats: int = 3, unit: str = "call") -> dict:
+    """Every GPU kernel of ``repeats`` calls of ``fn`` (after one warm call), from torch.profiler, most device
+    time first (``{"kernel", "ms_per_<unit>", "calls_per_<unit>"}`` each), and ``busy_ms_per_<unit>``: their
+    device time summed. Against the wall time of a call, that sum says how much of it the GPU was working
+    (the rest is launch and host-side work, or waiting)."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -44,8 +46,14 @@ def top_kernels(fn: Callable[[], object], n: int = 10, repeats: int = 3, unit: s
             fn()
         torch.cuda.synchronize()
     rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
-    return [{"kernel": e.key[:90], f"ms_per_{unit}": e.device_time_total / repeats / 1e3, f"calls_per_{unit}": e.count / repeats}
-            for e in rows[:n]]
+    kernels = [{"kernel": e.key[:90], f"ms_per_{unit}": e.device_time_total / repeats / 1e3, f"calls_per_{unit}": e.count / repeats}
+               for e in rows if e.device_time_total > 0]
+    return {"kernels": kernels, f"busy_ms_per_{unit}": sum(k[f"ms_per_{unit}"] for k in kernels)}
+
+
+def top_kernels(fn: Callable[[], object], n: int = 10, repeats: int = 3, unit: str = "call") -> list[dict]:
+    """The ``n`` GPU kernels with the most device time over ``repeats`` calls of ``fn`` (``profile_kernels``)."""
+    return profile_kernels(fn, repeats, unit)["kernels"][:n]
 
 
 def matmul_peak(device: str, n: int = 8192, dtype=torch.bfloat16, repeats: int = 20) -> float:
