@@ -4,6 +4,7 @@ x row kernels (triton / inductor), DiT-XL/2 random weights, B=64, one forward; m
 torch.profiler (CUDA time per forward), all in one run.
 
     python benchmarks/kernel_variants.py --out results/kernel_variants_h200.json
+    python benchmarks/kernel_variants.py --md-from results/kernel_variants_h200.json   # its Markdown table again
 """
 
 import argparse
@@ -20,9 +21,25 @@ from eediff.kernels import TOKEN_GEMMS
 from eediff.models.dit import DiT, from_diffusers_state_dict
 
 
+def write_md(res: dict, path: str) -> None:
+    """The results as a Markdown table (× compiled diffusers when that row was timed in the same run)."""
+    peer = next((r["ms"] for r in res["rows"] if r["variant"].startswith("diffusers")), None)
+    lines = [f"# Fast-path block kernels, one component at a time ({res['device']}, torch {res['torch']})", "",
+             f"Command: `{res['command']}` ({res['model']}, random weights, B={res['batch']}, one forward, median of 20 CUDA-event "
+             "timings after warm-up; every row in the same run).", "",
+             "| variant | ms / forward | × compiled diffusers | rel. err vs fp32 | top kernels (ms per forward) |", "|---|---|---|---|---|"]
+    for r in res["rows"]:
+        top = "; ".join(f"{k['kernel'][:40]} {k['ms_per_forward']:.2f}" for k in r["top_kernels"][:4]) or "—"
+        ratio = f"{peer / r['ms']:.2f}" if peer else "—"
+        lines.append(f"| {r['variant']} | {r['ms']:.2f} | {ratio} | {r['rel_err_vs_fp32']:.1e} | {top} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="JSON results (Markdown written next to it)")
+    ap.add_argument("--md-from", help="write the Markdown table of this JSON results file and stop")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--attention", default="cudnn,sdpa", help="attention backends of the fused / fp8 variants")
     ap.add_argument("--diffusers-compile", action="store_true", help="time compiled diffusers first, in the same run")
@@ -31,6 +48,10 @@ def main():
     ap.add_argument("--fp8-subsets", default="", help="';'-separated token-GEMM subsets timed as extra fp8 variants (cuDNN "
                                                       "attention, Triton rows), e.g. 'qkv,proj;qkv,proj,fc1'")
     a = ap.parse_args()
+    if a.md_from:
+        return write_md(json.load(open(a.md_from)), a.md_from.rsplit(".", 1)[0] + ".md")
+    if not a.out:
+        ap.error("--out is required (or --md-from)")
     dm = _random_diffusers_dit("DiT-XL/2", False)
     config, sd = from_diffusers_state_dict({k: v.cpu() for k, v in dm.state_dict().items()}, dict(dm.config))
     eager = DiT(config)
@@ -83,6 +104,7 @@ def main():
         del m, h
         torch.cuda.empty_cache()
         json.dump(res, open(a.out, "w"), indent=2)  # after every variant: a run cut short keeps what it measured
+        write_md(res, a.out.rsplit(".", 1)[0] + ".md")
 
 
 if __name__ == "__main__":

@@ -95,10 +95,15 @@ if triton is not None:
 
 
 def row_launch(block: int) -> tuple[int, int]:
-    """(rows per program, warps) of a row kernel whose rows are padded to ``block`` lanes: one row per
-    program, a warp per 256 lanes (what the H200 block-part timings in results/ were measured with;
-    ``benchmarks/row_kernels.py`` times the other choices)."""
-    return 1, max(1, min(16, block // 256))
+    """(rows per program, warps) of a row kernel whose rows are padded to ``block`` lanes.
+
+    Chosen from ``benchmarks/row_kernels.py`` on an H200 at DiT-XL/2's B=64 shapes
+    (``results/row_kernels_h200.md``): for rows of 1152 (block 2048) two rows per program with 4 warps is
+    within 3% of the best launch of every kernel there and 15% faster in sum than one row with 8 warps
+    (156 vs 184 us for the four kernels of an fp8 block); for the MLP's rows of 4608 (block 8192) one row
+    with 4 warps (136 vs 146 us with 16). Narrow rows (the small models) get a warp per 256 lanes.
+    """
+    return (2 if block <= 2048 else 1), max(1, min(4, block // 256))
 
 
 def launch_ln_modulate(x, r, gate, shift, scale, h, y, s, N, D, stride, eps, has_res, quant, rows, warps) -> None:
