@@ -10,7 +10,7 @@ over the step's wall time: a low share means launch- or host-bound), and the ten
 kernels of the first variant. The results are written after every variant (a run cut short keeps them).
 
     python benchmarks/train_speed.py --arch DiT --model-config '{"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}' \
-        --variants blocks:512,model:512,blocks:1024,model:1024 --out results/train_speed_dit_h200.json
+        --variants blocks:512,model:512,model/reduce-overhead:512,model:1024 --out results/train_speed_dit_h200.json
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def main(argv=None):
     ap.add_argument("--model-config", default='{"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}')
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--variants", default="blocks:512,model:512,eager:512,blocks:1024,model:1024",
-                    help="comma-separated SCOPE:BATCH, SCOPE = blocks | model (--compile --compile-scope) | eager")
+                    help="comma-separated SCOPE[/MODE]:BATCH, SCOPE = blocks | model (--compile --compile-scope) | eager, "
+                         "MODE = a --compile-mode (default: default), e.g. model/reduce-overhead:512")
     ap.add_argument("--warmup", type=int, default=20, help="steps before timing (compilation happens here)")
     ap.add_argument("--repeats", type=int, default=30, help="timed steps (median reported)")
     ap.add_argument("--device", default="auto")
@@ -49,9 +50,11 @@ def main(argv=None):
            f"--arch {a.arch} --model-config '{a.model_config}' --variants {a.variants} --out {a.out}"}
     for i, spec in enumerate(a.variants.split(",")):
         scope, batch = spec.split(":")
+        scope, _, mode = scope.partition("/")
         with tempfile.TemporaryDirectory() as tmp:
             cfg = TrainConfig(arch=a.arch, model_config=a.model_config, dataset=a.dataset, batch_size=int(batch), steps=10**6,
                               lr=3e-4, compile=scope != "eager", compile_scope="model" if scope == "model" else "blocks",
+                              compile_mode=mode or "default",
                               out=os.path.join(tmp, "run"), sample_every=-1, progress=False, device=a.device)
             t0 = time.perf_counter()
             tr = Trainer(cfg, "train", data=data)
@@ -60,7 +63,7 @@ def main(argv=None):
             wall = time.perf_counter() - t0 - setup
             med = r["median_s"]
             flops = 3 * tr.model.flops() * int(batch)
-            row = {"scope": scope, "batch": int(batch), "ms_per_step": 1e3 * med, "steps_per_s": 1 / med, "images_per_s": int(batch) / med,
+            row = {"scope": scope + (f"/{mode}" if mode else ""), "batch": int(batch), "ms_per_step": 1e3 * med, "steps_per_s": 1 / med, "images_per_s": int(batch) / med,
                    "tflops": flops / med / 1e12, "spread_ms": 1e3 * (r["max_s"] - r["min_s"]), "setup_s": setup,
                    "warmup_and_timing_s": wall}
             if tr.device.type == "cuda":  # the host's share: one step's Python and launches, from an idle GPU

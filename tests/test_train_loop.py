@@ -340,3 +340,20 @@ def test_compile_scope_model_needs_full_depth(tmp_path):
         Trainer(tiny_cfg(tmp_path, schedule="4,3,2,1", compile=True, compile_scope="model"), "train")
     with pytest.raises(ConfigError, match="unknown --compile-scope"):
         Trainer(tiny_cfg(tmp_path, compile=True, compile_scope="graph"), "train")
+
+
+def test_compile_mode(tmp_path):
+    """--compile-mode reaches torch.compile: reduce-overhead (CUDA graphs on a GPU; a CPU run compiles without
+    them) trains what eager trains; it is refused for compiled blocks, whose row counts change every step."""
+    from eediff.config import ConfigError
+
+    eager = Trainer(tiny_cfg(tmp_path / "a", steps=2), "train")
+    ro = Trainer(tiny_cfg(tmp_path / "b", steps=2, compile=True, compile_scope="model", compile_mode="reduce-overhead"), "train")
+    assert not ro.cudagraphs  # a CPU run: no graphs to mark steps of
+    for _ in range(2):
+        la, lb = float(eager.step()[0]), float(ro.step()[0])
+        assert abs(la - lb) <= 1e-4 * abs(la), (la, lb)
+    with pytest.raises(ConfigError, match="add --compile-scope model"):
+        Trainer(tiny_cfg(tmp_path / "c", compile=True, compile_mode="reduce-overhead"), "train")
+    with pytest.raises(ConfigError, match="unknown --compile-mode 'fast'"):
+        Trainer(tiny_cfg(tmp_path / "d", compile=True, compile_mode="fast"), "train")

@@ -18,7 +18,8 @@
 # call, ignored folders included. What each call made comes back in $OUT (fp16 EMA exports, metrics, logs).
 # Base runs: constant lr 3e-4, batch 512, EMA 0.9995, compiled blocks, the classifier Fréchet distance of 5000
 # EMA samples (DPM-Solver++ 25, fixed seeds) every 2000 steps; --plateau 0.03. SPEED=1 first times the ways of
-# compiling a training step (benchmarks/train_speed.py); SCOPE=model trains with --compile-scope model.
+# compiling a training step (benchmarks/train_speed.py); SCOPE=model trains with --compile-scope model,
+# MODE=reduce-overhead with --compile-mode reduce-overhead (CUDA graphs).
 set -u
 shopt -s nullglob
 export PYTHONUNBUFFERED=1
@@ -49,7 +50,7 @@ echo "[$(el)s] stage $STAGE, deadline ${DL}s"
 STEPS=${BASE_STEPS:-100000}; EV=${EVAL_EVERY:-2000}; EN=${EVAL_N:-5000}
 B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr 3e-4 --lr-schedule constant --ema-decay 0.9995 --steps $STEPS
    --eval-every $EV --eval-n $EN --eval-cache-dir $R/fdcache --save-every $EV --keep-last 2
-   --log-every 500 --sample-every 0 --no-progress --export-fp16 ${COMPILE---compile --compile-scope ${SCOPE:-blocks}}"
+   --log-every 500 --sample-every 0 --no-progress --export-fp16 ${COMPILE---compile --compile-scope ${SCOPE:-blocks} --compile-mode ${MODE:-default}}"
 declare -A CONF=([dit]='--arch DiT --model-config {"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}'
                  [uvit]='--arch U-ViT --model-config {"embed_dim":96,"depth":12,"num_heads":3,"patch_size":2}')
 # done: the run stopped at a plateau or at --steps (its last eval row says so / its last step is --steps)
@@ -87,7 +88,7 @@ print(s[-1]["step"] if s else 0, round(s[-1].get("steps_per_s", 0), 1) if s else
 if [ "$STAGE" = base ]; then
   if [ -n "${SPEED:-}" ]; then  # first, how fast each way of compiling trains (about 5 minutes)
     for m in dit uvit; do
-      timeout 240 $PY benchmarks/train_speed.py ${CONF[$m]} --variants blocks:512,model:512,blocks:1024,model:1024 \
+      timeout 240 $PY benchmarks/train_speed.py ${CONF[$m]} --variants blocks:512,model:512,model/reduce-overhead:512,model:1024 \
         --warmup 20 --repeats 30 --out $OUT/train_speed_$m.json 2>&1 | grep -v -i warn | tail -n 5
     done
   fi
@@ -115,7 +116,7 @@ if [ "$STAGE" = base ]; then
   fid_snaps
 elif [ "$STAGE" = finetune ]; then
   FS=${FT_STEPS:-5000}
-  F="--dataset fashion-mnist --batch-size 512 --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS
+  F="--dataset fashion-mnist --batch-size 512 --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS --compile
      --eval-every 1000 --eval-n $EN --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
   FT_END=${FT_END:-$(( DL * 6 / 10 ))}   # the fine-tunes get 60% of the call, the FID tables the rest
   declare -A BASE

@@ -135,6 +135,8 @@ class TrainBaseConfig:
     compile: bool = opt(False, "torch.compile the model")
     compile_scope: str = opt("blocks", "what --compile compiles: blocks (each block alone; any per-row depth) | model (the whole "
                                        "forward as one graph, fused across blocks; full-depth ASE training only)")
+    compile_mode: str = opt("default", "torch.compile mode of --compile: default | reduce-overhead (CUDA graphs of the whole forward "
+                                       "and backward: no per-kernel launch cost; needs --compile-scope model) | max-autotune-no-cudagraphs")
     data_on_device: str = opt("auto", "keep the whole data set on the GPU: yes | no | auto (when it fits in 8 GiB)")
     seed: int = opt(0, "seed for data order, timesteps, noise and initialisation")
     log_every: int = opt(50, "log the loss every N steps (the only host sync on GPU)")

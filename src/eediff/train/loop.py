@@ -205,13 +205,15 @@ class Trainer:
             if cfg.data_on_device == "yes" or self.data.nbytes <= 8 * 2**30:
                 self.data = self.data.to(self.device)
         self.whole_graph = bool(cfg.compile) and cfg.compile_scope == "model"
+        # reduce-overhead: inductor's CUDA graph trees replay the forward and the backward as graphs
+        self.cudagraphs = bool(cfg.compile) and cfg.compile_mode == "reduce-overhead" and self.device.type == "cuda"
         if self.whole_graph:
             # one graph for the whole forward (inductor fuses across block boundaries); every row runs every
             # block, so the forward is called without a per-row depth (the same function: all depths are K)
             if not self.schedule.is_full(self.K) or self.method == "deediff":
                 raise ConfigError("--compile-scope model compiles one full-depth forward: it needs --schedule full and "
                                   "--method ase (use --compile-scope blocks for an exit schedule or DeeDiff)")
-            model.compile()
+            model.compile(mode=cfg.compile_mode)
         elif cfg.compile:
             # the blocks, not the whole forward: the rows per block change from step to step, and a compiled
             # block (one graph shared by all blocks, dynamic in the batch dimension) takes any row count
@@ -219,7 +221,7 @@ class Trainer:
 
             _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
             for blk in model.compute_blocks():
-                blk.compile()
+                blk.compile(mode=cfg.compile_mode)
 
     # ---- set-up helpers ----------------------------------------------------------------------------
     def _label_dropout(self) -> float:
@@ -300,6 +302,8 @@ class Trainer:
         t_model = self.objective.model_time(t_dev)
 
         extra = {}
+        if self.cudagraphs:  # a new iteration: the graphs may overwrite the previous step's outputs (all consumed by now)
+            torch.compiler.cudagraph_mark_step_begin()
         with self.acc.autocast():
             if self.method == "deediff":  # every block's exit output and uncertainty, in one pass
                 out, exits = deediff.layer_outputs(self.model, x_t, t_model, y)

@@ -19,7 +19,7 @@ PER_INVOCATION = ("config", "resume", "resume_from", "overwrite")
 SAFE_ON_RESUME = frozenset({
     "steps", "lr", "lr_schedule", "warmup_steps", "min_lr_ratio", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip",
     "ema_decay", "max_minutes", "save_every", "keep_last", "log_every", "sample_every", "sample_n", "sample_sampler",
-    "sample_steps", "vae", "export_fp16", "progress", "device", "precision", "compile", "compile_scope", "data_on_device", "data_dir", "out",
+    "sample_steps", "vae", "export_fp16", "progress", "device", "precision", "compile", "compile_scope", "compile_mode", "data_on_device", "data_dir", "out",
     "eval_every", "eval_n", "eval_metric", "eval_reference", "eval_sampler", "inception", "eval_cache_dir", "plateau",
 })
 

@@ -12,6 +12,9 @@ from ..config import ConfigError, TrainBaseConfig, TrainConfig
 from ..data import DataError, ImageData
 from ..models import registry
 
+# torch.compile modes --compile-mode takes (max-autotune also captures CUDA graphs: reduce-overhead is that choice)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
 
 def build_train_model(cfg: TrainConfig, data: ImageData):
     try:
@@ -109,6 +112,10 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
         (math.isfinite(cfg.plateau) and 0 <= cfg.plateau < 1, f"--plateau {cfg.plateau}: give a fraction in [0, 1), e.g. 0.03"),
         (cfg.plateau == 0 or cfg.eval_every > 0, "--plateau needs --eval-every N (the measurements it compares)"),
         (cfg.compile_scope in ("blocks", "model"), f"unknown --compile-scope '{cfg.compile_scope}': use blocks or model"),
+        (cfg.compile_mode in COMPILE_MODES, f"unknown --compile-mode '{cfg.compile_mode}': use one of {', '.join(COMPILE_MODES)}"),
+        (cfg.compile_mode != "reduce-overhead" or cfg.compile_scope == "model",
+         "--compile-mode reduce-overhead captures CUDA graphs of fixed shapes, and compiled blocks see a different row count at "
+         "every step: add --compile-scope model (full-depth training)"),
     ]
     for ok, msg in checks:
         if not ok:
