@@ -19,7 +19,7 @@
 # Base runs: constant lr 3e-4, batch 512, EMA 0.9995, compiled blocks, the classifier Fréchet distance of 5000
 # EMA samples (DPM-Solver++ 25, fixed seeds) every 2000 steps; --plateau 0.03. SPEED=1 first times the ways of
 # compiling a training step (benchmarks/train_speed.py); SCOPE=model trains with --compile-scope model,
-# MODE=reduce-overhead with --compile-mode reduce-overhead (CUDA graphs).
+# MODE=reduce-overhead with --compile-mode reduce-overhead (CUDA graphs); LR=1e-4 continues at a lower learning rate.
 set -u
 shopt -s nullglob
 export PYTHONUNBUFFERED=1
@@ -48,7 +48,7 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name --format=csv,no
 echo "[$(el)s] stage $STAGE, deadline ${DL}s"
 
 STEPS=${BASE_STEPS:-100000}; EV=${EVAL_EVERY:-2000}; EN=${EVAL_N:-5000}
-B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr 3e-4 --lr-schedule constant --ema-decay 0.9995 --steps $STEPS
+B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr ${LR:-3e-4} --lr-schedule constant --ema-decay 0.9995 --steps $STEPS
    --eval-every $EV --eval-n $EN --eval-cache-dir $R/fdcache --save-every $EV --keep-last 2
    --log-every 500 --sample-every 0 --no-progress --export-fp16 ${COMPILE---compile --compile-scope ${SCOPE:-blocks} --compile-mode ${MODE:-default}}"
 declare -A CONF=([dit]='--arch DiT --model-config {"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}'
