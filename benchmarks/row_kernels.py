@@ -2,7 +2,8 @@
 """The fast path's Triton row kernels (eediff/triton_ops.py) over rows per program x warps, at DiT-XL/2's
 B=64 shapes (16384 token rows of 1152, the MLP's 4608), on the GPU: median time (triton.testing.do_bench,
 inputs rotated over three sets so that the 50 MB L2 does not hold them), achieved GB/s over the bytes each
-kernel must move, and which launch is fastest against the default (``triton_ops.row_launch``).
+kernel must move, and which launch is fastest against the default (``triton_ops.row_launch``); for the
+quantise pass also the chunked kernel (one row per program, ``--chunks`` values at a time).
 
     python benchmarks/row_kernels.py --out results/row_kernels_h200.json
 """
@@ -43,9 +44,9 @@ def cases(M: int, D: int, F: int, device: str = "cuda"):
             x = torch.randn(M, K, device=device, generator=g).bfloat16()
             return x, T._act_quant_outputs(x)
 
-        def launch(inp, rows, warps):
+        def launch(inp, rows, warps, chunk=0):
             x, (q, s) = inp
-            T.launch_act_quant(x, q, s, gelu, rows, warps)
+            T.launch_act_quant(x, q, s, gelu, rows, warps, chunk)
 
         return make, launch, M * K * 2 + M * K + M * 4, K
 
@@ -58,12 +59,17 @@ def cases(M: int, D: int, F: int, device: str = "cuda"):
     }
 
 
+def launch_name(r: dict) -> str:
+    return f"{r['rows']}, {r['warps']}" + (f", chunk {r['chunk']}" if r.get("chunk") else "")
+
+
 def main(argv=None):
     from triton.testing import do_bench
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="1,2,4,8,16")
     ap.add_argument("--warps", default="1,2,4,8,16")
+    ap.add_argument("--chunks", default="256,512,1024,2048", help="act_quant only: the chunked kernel's widths (one row per program)")
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
@@ -77,33 +83,37 @@ def main(argv=None):
         default = T.row_launch(block)
         grid = [(r, w) for r in [int(v) for v in a.rows.split(",")] for w in [int(v) for v in a.warps.split(",")]
                 if 4 <= r * block // (32 * w) <= 128 or (r, w) == default]  # 4..128 values per thread: the rest spill or idle
+        grid = [(r, w, 0) for r, w in grid]
+        if name.startswith("act_quant"):  # the chunked kernel: one row per program, CHUNK values at a time
+            grid += [(1, w, c) for c in [int(v) for v in a.chunks.split(",")] for w in [int(v) for v in a.warps.split(",")]
+                     if c < block and 2 <= c // (32 * w) <= 32]
         rows_out = []
-        for rows, warps in grid:
+        for rows, warps, chunk in grid:
             i = [0]
 
             def fn():
-                launch(sets[i[0] % 3], rows, warps)
+                launch(sets[i[0] % 3], rows, warps, *([chunk] if chunk else []))
                 i[0] += 1
             try:
                 ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
             except Exception as e:  # a launch the compiler refuses (too many registers, ...)
-                rows_out.append({"rows": rows, "warps": warps, "error": f"{type(e).__name__}: {e}"[:200]})
+                rows_out.append({"rows": rows, "warps": warps, "chunk": chunk, "error": f"{type(e).__name__}: {e}"[:200]})
                 continue
-            rows_out.append({"rows": rows, "warps": warps, "us": ms * 1e3, "gb_s": moved / ms / 1e6})
+            rows_out.append({"rows": rows, "warps": warps, "chunk": chunk, "us": ms * 1e3, "gb_s": moved / ms / 1e6})
         ok = [r for r in rows_out if "us" in r]
         best = min(ok, key=lambda r: r["us"])
-        dflt = next(r for r in ok if (r["rows"], r["warps"]) == default)
+        dflt = next(r for r in ok if (r["rows"], r["warps"], r["chunk"]) == (*default, 0))
         res["cases"].append({"case": name, "bytes": moved, "default": dflt, "best": best, "all": rows_out})
-        print(f"{name:55s} default {default} {dflt['us']:7.1f} us {dflt['gb_s']:6.0f} GB/s | best {best['rows']}x{best['warps']}w "
+        print(f"{name:55s} default {default} {dflt['us']:7.1f} us {dflt['gb_s']:6.0f} GB/s | best {launch_name(best)} "
               f"{best['us']:7.1f} us {best['gb_s']:6.0f} GB/s", flush=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     lines = [f"Row kernels, {res['device']}, {M} token rows; median of triton.testing.do_bench, three input sets rotated.", "",
-             "| kernel | MB moved | default (rows, warps) | µs | GB/s | best (rows, warps) | µs | GB/s |", "|---|---|---|---|---|---|---|---|"]
+             "| kernel | MB moved | default (rows, warps) | µs | GB/s | best (rows, warps[, chunk]) | µs | GB/s |", "|---|---|---|---|---|---|---|---|"]
     for c in res["cases"]:
         d, b = c["default"], c["best"]
         lines.append(f"| {c['case']} | {c['bytes'] / 1e6:.0f} | {d['rows']}, {d['warps']} | {d['us']:.1f} | {d['gb_s']:.0f} | "
-                     f"{b['rows']}, {b['warps']} | {b['us']:.1f} | {b['gb_s']:.0f} |")
+                     f"{launch_name(b)} | {b['us']:.1f} | {b['gb_s']:.0f} |")
     lines += ["", f"Command: `{res['command']}`"]
     with open(os.path.splitext(a.out)[0] + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -334,6 +334,24 @@ def test_row_kernels_several_rows_per_program(interpret, rows, warps):
     assert torch.allclose(s1, s2, rtol=1e-6) and _codes_close(q2, q1, s2)
 
 
+@pytest.mark.parametrize("K, chunk", [(80, 32), (200, 64), (64, 64)])
+@pytest.mark.parametrize("gelu", [False, True])
+def test_chunked_act_quant_is_the_row_kernel(interpret, K, chunk, gelu):
+    """The chunked quantise kernel (one row per program, ``chunk`` values at a time, the last chunk partly
+    masked or not) gives the row kernel's codes and scales bit for bit (the same per-element math and the
+    same maximum), and writes every row (NaN-poisoned outputs)."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(9, K, generator=g) * 3).bfloat16()
+    q1, s1 = interpret._act_quant_outputs(x)
+    q2, s2 = interpret._act_quant_outputs(x)
+    s2.fill_(float("nan"))
+    q2.view(torch.uint8).fill_(0x7F)
+    interpret.launch_act_quant(x, q1, s1, gelu, 1, 1)
+    interpret.launch_act_quant(x, q2, s2, gelu, 1, 2, chunk)
+    assert torch.equal(s1, s2)
+    assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
+
+
 def test_row_kernel_sweep_cases_launch(interpret):
     """benchmarks/row_kernels.py's cases call the kernels with the arguments the ops pass (here on a CPU, in the
     interpreter, 256 token rows): each launch, at a multi-row setting too, gives what the op gives."""
@@ -353,6 +371,9 @@ def test_row_kernel_sweep_cases_launch(interpret):
         else:
             x, got = inp[0], inp[1]
             ref = interpret.act_quant(x, "GELU" in name)
+            chunked = interpret._act_quant_outputs(x)
+            launch((x, chunked), 1, 4, 256)  # the sweep's chunked launch
+            assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(chunked, ref)), name
         for a, b in zip(got, ref):
             assert torch.allclose(a.float(), b.float(), rtol=2**-7, atol=1e-6), name
         assert moved > x.numel() * 2

@@ -79,19 +79,45 @@ if triton is not None:
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
+    def _gelu_tanh(x):  # as nn.GELU(approximate="tanh"): tanh(u) = 1 - 2 / (exp(2u) + 1)
+        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        u = tl.minimum(tl.maximum(u, -15.0), 15.0)  # tanh is +-1 to fp32 precision there; exp(2u) stays finite
+        return 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
+
+    @triton.jit
     def _act_quant_kernel(X, Q, S, M, K, GELU: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK_K)
         mask = (rows[:, None] < M) & (cols[None, :] < K)
         offs = rows[:, None] * K + cols[None, :]
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        if GELU:  # tanh approximation, as nn.GELU(approximate="tanh"): tanh(u) = 1 - 2 / (exp(2u) + 1)
-            u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-            u = tl.minimum(tl.maximum(u, -15.0), 15.0)  # tanh is +-1 to fp32 precision there; exp(2u) stays finite
-            x = 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
+        if GELU:
+            x = _gelu_tanh(x)
         s = tl.maximum(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=1) / 448.0, 1e-12)
         tl.store(S + rows, s, mask=rows < M)
         tl.store(Q + offs, (x / s[:, None]).to(Q.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _act_quant_chunked_kernel(X, Q, S, K, GELU: tl.constexpr, CHUNK: tl.constexpr):
+        # one row per program, in CHUNK-wide pieces: the row's absolute maximum first, then the codes (the
+        # second read of the row mostly hits L2). Few registers per thread, where a whole row of the MLP's
+        # 4608 (padded to 8192) in registers limits how many programs an SM holds.
+        base = tl.program_id(0).to(tl.int64) * K
+        amax = tl.zeros((CHUNK,), dtype=tl.float32)
+        for k0 in range(0, K, CHUNK):
+            cols = k0 + tl.arange(0, CHUNK)
+            x = tl.load(X + base + cols, mask=cols < K, other=0.0).to(tl.float32)
+            if GELU:
+                x = _gelu_tanh(x)
+            amax = tl.maximum(amax, tl.abs(x))  # masked lanes hold GELU(0) = 0
+        s = tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-12)
+        tl.store(S + tl.program_id(0), s)
+        for k0 in range(0, K, CHUNK):
+            cols = k0 + tl.arange(0, CHUNK)
+            x = tl.load(X + base + cols, mask=cols < K, other=0.0).to(tl.float32)
+            if GELU:
+                x = _gelu_tanh(x)
+            tl.store(Q + base + cols, (x / s).to(Q.dtype.element_ty), mask=cols < K)
 
 
 def row_launch(block: int) -> tuple[int, int]:
@@ -112,8 +138,12 @@ def launch_ln_modulate(x, r, gate, shift, scale, h, y, s, N, D, stride, eps, has
                                                  QUANT=quant, BLOCK_D=triton.next_power_of_2(D), ROWS=rows, num_warps=warps)
 
 
-def launch_act_quant(x, q, s, gelu, rows, warps) -> None:
+def launch_act_quant(x, q, s, gelu, rows, warps, chunk: int = 0) -> None:
+    """``chunk`` > 0: the chunked kernel (one row per program, ``rows`` ignored), else ``rows`` rows per program."""
     M, K = x.shape
+    if chunk:
+        _act_quant_chunked_kernel[(M,)](x, q, s, K, GELU=gelu, CHUNK=chunk, num_warps=warps)
+        return
     _act_quant_kernel[(triton.cdiv(M, rows),)](x, q, s, M, K, GELU=gelu, BLOCK_K=triton.next_power_of_2(K), ROWS=rows, num_warps=warps)
 
 
