@@ -57,9 +57,15 @@ def main(argv=None):
                               compile_mode=mode or "default",
                               out=os.path.join(tmp, "run"), sample_every=-1, progress=False, device=a.device)
             t0 = time.perf_counter()
-            tr = Trainer(cfg, "train", data=data)
-            setup = time.perf_counter() - t0
-            r = time_fn(tr.step, tr.device, warmup=a.warmup, repeats=a.repeats)  # device events around each step on GPU
+            try:
+                tr = Trainer(cfg, "train", data=data)
+                setup = time.perf_counter() - t0
+                r = time_fn(tr.step, tr.device, warmup=a.warmup, repeats=a.repeats)  # device events around each step on GPU
+            except Exception as e:  # a way of compiling that fails here is a result too; the other variants still run
+                rows.append({"scope": scope + (f"/{mode}" if mode else ""), "batch": int(batch), "error": f"{type(e).__name__}: {e}"[:300]})
+                print(f"{rows[-1]['scope']:>6} B={batch:>5}  failed: {rows[-1]['error']}", flush=True)
+                write(res, a)
+                continue
             wall = time.perf_counter() - t0 - setup
             med = r["median_s"]
             flops = 3 * tr.model.flops() * int(batch)
@@ -97,7 +103,8 @@ def write(res: dict, a) -> None:
         json.dump(res, f, indent=1)
     lines = [f"Training speed, {a.arch} {a.model_config}, {res['device']}, torch {res['torch']}; median of {a.repeats} steps after {a.warmup}.", "",
              "| compile | batch | ms/step | steps/s | images/s | TFLOP/s | GPU busy | host ms/step |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['scope']} | {r['batch']} | {r['ms_per_step']:.2f} | {r['steps_per_s']:.1f} | {r['images_per_s']:.0f} | {r['tflops']:.2f} | "
+    lines += [f"| {r['scope']} | {r['batch']} | failed: {r['error'][:80]} | | | | | |" if "error" in r else
+              f"| {r['scope']} | {r['batch']} | {r['ms_per_step']:.2f} | {r['steps_per_s']:.1f} | {r['images_per_s']:.0f} | {r['tflops']:.2f} | "
               + (f"{100 * r['gpu_busy_share']:.0f}% | {r['host_ms_per_step']:.1f} |" if "gpu_busy_share" in r else "— | — |") for r in rows]
     if rows and "top_kernels" in rows[0]:
         lines += ["", f"Top GPU kernels, {rows[0]['scope']} B={rows[0]['batch']} (ms per step, calls per step):", "",

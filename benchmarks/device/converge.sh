@@ -19,7 +19,8 @@
 # Base runs: constant lr 3e-4, batch 512, EMA 0.9995, compiled blocks, the classifier Fréchet distance of 5000
 # EMA samples (DPM-Solver++ 25, fixed seeds) every 2000 steps; --plateau 0.03. SPEED=1 first times the ways of
 # compiling a training step (benchmarks/train_speed.py); SCOPE=model trains with --compile-scope model,
-# MODE=reduce-overhead with --compile-mode reduce-overhead (CUDA graphs); LR=1e-4 continues at a lower learning rate.
+# MODE=reduce-overhead with --compile-mode reduce-overhead (CUDA graphs); without SCOPE / MODE, SPEED=1 trains each model
+# the fastest way it measured. LR=1e-4 continues at a lower learning rate.
 set -u
 shopt -s nullglob
 export PYTHONUNBUFFERED=1
@@ -50,7 +51,9 @@ echo "[$(el)s] stage $STAGE, deadline ${DL}s"
 STEPS=${BASE_STEPS:-100000}; EV=${EVAL_EVERY:-2000}; EN=${EVAL_N:-5000}
 B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr ${LR:-3e-4} --lr-schedule constant --ema-decay 0.9995 --steps $STEPS
    --eval-every $EV --eval-n $EN --eval-cache-dir $R/fdcache --save-every $EV --keep-last 2
-   --log-every 500 --sample-every 0 --no-progress --export-fp16 ${COMPILE---compile --compile-scope ${SCOPE:-blocks} --compile-mode ${MODE:-default}}"
+   --log-every 500 --sample-every 0 --no-progress --export-fp16"
+declare -A CF=([dit]="${COMPILE---compile --compile-scope ${SCOPE:-blocks} --compile-mode ${MODE:-default}}")
+CF[uvit]=${CF[dit]}
 declare -A CONF=([dit]='--arch DiT --model-config {"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}'
                  [uvit]='--arch U-ViT --model-config {"embed_dim":96,"depth":12,"num_heads":3,"patch_size":2}')
 # done: the run stopped at a plateau or at --steps (its last eval row says so / its last step is --steps)
@@ -86,10 +89,18 @@ s = [r for r in rows if "loss" in r]; e = [r for r in rows if "eval" in r]
 print(s[-1]["step"] if s else 0, round(s[-1].get("steps_per_s", 0), 1) if s else 0, round(e[-1]["eval"]["value"], 2) if e else "-", sep="/")' $f 2>/dev/null) "; done)"; done; }
 
 if [ "$STAGE" = base ]; then
-  if [ -n "${SPEED:-}" ]; then  # first, how fast each way of compiling trains (about 5 minutes)
+  if [ -n "${SPEED:-}" ]; then  # first, how fast each way of compiling trains (about 4 minutes)
     for m in dit uvit; do
-      timeout 240 $PY benchmarks/train_speed.py ${CONF[$m]} --variants blocks:512,model:512,model/reduce-overhead:512,model:1024 \
+      timeout 240 $PY benchmarks/train_speed.py ${CONF[$m]} --variants ${SPEED_VARIANTS:-blocks:512,model:512,model/reduce-overhead:512} \
         --warmup 20 --repeats 30 --out $OUT/train_speed_$m.json 2>&1 | grep -v -i warn | tail -n 5
+      # train with the fastest way measured at the run's batch size (SCOPE / MODE, when given, are kept)
+      [ -z "${SCOPE:-}${MODE:-}" ] && [ -f $OUT/train_speed_$m.json ] && pick=$(python3 - $OUT/train_speed_$m.json ${BATCH:-512} <<'PY'
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["rows"] if r["batch"] == int(sys.argv[2]) and "ms_per_step" in r and not r["scope"].startswith("eager")]
+scope, _, mode = min(rows, key=lambda r: r["ms_per_step"])["scope"].partition("/")
+print(f"--compile --compile-scope {scope} --compile-mode {mode or 'default'}")
+PY
+) && [ -n "$pick" ] && CF[$m]=$pick && echo "$m: training with ${CF[$m]}"
     done
   fi
   for m in dit uvit; do
@@ -100,9 +111,9 @@ if [ "$STAGE" = base ]; then
     INIT=INIT_${m^^}
     if [ -n "${!INIT:-}" ]; then  # continue an earlier export (a fresh optimizer; EMA from its weights), or resume that
       # no --plateau here: its steps count from 0, the rule is about total steps (benchmarks/converge_report.py applies it)
-      $E finetune --init ${!INIT} --schedule full --reweight-gamma 0 $B --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
+      $E finetune --init ${!INIT} --schedule full --reweight-gamma 0 $B ${CF[$m]} --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
     else
-      $E train ${CONF[$m]} $B --plateau 0.03 --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
+      $E train ${CONF[$m]} $B ${CF[$m]} --plateau 0.03 --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
     fi
   done
   watch; wait
