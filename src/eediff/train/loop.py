@@ -207,6 +207,9 @@ class Trainer:
         self.whole_graph = bool(cfg.compile) and cfg.compile_scope == "model"
         # reduce-overhead: inductor's CUDA graph trees replay the forward and the backward as graphs
         self.cudagraphs = bool(cfg.compile) and cfg.compile_mode == "reduce-overhead" and self.device.type == "cuda"
+        if cfg.compile and cfg.compile_mode == "reduce-overhead" and not self.cudagraphs and self.main:
+            print(f"note: --compile-mode reduce-overhead: CUDA graphs need a GPU, and this run is on {self.device.type}: "
+                  "compiling without them", file=sys.stderr)
         if self.whole_graph:
             # one graph for the whole forward (inductor fuses across block boundaries); every row runs every
             # block, so the forward is called without a per-row depth (the same function: all depths are K)
