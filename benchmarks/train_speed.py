@@ -51,6 +51,7 @@ def main(argv=None):
     for i, spec in enumerate(a.variants.split(",")):
         scope, batch = spec.split(":")
         scope, _, mode = scope.partition("/")
+        name = scope + (f"/{mode}" if mode else "")
         with tempfile.TemporaryDirectory() as tmp:
             cfg = TrainConfig(arch=a.arch, model_config=a.model_config, dataset=a.dataset, batch_size=int(batch), steps=10**6,
                               lr=3e-4, compile=scope != "eager", compile_scope="model" if scope == "model" else "blocks",
@@ -62,14 +63,14 @@ def main(argv=None):
                 setup = time.perf_counter() - t0
                 r = time_fn(tr.step, tr.device, warmup=a.warmup, repeats=a.repeats)  # device events around each step on GPU
             except Exception as e:  # a way of compiling that fails here is a result too; the other variants still run
-                rows.append({"scope": scope + (f"/{mode}" if mode else ""), "batch": int(batch), "error": f"{type(e).__name__}: {e}"[:300]})
-                print(f"{rows[-1]['scope']:>6} B={batch:>5}  failed: {rows[-1]['error']}", flush=True)
+                rows.append({"scope": name, "batch": int(batch), "error": f"{type(e).__name__}: {e}"[:300]})
+                print(f"{name:>6} B={batch:>5}  failed: {rows[-1]['error']}", flush=True)
                 write(res, a)
                 continue
             wall = time.perf_counter() - t0 - setup
             med = r["median_s"]
             flops = 3 * tr.model.flops() * int(batch)
-            row = {"scope": scope + (f"/{mode}" if mode else ""), "batch": int(batch), "ms_per_step": 1e3 * med, "steps_per_s": 1 / med, "images_per_s": int(batch) / med,
+            row = {"scope": name, "batch": int(batch), "ms_per_step": 1e3 * med, "steps_per_s": 1 / med, "images_per_s": int(batch) / med,
                    "tflops": flops / med / 1e12, "spread_ms": 1e3 * (r["max_s"] - r["min_s"]), "setup_s": setup,
                    "warmup_and_timing_s": wall}
             if tr.device.type == "cuda":  # the host's share: one step's Python and launches, from an idle GPU
@@ -89,7 +90,7 @@ def main(argv=None):
                     row["top_kernels"] = prof["kernels"][:10]
             rows.append(row)
             busy = f", GPU busy {100 * row['gpu_busy_share']:.0f}%, host {row['host_ms_per_step']:.1f} ms" if "gpu_busy_share" in row else ""
-            print(f"{scope:>6} B={batch:>5}  {row['ms_per_step']:8.2f} ms/step  {row['images_per_s']:9.0f} img/s  {row['tflops']:6.2f} TFLOP/s"
+            print(f"{name:>6} B={batch:>5}  {row['ms_per_step']:8.2f} ms/step  {row['images_per_s']:9.0f} img/s  {row['tflops']:6.2f} TFLOP/s"
                   f"{busy}  (set-up {setup:.0f} s, warm-up and timing {wall:.0f} s)", flush=True)
             del tr
             if torch.cuda.is_available():
