@@ -66,11 +66,11 @@ PY
 }
 ret() {  # what comes back: the EMA export (fp16) and metrics of each run of this stage, one tar per family (<= 16 MiB)
   for m in dit uvit; do  # base stage: the base run; finetune stage: its fine-tunes (the base came back earlier)
-    if [ "$STAGE" = base ]; then dirs=$m; else dirs=$(cd $R && ls -d $m-* 2>/dev/null); fi
+    if [ "$STAGE" = base ]; then dirs=$m; else dirs=$(cd $R && echo $m-*); fi   # (nullglob: no fine-tunes, no dirs)
     files=$(cd $R && for d in $dirs; do for f in $d/final-fp16.safetensors $d/metrics.jsonl $d/config.json; do [ -f $f ] && echo $f; done; done)
     [ -n "$files" ] && (cd $R && tar cf $OUT/$m-$STAGE.tar $files)
   done
-  (cd $R && ls *.log > /dev/null 2>&1 && tar czf $OUT/logs-$STAGE.tgz *.log); ls -la $OUT
+  (cd $R && logs=( *.log ) && [ ${#logs[@]} -gt 0 ] && tar czf $OUT/logs-$STAGE.tgz "${logs[@]}"); ls -la $OUT
 }
 fid_snaps() {  # Inception FID (DPM-Solver++ 25, 5000 images) of every base export kept so far, once Inception is here
   [ -f $R/pt/inception_fp16.pt ] || return 0
@@ -80,7 +80,9 @@ fid_snaps() {  # Inception FID (DPM-Solver++ 25, 5000 images) of every base expo
     timeout 90 $E eval --model $f --schedules full --samplers dpm-solver++-25 -n $EN --batch-size 1000 --metric fid \
       --inception $R/pt/inception_fp16.pt --cache-dir $R/fidcache --time-repeats 1 --no-progress --out $d/eval.json 2>&1 | grep -v -i warn | tail -n 2
   done
-  (cd $R && tar czf $OUT/snap_fid.tgz $(ls snap/*/eval.json snap/*/eval.md 2>/dev/null)) 2>/dev/null
+  # (a glob, not `ls`: with nullglob an `ls` of no matches lists the whole state folder, training data included)
+  local got=( $R/snap/*/eval.json $R/snap/*/eval.md )
+  [ ${#got[@]} -gt 0 ] && (cd $R && tar czf $OUT/snap_fid.tgz "${got[@]#$R/}")
 }
 watch() { while [ $(jobs -r | wc -l) -gt 0 ]; do sleep 20; echo "[$(el)s] $(for f in $R/*/metrics.jsonl; do echo -n "$(basename $(dirname $f)):$(python3 -c '
 import json, sys
@@ -127,7 +129,7 @@ PY
   fid_snaps
 elif [ "$STAGE" = finetune ]; then
   FS=${FT_STEPS:-5000}
-  F="--dataset fashion-mnist --batch-size 512 --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS --compile
+  F="--dataset fashion-mnist --batch-size ${FT_BATCH:-512} --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS --compile
      --eval-every 1000 --eval-n $EN --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
   FT_END=${FT_END:-$(( DL * 6 / 10 ))}   # the fine-tunes get 60% of the call, the FID tables the rest
   declare -A BASE
