@@ -4,6 +4,7 @@ models built here (CPU, float32)."""
 import copy
 import os
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, PixArtTransformer2DModel
@@ -173,6 +174,12 @@ def test_export_computes_what_the_eediff_model_computes(shift):
     for k, v in back.state_dict().items():
         if k != "pos_embed":
             assert torch.equal(v, model.state_dict()[k]), k
+    assert back.config.time_freq_shift == shift and back.config.num_classes == 10
+    # DiTPipeline's null label is 1000 whatever the model: the 10-class table is widened, the null row at 1000
+    assert tr.config.num_embeds_ada_norm == 1000 and facts["num_classes"] == 10
+    with torch.no_grad():
+        null_ours = model(x, t, torch.tensor([10, 10]))
+        torch.testing.assert_close(tr(x, timestep=t, class_labels=torch.tensor([1000, 1000])).sample, null_ours, rtol=1e-5, atol=1e-5)
 
 
 def test_save_diffusers_folder_runs_in_dit_pipeline(tmp_path):
@@ -203,6 +210,38 @@ def test_save_diffusers_folder_runs_in_dit_pipeline(tmp_path):
     assert h.policy.schedule.name == "D4-DiT"
 
 
+def test_exported_folder_loads_back_and_guides_in_dit_pipeline(tmp_path):
+    """An exported 10-class, time-shift-0 model: eediff loads the folder back as the same function (its
+    classes and shift from eediff.json); DiTPipeline's classifier-free guidance (null label 1000) runs on it;
+    a broken eediff.json is refused in one line."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from eediff.io import CheckpointError
+
+    loaded = eediff.load_model(eediff.build_model("DiT-S/2", input_size=8, in_channels=1, depth=2, hidden_size=32, num_heads=2,
+                                                   num_classes=10, class_dropout_prob=0.1, time_freq_shift=0, mlp_norm_eps=1e-6).eval())
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if name != "pos_embed":
+                p.add_(0.05 * torch.randn_like(p))
+    folder = str(tmp_path / "transformer")
+    ed.save_diffusers(loaded, folder)
+    back = eediff.load_model(folder).model
+    assert back.config.num_classes == 10 and back.config.time_freq_shift == 0
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([5, 500, 900]), torch.tensor([0, 9, 10])
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, t, y), loaded.model(x, t, y), rtol=0, atol=2e-3)  # (diffusers recomputes pos_embed)
+    tr = ed.load_transformer(folder)
+    pipe = DiTPipeline(transformer=tr, vae=ed.PixelSpace(), scheduler=DPMSolverMultistepScheduler.from_pretrained(folder))
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe(class_labels=[0, 9], num_inference_steps=3, guidance_scale=4.0, output_type="np").images
+    assert img.shape == (2, 8, 8, 1) and np.isfinite(img).all()
+    with open(os.path.join(folder, "eediff.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(CheckpointError, match="eediff.json' is unreadable"):
+        eediff.load_model(folder)
+
+
 def test_readme_export_example_runs(tmp_path):
     """The README's CPU example, as written there (fewer steps): export, load, pipeline, exits, PIL images."""
     from diffusers import DPMSolverMultistepScheduler
@@ -217,6 +256,6 @@ def test_readme_export_example_runs(tmp_path):
     pipe = DiTPipeline(transformer=tr, vae=ed.PixelSpace(), scheduler=DPMSolverMultistepScheduler.from_pretrained(folder))
     pipe.set_progress_bar_config(disable=True)
     h = ed.apply_early_exit(tr, ed.ExitConfig(schedule=os.path.join(folder, "exit_schedule.json")))
-    images = pipe(class_labels=[0, 1, 7, 9], num_inference_steps=3, guidance_scale=1.0).images
+    images = pipe(class_labels=[0, 1, 7, 9], num_inference_steps=3, guidance_scale=1.5).images
     assert len(images) == 4 and images[0].size == (28, 28)
-    assert 0 < h.blocks_run < 4 * 28 * 3
+    assert 0 < h.blocks_run < 2 * 4 * 28 * 3  # guided: both halves of the batch

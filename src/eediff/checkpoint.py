@@ -163,7 +163,8 @@ def _load_module(module: torch.nn.Module) -> LoadedModel:
     if not isinstance(module, DiTTransformer2DModel):
         raise CheckpointError(f"a {type(module).__name__} is not a model eediff can run: pass an eediff DiT/U-ViT or a diffusers DiTTransformer2DModel")
     sd = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
-    config, converted = dit.from_diffusers_state_dict(sd, dict(module.config))
+    shift = int(module.transformer_blocks[0].norm1.emb.time_proj.downscale_freq_shift)  # what the module computes with
+    config, converted = dit.from_diffusers_state_dict(sd, dict(module.config), getattr(module, "eediff_num_classes", None), shift)
     model = dit.DiT(config)
     _load_strict(model, converted, "<DiTTransformer2DModel module>")
     return LoadedModel(model.eval(), registry.default_process(model), None, {}, "<DiTTransformer2DModel module>")
@@ -192,8 +193,17 @@ def _load_diffusers_folder(path: str) -> LoadedModel:
         raise CheckpointError(f"folder '{path}' has no diffusion_pytorch_model.safetensors")
     sd, _ = _read_state_dict(wpath)
     check_finite_tensors(sd, f"checkpoint '{wpath}'", "its weights are unusable: replace the diffusers folder")
+    facts = {}  # an eediff export: the model's own classes (its label table was widened for DiTPipeline) and time shift
+    meta = os.path.join(path, "eediff.json")
+    if os.path.exists(meta):
+        try:
+            with open(meta, encoding="utf-8") as f:
+                facts = json.load(f)
+            facts = {"num_classes": facts.get("num_classes"), "time_freq_shift": int(facts.get("time_freq_shift", 1))}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+            raise CheckpointError(f"'{meta}' is unreadable ({short_reason(e)}): export the model again, or delete it") from None
     try:
-        config, converted = dit.from_diffusers_state_dict(sd, cfg)
+        config, converted = dit.from_diffusers_state_dict(sd, cfg, **facts)
     except KeyError as e:
         raise CheckpointError(f"diffusers folder '{path}' lacks '{e.args[0]}' (in config.json or the weights): "
                               "it is incomplete; replace it with a full DiTTransformer2DModel folder") from None

@@ -382,7 +382,10 @@ def export_cmd(cfg) -> None:
     shift = ("" if facts["time_feature_error"] == 0 else
              f"; load it with eediff.diffusers.load_transformer (restores the time shift {facts['time_freq_shift']}; "
              f"a plain from_pretrained differs by up to {facts['time_feature_error']:.2f} in the time features)")
-    typer.echo(f"wrote {cfg.out}{tuned}{shift}")
+    labels = ("" if facts["num_classes"] >= 1000 else
+              f"; its {facts['num_classes']} classes keep labels 0..{facts['num_classes'] - 1}, and label 1000 is the null class "
+              "DiTPipeline's guidance passes")
+    typer.echo(f"wrote {cfg.out}{tuned}{shift}{labels}")
 
 
 @dataclass_command(EncodeConfig, "encode", "Encode images with a VAE into latent shards for latent-model training.")

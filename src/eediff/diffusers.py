@@ -22,7 +22,8 @@ Under ``torch.compile`` the router's read is a graph break and each distinct pre
 (compile the blocks, e.g. ``transformer.compile_repeated_blocks()``, or the whole transformer; both work).
 
 ``to_diffusers`` / ``save_diffusers`` export an eediff DiT (e.g. a shipped ASE fine-tune) to a
-``DiTTransformer2DModel``; ``PixelSpace`` is an identity "VAE" so that pixel-space models (the shipped
+``DiTTransformer2DModel`` (a model of fewer than 1000 classes with its label table widened to 1000 and the
+null row at 1000, the label ``DiTPipeline`` passes for classifier-free guidance); ``PixelSpace`` is an identity "VAE" so that pixel-space models (the shipped
 Fashion-MNIST DiTs) run in the unmodified ``DiTPipeline``.
 """
 
@@ -261,7 +262,11 @@ def to_diffusers(model) -> tuple[torch.nn.Module, dict]:
     _set_time_shift(transformer, model.config.time_freq_shift)
     with torch.no_grad():  # diffusers recomputes this table on load (not saved); in memory, keep the model's own
         transformer.pos_embed.pos_embed.copy_(model.pos_embed.float())
-    return transformer.eval(), {"time_freq_shift": model.config.time_freq_shift, "time_feature_error": float((ours - plain).abs().max())}
+    # the label table is widened to DiTPipeline's 1000 classes (its null label is 1000): the model's own
+    # class count goes with the module, and eediff.json, so that eediff loads it back as it was
+    transformer.eediff_num_classes = model.config.num_classes
+    return transformer.eval(), {"time_freq_shift": model.config.time_freq_shift, "time_feature_error": float((ours - plain).abs().max()),
+                                "num_classes": model.config.num_classes}
 
 
 def save_diffusers(loaded, folder: str, overwrite: bool = False) -> dict:
@@ -281,7 +286,7 @@ def save_diffusers(loaded, folder: str, overwrite: bool = False) -> dict:
     files = {
         "scheduler_config.json": {"_class_name": "DDPMScheduler", "num_train_timesteps": p.num_train_timesteps,
                                   "beta_start": p.beta_start, "beta_end": p.beta_end, "beta_schedule": "linear"},
-        "eediff.json": {"time_freq_shift": facts["time_freq_shift"], "source": loaded.source},
+        "eediff.json": {"time_freq_shift": facts["time_freq_shift"], "num_classes": facts["num_classes"], "source": loaded.source},
     }
     if loaded.tuned_for is not None:
         files["exit_schedule.json"] = json.loads(loaded.tuned_for.to_spec())
@@ -304,7 +309,10 @@ def load_transformer(folder: str, **kwargs) -> torch.nn.Module:
     meta = os.path.join(folder, "eediff.json")
     if os.path.exists(meta):
         with open(meta) as f:
-            _set_time_shift(transformer, int(json.load(f)["time_freq_shift"]))
+            facts = json.load(f)
+        _set_time_shift(transformer, int(facts["time_freq_shift"]))
+        if "num_classes" in facts:
+            transformer.eediff_num_classes = int(facts["num_classes"])
     return transformer
 
 

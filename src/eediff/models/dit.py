@@ -317,6 +317,8 @@ _DIFFUSERS_TOP = {
     "final_layer.linear.bias": "proj_out_2.bias",
 }
 # the shared embedders, under each diffusers block's norm1.emb.
+PIPELINE_NULL_LABEL = 1000  # the label diffusers' DiTPipeline passes as the null class for classifier-free guidance
+
 _DIFFUSERS_EMB = {
     "t_embedder.mlp.0.weight": "timestep_embedder.linear_1.weight",
     "t_embedder.mlp.0.bias": "timestep_embedder.linear_1.bias",
@@ -337,13 +339,23 @@ _DIFFUSERS_BLOCK = {
 }
 
 
-def from_diffusers_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> tuple[DiTConfig, dict[str, torch.Tensor]]:
-    """Convert a diffusers ``DiTTransformer2DModel`` (config.json + weights) to official DiT names."""
+def from_diffusers_state_dict(sd: dict[str, torch.Tensor], cfg: dict, num_classes: int | None = None,
+                              time_freq_shift: int = 1) -> tuple[DiTConfig, dict[str, torch.Tensor]]:
+    """Convert a diffusers ``DiTTransformer2DModel`` (config.json + weights) to official DiT names.
+
+    ``num_classes``: the classes of the model that ``to_diffusers_state_dict`` widened to DiTPipeline's
+    1000 (``eediff.json`` records it); its label table is cut back to them and the null row.
+    ``time_freq_shift``: the time sinusoid's shift (diffusers' constant is 1; an eediff export of a model
+    trained with the official 0 records 0 in ``eediff.json``)."""
     inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     in_ch = cfg.get("in_channels", 4)
     out_ch = cfg.get("out_channels") or in_ch
     emb_rows = sd["transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight"].shape[0]
     n_cls = cfg.get("num_embeds_ada_norm", 1000)
+    if num_classes is not None and not (isinstance(num_classes, int) and 0 < num_classes <= n_cls and emb_rows == n_cls + 1):
+        raise ModelError(f"eediff.json's num_classes {num_classes!r} does not fit this folder's {n_cls} classes and {emb_rows} "
+                         "label rows: export the model again")
+    widened = num_classes is not None and num_classes < n_cls
     config = DiTConfig(
         input_size=cfg["sample_size"],
         patch_size=cfg["patch_size"],
@@ -353,9 +365,9 @@ def from_diffusers_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> tuple[D
         num_heads=cfg["num_attention_heads"],
         mlp_ratio=sd["transformer_blocks.0.ff.net.0.proj.weight"].shape[0] / inner,
         class_dropout_prob=0.1 if emb_rows > n_cls else 0.0,
-        num_classes=n_cls,
+        num_classes=num_classes if widened else n_cls,
         learn_sigma=out_ch == 2 * in_ch,
-        time_freq_shift=1,
+        time_freq_shift=time_freq_shift,
         mlp_norm_eps=cfg.get("norm_eps", 1e-5),
     )
     if cfg.get("activation_fn", "gelu-approximate") != "gelu-approximate" or cfg.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
@@ -372,13 +384,22 @@ def from_diffusers_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> tuple[D
         out.update({o + ours: sd[b + theirs] for ours, theirs in _DIFFUSERS_BLOCK.items()})
         out[o + "attn.qkv.weight"] = torch.cat([sd[b + f"attn1.to_{n}.weight"] for n in "qkv"], 0)
         out[o + "attn.qkv.bias"] = torch.cat([sd[b + f"attn1.to_{n}.bias"] for n in "qkv"], 0)
+    if widened:  # the model's classes and its null row (the widened export's row 1000)
+        table = out["y_embedder.embedding_table.weight"]
+        out["y_embedder.embedding_table.weight"] = torch.cat([table[:num_classes], table[n_cls:]])
     pos = get_2d_sincos_pos_embed(inner, config.input_size // config.patch_size)
     out["pos_embed"] = torch.from_numpy(pos).float().unsqueeze(0)
     return config, out
 
 
-def to_diffusers_state_dict(model: "DiT") -> tuple[dict, dict[str, torch.Tensor]]:
+def to_diffusers_state_dict(model: "DiT", pipeline_labels: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
     """The reverse of ``from_diffusers_state_dict``: a diffusers ``DiTTransformer2DModel`` config and weights.
+
+    ``pipeline_labels``: a model of fewer than 1000 classes gets a label table of 1000 classes and the null
+    row at 1000, because diffusers' ``DiTPipeline`` feeds label 1000 as the null class of classifier-free
+    guidance whatever the model (labels 0..C-1 keep their rows; the rows C..999 hold the null embedding,
+    so a label the model never had gives unconditional samples). ``from_diffusers_state_dict(...,
+    num_classes=C)`` undoes it.
 
     diffusers keeps one copy of the timestep/label embedder in every block (all identical); the official
     layout shares one, which is copied into each block here. diffusers fixes the sinusoid's frequency shift
@@ -410,7 +431,12 @@ def to_diffusers_state_dict(model: "DiT") -> tuple[dict, dict[str, torch.Tensor]
     emb = {theirs: sd[ours] for ours, theirs in _DIFFUSERS_EMB.items()}
     table = emb["class_embedder.embedding_table.weight"]
     if table.shape[0] == c.num_classes:  # trained without label dropout: diffusers' table always has the null row
-        emb["class_embedder.embedding_table.weight"] = torch.cat([table, torch.zeros_like(table[:1])])
+        table = torch.cat([table, torch.zeros_like(table[:1])])
+    if pipeline_labels and c.num_classes < PIPELINE_NULL_LABEL:
+        null = table[c.num_classes:]
+        table = torch.cat([table[:c.num_classes], null.expand(PIPELINE_NULL_LABEL - c.num_classes, -1), null])
+        cfg["num_embeds_ada_norm"] = PIPELINE_NULL_LABEL
+    emb["class_embedder.embedding_table.weight"] = table
     out = {theirs: sd[ours] for ours, theirs in _DIFFUSERS_TOP.items()}
     h = c.hidden_size
     for i in range(c.depth):
