@@ -152,6 +152,21 @@ def _from_metadata(path: str, meta: dict):
     return model, process, tuned
 
 
+def export_facts(folder: str) -> dict:
+    """What an eediff export's ``eediff.json`` says about the model: ``{"num_classes", "time_freq_shift"}``
+    (the classes before the label table was widened for DiTPipeline, and the time sinusoid's shift), or {}
+    for a folder diffusers wrote."""
+    meta = os.path.join(folder, "eediff.json")
+    if not os.path.exists(meta):
+        return {}
+    try:
+        with open(meta, encoding="utf-8") as f:
+            facts = json.load(f)
+        return {"num_classes": facts.get("num_classes"), "time_freq_shift": int(facts.get("time_freq_shift", 1))}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"'{meta}' is unreadable ({short_reason(e)}): export the model again, or delete it") from None
+
+
 def _load_module(module: torch.nn.Module) -> LoadedModel:
     from .models import dit
     from .models.backbone import Backbone
@@ -193,17 +208,8 @@ def _load_diffusers_folder(path: str) -> LoadedModel:
         raise CheckpointError(f"folder '{path}' has no diffusion_pytorch_model.safetensors")
     sd, _ = _read_state_dict(wpath)
     check_finite_tensors(sd, f"checkpoint '{wpath}'", "its weights are unusable: replace the diffusers folder")
-    facts = {}  # an eediff export: the model's own classes (its label table was widened for DiTPipeline) and time shift
-    meta = os.path.join(path, "eediff.json")
-    if os.path.exists(meta):
-        try:
-            with open(meta, encoding="utf-8") as f:
-                facts = json.load(f)
-            facts = {"num_classes": facts.get("num_classes"), "time_freq_shift": int(facts.get("time_freq_shift", 1))}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
-            raise CheckpointError(f"'{meta}' is unreadable ({short_reason(e)}): export the model again, or delete it") from None
     try:
-        config, converted = dit.from_diffusers_state_dict(sd, cfg, **facts)
+        config, converted = dit.from_diffusers_state_dict(sd, cfg, **export_facts(path))
     except KeyError as e:
         raise CheckpointError(f"diffusers folder '{path}' lacks '{e.args[0]}' (in config.json or the weights): "
                               "it is incomplete; replace it with a full DiTTransformer2DModel folder") from None

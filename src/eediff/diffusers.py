@@ -305,13 +305,13 @@ def load_transformer(folder: str, **kwargs) -> torch.nn.Module:
     restored (a folder without it loads as diffusers loads it)."""
     from diffusers import DiTTransformer2DModel
 
+    from .checkpoint import export_facts
+
     transformer = DiTTransformer2DModel.from_pretrained(folder, **kwargs)
-    meta = os.path.join(folder, "eediff.json")
-    if os.path.exists(meta):
-        with open(meta) as f:
-            facts = json.load(f)
-        _set_time_shift(transformer, int(facts["time_freq_shift"]))
-        if "num_classes" in facts:
+    facts = export_facts(folder)
+    if facts:
+        _set_time_shift(transformer, facts["time_freq_shift"])
+        if facts["num_classes"] is not None:
             transformer.eediff_num_classes = int(facts["num_classes"])
     return transformer
 
