@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from eediff.train.loop import plateau_gain, plateau_reached
@@ -102,3 +103,20 @@ def test_bad_eval_options_one_line(tmp_path, args, needle):
     line = error_line(train(tmp_path / "run", *args))
     assert needle in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_measures_a_step_the_stopped_run_did_not(tmp_path):
+    """A run that ended at a measurement step without measuring it (here: it had no --eval-every; a run stopped
+    by --max-minutes at such a step is the same case) gets that measurement first when resumed with
+    --eval-every, so the curve has no hole; the training itself is unchanged (measuring touches no RNG)."""
+    out, plain = tmp_path / "run", tmp_path / "plain"
+    assert train(out, steps=2).exit_code == 0
+    res = train(out, *evals_args(tmp_path / "c"), "--resume", steps=4)
+    assert res.exit_code == 0, res.output
+    ev = rows(out)
+    assert [r["step"] for r in ev] == [2, 4] and ev[0].get("on_resume") and not ev[1].get("on_resume")
+    state = json.load(open(out / "checkpoints" / "step-00000004" / "state.json"))
+    assert [e["step"] for e in state["evals"]] == [2, 4]
+    assert train(plain, steps=4).exit_code == 0
+    wa, wb = load_file(out / "final.safetensors"), load_file(plain / "final.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

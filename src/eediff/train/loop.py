@@ -468,6 +468,14 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
     last_log_time, last_log_step = time.perf_counter(), tr.step_count
     last_loss = None
     metrics = open(metrics_path, "a") if tr.main else None
+    if (tr.main and resumed_from and cfg.eval_every and tr.step_count % cfg.eval_every == 0
+            and not any(e["step"] == tr.step_count for e in tr.evals)):
+        # the run stopped at a measurement step without measuring (--max-minutes bounds that run), or it had no
+        # --eval-every: measure the resumed weights first, so the curve (and --plateau) has no hole there
+        entry = measure_quality(tr)
+        tr.evals.append(entry)
+        metrics.write(json.dumps({"step": tr.step_count, "eval": entry, "on_resume": True}) + "\n")
+        metrics.flush()
     stop = _StopOnSignal()
     interrupted = False
     try:
