@@ -14,6 +14,7 @@ import json
 
 import torch
 
+from eediff import triton_ops
 from eediff.bench import _random_diffusers_dit
 from eediff.eval.timing import time_fn, top_kernels
 from eediff.fast import FastPathConfig, apply_fast_path
@@ -45,6 +46,8 @@ def main():
     ap.add_argument("--diffusers-compile", action="store_true", help="time compiled diffusers first, in the same run")
     ap.add_argument("--batched-adaln", action="store_true", help="also time fused and fp8 (cuDNN attention, Triton rows) with "
                                                                   "every block's adaLN projection in one GEMM (FastPathConfig.batched_adaln)")
+    ap.add_argument("--quant-chunk", default="", help="';'-separated CHUNK:WARPS: fp8 (cuDNN attention, Triton rows) with the "
+                                                      "GELU + quantise pass (rows of 4608) on the chunked kernel, e.g. '1024:4;2048:8'")
     ap.add_argument("--fp8-subsets", default="", help="';'-separated token-GEMM subsets timed as extra fp8 variants (cuDNN "
                                                       "attention, Triton rows), e.g. 'qkv,proj;qkv,proj,fc1'")
     a = ap.parse_args()
@@ -66,14 +69,17 @@ def main():
         ref = eager(x, t, y)
     ap_att = a.attention.split(",")
     variants = [("inductor", "cudnn", "triton")] + list(itertools.product(["fused", "fp8"], ap_att, ["triton", "inductor"]))
-    variants = [(*v, TOKEN_GEMMS, False) for v in variants]
-    variants += [("fp8", "cudnn", "triton", tuple(sub.split(",")), False) for sub in a.fp8_subsets.split(";") if sub]
-    variants += [(k, "cudnn", "triton", TOKEN_GEMMS, True) for k in ("fused", "fp8") if a.batched_adaln]
+    variants = [(*v, TOKEN_GEMMS, False, None) for v in variants]
+    variants += [("fp8", "cudnn", "triton", tuple(sub.split(",")), False, None) for sub in a.fp8_subsets.split(";") if sub]
+    variants += [(k, "cudnn", "triton", TOKEN_GEMMS, True, None) for k in ("fused", "fp8") if a.batched_adaln]
+    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, tuple(int(v) for v in spec.split(":")))
+                 for spec in a.quant_chunk.split(";") if spec]
     rows = []
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "model": "DiT-XL/2", "rows": rows,
            "command": "python benchmarks/kernel_variants.py --out results/kernel_variants_h200.json"
                       + ("" if a.attention == "cudnn,sdpa" else f" --attention {a.attention}") + (" --diffusers-compile" if a.diffusers_compile else "")
-                      + (f" --fp8-subsets '{a.fp8_subsets}'" if a.fp8_subsets else "") + (" --batched-adaln" if a.batched_adaln else "")}
+                      + (f" --fp8-subsets '{a.fp8_subsets}'" if a.fp8_subsets else "") + (" --batched-adaln" if a.batched_adaln else "")
+                      + (f" --quant-chunk '{a.quant_chunk}'" if a.quant_chunk else "")}
     if a.diffusers_compile:  # the strongest peer, in the same run
         c = torch.compile(copy.deepcopy(dm).cuda().to(torch.bfloat16))
         fn = lambda: c(x.bfloat16(), timestep=t.long(), class_labels=y).sample  # noqa: E731
@@ -83,7 +89,12 @@ def main():
         rows.append({"variant": "diffusers bf16 + torch.compile (default)", "ms": ms, "rel_err_vs_fp32": err, "top_kernels": []})
         print(f"{rows[-1]['variant']:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
         del c
-    for kern, attn, rk, gemms, batched in variants:
+    default_quant_launch = triton_ops.quant_launch
+    for kern, attn, rk, gemms, batched, chunk in variants:
+        # the chunked quantise kernel for the MLP's rows (K > 2048), the default launch for the others: the op
+        # reads its launch from triton_ops.quant_launch at every call (an experiment's override, restored below)
+        triton_ops.quant_launch = default_quant_launch if chunk is None else (
+            lambda K, c=chunk: (1, c[1], c[0]) if K > 2048 else default_quant_launch(K))
         m = copy.deepcopy(eager)
         h = apply_fast_path(m, FastPathConfig(kernels=kern, attention=attn, row_kernels=rk, fp8_gemms=gemms, batched_adaln=batched))
         fn = lambda m=m: m(x, t, y)  # noqa: E731
@@ -96,7 +107,9 @@ def main():
             name += f", fp8 GEMMs={'+'.join(gemms)}"
         if batched:
             name += ", batched adaLN"
-        rows.append({"variant": name, "kernels": kern, "attention": attn, "row_kernels": rk, "fp8_gemms": list(gemms), "batched_adaln": batched, "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
+        if chunk is not None:
+            name += f", chunked GELU + quantise ({chunk[0]} x {chunk[1]} warps)"
+        rows.append({"variant": name, "kernels": kern, "attention": attn, "row_kernels": rk, "fp8_gemms": list(gemms), "batched_adaln": batched, "quant_chunk": chunk, "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
         print(f"{name:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
         for k in top[:6]:
             print(f"      {k['ms_per_forward']:6.2f} ms  x{k['calls_per_forward']:5.0f}  {k['kernel'][:80]}", flush=True)
@@ -105,6 +118,7 @@ def main():
         torch.cuda.empty_cache()
         json.dump(res, open(a.out, "w"), indent=2)  # after every variant: a run cut short keeps what it measured
         write_md(res, a.out.rsplit(".", 1)[0] + ".md")
+    triton_ops.quant_launch = default_quant_launch
 
 
 if __name__ == "__main__":

@@ -352,6 +352,17 @@ def test_chunked_act_quant_is_the_row_kernel(interpret, K, chunk, gelu):
     assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
 
 
+def test_act_quant_op_takes_its_launch_from_quant_launch(interpret, monkeypatch):
+    """The op launches what ``quant_launch`` says (kernel_variants.py --quant-chunk sets the chunked kernel
+    there): the same codes and scales either way."""
+    x = (torch.randn(6, 100, generator=torch.Generator().manual_seed(5)) * 2).bfloat16()
+    q1, s1 = interpret.act_quant(x, True)
+    calls = []
+    monkeypatch.setattr(interpret, "quant_launch", lambda K: calls.append(K) or (1, 1, 32))
+    q2, s2 = interpret.act_quant(x, True)
+    assert calls == [100] and torch.equal(s1, s2) and torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
+
+
 def test_row_kernel_sweep_cases_launch(interpret):
     """benchmarks/row_kernels.py's cases call the kernels with the arguments the ops pass (here on a CPU, in the
     interpreter, 256 token rows): each launch, at a multi-row setting too, gives what the op gives."""

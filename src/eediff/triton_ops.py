@@ -132,6 +132,14 @@ def row_launch(block: int) -> tuple[int, int]:
     return (2 if block <= 2048 else 1), max(1, min(4, block // 256))
 
 
+def quant_launch(K: int) -> tuple[int, int, int]:
+    """(rows per program, warps, chunk) of ``act_quant`` on rows of ``K``: the row kernel at ``row_launch``
+    (chunk 0). The chunked kernel (chunk > 0) is timed by ``benchmarks/row_kernels.py`` and, in a whole
+    forward, by ``benchmarks/kernel_variants.py --quant-chunk``; it is not the default until it is measured
+    faster there."""
+    return (*row_launch(triton.next_power_of_2(K)), 0)
+
+
 def launch_ln_modulate(x, r, gate, shift, scale, h, y, s, N, D, stride, eps, has_res, quant, rows, warps) -> None:
     M = x.shape[0] * N
     _ln_modulate_kernel[(triton.cdiv(M, rows),)](x, r, gate, shift, scale, h, y, s, M, N, D, stride, eps, HAS_RES=has_res,
@@ -204,7 +212,7 @@ def act_quant(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(v.contiguous() for v in act_quant_ref(x, gelu))
     x = x.contiguous()
     q, s = _act_quant_outputs(x)
-    launch_act_quant(x, q, s, gelu, *row_launch(triton.next_power_of_2(K)))
+    launch_act_quant(x, q, s, gelu, *quant_launch(K))
     return q, s
 
 
