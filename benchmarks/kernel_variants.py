@@ -11,6 +11,7 @@ import argparse
 import copy
 import itertools
 import json
+import os
 
 import torch
 
@@ -76,7 +77,7 @@ def main():
                  for spec in a.quant_chunk.split(";") if spec]
     rows = []
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "model": "DiT-XL/2", "rows": rows,
-           "command": "python benchmarks/kernel_variants.py --out results/kernel_variants_h200.json"
+           "command": f"python benchmarks/kernel_variants.py --out results/{os.path.basename(a.out)}"
                       + ("" if a.attention == "cudnn,sdpa" else f" --attention {a.attention}") + (" --diffusers-compile" if a.diffusers_compile else "")
                       + (f" --fp8-subsets '{a.fp8_subsets}'" if a.fp8_subsets else "") + (" --batched-adaln" if a.batched_adaln else "")
                       + (f" --quant-chunk '{a.quant_chunk}'" if a.quant_chunk else "")}

@@ -13,5 +13,5 @@ export PYTHONPATH=/tmp/site:$PWD/src
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
 timeout 200 python3 benchmarks/row_kernels.py --out $OUT/row_kernels_h200.json 2>&1 | grep -v -i warn
 timeout 330 python3 benchmarks/kernel_variants.py --attention cudnn --diffusers-compile --quant-chunk '512:2;1024:4;2048:8' \
-  --out $OUT/kernel_variants_h200.json 2>&1 | grep -v -i -E "warn|kept in float32" | tail -n 60
+  --out $OUT/kernel_variants_h200_quant_chunk.json 2>&1 | grep -v -i -E "warn|kept in float32" | tail -n 60
 ls -la $OUT
