@@ -178,7 +178,9 @@ def _load_module(module: torch.nn.Module) -> LoadedModel:
     if not isinstance(module, DiTTransformer2DModel):
         raise CheckpointError(f"a {type(module).__name__} is not a model eediff can run: pass an eediff DiT/U-ViT or a diffusers DiTTransformer2DModel")
     sd = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
-    shift = int(module.transformer_blocks[0].norm1.emb.time_proj.downscale_freq_shift)  # what the module computes with
+    blocks = getattr(module, "transformer_blocks", None) or [None]  # the time shift the module computes with (1: diffusers')
+    proj = getattr(getattr(getattr(blocks[0], "norm1", None), "emb", None), "time_proj", None)
+    shift = int(getattr(proj, "downscale_freq_shift", 1))
     config, converted = dit.from_diffusers_state_dict(sd, dict(module.config), getattr(module, "eediff_num_classes", None), shift)
     model = dit.DiT(config)
     _load_strict(model, converted, "<DiTTransformer2DModel module>")

@@ -23,8 +23,8 @@ Under ``torch.compile`` the router's read is a graph break and each distinct pre
 
 ``to_diffusers`` / ``save_diffusers`` export an eediff DiT (e.g. a shipped ASE fine-tune) to a
 ``DiTTransformer2DModel`` (a model of fewer than 1000 classes with its label table widened to 1000 and the
-null row at 1000, the label ``DiTPipeline`` passes for classifier-free guidance); ``PixelSpace`` is an identity "VAE" so that pixel-space models (the shipped
-Fashion-MNIST DiTs) run in the unmodified ``DiTPipeline``.
+null row at 1000, the label ``DiTPipeline`` passes for classifier-free guidance); ``PixelSpace`` is an
+identity "VAE" so that pixel-space models (the shipped Fashion-MNIST DiTs) run in the unmodified ``DiTPipeline``.
 """
 
 from __future__ import annotations

@@ -316,9 +316,9 @@ _DIFFUSERS_TOP = {
     "final_layer.linear.weight": "proj_out_2.weight",
     "final_layer.linear.bias": "proj_out_2.bias",
 }
-# the shared embedders, under each diffusers block's norm1.emb.
 PIPELINE_NULL_LABEL = 1000  # the label diffusers' DiTPipeline passes as the null class for classifier-free guidance
 
+# the shared embedders, under each diffusers block's norm1.emb.
 _DIFFUSERS_EMB = {
     "t_embedder.mlp.0.weight": "timestep_embedder.linear_1.weight",
     "t_embedder.mlp.0.bias": "timestep_embedder.linear_1.bias",
