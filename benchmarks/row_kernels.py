@@ -80,13 +80,14 @@ def main(argv=None):
     for name, (make, launch, moved, width) in cases(M, D, F).items():
         sets = [make(g) for _ in range(3)]
         block = 1 << (width - 1).bit_length()
-        default = T.row_launch(block)
+        # the launch the op makes: act_quant's from quant_launch (rows, warps, chunk), the LayerNorm rows' from row_launch
+        default = T.quant_launch(width) if name.startswith("act_quant") else (*T.row_launch(block), 0)
         grid = [(r, w) for r in [int(v) for v in a.rows.split(",")] for w in [int(v) for v in a.warps.split(",")]
-                if 4 <= r * block // (32 * w) <= 128 or (r, w) == default]  # 4..128 values per thread: the rest spill or idle
+                if 4 <= r * block // (32 * w) <= 128 or (r, w, 0) == default]  # 4..128 values per thread: the rest spill or idle
         grid = [(r, w, 0) for r, w in grid]
         if name.startswith("act_quant"):  # the chunked kernel: one row per program, CHUNK values at a time
             grid += [(1, w, c) for c in [int(v) for v in a.chunks.split(",")] for w in [int(v) for v in a.warps.split(",")]
-                     if c < block and 2 <= c // (32 * w) <= 32]
+                     if (c < block and 2 <= c // (32 * w) <= 32) or (1, w, c) == default]
         rows_out = []
         for rows, warps, chunk in grid:
             i = [0]
@@ -102,9 +103,9 @@ def main(argv=None):
             rows_out.append({"rows": rows, "warps": warps, "chunk": chunk, "us": ms * 1e3, "gb_s": moved / ms / 1e6})
         ok = [r for r in rows_out if "us" in r]
         best = min(ok, key=lambda r: r["us"])
-        dflt = next(r for r in ok if (r["rows"], r["warps"], r["chunk"]) == (*default, 0))
+        dflt = next(r for r in ok if (r["rows"], r["warps"], r["chunk"]) == default)
         res["cases"].append({"case": name, "bytes": moved, "default": dflt, "best": best, "all": rows_out})
-        print(f"{name:55s} default {default} {dflt['us']:7.1f} us {dflt['gb_s']:6.0f} GB/s | best {launch_name(best)} "
+        print(f"{name:55s} default {launch_name(dflt)} {dflt['us']:7.1f} us {dflt['gb_s']:6.0f} GB/s | best {launch_name(best)} "
               f"{best['us']:7.1f} us {best['gb_s']:6.0f} GB/s", flush=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
@@ -112,7 +113,7 @@ def main(argv=None):
              "| kernel | MB moved | default (rows, warps) | µs | GB/s | best (rows, warps[, chunk]) | µs | GB/s |", "|---|---|---|---|---|---|---|---|"]
     for c in res["cases"]:
         d, b = c["default"], c["best"]
-        lines.append(f"| {c['case']} | {c['bytes'] / 1e6:.0f} | {d['rows']}, {d['warps']} | {d['us']:.1f} | {d['gb_s']:.0f} | "
+        lines.append(f"| {c['case']} | {c['bytes'] / 1e6:.0f} | {launch_name(d)} | {d['us']:.1f} | {d['gb_s']:.0f} | "
                      f"{launch_name(b)} | {b['us']:.1f} | {b['gb_s']:.0f} |")
     lines += ["", f"Command: `{res['command']}`"]
     with open(os.path.splitext(a.out)[0] + ".md", "w") as f:

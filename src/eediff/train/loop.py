@@ -474,8 +474,7 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
         # --eval-every: measure the resumed weights first, so the curve (and --plateau) has no hole there
         entry = measure_quality(tr)
         tr.evals.append(entry)
-        metrics.write(json.dumps({"step": tr.step_count, "eval": entry, "on_resume": True}) + "\n")
-        metrics.flush()
+        append_row(metrics, {"step": tr.step_count, "eval": entry, "on_resume": True})
     stop = _StopOnSignal()
     interrupted = False
     try:
@@ -502,8 +501,7 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
                     tr.evals.append(entry)
                     plateau = plateau_reached(tr.evals, cfg.plateau) if cfg.plateau else None
                     if metrics is not None:
-                        metrics.write(json.dumps({"step": step, "eval": entry, "plateau": plateau is not None}) + "\n")
-                        metrics.flush()
+                        append_row(metrics, {"step": step, "eval": entry, "plateau": plateau is not None})
                 if cfg.plateau and (tr.any_rank(torch.tensor(plateau is not None)) if tr.world > 1 else plateau is not None):
                     final = True
                     plateau = plateau or {}
@@ -522,8 +520,7 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
                     "reweighting": tr.weight.active(step - 1, tr.sampler.epoch),
                 }
                 if metrics is not None:
-                    metrics.write(json.dumps(row) + "\n")
-                    metrics.flush()
+                    append_row(metrics, row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{last_loss:.4f}", steps_s=f"{rate:.1f}")
                 loss_sum.zero_()
@@ -756,6 +753,12 @@ def measure_quality(tr: Trainer) -> dict:
     value = fid.fid_against_stats(to_uint8(res.images), ref, features, backend="eigh")
     return {"step": tr.step_count, "metric": cfg.eval_metric, "value": float(value), "n": cfg.eval_n, "sampler": cfg.eval_sampler,
             "reference": cfg.eval_reference, "schedule": tr.schedule.name}
+
+
+def append_row(metrics, row: dict) -> None:
+    """One metrics.jsonl row, flushed (a killed run keeps every row it wrote)."""
+    metrics.write(json.dumps(row) + "\n")
+    metrics.flush()
 
 
 def plateau_reached(evals: list[dict], tol: float, more: float = 0.2) -> dict | None:
