@@ -40,7 +40,9 @@ def curve(dir_: str, model: str) -> dict:
                 evals.append({"step": offset + r["eval"]["step"], "value": r["eval"]["value"], "part": len(bounds) + 1})
         speed += [r["steps_per_s"] for r in steps[2:]]  # past the compile
         last = max(r["step"] for r in steps)
-        bounds.append({"part": len(bounds) + 1, "from": offset, "to": offset + last, "last_loss": steps[-1]["loss"]})
+        with open(p.replace(".metrics.jsonl", ".config.json")) as f:
+            lr = json.load(f).get("lr")
+        bounds.append({"part": len(bounds) + 1, "from": offset, "to": offset + last, "last_loss": steps[-1]["loss"], "lr": lr})
         offset += last
     for i, e in enumerate(evals):
         e["plateau_gain"] = plateau_gain(evals[: i + 1])
@@ -66,7 +68,7 @@ def main(argv=None):
     lines += ["", "| model | parts (total steps) | median steps/s (B=512, both models on one H200) | last loss | plateau (total steps) |",
               "|---|---|---|---|---|"]
     for m, c in out.items():
-        spans = ", ".join("%d–%d" % (b["from"], b["to"]) for b in c["parts"])
+        spans = ", ".join("%d–%d (lr %g)" % (b["from"], b["to"], b["lr"]) for b in c["parts"])
         lines.append(f"| {names[m]} | {spans} | {c['median_steps_per_s']:.1f} | {c['parts'][-1]['last_loss']:.4f} | {c['plateau_at'] or 'not reached'} |")
     with open(os.path.join(a.dir, "converge_tables.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -77,9 +79,13 @@ def main(argv=None):
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for m, c in out.items():
-        ax.plot([e["step"] for e in c["evals"]], [e["value"] for e in c["evals"]], "o-", label=names[m])
+        (line,) = ax.plot([e["step"] for e in c["evals"]], [e["value"] for e in c["evals"]], "o-", label=names[m])
         for b in c["parts"][1:]:
             ax.axvline(b["from"], color="gray", lw=0.6, ls=":")
+        if c["plateau_at"]:
+            e = next(e for e in c["evals"] if e["step"] == c["plateau_at"])
+            ax.plot([e["step"]], [e["value"]], "*", ms=14, mec="black", color=line.get_color(), zorder=5,
+                    label=f"{names[m].split(' ')[0]}: plateau rule met ({e['step']} steps)")
     ax.set_yscale("log")
     ax.set_xlabel("training steps (batch 512)")
     ax.set_ylabel("classifier FD (5000 EMA samples)")
