@@ -324,7 +324,11 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
         self.optimizer.step()
         self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=False)
+        # None, not zeros: under CUDA graphs (reduce-overhead) the backward's gradients live in the graph pool and
+        # .grad holds them without a copy, so zeroing them in place would make the next backward add into memory
+        # the next replay overwrites (the error "accessing tensor output of CUDAGraphs that has been overwritten");
+        # a fresh .grad per step gives the same values (0 + g = g), and _sync_gradients zero-fills unreached blocks
+        self.optimizer.zero_grad(set_to_none=True)
         ema_update(self.ema_params, self.params, ema_decay_at(cfg.ema_decay, self.step_count, cfg.ema_warmup))
         self.step_count += 1
         return loss.detach(), {"t_unit": t_unit, "depth": depth, "lambda": lam, **extra}
