@@ -11,7 +11,11 @@
 #   INIT_DIT=F INIT_UVIT=G bash benchmarks/device/converge.sh base DEADLINE_S   carry [".whl", ".data/fm-xz"]
 #       (a fresh machine: continue earlier EMA exports F and G with a fresh optimizer; the exports must travel
 #        too, and with the wheels and data the call is at its 64 MiB: put them in place of the zoo's
-#        dit-fmnist / uvit-fmnist files in the working tree for that call, then `git checkout` those two files)
+#        dit-fmnist / uvit-fmnist files in the working tree for that call, then `git checkout` those two files;
+#        the first call keeps each export in the state folder, later calls use that copy)
+#   bash benchmarks/device/converge.sh prep 0 && (BASE_MODELS=dit INIT_DIT=F bash benchmarks/device/converge.sh base DL &
+#       FT_MODELS=uvit INIT_UVIT=G bash benchmarks/device/converge.sh finetune DL; wait)
+#       (one model still training while the other, at its plateau, is fine-tuned: prep installs and unpacks once)
 #
 # .data/fm-xz: the Fashion-MNIST IDX files, the training images recompressed with `xz -9e`. State that a later
 # call reuses (data, checkpoints, Inception) stays in /root/converge: the checkout there is replaced at every
@@ -20,21 +24,23 @@
 # EMA samples (DPM-Solver++ 25, fixed seeds) every 2000 steps; --plateau 0.03. SPEED=1 first times the ways of
 # compiling a training step (benchmarks/train_speed.py); SCOPE=model trains with --compile-scope model,
 # MODE=reduce-overhead with --compile-mode reduce-overhead (CUDA graphs); without SCOPE / MODE, SPEED=1 trains each model
-# the fastest way it measured. LR=1e-4 continues at a lower learning rate.
+# the fastest way it measured (a run that fails under reduce-overhead goes on in the default mode). LR=1e-4
+# continues at a lower learning rate. A fine-tune stopped by the call's end goes on from its checkpoint next call.
 set -u
 shopt -s nullglob
 export PYTHONUNBUFFERED=1
-STAGE=${1:?base|finetune}; DL=${2:?deadline in seconds}
+STAGE=${1:?prep|base|finetune}; DL=${2:?deadline in seconds}
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
 mins() { python3 -c "print(round(max(0.5, ($1 - $(el)) / 60), 2))"; }  # minutes left until second $1 of this call
 R=${STATE:-/root/converge}; mkdir -p $R/data $R/pt
 PY=${PYTHON:-python3}; E="$PY -m eediff.cli"
 
-if [ -d .whl ] && [ -z "${NO_INSTALL:-}" ]; then
+# (installed and unpacked once per machine, so that a base and a finetune stage can run side by side after `prep`)
+if [ -d .whl ] && [ -z "${NO_INSTALL:-}" ] && [ ! -d /tmp/site/diffusers ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
 fi
 [ -n "${NO_INSTALL:-}" ] || [ -d /tmp/site/diffusers ] || { echo "no /tmp/site: the first call carries .whl"; exit 3; }
-if [ -f .data/fm-xz/train-images-idx3-ubyte.xz ]; then
+if [ -f .data/fm-xz/train-images-idx3-ubyte.xz ] && [ ! -f $R/data/train-images-idx3-ubyte ]; then
   xz -dc .data/fm-xz/train-images-idx3-ubyte.xz > $R/data/train-images-idx3-ubyte.tmp && mv $R/data/train-images-idx3-ubyte.tmp $R/data/train-images-idx3-ubyte
   cp .data/fm-xz/*.gz $R/data/
 fi
@@ -47,6 +53,17 @@ fi
 export PYTHONPATH=/tmp/site:$PWD/src EEDIFF_FASHION_MNIST_DIR=$R/data
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name --format=csv,noheader
 echo "[$(el)s] stage $STAGE, deadline ${DL}s"
+[ "$STAGE" = prep ] && exit 0
+# an export given as INIT_DIT / INIT_UVIT is kept in the state folder at first sight, and that copy is used from
+# then on: the checkout (where the export travelled) is replaced at every call
+for m in dit uvit; do
+  INIT=INIT_${m^^}
+  if [ -n "${!INIT:-}" ]; then
+    [ -f $R/init-$m.safetensors ] || cp ${!INIT} $R/init-$m.safetensors || exit 3
+    declare INIT_${m^^}=$R/init-$m.safetensors; echo "$m: init $R/init-$m.safetensors ($(sha256sum < $R/init-$m.safetensors | cut -c1-12))"
+  fi
+done
+MODELS=${BASE_MODELS:-dit uvit}   # the base stage's runs
 
 STEPS=${BASE_STEPS:-100000}; EV=${EVAL_EVERY:-2000}; EN=${EVAL_N:-5000}
 B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr ${LR:-3e-4} --lr-schedule constant --ema-decay 0.9995 --steps $STEPS
@@ -57,7 +74,7 @@ CF[uvit]=${CF[dit]}
 declare -A CONF=([dit]='--arch DiT --model-config {"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}'
                  [uvit]='--arch U-ViT --model-config {"embed_dim":96,"depth":12,"num_heads":3,"patch_size":2}')
 # done: the run stopped at a plateau or at --steps (its last eval row says so / its last step is --steps)
-done_run() { python3 - "$R/$1/metrics.jsonl" "$STEPS" <<'PY'
+done_run() { python3 - "$R/$1/metrics.jsonl" "${2:-$STEPS}" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().endswith("}")] if __import__("os").path.exists(sys.argv[1]) else []
 last = max((r.get("step", 0) for r in rows), default=0)
@@ -65,7 +82,7 @@ sys.exit(0 if any(r.get("plateau") for r in rows) or last >= int(sys.argv[2]) el
 PY
 }
 ret() {  # what comes back: the EMA export (fp16) and metrics of each run of this stage, one tar per family (<= 16 MiB)
-  for m in dit uvit; do  # base stage: the base run; finetune stage: its fine-tunes (the base came back earlier)
+  for m in ${MODELS:-dit uvit}; do  # base stage: the base run; finetune stage: its fine-tunes (the base came back earlier)
     if [ "$STAGE" = base ]; then dirs=$m; else dirs=$(cd $R && echo $m-*); fi   # (nullglob: no fine-tunes, no dirs)
     files=$(cd $R && for d in $dirs; do for f in $d/final-fp16.safetensors $d/metrics.jsonl $d/config.json; do [ -f $f ] && echo $f; done; done)
     [ -n "$files" ] && (cd $R && tar cf $OUT/$m-$STAGE.tar $files)
@@ -90,9 +107,25 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().endswith("}")]
 s = [r for r in rows if "loss" in r]; e = [r for r in rows if "eval" in r]
 print(s[-1]["step"] if s else 0, round(s[-1].get("steps_per_s", 0), 1) if s else 0, round(e[-1]["eval"]["value"], 2) if e else "-", sep="/")' $f 2>/dev/null) "; done)"; done; }
 
+train_run() {  # train_run MODEL COMMAND...: one base run; one that fails under reduce-overhead (CUDA graphs) goes on
+  local m=$1; shift  # with --compile-mode default, from its last checkpoint, in the time left
+  "$@" >> $R/$m.log 2>&1 && return 0
+  [[ " $* " == *" reduce-overhead "* ]] || return 1
+  echo "[$(el)s] $m failed under --compile-mode reduce-overhead ($(grep -m1 -o 'Error[^.]*' $R/$m.log | cut -c1-160)); going on with the default mode"
+  local a=() prev="" w
+  for w in "$@"; do
+    [ "$prev" = --max-minutes ] && w=$(mins $(( DL - RESERVE )))
+    prev=$w; [ "$w" = reduce-overhead ] && w=default
+    [ "$w" = --resume ] || a+=("$w")
+  done
+  local ck=( $R/$m/checkpoints/step-* )
+  if [ ${#ck[@]} -gt 0 ]; then a+=(--resume); else a+=(--overwrite); fi   # (no checkpoint yet: the failed run's files go)
+  "${a[@]}" >> $R/$m.log 2>&1
+}
+
 if [ "$STAGE" = base ]; then
   if [ -n "${SPEED:-}" ]; then  # first, how fast each way of compiling trains (about 4 minutes)
-    for m in dit uvit; do
+    for m in $MODELS; do
       timeout 240 $PY benchmarks/train_speed.py ${CONF[$m]} --variants ${SPEED_VARIANTS:-blocks:512,model:512,model/reduce-overhead:512} \
         --warmup 20 --repeats 30 --out $OUT/train_speed_$m.json 2>&1 | grep -v -i warn | tail -n 5
       # train with the fastest way measured at the run's batch size (SCOPE / MODE, when given, are kept)
@@ -105,7 +138,7 @@ PY
 ) && [ -n "$pick" ] && CF[$m]=$pick && echo "$m: training with ${CF[$m]}"
     done
   fi
-  for m in dit uvit; do
+  for m in $MODELS; do
     if [ -f $R/$m/metrics.jsonl ] && done_run $m; then echo "$m: finished earlier"; continue; fi
     RES=""; [ -d $R/$m/checkpoints ] && RES="--resume"
     RESERVE=50; [ -f $R/pt/inception_fp16.pt ] && RESERVE=170   # the snapshots' FID comes after training
@@ -113,15 +146,15 @@ PY
     INIT=INIT_${m^^}
     if [ -n "${!INIT:-}" ]; then  # continue an earlier export (a fresh optimizer; EMA from its weights), or resume that
       # no --plateau here: its steps count from 0, the rule is about total steps (benchmarks/converge_report.py applies it)
-      $E finetune --init ${!INIT} --schedule full --reweight-gamma 0 $B ${CF[$m]} --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
+      train_run $m $E finetune --init ${!INIT} --schedule full --reweight-gamma 0 $B ${CF[$m]} --max-minutes $M --out $R/$m $RES &
     else
-      $E train ${CONF[$m]} $B ${CF[$m]} --plateau 0.03 --max-minutes $M --out $R/$m $RES >> $R/$m.log 2>&1 &
+      train_run $m $E train ${CONF[$m]} $B ${CF[$m]} --plateau 0.03 --max-minutes $M --out $R/$m $RES &
     fi
   done
   watch; wait
-  for m in dit uvit; do tail -n 3 $R/$m.log | cut -c1-240; done
+  for m in $MODELS; do tail -n 3 $R/$m.log | cut -c1-240; done
   mkdir -p $R/snap
-  for m in dit uvit; do  # this call's EMA export, kept for the FID at checkpoints
+  for m in $MODELS; do  # this call's EMA export, kept for the FID at checkpoints
     S=$(python3 -c "import json,sys; print(max(json.loads(l).get('step', 0) for l in open(sys.argv[1]) if l.strip().endswith('}')))" $R/$m/metrics.jsonl)
     [ -f $R/snap/$m-$S.safetensors ] || cp $R/$m/final.safetensors $R/snap/$m-$S.safetensors
   done
@@ -138,8 +171,9 @@ elif [ "$STAGE" = finetune ]; then
     [ -f ${BASE[$m]} ] || { echo "no ${BASE[$m]}: run the base stage first (or give INIT_${m^^}=EXPORT)"; exit 3; }
     A=DiT; [ $m = uvit ] && A=U-ViT
     for s in ${FT_KINDS:-D4-$A D6-$A full}; do
-      [ -f $R/$m-$s/final.safetensors ] && continue
-      $E finetune --init ${BASE[$m]} --schedule $s $F --max-minutes $(mins $(( FT_END - 40 ))) --out $R/$m-$s > $R/$m-$s.log 2>&1 &
+      done_run $m-$s $FS && continue   # finished; one stopped by --max-minutes goes on from its checkpoint
+      RES=""; ck=( $R/$m-$s/checkpoints/step-* ); [ ${#ck[@]} -gt 0 ] && RES="--resume"
+      $E finetune --init ${BASE[$m]} --schedule $s $F --max-minutes $(mins $(( FT_END - 40 ))) --out $R/$m-$s $RES >> $R/$m-$s.log 2>&1 &
     done
   done
   watch; wait
