@@ -401,3 +401,34 @@ def test_uvit_search_path_proxy_and_savings():
         sched.check(K)
         res = generate(m, p, DDIM, n=2, batch_size=2, schedule=sched, progress=False)
         assert 1 - res.compute_fraction == pytest.approx(c.compute_saving, abs=1e-12)
+
+
+def test_saving_of_stops_at_the_other_schedules_saving(ckpt, tmp_path):
+    """--saving-of: the target is the other schedule's compute saving on these sampler steps, as `eediff sample`
+    reports it for that schedule (an independent count), and the greedy path stops at the first candidate past it."""
+    from eediff.config import SearchConfig
+
+    other = "4,3,2,1"
+    r = run("sample", "--model", ckpt, "--schedule", other, "--sampler", "ddim", "--steps", "4", "-n", "2",
+            "--out", str(tmp_path / "g.png"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    saving = 1 - float(r.stdout.split("compute fraction: ")[1].split()[0])
+    res = S.run_search(SearchConfig(model=ckpt, saving_of=other, sampler="ddim", steps=4, n=3, intervals=4, device="cpu",
+                                    progress=False, out=str(tmp_path / "s.json")), log=lambda *a: None)
+    assert res.settings["target_saving"] == pytest.approx(saving, abs=5e-4) and res.settings["saving_of"] == other
+    assert res.best.compute_saving >= res.settings["target_saving"] > res.path[-2].compute_saving
+    assert json.loads((tmp_path / "s.json").read_text())["search"]["compute_saving"] == res.best.compute_saving
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("D4-DiT", "does not fit this model"),          # 28 blocks on a 4-block model
+    ("full", "saves nothing"),
+    ("no-such-preset", "schedule"),
+])
+def test_saving_of_refuses_what_it_cannot_match(ckpt, tmp_path, spec, needle):
+    r = run("search", "--model", ckpt, "--saving-of", spec, "--sampler", "ddim", "--steps", "3", "-n", "2", "--intervals", "3",
+            "--device", "cpu", "--out", str(tmp_path / "s.json"), "--no-progress")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert not (tmp_path / "s.json").exists()

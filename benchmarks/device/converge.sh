@@ -13,6 +13,8 @@
 #        too, and with the wheels and data the call is at its 64 MiB: put them in place of the zoo's
 #        dit-fmnist / uvit-fmnist files in the working tree for that call, then `git checkout` those two files;
 #        the first call keeps each export in the state folder, later calls use that copy)
+#   SEARCH="D4 D6 0.4" ... converge.sh finetune DL   (also: schedules searched on the base at D4's and D6's compute
+#       saving and at 40%, fine-tuned with the same budget and put in the same tables)
 #   bash benchmarks/device/converge.sh prep 0 && (BASE_MODELS=dit INIT_DIT=F bash benchmarks/device/converge.sh base DL &
 #       FT_MODELS=uvit INIT_UVIT=G bash benchmarks/device/converge.sh finetune DL; wait)
 #       (one model still training while the other, at its plateau, is fine-tuned: prep installs and unpacks once)
@@ -165,15 +167,31 @@ elif [ "$STAGE" = finetune ]; then
   F="--dataset fashion-mnist --batch-size ${FT_BATCH:-512} --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS --compile
      --eval-every 1000 --eval-n $EN --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
   FT_END=${FT_END:-$(( DL * 6 / 10 ))}   # the fine-tunes get 60% of the call, the FID tables the rest
-  declare -A BASE
+  declare -A BASE SCHED KINDS
   for m in ${FT_MODELS:-dit uvit}; do
     INIT=INIT_${m^^}; BASE[$m]=${!INIT:-$R/$m/final.safetensors}   # this machine's base run, or an export that travelled
     [ -f ${BASE[$m]} ] || { echo "no ${BASE[$m]}: run the base stage first (or give INIT_${m^^}=EXPORT)"; exit 3; }
     A=DiT; [ $m = uvit ] && A=U-ViT
-    for s in ${FT_KINDS:-D4-$A D6-$A full}; do
+    kinds="${FT_KINDS:-D4-$A D6-$A full}"
+    for x in ${SEARCH:-}; do  # searched on the base (eediff search), then fine-tuned with the presets' budget
+      f=$R/$m-search-$x.json
+      if [ ! -f $f ]; then
+        case $x in D*) arg="--saving-of $x-$A" ;; *) arg="--target-saving $x" ;; esac
+        $E search --model ${BASE[$m]} $arg --sampler dpm-solver++ --steps 25 -n ${SEARCH_N:-256} --batch-size 256 --out $f \
+          --report $R/$m-search-$x.report.json --no-progress >> $R/$m-search.log 2>&1 \
+          || { echo "$m: search $x failed: $(tail -n 1 $R/$m-search.log)"; continue; }
+        cp $f $R/$m-search-$x.report.json $OUT/
+      fi
+      # the search's intervals are equal, so its blocks as a comma list are the same schedule
+      SCHED[$m-search-$x]=$(python3 -c "import json, sys; print(','.join(map(str, json.load(open(sys.argv[1]))['blocks'])))" $f)
+      echo "$m: search $x -> ${SCHED[$m-search-$x]}"
+      kinds="$kinds search-$x"
+    done
+    KINDS[$m]=$kinds
+    for s in $kinds; do
       done_run $m-$s $FS && continue   # finished; one stopped by --max-minutes goes on from its checkpoint
       RES=""; ck=( $R/$m-$s/checkpoints/step-* ); [ ${#ck[@]} -gt 0 ] && RES="--resume"
-      $E finetune --init ${BASE[$m]} --schedule $s $F --max-minutes $(mins $(( FT_END - 40 ))) --out $R/$m-$s $RES >> $R/$m-$s.log 2>&1 &
+      $E finetune --init ${BASE[$m]} --schedule ${SCHED[$m-$s]:-$s} $F --max-minutes $(mins $(( FT_END - 40 ))) --out $R/$m-$s $RES >> $R/$m-$s.log 2>&1 &
     done
   done
   watch; wait
@@ -182,8 +200,10 @@ elif [ "$STAGE" = finetune ]; then
   C="--n $EN --batch-size 1000 --seeds 0 --cache-dir $R/fidcache --time-batch 1000 --time-repeats 3 $MET"
   for m in ${FT_MODELS:-dit uvit}; do
     A=DiT; SHARE=2; [ $m = uvit ] && A=U-ViT && SHARE=1   # DiT gets half of what is left, U-ViT the rest
+    [ "${FT_MODELS:-dit uvit}" = $m ] && SHARE=1
+    more=(); for s in ${KINDS[$m]}; do [[ $s == search-* ]] && [ -f $R/$m-$s/final.safetensors ] && more+=(--finetuned "${SCHED[$m-$s]}=$R/$m-$s/final.safetensors"); done
     $PY benchmarks/gpu_tables.py --arch-label $A --base ${BASE[$m]} --finetuned D4-$A=$R/$m-D4-$A/final.safetensors \
-      --finetuned D6-$A=$R/$m-D6-$A/final.safetensors --fair $R/$m-full/final.safetensors --zero-shot "D4-$A;D6-$A" \
+      --finetuned D6-$A=$R/$m-D6-$A/final.safetensors "${more[@]}" --fair $R/$m-full/final.safetensors --zero-shot "D4-$A;D6-$A$(for s in ${KINDS[$m]}; do [ -n "${SCHED[$m-$s]:-}" ] && echo -n ";${SCHED[$m-$s]}"; done)" \
       --samplers "${SAMPLERS:-dpm-solver++-25;ddim-50;ddpm-100}" --late-samplers ddpm-100 --deadline-s $(( (DL - $(el) - 20) / SHARE )) \
       $C --out-jsonl $R/tables_$m.jsonl 2>&1 | grep -v -i warn | tail -n 5
     cp $R/tables_$m.jsonl $OUT/ 2>/dev/null

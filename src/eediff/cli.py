@@ -474,7 +474,8 @@ def search_cmd(cfg) -> None:
     typer.echo(f"model: {s['model']}  ({s['arch']}, {s['num_blocks']} schedulable blocks)  sampler: {s['sampler']}  "
                f"proxy on {s['n']} images, {len(res.table.t_unit)} steps, {len(res.path)} candidates on the greedy path")
     typer.echo(f"schedule '{s['name']}': {','.join(map(str, best.blocks))} over {s['intervals']} intervals of t (0 -> 1)")
-    target = (f"target {100 * cfg.target_saving:.1f}%" if cfg.target_saving is not None else f"FD ratio at most {cfg.max_fid_ratio:g}")
+    target = (f"FD ratio at most {cfg.max_fid_ratio:g}" if cfg.max_fid_ratio is not None else
+              f"target {100 * s['target_saving']:.1f}%" + (f", the saving of {cfg.saving_of}" if cfg.saving_of else ""))
     typer.echo(f"compute saving: {100 * best.compute_saving:.1f}% of the analytic FLOPs ({target}), proxy {best.proxy:.4g}")
     if res.chosen == 0:
         typer.echo(f"note: no candidate that saves compute keeps the FD ratio at most {cfg.max_fid_ratio:g}: the schedule is full depth")

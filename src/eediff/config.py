@@ -316,6 +316,8 @@ class SearchConfig:
     model: str = opt("dit-fmnist", "checkpoint or shipped name whose schedule is searched (its full depth is the reference)")
     target_saving: float = opt(None, "stop at the first greedy candidate saving this fraction of the analytic FLOPs, e.g. 0.4")
     max_fid_ratio: float = opt(None, "take the deepest-saving candidate whose FD / FD(full depth), confirmed on held-out images, is at most this, e.g. 1.02")
+    saving_of: str = opt(None, "stop at the compute saving that this schedule (a preset such as D4-DiT, a comma list or a .json file) "
+                               "has on this sampler: a searched schedule exactly as cheap as it")
     sampler: str = opt("dpm-solver++", "sampler the schedule is searched for (its timesteps decide the FLOPs): ddpm | ddim | dpm-solver++ | euler-maruyama | a diffusers class")
     steps: int = opt(25, "sampler steps")
     out: str = opt("schedule.json", "the schedule as JSON, for --schedule of sample / eval / finetune")

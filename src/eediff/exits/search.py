@@ -61,7 +61,9 @@ monotonicity leaves them.
 
 **Stopping.** ``target_saving``: the path stops at the first candidate whose compute saving reaches the
 target; for that last move, of all the moves that reach the target, the one leaving the lowest proxy is taken
-(the candidate before it is below the target). ``max_fid_ratio``: the whole path is built, then candidates are
+(the candidate before it is below the target). ``saving_of``: the target is the compute saving another
+schedule (a preset) has over the same sampler steps, so that the searched schedule and the preset are
+compared at the same cost. ``max_fid_ratio``: the whole path is built, then candidates are
 *confirmed*: ``confirm_n`` held-out images (seeds ``seed + n`` onwards, disjoint from the search batch) are
 generated with the candidate's schedule and with full depth, same seeds and labels, and their Fréchet
 distance to the reference set is measured (``fd-classifier`` by default, Inception FID with an Inception
@@ -87,7 +89,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import EediffError
-from .schedule import ExitSchedule
+from .schedule import ExitSchedule, ScheduleError, get_schedule
 
 
 class SearchError(EediffError):
@@ -428,8 +430,10 @@ class SearchResult:
 
 def check_config(cfg) -> None:
     """One-line refusals for a SearchConfig that cannot run (before any model is loaded)."""
-    if (cfg.target_saving is None) == (cfg.max_fid_ratio is None):
-        raise SearchError("give exactly one of --target-saving (e.g. 0.4) or --max-fid-ratio (e.g. 1.02)")
+    if sum(v is not None for v in (cfg.target_saving, cfg.max_fid_ratio, cfg.saving_of)) != 1:
+        raise SearchError("give exactly one of --target-saving (e.g. 0.4), --max-fid-ratio (e.g. 1.02) or --saving-of (e.g. D4-DiT)")
+    if cfg.saving_of is not None:
+        get_schedule(cfg.saving_of)  # a one-line ScheduleError for a bad name or file, before any model is loaded
     if cfg.target_saving is not None and not 0 < cfg.target_saving < 1:
         raise SearchError(f"--target-saving {cfg.target_saving} must lie in (0, 1): the fraction of the FLOPs to save")
     if cfg.max_fid_ratio is not None and not (math.isfinite(cfg.max_fid_ratio) and cfg.max_fid_ratio >= 1):
@@ -495,9 +499,21 @@ def run_search(cfg, log=print) -> SearchResult:
                           min_depth=cfg.min_depth, weighting=cfg.weighting, device=device, autocast_dtype=amp,
                           progress=cfg.progress)
     kw = dict(min_depth=cfg.min_depth, monotone=cfg.monotone, data_full=cfg.data_full)
-    path = greedy_path(table, boundaries, stop_saving=cfg.target_saving, **kw)
-    if cfg.target_saving is not None and path[-1].compute_saving < cfg.target_saving:
-        raise SearchError(f"--target-saving {cfg.target_saving} is beyond the {path[-1].compute_saving:.3f} this search can reach "
+    target, flag = cfg.target_saving, f"--target-saving {cfg.target_saving}"
+    if cfg.saving_of is not None:  # the other schedule's saving over the same sampler steps (the FLOPs generate reports)
+        other = get_schedule(cfg.saving_of)
+        try:
+            other.check(table.num_blocks)
+            target = table.compute_saving(other)
+        except ScheduleError as e:
+            raise SearchError(f"--saving-of '{cfg.saving_of}' does not fit this model: {e}") from None
+        flag = f"--saving-of {other.name} (a saving of {target:.3f})"
+        log(f"target: the compute saving of {other.name} on {cfg.sampler} x{cfg.steps}, {100 * target:.1f}%")
+        if target <= 0:
+            raise SearchError(f"--saving-of '{cfg.saving_of}' saves nothing on {cfg.sampler} x{cfg.steps}: give a schedule that drops blocks")
+    path = greedy_path(table, boundaries, stop_saving=target, **kw)
+    if target is not None and path[-1].compute_saving < target:
+        raise SearchError(f"{flag} is beyond the {path[-1].compute_saving:.3f} this search can reach "
                           f"(--min-depth {cfg.min_depth}{', the interval nearest the data at full depth' if cfg.data_full else ''}, "
                           f"{cfg.sampler} x{cfg.steps}): ask for less")
     if cfg.max_fid_ratio is not None:
@@ -511,8 +527,8 @@ def run_search(cfg, log=print) -> SearchResult:
         "name": name, "model": loaded.source, "arch": model.arch, "num_blocks": K, "sampler": f"{cfg.sampler}-{cfg.steps}",
         "cfg": cfg.cfg, "n": cfg.n, "seed": cfg.seed, "intervals": cfg.intervals, "min_depth": cfg.min_depth,
         "monotone": cfg.monotone, "data_full": cfg.data_full, "weighting": cfg.weighting,
-        "mode": "target-saving" if cfg.target_saving is not None else "max-fid-ratio",
-        "target_saving": cfg.target_saving, "max_fid_ratio": cfg.max_fid_ratio,
+        "mode": "max-fid-ratio" if cfg.max_fid_ratio is not None else "target-saving",
+        "target_saving": target, "saving_of": cfg.saving_of, "max_fid_ratio": cfg.max_fid_ratio,
         "confirmation": None if judge is None else {
             "metric": metric, "reference": cfg.reference, "n": cfg.confirm_n, "seeds": [cfg.seed + cfg.n, cfg.seed + cfg.n + cfg.confirm_n - 1],
             "evaluated": [i for i, c in enumerate(path) if c.fid is not None]},
