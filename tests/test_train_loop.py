@@ -333,6 +333,23 @@ def test_compile_scope_model_is_the_same_training(tmp_path):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5), n  # the same parameter names: compiled in place
 
 
+def test_compile_scope_model_with_one_depth_per_step(tmp_path):
+    """An exit schedule with --depth-grouping batch: every step's rows share one depth, which the whole-forward
+    graph gets as an int (a graph per depth); it trains what eager trains with the same depths."""
+    kw = dict(steps=3, schedule="4,3,2,1", depth_grouping="batch")
+    eager = Trainer(tiny_cfg(tmp_path / "a", **kw), "train")
+    whole = Trainer(tiny_cfg(tmp_path / "b", compile=True, compile_scope="model", **kw), "train")
+    depths = []
+    for _ in range(3):
+        (la, ia), (lb, ib) = eager.step(), whole.step()
+        assert torch.equal(ia["depth"], ib["depth"]) and len(set(ib["depth"].tolist())) == 1
+        depths.append(int(ib["depth"][0]))
+        assert abs(float(la) - float(lb)) <= 1e-4 * abs(float(la)), (la, lb)
+    assert len(set(depths)) > 1, depths  # the steps ran at more than one depth (seeded: deterministic)
+    for (n, a), b in zip(eager.model.state_dict().items(), whole.model.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5), n
+
+
 def test_compile_scope_model_needs_full_depth(tmp_path):
     from eediff.config import ConfigError
 

@@ -134,7 +134,7 @@ class TrainBaseConfig:
     precision: str = opt("auto", "bf16 | fp32 | auto (bf16 autocast on GPU, fp32 on CPU)", aliases=("--mixed-precision",))
     compile: bool = opt(False, "torch.compile the model")
     compile_scope: str = opt("blocks", "what --compile compiles: blocks (each block alone; any per-row depth) | model (the whole "
-                                       "forward as one graph, fused across blocks; full-depth ASE training only)")
+                                       "forward as one graph, fused across blocks; ASE at full depth, or with --depth-grouping batch: a graph per depth)")
     compile_mode: str = opt("default", "torch.compile mode of --compile: default | reduce-overhead (CUDA graphs of the whole forward "
                                        "and backward: no per-kernel launch cost; needs --compile-scope model) | max-autotune-no-cudagraphs")
     data_on_device: str = opt("auto", "keep the whole data set on the GPU: yes | no | auto (when it fits in 8 GiB)")

@@ -210,12 +210,19 @@ class Trainer:
         if cfg.compile and cfg.compile_mode == "reduce-overhead" and not self.cudagraphs and self.main:
             print(f"note: --compile-mode reduce-overhead: CUDA graphs need a GPU, and this run is on {self.device.type}: "
                   "compiling without them", file=sys.stderr)
+        self.full_depth = self.schedule.is_full(self.K)
         if self.whole_graph:
-            # one graph for the whole forward (inductor fuses across block boundaries); every row runs every
-            # block, so the forward is called without a per-row depth (the same function: all depths are K)
-            if not self.schedule.is_full(self.K) or self.method == "deediff":
-                raise ConfigError("--compile-scope model compiles one full-depth forward: it needs --schedule full and "
-                                  "--method ase (use --compile-scope blocks for an exit schedule or DeeDiff)")
+            # one graph for the whole forward (inductor fuses across block boundaries). At full depth every row
+            # runs every block, so the forward is called without a per-row depth (the same function: all
+            # depths are K). With --depth-grouping batch every row of a step lies in one interval of the
+            # schedule, so the step's depth is passed as an int: one graph per depth, each of fixed shape
+            if self.method == "deediff" or not (self.full_depth or cfg.depth_grouping == "batch"):
+                raise ConfigError("--compile-scope model compiles forwards of one depth per step: it needs --method ase and "
+                                  "--schedule full or --depth-grouping batch (use --compile-scope blocks for per-row depths or DeeDiff)")
+            if not self.full_depth:
+                from torch import _dynamo
+
+                _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)  # a graph per depth
             model.compile(mode=cfg.compile_mode)
         elif cfg.compile:
             # the blocks, not the whole forward: the rows per block change from step to step, and a compiled
@@ -311,7 +318,7 @@ class Trainer:
             if self.method == "deediff":  # every block's exit output and uncertainty, in one pass
                 out, exits = deediff.layer_outputs(self.model, x_t, t_model, y)
             else:
-                out = self.model(x_t, t_model, y, active_blocks=None if self.whole_graph else depth)  # every row at the depth of its own t
+                out = self.model(x_t, t_model, y, active_blocks=self._active_blocks(depth))
         per_example = self.objective.loss(out, x0, x_t, noise, t_dev, t)  # (n,)
         loss = (per_example * lam_dev).sum() / n
         if self.method == "deediff":
@@ -332,6 +339,19 @@ class Trainer:
         ema_update(self.ema_params, self.params, ema_decay_at(cfg.ema_decay, self.step_count, cfg.ema_warmup))
         self.step_count += 1
         return loss.detach(), {"t_unit": t_unit, "depth": depth, "lambda": lam, **extra}
+
+    def _active_blocks(self, depth: torch.Tensor):
+        """What the forward gets: every row at the depth of its own t (a host tensor), or for a whole-forward
+        graph None at full depth and the step's one depth as an int (--depth-grouping batch)."""
+        if not self.whole_graph:
+            return depth
+        if self.full_depth:
+            return None
+        k = int(depth[0])
+        if not bool((depth == k).all()):  # host tensors: no device sync
+            raise RuntimeError(f"--depth-grouping batch gave one step rows at depths {sorted(set(depth.tolist()))}: "
+                               "the schedule's depth must be constant on each of its intervals")
+        return k
 
     def _sync_gradients(self) -> None:
         for p in self.params:  # a block no example reached has no gradient: it counts as zero

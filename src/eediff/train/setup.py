@@ -115,7 +115,7 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
         (cfg.compile_mode in COMPILE_MODES, f"unknown --compile-mode '{cfg.compile_mode}': use one of {', '.join(COMPILE_MODES)}"),
         (cfg.compile_mode != "reduce-overhead" or cfg.compile_scope == "model",
          "--compile-mode reduce-overhead captures CUDA graphs of fixed shapes, and compiled blocks see a different row count at "
-         "every step: add --compile-scope model (full-depth training)"),
+         "every step: add --compile-scope model (full depth, or an exit schedule with --depth-grouping batch)"),
     ]
     for ok, msg in checks:
         if not ok:
