@@ -7,6 +7,7 @@ the eval rows (classifier Fréchet distance of 5000 EMA samples, DPM-Solver++ 25
 steps, the plateau rule's gain at each (`eediff.train.loop.plateau_gain`: the log-log trend of the evals of
 the last doubling of total steps, extrapolated to 20% more steps; a continued part's own --plateau would
 count from its first step, so the rule is applied here), where it is first met, and the training speed.
+Training is counted in images seen, as steps of batch 512 (a part at batch 1024 counts each step twice).
 
     python benchmarks/converge_report.py --dir results/converge
 """
@@ -22,6 +23,7 @@ import re
 from eediff.train.loop import plateau_gain
 
 PLATEAU = 0.03  # --plateau 0.03: 20% more steps improve the distance by less than 3%
+BATCH = 512  # the unit of training: steps of this many images
 
 
 def read_rows(path: str) -> list[dict]:
@@ -35,14 +37,18 @@ def curve(dir_: str, model: str) -> dict:
     for p in parts:
         rows = read_rows(p)
         steps = [r for r in rows if "loss" in r]
+        with open(p.replace(".metrics.jsonl", ".config.json")) as f:
+            conf = json.load(f)
+        # training is counted in images seen, as steps of batch 512: a part at another batch size counts its
+        # steps x batch / 512, so that "20% more training" means 20% more images whatever the batch
+        scale = conf["batch_size"] / BATCH
         for r in rows:
             if "eval" in r:
-                evals.append({"step": offset + r["eval"]["step"], "value": r["eval"]["value"], "part": len(bounds) + 1})
-        speed += [r["steps_per_s"] for r in steps[2:]]  # past the compile
-        last = max(r["step"] for r in steps)
-        with open(p.replace(".metrics.jsonl", ".config.json")) as f:
-            lr = json.load(f).get("lr")
-        bounds.append({"part": len(bounds) + 1, "from": offset, "to": offset + last, "last_loss": steps[-1]["loss"], "lr": lr})
+                evals.append({"step": round(offset + scale * r["eval"]["step"]), "value": r["eval"]["value"], "part": len(bounds) + 1})
+        speed += [r["steps_per_s"] * scale for r in steps[2:]]  # past the compile
+        last = scale * max(r["step"] for r in steps)
+        bounds.append({"part": len(bounds) + 1, "from": round(offset), "to": round(offset + last), "last_loss": steps[-1]["loss"],
+                       "lr": conf.get("lr"), "batch_size": conf["batch_size"]})
         offset += last
     for i, e in enumerate(evals):
         e["plateau_gain"] = plateau_gain(evals[: i + 1])
@@ -65,10 +71,11 @@ def main(argv=None):
         for e in c["evals"]:
             g = "—" if e["plateau_gain"] is None else f"{100 * e['plateau_gain']:.1f}%"
             lines.append(f"| {names[m]} | {e['step']} | {e['value']:.3f} | {g} | {e['part']} |")
-    lines += ["", "| model | parts (total steps) | median steps/s (B=512, both models on one H200) | last loss | plateau (total steps) |",
+    lines += ["", "| model | parts (total steps) | median steps/s (as B=512, both models on one H200) | last loss | plateau (total steps) |",
               "|---|---|---|---|---|"]
     for m, c in out.items():
-        spans = ", ".join("%d–%d (lr %g)" % (b["from"], b["to"], b["lr"]) for b in c["parts"])
+        spans = ", ".join("%d–%d (lr %g%s)" % (b["from"], b["to"], b["lr"], "" if b["batch_size"] == BATCH else f", batch {b['batch_size']}")
+                          for b in c["parts"])
         lines.append(f"| {names[m]} | {spans} | {c['median_steps_per_s']:.1f} | {c['parts'][-1]['last_loss']:.4f} | {c['plateau_at'] or 'not reached'} |")
     with open(os.path.join(a.dir, "converge_tables.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -87,7 +94,7 @@ def main(argv=None):
             ax.plot([e["step"]], [e["value"]], "*", ms=14, mec="black", color=line.get_color(), zorder=5,
                     label=f"{names[m].split(' ')[0]}: plateau rule met ({e['step']} steps)")
     ax.set_yscale("log")
-    ax.set_xlabel("training steps (batch 512)")
+    ax.set_xlabel("training steps (as batch 512: images seen / 512)")
     ax.set_ylabel("classifier FD (5000 EMA samples)")
     ax.set_title("Base models towards the plateau (dotted: a part continues an EMA export)", fontsize=8)
     ax.grid(alpha=0.3, which="both")

@@ -120,3 +120,27 @@ def test_resume_measures_a_step_the_stopped_run_did_not(tmp_path):
     assert train(plain, steps=4).exit_code == 0
     wa, wb = load_file(out / "final.safetensors"), load_file(plain / "final.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_converge_report_counts_images_across_parts_of_different_batch(tmp_path):
+    """benchmarks/converge_report.py chains continued parts: part 2 (batch 1024) counts each step as two steps of
+    batch 512, so its evals, span and speed are in images seen; the plateau gain is the rule's on those steps."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "converge_report.py"
+    spec = importlib.util.spec_from_file_location("converge_report", path)
+    rep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rep)
+    parts = {1: (512, 2000, [(1000, 4.0), (2000, 3.0)]), 2: (1024, 1000, [(500, 2.5), (1000, 2.2)])}
+    for n, (batch, last, evals) in parts.items():
+        (tmp_path / f"dit-part{n}.config.json").write_text(json.dumps({"batch_size": batch, "lr": 1e-4}))
+        rows = [{"step": s, "loss": 0.1, "steps_per_s": 10.0} for s in (last // 4, last // 2, 3 * last // 4, last)]
+        rows += [{"step": s, "eval": {"step": s, "value": v}} for s, v in evals]
+        (tmp_path / f"dit-part{n}.metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = rep.curve(str(tmp_path), "dit")
+    assert [e["step"] for e in c["evals"]] == [1000, 2000, 3000, 4000]
+    assert [(b["from"], b["to"], b["batch_size"]) for b in c["parts"]] == [(0, 2000, 512), (2000, 4000, 1024)]
+    assert c["median_steps_per_s"] == 20.0  # part 2's 10 steps/s of 1024 images are 20 of 512
+    want = plateau_gain([{"step": s, "value": v} for s, v in ((1000, 4.0), (2000, 3.0), (3000, 2.5), (4000, 2.2))])
+    assert c["evals"][-1]["plateau_gain"] == pytest.approx(want)
