@@ -8,7 +8,7 @@
 proxy table is measured once on ``--search-n`` images (seeds 0.., the search batch), with the measured
 propagation so that every weighting can be scored from it. For every weighting in ``--weightings`` and every
 target (the compute saving of each preset of ``--presets`` on this sampler, D4 and D6 of the model's
-architecture by default, then ``--targets``) the greedy path gives a schedule. Then ``-n`` images (seeds
+architecture by default, then ``--targets``) each path of ``--methods`` (exact and greedy) gives a schedule. Then ``-n`` images (seeds
 10**6 + i, disjoint from the search batch; the same seeds and labels for every schedule) are sampled at full
 depth, with every preset and with every searched schedule, and saved as uint8 .npz; every row carries the
 proxy of its schedule under every weighting (presets included, so that the proxy's agreement with FID can be
@@ -71,14 +71,19 @@ def generate_stage(a) -> dict:
         presets = [get_schedule(p).check(K) for p in preset_names(a.presets, m.arch)]
         # (schedule, kind, weighting, target, compared_with)
         todo = [(get_schedule("full"), "full", None, None, None)] + [(p, "preset", None, None, None) for p in presets]
+        methods = [v.strip() for v in a.methods.split(",") if v.strip()]
+        bad = [v for v in methods if v not in S.SEARCH_PATHS]
+        if bad:
+            raise SystemExit(f"--methods: unknown {', '.join(bad)}: use {' and/or '.join(S.SEARCH_PATHS)}")
         aims = [(table.compute_saving(p), p.name) for p in presets] + [(t, None) for t in targets]
-        for w in weightings:
-            for target, preset in aims:
-                path = S.greedy_path(table, boundaries, stop_saving=target, weighting=w)
-                label = f"search({w})@{preset or f'{target:.2f}'}"
-                todo.append((path[-1].schedule(boundaries, label), "searched", w, target, preset))
+        for method in methods:
+            for w in weightings:
+                for target, preset in aims:
+                    path = S.SEARCH_PATHS[method](table, boundaries, stop_saving=target, weighting=w)
+                    label = f"{method}({w})@{preset or f'{target:.2f}'}"
+                    todo.append((path[-1].schedule(boundaries, label), "searched", w, target, preset, method))
         made: dict = {}  # blocks -> (images path, compute saving): a schedule found twice is sampled once
-        for j, (sched, kind, w, target, preset) in enumerate(todo):
+        for j, (sched, kind, w, target, preset, *method) in enumerate(todo):
             key = (sched.boundaries, sched.blocks)
             if key not in made:
                 res = generate(m, proc, sampler, n=a.n, batch_size=a.batch_size, seed=EVAL_SEED, schedule=sched, device=device,
@@ -89,6 +94,7 @@ def generate_stage(a) -> dict:
             path, saving = made[key]
             proxies = {v: table.proxy(sched, v) for v in S.WEIGHTINGS}
             row = {"model": arch, "checkpoint": name, "schedule": sched.name, "kind": kind, "weighting": w, "target_saving": target,
+                   "method": method[0] if method else None,
                    "blocks": None if sched.blocks is None else list(sched.blocks), "boundaries": list(sched.boundaries),
                    "compute_saving": saving, "proxy": proxies[S.DEFAULT_WEIGHTING], "proxies": proxies, "compared_with": preset,
                    "images": path, "sampler": out["sampler"]}
@@ -200,6 +206,7 @@ if __name__ == "__main__":
     ap.add_argument("--presets", default="auto", help="auto (D4 and D6 of the model's architecture) or ';'-separated schedules")
     ap.add_argument("--targets", default="0.4", help="more compute savings to search for, comma-separated")
     ap.add_argument("--weightings", default="step,propagated,uniform", help="proxy weightings to search with")
+    ap.add_argument("--methods", default="exact,greedy", help="search paths (eediff search --method): exact and/or greedy")
     ap.add_argument("--search-n", type=int, default=256, help="images of the search batch")
     ap.add_argument("--intervals", type=int, default=10)
     a = ap.parse_args()

@@ -303,13 +303,17 @@ def test_search_eval_generate_and_fid_stages(ckpt, tmp_path):
     work, part, res = tmp_path / "w", tmp_path / "partial.json", tmp_path / "search.json"
     common = ["--work", str(work), "--device", "cpu"]
     r = subprocess.run([sys.executable, "benchmarks/search_eval.py", "generate", "--models", f"Tiny={ckpt}", "--presets", "4,3,2,1;4,2,2,1",
-                        "--targets", "0.3", "--weightings", "step,uniform", "-n", "6", "--batch-size", "6", "--search-n", "3",
+                        "--targets", "0.3", "--weightings", "step,uniform", "--methods", "exact,greedy", "-n", "6", "--batch-size", "6", "--search-n", "3",
                         "--steps", "4", "--intervals", "4", "--out", str(part), *common], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     rows = json.loads(part.read_text())["rows"]
-    # full, 2 presets, (2 preset savings + 1 target) x 2 weightings
-    assert [r["kind"] for r in rows] == ["full", "preset", "preset"] + ["searched"] * 6
+    # full, 2 presets, 2 methods x 2 weightings x (2 preset savings + 1 target)
+    assert [r["kind"] for r in rows] == ["full", "preset", "preset"] + ["searched"] * 12
     assert [r["compared_with"] for r in rows[3:6]] == ["4,3,2,1", "4,2,2,1", None]
+    assert [r["method"] for r in rows[3:]] == ["exact"] * 6 + ["greedy"] * 6
+    for ex, gr in zip(rows[3:9], rows[9:15]):  # the same weighting and target: the exact path's proxy is no higher
+        assert (ex["weighting"], ex["target_saving"]) == (gr["weighting"], gr["target_saving"])
+        assert ex["proxies"][ex["weighting"]] <= gr["proxies"][gr["weighting"]] + 1e-12
     table = S.ProxyTable.from_dict(json.loads(part.read_text())["tables"]["Tiny"])
     for row in rows:
         sched = eediff.get_schedule(json.dumps({"boundaries": row["boundaries"], "blocks": row["blocks"]}))
@@ -331,7 +335,7 @@ def test_search_eval_generate_and_fid_stages(ckpt, tmp_path):
     want = mod.spearman([r["proxies"]["uniform"] for r in once], [r["fid"] for r in once])
     assert out["spearman"]["uniform"]["all"] == pytest.approx(want, rel=1e-12) and set(out["spearman"]["step"]) == {"all", "Tiny"}
     md = (tmp_path / "search.md").read_text()
-    assert "| Tiny | search(step)@4,3,2,1 |" in md and "Spearman" in md
+    assert "| Tiny | exact(step)@4,3,2,1 |" in md and "| Tiny | greedy(uniform)@0.30 |" in md and "Spearman" in md
 
 
 def _search_eval():
@@ -432,3 +436,56 @@ def test_saving_of_refuses_what_it_cannot_match(ckpt, tmp_path, spec, needle):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("monotone,data_full,min_depth", [(True, True, 1), (False, False, 1), (True, False, 2), (False, True, 1)])
+def test_exact_path_is_the_pareto_frontier(monotone, data_full, min_depth):
+    """pareto_path against every one of the 4^4 schedules: each point is valid and has the lowest proxy of all
+    valid schedules saving at least as much, savings and proxies both increase, and every valid schedule's
+    (saving, proxy) is matched or beaten by a point; a target stops at the first point that reaches it."""
+    import itertools
+    import random
+
+    rng = random.Random(1)
+    K, m = 4, 4
+    b = S.equal_boundaries(m)
+    t_unit = [0.02, 0.1, 0.3, 0.35, 0.55, 0.6, 0.8, 0.97]
+    error = [[math.nan] + [rng.uniform(0, 3) for _ in range(K - 1)] + [0.0] for _ in t_unit]
+    table = synthetic_table(error, t_unit, K)
+
+    def valid(bl):
+        return (all(k >= min_depth for k in bl) and (not monotone or all(u >= v for u, v in zip(bl, bl[1:])))
+                and (not data_full or bl[0] == K))
+
+    every = [(table.compute_saving(S.Candidate(bl, 0, 0).schedule(b)), table.proxy(S.Candidate(bl, 0, 0).schedule(b)))
+             for bl in itertools.product(range(1, K + 1), repeat=m) if valid(bl)]
+    path = S.pareto_path(table, b, min_depth=min_depth, monotone=monotone, data_full=data_full)
+    assert path[0].blocks == (K,) * m and path[0].proxy == 0
+    for prev, c in zip(path, path[1:]):
+        assert valid(c.blocks) and c.compute_saving > prev.compute_saving and c.proxy > prev.proxy
+    for c in path:
+        sched = c.schedule(b)
+        assert c.compute_saving == pytest.approx(table.compute_saving(sched), abs=1e-12)
+        assert c.proxy == pytest.approx(table.proxy(sched), abs=1e-12)
+        assert c.proxy == pytest.approx(min(p for s, p in every if s >= c.compute_saving - 1e-12), abs=1e-12)
+    for s, p in every:  # nothing beats the frontier
+        assert any(c.compute_saving >= s - 1e-12 and c.proxy <= p + 1e-12 for c in path)
+    greedy = S.greedy_path(table, b, min_depth=min_depth, monotone=monotone, data_full=data_full)
+    for g in greedy:  # the exact path is at least as good as the greedy at every greedy candidate's saving
+        assert next(c for c in path if c.compute_saving >= g.compute_saving - 1e-12).proxy <= g.proxy + 1e-12
+    target = path[len(path) // 2].compute_saving - 1e-3
+    cut = S.pareto_path(table, b, min_depth=min_depth, monotone=monotone, data_full=data_full, stop_saving=target)
+    assert cut == path[: len(path) // 2 + 1]
+
+
+def test_exact_is_the_default_and_greedy_is_kept(ckpt, tmp_path):
+    from eediff.config import SearchConfig
+
+    kw = dict(model=ckpt, target_saving=0.3, sampler="ddim", steps=4, n=3, intervals=4, device="cpu", progress=False)
+    ex = S.run_search(SearchConfig(out=str(tmp_path / "a.json"), **kw), log=lambda *a: None)
+    gr = S.run_search(SearchConfig(out=str(tmp_path / "b.json"), method="greedy", **kw), log=lambda *a: None)
+    assert ex.settings["method"] == "exact" and gr.settings["method"] == "greedy"
+    assert ex.best.compute_saving >= 0.3 and gr.best.compute_saving >= 0.3
+    assert ex.best.proxy <= gr.best.proxy + 1e-12
+    with pytest.raises(S.SearchError, match="--method 'best' is unknown"):
+        S.run_search(SearchConfig(out=str(tmp_path / "c.json"), method="best", **kw))

@@ -462,7 +462,7 @@ def eval_cmd(cfg) -> None:
     typer.echo(f"wrote {cfg.out}, and a .md table and a .png plot next to it")
 
 
-@dataclass_command(SearchConfig, "search", "Search an exit schedule for a model and sampler: a proxy along full-depth trajectories, greedy per FLOP.")
+@dataclass_command(SearchConfig, "search", "Search an exit schedule for a model and sampler: a proxy along full-depth trajectories, its best schedule at each compute.")
 def search_cmd(cfg) -> None:
     from .exits.search import run_search
 
@@ -472,7 +472,7 @@ def search_cmd(cfg) -> None:
     res = run_search(cfg, log=typer.echo)
     best, s = res.best, res.settings
     typer.echo(f"model: {s['model']}  ({s['arch']}, {s['num_blocks']} schedulable blocks)  sampler: {s['sampler']}  "
-               f"proxy on {s['n']} images, {len(res.table.t_unit)} steps, {len(res.path)} candidates on the greedy path")
+               f"proxy on {s['n']} images, {len(res.table.t_unit)} steps, {len(res.path)} candidates on the {s['method']} path")
     typer.echo(f"schedule '{s['name']}': {','.join(map(str, best.blocks))} over {s['intervals']} intervals of t (0 -> 1)")
     target = (f"FD ratio at most {cfg.max_fid_ratio:g}" if cfg.max_fid_ratio is not None else
               f"target {100 * s['target_saving']:.1f}%" + (f", the saving of {cfg.saving_of}" if cfg.saving_of else ""))

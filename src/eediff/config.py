@@ -314,20 +314,22 @@ class SearchConfig:
     """``eediff search``: an exit schedule searched for one model and sampler (``eediff.exits.search``)."""
 
     model: str = opt("dit-fmnist", "checkpoint or shipped name whose schedule is searched (its full depth is the reference)")
-    target_saving: float = opt(None, "stop at the first greedy candidate saving this fraction of the analytic FLOPs, e.g. 0.4")
+    target_saving: float = opt(None, "stop at the first candidate saving this fraction of the analytic FLOPs, e.g. 0.4")
     max_fid_ratio: float = opt(None, "take the deepest-saving candidate whose FD / FD(full depth), confirmed on held-out images, is at most this, e.g. 1.02")
     saving_of: str = opt(None, "stop at the compute saving that this schedule (a preset such as D4-DiT, a comma list or a .json file) "
                                "has on this sampler: a searched schedule exactly as cheap as it")
     sampler: str = opt("dpm-solver++", "sampler the schedule is searched for (its timesteps decide the FLOPs): ddpm | ddim | dpm-solver++ | euler-maruyama | a diffusers class")
     steps: int = opt(25, "sampler steps")
     out: str = opt("schedule.json", "the schedule as JSON, for --schedule of sample / eval / finetune")
-    report: str = opt(None, "JSON report: the greedy path (schedule, compute saving, proxy, FD where confirmed) and the proxy table")
+    report: str = opt(None, "JSON report: the search path (schedule, compute saving, proxy, FD where confirmed) and the proxy table")
     overwrite: bool = opt(False, "replace --out / --report if they exist; an input is never overwritten")
     name: str = opt(None, "the schedule's name (default: search-MODEL-SAVING)")
     n: int = opt(256, "images whose full-depth trajectories the proxy is measured on", short="-n")
     batch_size: int = opt(256, "images per batch (proxy and confirmation)")
     seed: int = opt(0, "image i of the search batch uses seed + i; the confirmation images follow on from seed + n")
     intervals: int = opt(10, "equal intervals of t, each with its own depth (the presets use 5 or 10)")
+    method: str = opt("exact", "exact (every schedule on the proxy-vs-compute Pareto frontier, a dynamic programme: the lowest proxy "
+                               "at each saving) | greedy (one interval lowered at a time, cheapest proxy per FLOP)")
     min_depth: int = opt(1, "fewest blocks an interval may run (at least 1)")
     monotone: bool = opt(True, "depth does not increase as t goes from the data (0) to the noise (1)")
     data_full: bool = opt(True, "keep every block in the interval nearest the data")

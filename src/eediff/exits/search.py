@@ -41,7 +41,14 @@ preset, is scored by a table lookup. It is first order: it ignores that a trunca
 from the recorded states, which is why the search can confirm its candidates by FID/FD (below).
 
 **Search.** The t axis is cut into ``intervals`` equal intervals (the presets' grid: [0, 0.1), [0.1, 0.2),
-..., closed on the left, the last one containing 1). Starting from full depth everywhere, each greedy step
+..., closed on the left, the last one containing 1). The proxy and the FLOPs of a schedule are sums over
+the intervals, so the best schedule at every compute can be found exactly (``pareto_path``, ``--method
+exact``, the default): a dynamic programme over the intervals keeps, for each depth the last interval
+took, the (FLOPs, proxy) pairs no other pair beats, and its result is the Pareto frontier, every schedule
+that has the lowest proxy of all that save at least as much, under the same constraints. On the converged
+Fashion-MNIST U-ViT (64 images) the frontier's schedule at D4's compute saving has proxy 0.761 where D4 has
+0.865 and the greedy path's schedule, which overshoots to 26% in one move, 0.789.
+``--method greedy`` (``greedy_path``): starting from full depth everywhere, each greedy step
 lowers the depth of one interval, choosing the interval and the new depth with the lowest increase in proxy
 per FLOP saved. A move may remove several blocks at once: an interval's proxy need not grow steadily as
 blocks go (a DiT truncated after 16 blocks can be closer to its full output than one truncated after 18),
@@ -265,7 +272,7 @@ def measure_proxy(model, process, sampler, n: int = 256, batch_size: int = 256, 
     )
 
 
-# ---- the greedy path --------------------------------------------------------------------------------------
+# ---- the search paths: exact (Pareto frontier) and greedy --------------------------------------------------
 
 
 def equal_boundaries(intervals: int) -> tuple[float, ...]:
@@ -282,7 +289,7 @@ def interval_of(t_unit: float, boundaries: Sequence[float]) -> int:
 
 @dataclass
 class Candidate:
-    """One point of the greedy path."""
+    """One point of a search path."""
 
     blocks: tuple[int, ...]
     compute_saving: float
@@ -295,10 +302,9 @@ class Candidate:
         return ExitSchedule(name, tuple(boundaries), tuple(self.blocks), "found by eediff search")
 
 
-def greedy_path(table: ProxyTable, boundaries: Sequence[float], min_depth: int = 1, monotone: bool = True,
-                data_full: bool = True, stop_saving: float | None = None, weighting: str | None = None) -> list[Candidate]:
-    """Full depth, then one move (one interval to a lower depth, see the module docstring) at a time, until the
-    compute saving reaches ``stop_saving`` or no move saves anything. Candidate 0 is full depth."""
+def _interval_costs(table: ProxyTable, boundaries: Sequence[float], min_depth: int, weighting: str | None):
+    """(members, cost, flop, total): the recorded steps in each interval, and per interval and depth its proxy
+    contribution and FLOPs (inf proxy below ``min_depth``), and the full-depth FLOPs of all steps."""
     K = table.num_blocks
     if not 1 <= min_depth <= K:
         raise SearchError(f"min depth {min_depth} is outside [1, {K}] for this model")
@@ -307,10 +313,75 @@ def greedy_path(table: ProxyTable, boundaries: Sequence[float], min_depth: int =
     members: list[list[int]] = [[] for _ in range(m)]
     for s, t in enumerate(table.t_unit):
         members[interval_of(t, boundaries)].append(s)
-    # per interval and depth: proxy contribution and FLOPs (depths below min_depth are never visited)
     cost = [[sum(w[s] * table.error[s][k] for s in members[i]) if k >= min_depth else math.inf for k in range(K + 1)] for i in range(m)]
     flop = [[len(members[i]) * table.flops[k] for k in range(K + 1)] for i in range(m)]
-    total = len(table.t_unit) * table.flops[K]
+    return members, cost, flop, len(table.t_unit) * table.flops[K]
+
+
+def pareto_path(table: ProxyTable, boundaries: Sequence[float], min_depth: int = 1, monotone: bool = True,
+                data_full: bool = True, stop_saving: float | None = None, weighting: str | None = None) -> list[Candidate]:
+    """The exact trade-off: full depth, then every schedule on the Pareto frontier of (compute saving, proxy),
+    by increasing saving; each has the lowest proxy of all schedules (under the same constraints) that save at
+    least as much. With ``stop_saving`` the path ends at the first one that reaches it.
+
+    Why by hand: a dynamic programme over the intervals, data side first. The state after interval i is its
+    depth (what monotonicity lets the next interval take) and the FLOPs so far; for every depth only the
+    (FLOPs, proxy) pairs that no other pair beats in both are kept, so the search is exact and small (the
+    FLOP sums take few distinct values: the blocks are alike). Unlike the greedy it does not jump past the
+    schedules between two moves."""
+    K, m = table.num_blocks, len(boundaries) - 1
+    members, cost, flop, total = _interval_costs(table, boundaries, min_depth, weighting)
+    key = lambda f: round(f / total, 12)  # noqa: E731  (FLOP sums equal up to rounding are one state)
+    states: dict[int, dict] = {K: {0.0: (0.0, 0.0, ())}}  # bound -> {flop key: (flops, proxy, blocks)}
+    for i in range(m):
+        nxt: dict[int, dict] = {}
+        for bound, pts in states.items():
+            if not members[i]:  # never visited: free, keeps the largest depth allowed
+                options = [bound]
+            elif data_full and i == 0:
+                options = [K]
+            else:
+                options = range(min_depth, (bound if monotone else K) + 1)
+            for d in options:
+                new_bound = d if monotone else K
+                dst = nxt.setdefault(new_bound, {})
+                for f, p, blocks in pts.values():
+                    f2, p2 = f + flop[i][d], p + cost[i][d]
+                    k2 = key(f2)
+                    if k2 not in dst or p2 < dst[k2][1]:
+                        dst[k2] = (f2, p2, blocks + (d,))
+        states = {b: _frontier(pts) for b, pts in nxt.items()}
+    merged: dict = {}
+    for pts in states.values():
+        for k, v in pts.items():
+            if k not in merged or v[1] < merged[k][1]:
+                merged[k] = v
+    every = _frontier(merged)
+    path = [Candidate(tuple(b), 1 - f / total, p) for f, p, b in sorted(every.values(), key=lambda v: -v[0])]
+    if path[0].blocks != (K,) * m:  # full depth first, as on the greedy path (it is the frontier's zero-saving end)
+        path.insert(0, Candidate((K,) * m, 0.0, 0.0))
+    if stop_saving is not None:
+        reach = next((j for j, c in enumerate(path) if c.compute_saving >= stop_saving - 1e-12), len(path) - 1)
+        path = path[: reach + 1]
+    return path
+
+
+def _frontier(pts: dict) -> dict:
+    """The pairs of ``pts`` ({key: (flops, proxy, blocks)}) that no other pair beats: fewer or equal FLOPs and
+    a strictly lower proxy (ties by FLOPs, then the deeper schedule first)."""
+    keep, best = {}, math.inf
+    for k, v in sorted(pts.items(), key=lambda kv: (kv[1][0], kv[1][1], tuple(-d for d in kv[1][2]))):
+        if v[1] < best:
+            keep[k], best = v, v[1]
+    return keep
+
+
+def greedy_path(table: ProxyTable, boundaries: Sequence[float], min_depth: int = 1, monotone: bool = True,
+                data_full: bool = True, stop_saving: float | None = None, weighting: str | None = None) -> list[Candidate]:
+    """Full depth, then one move (one interval to a lower depth, see the module docstring) at a time, until the
+    compute saving reaches ``stop_saving`` or no move saves anything. Candidate 0 is full depth."""
+    K, m = table.num_blocks, len(boundaries) - 1
+    members, cost, flop, total = _interval_costs(table, boundaries, min_depth, weighting)
 
     def candidate(blocks: list[int]) -> Candidate:
         return Candidate(tuple(blocks), 1 - sum(flop[i][k] for i, k in enumerate(blocks)) / total,
@@ -342,6 +413,9 @@ def greedy_path(table: ProxyTable, boundaries: Sequence[float], min_depth: int =
         blocks = best[2]
         path.append(best[3])
     return path
+
+
+SEARCH_PATHS = {"exact": pareto_path, "greedy": greedy_path}  # --method
 
 
 # ---- confirmation by FID / FD -----------------------------------------------------------------------------
@@ -446,6 +520,8 @@ def check_config(cfg) -> None:
         raise SearchError(f"--confirm-n must be at least 2 (a Fréchet distance needs a covariance), got {cfg.confirm_n}")
     if not (math.isfinite(cfg.cfg) and 0 <= cfg.cfg <= 100):
         raise SearchError(f"--cfg {cfg.cfg} is not a usable guidance scale: give a finite value in [0, 100] (1 = off)")
+    if cfg.method not in SEARCH_PATHS:
+        raise SearchError(f"--method '{cfg.method}' is unknown: use {' or '.join(SEARCH_PATHS)}")
     if cfg.weighting not in WEIGHTINGS:
         raise SearchError(f"--weighting '{cfg.weighting}' is unknown: use {', '.join(WEIGHTINGS)}")
     if cfg.metric not in ("auto", "fid", "fd-classifier"):
@@ -460,7 +536,7 @@ def check_config(cfg) -> None:
 
 
 def run_search(cfg, log=print) -> SearchResult:
-    """`eediff search` with a SearchConfig: measure, walk the greedy path, stop, confirm, write the files."""
+    """`eediff search` with a SearchConfig: measure, build the path (exact or greedy), stop, confirm, write the files."""
     from ..config import EvalConfig, autocast_dtype, resolve_device
     from ..diffusion.sampling import SAMPLERS, SamplerConfig, _scheduler_class
     from ..zoo import resolve_model
@@ -511,7 +587,7 @@ def run_search(cfg, log=print) -> SearchResult:
         log(f"target: the compute saving of {other.name} on {cfg.sampler} x{cfg.steps}, {100 * target:.1f}%")
         if target <= 0:
             raise SearchError(f"--saving-of '{cfg.saving_of}' saves nothing on {cfg.sampler} x{cfg.steps}: give a schedule that drops blocks")
-    path = greedy_path(table, boundaries, stop_saving=target, **kw)
+    path = SEARCH_PATHS[cfg.method](table, boundaries, stop_saving=target, **kw)
     if target is not None and path[-1].compute_saving < target:
         raise SearchError(f"{flag} is beyond the {path[-1].compute_saving:.3f} this search can reach "
                           f"(--min-depth {cfg.min_depth}{', the interval nearest the data at full depth' if cfg.data_full else ''}, "
@@ -526,7 +602,7 @@ def run_search(cfg, log=print) -> SearchResult:
     settings = {
         "name": name, "model": loaded.source, "arch": model.arch, "num_blocks": K, "sampler": f"{cfg.sampler}-{cfg.steps}",
         "cfg": cfg.cfg, "n": cfg.n, "seed": cfg.seed, "intervals": cfg.intervals, "min_depth": cfg.min_depth,
-        "monotone": cfg.monotone, "data_full": cfg.data_full, "weighting": cfg.weighting,
+        "monotone": cfg.monotone, "data_full": cfg.data_full, "weighting": cfg.weighting, "method": cfg.method,
         "mode": "max-fid-ratio" if cfg.max_fid_ratio is not None else "target-saving",
         "target_saving": target, "saving_of": cfg.saving_of, "max_fid_ratio": cfg.max_fid_ratio,
         "confirmation": None if judge is None else {
