@@ -331,10 +331,9 @@ def pareto_path(table: ProxyTable, boundaries: Sequence[float], min_depth: int =
     schedules between two moves."""
     K, m = table.num_blocks, len(boundaries) - 1
     members, cost, flop, total = _interval_costs(table, boundaries, min_depth, weighting)
-    key = lambda f: round(f / total, 12)  # noqa: E731  (FLOP sums equal up to rounding are one state)
-    states: dict[int, dict] = {K: {0.0: (0.0, 0.0, ())}}  # bound -> {flop key: (flops, proxy, blocks)}
+    states: dict[int, list] = {K: [(0.0, 0.0, ())]}  # depth bound -> frontier of (flops, proxy, blocks so far)
     for i in range(m):
-        nxt: dict[int, dict] = {}
+        nxt: dict[int, list] = {}
         for bound, pts in states.items():
             if not members[i]:  # never visited: free, keeps the largest depth allowed
                 options = [bound]
@@ -343,21 +342,10 @@ def pareto_path(table: ProxyTable, boundaries: Sequence[float], min_depth: int =
             else:
                 options = range(min_depth, (bound if monotone else K) + 1)
             for d in options:
-                new_bound = d if monotone else K
-                dst = nxt.setdefault(new_bound, {})
-                for f, p, blocks in pts.values():
-                    f2, p2 = f + flop[i][d], p + cost[i][d]
-                    k2 = key(f2)
-                    if k2 not in dst or p2 < dst[k2][1]:
-                        dst[k2] = (f2, p2, blocks + (d,))
-        states = {b: _frontier(pts) for b, pts in nxt.items()}
-    merged: dict = {}
-    for pts in states.values():
-        for k, v in pts.items():
-            if k not in merged or v[1] < merged[k][1]:
-                merged[k] = v
-    every = _frontier(merged)
-    path = [Candidate(tuple(b), 1 - f / total, p) for f, p, b in sorted(every.values(), key=lambda v: -v[0])]
+                nxt.setdefault(d if monotone else K, []).extend((f + flop[i][d], p + cost[i][d], blocks + (d,)) for f, p, blocks in pts)
+        states = {b: _frontier(pts, total) for b, pts in nxt.items()}
+    every = _frontier([v for pts in states.values() for v in pts], total)
+    path = [Candidate(tuple(b), 1 - f / total, p) for f, p, b in reversed(every)]  # by increasing saving
     if path[0].blocks != (K,) * m:  # full depth first, as on the greedy path (it is the frontier's zero-saving end)
         path.insert(0, Candidate((K,) * m, 0.0, 0.0))
     if stop_saving is not None:
@@ -366,13 +354,15 @@ def pareto_path(table: ProxyTable, boundaries: Sequence[float], min_depth: int =
     return path
 
 
-def _frontier(pts: dict) -> dict:
-    """The pairs of ``pts`` ({key: (flops, proxy, blocks)}) that no other pair beats: fewer or equal FLOPs and
-    a strictly lower proxy (ties by FLOPs, then the deeper schedule first)."""
-    keep, best = {}, math.inf
-    for k, v in sorted(pts.items(), key=lambda kv: (kv[1][0], kv[1][1], tuple(-d for d in kv[1][2]))):
+def _frontier(pts: list, total: float) -> list:
+    """The (flops, proxy, blocks) of ``pts`` that no other beats (no more FLOPs and a lower proxy), by
+    increasing FLOPs. FLOP sums equal up to rounding count as equal (the lowest proxy, then the deeper
+    schedule, is kept)."""
+    keep, best = [], math.inf
+    for v in sorted(pts, key=lambda v: (round(v[0] / total, 12), v[1], tuple(-d for d in v[2]))):
         if v[1] < best:
-            keep[k], best = v, v[1]
+            keep.append(v)
+            best = v[1]
     return keep
 
 
