@@ -211,6 +211,10 @@ class Trainer:
             print(f"note: --compile-mode reduce-overhead: CUDA graphs need a GPU, and this run is on {self.device.type}: "
                   "compiling without them", file=sys.stderr)
         self.full_depth = self.schedule.is_full(self.K)
+        if cfg.compile and not (self.whole_graph and self.full_depth):  # graphs per depth, or per block row count
+            from torch import _dynamo
+
+            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
         if self.whole_graph:
             # one graph for the whole forward (inductor fuses across block boundaries). At full depth every row
             # runs every block, so the forward is called without a per-row depth (the same function: all
@@ -219,17 +223,10 @@ class Trainer:
             if self.method == "deediff" or not (self.full_depth or cfg.depth_grouping == "batch"):
                 raise ConfigError("--compile-scope model compiles forwards of one depth per step: it needs --method ase and "
                                   "--schedule full or --depth-grouping batch (use --compile-scope blocks for per-row depths or DeeDiff)")
-            if not self.full_depth:
-                from torch import _dynamo
-
-                _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)  # a graph per depth
             model.compile(mode=cfg.compile_mode)
         elif cfg.compile:
             # the blocks, not the whole forward: the rows per block change from step to step, and a compiled
             # block (one graph shared by all blocks, dynamic in the batch dimension) takes any row count
-            from torch import _dynamo
-
-            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
             for blk in model.compute_blocks():
                 blk.compile(mode=cfg.compile_mode)
 
