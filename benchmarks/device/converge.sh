@@ -27,7 +27,8 @@
 # compiling a training step (benchmarks/train_speed.py); SCOPE=model trains with --compile-scope model,
 # MODE=reduce-overhead with --compile-mode reduce-overhead (CUDA graphs); without SCOPE / MODE, SPEED=1 trains each model
 # the fastest way it measured (a run that fails under reduce-overhead goes on in the default mode). LR=1e-4
-# continues at a lower learning rate, BATCH=1024 at a larger batch (converge_report.py counts images seen). A fine-tune stopped by the call's end goes on from its checkpoint next call.
+# continues at a lower learning rate, BATCH=1024 at a larger batch (converge_report.py counts images seen).
+# A fine-tune stopped by the call's end goes on from its checkpoint in the next call.
 # Fine-tunes (one schedule interval per step) compile the whole forward, a graph per depth (FT_SCOPE=blocks:
 # compiled blocks; FT_MODE=reduce-overhead: CUDA graphs).
 set -u
