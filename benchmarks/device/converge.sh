@@ -29,8 +29,9 @@
 # the fastest way it measured (a run that fails under reduce-overhead goes on in the default mode). LR=1e-4
 # continues at a lower learning rate, BATCH=1024 at a larger batch (converge_report.py counts images seen).
 # A fine-tune stopped by the call's end goes on from its checkpoint in the next call.
-# Fine-tunes (one schedule interval per step) compile the whole forward, a graph per depth (FT_SCOPE=blocks:
-# compiled blocks; FT_MODE=reduce-overhead: CUDA graphs).
+# Fine-tunes (one schedule interval per step) compile each block; FT_SCOPE=model compiles the whole forward, a
+# graph per depth (faster steps, but one compilation per depth of the schedule: not yet timed), and with it
+# FT_MODE=reduce-overhead replays CUDA graphs.
 set -u
 shopt -s nullglob
 export PYTHONUNBUFFERED=1
@@ -167,7 +168,7 @@ PY
   fid_snaps
 elif [ "$STAGE" = finetune ]; then
   FS=${FT_STEPS:-5000}
-  F="--dataset fashion-mnist --batch-size ${FT_BATCH:-512} --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS --compile --compile-scope ${FT_SCOPE:-model} --compile-mode ${FT_MODE:-default}
+  F="--dataset fashion-mnist --batch-size ${FT_BATCH:-512} --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS --compile --compile-scope ${FT_SCOPE:-blocks} --compile-mode ${FT_MODE:-default}
      --eval-every 1000 --eval-n $EN --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
   FT_END=${FT_END:-$(( DL * 6 / 10 ))}   # the fine-tunes get 60% of the call, the FID tables the rest
   declare -A BASE SCHED KINDS
