@@ -8,11 +8,12 @@
 proxy table is measured once on ``--search-n`` images (seeds 0.., the search batch), with the measured
 propagation so that every weighting can be scored from it. For every weighting in ``--weightings`` and every
 target (the compute saving of each preset of ``--presets`` on this sampler, D4 and D6 of the model's
-architecture by default, then ``--targets``) each path of ``--methods`` (exact and greedy) gives a schedule. Then ``-n`` images (seeds
-10**6 + i, disjoint from the search batch; the same seeds and labels for every schedule) are sampled at full
-depth, with every preset and with every searched schedule, and saved as uint8 .npz; every row carries the
-proxy of its schedule under every weighting (presets included, so that the proxy's agreement with FID can be
-measured), its compute saving as ``generate`` reports it, and the preset it is compared with.
+architecture by default, then ``--targets``) each path of ``--methods`` (exact and greedy) gives a schedule.
+Then ``-n`` images (seeds 10**6 + i, disjoint from the search batch; the same seeds and labels for every
+schedule) are sampled at full depth, with every preset and with every searched schedule, and saved as uint8
+.npz; every row carries the proxy of its schedule under every weighting (presets included, so that the
+proxy's agreement with FID can be measured), its compute saving as ``generate`` reports it, and the preset it
+is compared with.
 ``fid``: the FID of every set against the reference, ``fid_full`` of the row's checkpoint at full depth, the
 Spearman rank correlation between proxy and FID over all rows and per model (one per weighting; a schedule
 that several searches found counts once), a Markdown table next to ``--out``. CPU smoke run: ``generate -n 64 --search-n 16 --steps 5 --device cpu``.
@@ -57,6 +58,10 @@ def generate_stage(a) -> dict:
     out = {"command": "python " + " ".join(sys.argv), "sampler": f"{a.sampler}-{a.steps}", "n": a.n, "search_n": a.search_n,
            "eval_seed": EVAL_SEED, "intervals": a.intervals, "weightings": weightings, "default_weighting": S.DEFAULT_WEIGHTING,
            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "rows": [], "tables": {}}
+    methods = [v.strip() for v in a.methods.split(",") if v.strip()]
+    bad = [v for v in methods if v not in S.SEARCH_PATHS]
+    if bad:
+        raise SystemExit(f"--methods: unknown {', '.join(bad)}: use {' and/or '.join(S.SEARCH_PATHS)}")
     start = time.perf_counter()
     for arch, name in pairs(a.models).items():
         loaded = resolve_model(name)
@@ -69,12 +74,8 @@ def generate_stage(a) -> dict:
         out["tables"][arch] = table.to_dict()
         boundaries = S.equal_boundaries(a.intervals)
         presets = [get_schedule(p).check(K) for p in preset_names(a.presets, m.arch)]
-        # (schedule, kind, weighting, target, compared_with)
-        todo = [(get_schedule("full"), "full", None, None, None)] + [(p, "preset", None, None, None) for p in presets]
-        methods = [v.strip() for v in a.methods.split(",") if v.strip()]
-        bad = [v for v in methods if v not in S.SEARCH_PATHS]
-        if bad:
-            raise SystemExit(f"--methods: unknown {', '.join(bad)}: use {' and/or '.join(S.SEARCH_PATHS)}")
+        # (schedule, kind, weighting, target, compared_with, method)
+        todo = [(get_schedule("full"), "full", None, None, None, None)] + [(p, "preset", None, None, None, None) for p in presets]
         aims = [(table.compute_saving(p), p.name) for p in presets] + [(t, None) for t in targets]
         for method in methods:
             for w in weightings:
@@ -83,7 +84,7 @@ def generate_stage(a) -> dict:
                     label = f"{method}({w})@{preset or f'{target:.2f}'}"
                     todo.append((path[-1].schedule(boundaries, label), "searched", w, target, preset, method))
         made: dict = {}  # blocks -> (images path, compute saving): a schedule found twice is sampled once
-        for j, (sched, kind, w, target, preset, *method) in enumerate(todo):
+        for j, (sched, kind, w, target, preset, method) in enumerate(todo):
             key = (sched.boundaries, sched.blocks)
             if key not in made:
                 res = generate(m, proc, sampler, n=a.n, batch_size=a.batch_size, seed=EVAL_SEED, schedule=sched, device=device,
@@ -94,7 +95,7 @@ def generate_stage(a) -> dict:
             path, saving = made[key]
             proxies = {v: table.proxy(sched, v) for v in S.WEIGHTINGS}
             row = {"model": arch, "checkpoint": name, "schedule": sched.name, "kind": kind, "weighting": w, "target_saving": target,
-                   "method": method[0] if method else None,
+                   "method": method,
                    "blocks": None if sched.blocks is None else list(sched.blocks), "boundaries": list(sched.boundaries),
                    "compute_saving": saving, "proxy": proxies[S.DEFAULT_WEIGHTING], "proxies": proxies, "compared_with": preset,
                    "images": path, "sampler": out["sampler"]}
