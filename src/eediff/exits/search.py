@@ -544,6 +544,13 @@ def run_search(cfg, log=print) -> SearchResult:
         raise SearchError(f"--steps {cfg.steps} is more than the {grid} training timesteps the sampler can use: give at most {grid}")
     if cfg.min_depth > K:
         raise SearchError(f"--min-depth {cfg.min_depth} is more than the model's {K} schedulable blocks")
+    other = None
+    if cfg.saving_of is not None:  # refused before the proxy is measured when it cannot run on this model
+        other = get_schedule(cfg.saving_of)
+        try:
+            other.check(K)
+        except ScheduleError as e:
+            raise SearchError(f"--saving-of '{cfg.saving_of}' does not fit this model: {e}") from None
     if cfg.min_depth == K or (cfg.data_full and cfg.intervals == 1):
         raise SearchError("nothing to search: every interval is held at full depth (lower --min-depth, or give more --intervals)")
     if loaded.tuned_for is not None:
@@ -566,13 +573,8 @@ def run_search(cfg, log=print) -> SearchResult:
                           progress=cfg.progress)
     kw = dict(min_depth=cfg.min_depth, monotone=cfg.monotone, data_full=cfg.data_full)
     target, flag = cfg.target_saving, f"--target-saving {cfg.target_saving}"
-    if cfg.saving_of is not None:  # the other schedule's saving over the same sampler steps (the FLOPs generate reports)
-        other = get_schedule(cfg.saving_of)
-        try:
-            other.check(table.num_blocks)
-            target = table.compute_saving(other)
-        except ScheduleError as e:
-            raise SearchError(f"--saving-of '{cfg.saving_of}' does not fit this model: {e}") from None
+    if other is not None:  # the other schedule's saving over the same sampler steps (the FLOPs generate reports)
+        target = table.compute_saving(other)
         flag = f"--saving-of {other.name} (a saving of {target:.3f})"
         log(f"target: the compute saving of {other.name} on {cfg.sampler} x{cfg.steps}, {100 * target:.1f}%")
         if target <= 0:
