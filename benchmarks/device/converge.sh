@@ -113,6 +113,8 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().endswith("}")]
 s = [r for r in rows if "loss" in r]; e = [r for r in rows if "eval" in r]
 print(s[-1]["step"] if s else 0, round(s[-1].get("steps_per_s", 0), 1) if s else 0, round(e[-1]["eval"]["value"], 2) if e else "-", sep="/")' $f 2>/dev/null) "; done)"; done; }
 
+has_ckpt() { local c=( $R/$1/checkpoints/step-* ); [ ${#c[@]} -gt 0 ]; }   # run $1 has a checkpoint to resume
+
 train_run() {  # train_run MODEL COMMAND...: one base run; one that fails under reduce-overhead (CUDA graphs) goes on
   local m=$1; shift  # with --compile-mode default, from its last checkpoint, in the time left
   "$@" >> $R/$m.log 2>&1 && return 0
@@ -124,8 +126,7 @@ train_run() {  # train_run MODEL COMMAND...: one base run; one that fails under 
     prev=$w; [ "$w" = reduce-overhead ] && w=default
     [ "$w" = --resume ] || a+=("$w")
   done
-  local ck=( $R/$m/checkpoints/step-* )
-  if [ ${#ck[@]} -gt 0 ]; then a+=(--resume); else a+=(--overwrite); fi   # (no checkpoint yet: the failed run's files go)
+  if has_ckpt $m; then a+=(--resume); else a+=(--overwrite); fi   # (no checkpoint yet: the failed run's files go)
   "${a[@]}" >> $R/$m.log 2>&1
 }
 
@@ -194,7 +195,7 @@ elif [ "$STAGE" = finetune ]; then
     KINDS[$m]=$kinds
     for s in $kinds; do
       done_run $m-$s $FS && continue   # finished; one stopped by --max-minutes goes on from its checkpoint
-      RES=""; ck=( $R/$m-$s/checkpoints/step-* ); [ ${#ck[@]} -gt 0 ] && RES="--resume"
+      RES=""; has_ckpt $m-$s && RES="--resume"
       $E finetune --init ${BASE[$m]} --schedule ${SCHED[$m-$s]:-$s} $F --max-minutes $(mins $(( FT_END - 40 ))) --out $R/$m-$s $RES >> $R/$m-$s.log 2>&1 &
     done
   done
