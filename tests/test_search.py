@@ -489,3 +489,65 @@ def test_exact_is_the_default_and_greedy_is_kept(ckpt, tmp_path):
     assert ex.best.proxy <= gr.best.proxy + 1e-12
     with pytest.raises(S.SearchError, match="--method 'best' is unknown"):
         S.run_search(SearchConfig(out=str(tmp_path / "c.json"), method="best", **kw))
+
+
+# ---- --adapted: the errors of a copy trained at every depth ------------------------------------------------------
+
+
+def test_adapted_proxy_against_direct_computation(dit, table):
+    """With ``adapted`` the states and the reference stay the base model's full depth (the same as without it),
+    every depth, full included, runs on the adapted copy; recomputed here with the bare forwards. The model
+    itself as its own adapted copy gives back the plain table."""
+    m, p = dit
+    K, C = m.num_exit_blocks, m.in_channels
+    other = tiny_backbone("DiT", std=0.05, seed=7)
+    got = S.measure_proxy(m, p, DDIM, n=5, batch_size=5, seed=3, adapted=other)
+    assert got.t_model == table.t_model and got.coef == table.coef
+    same = S.measure_proxy(m, p, DDIM, n=5, batch_size=5, seed=3, adapted=m)
+    flat = lambda rows: [v for row in rows for v in row]  # noqa: E731
+    assert flat(same.error) == pytest.approx(flat(table.error), nan_ok=True, rel=1e-12, abs=0)
+    states = []
+
+    def fn(x, t, y):
+        states.append((x.clone(), t))
+        return m(x, torch.full((x.shape[0],), float(t)), y)
+
+    noise, gens = image_noise((C, 8, 8), [3 + i for i in range(5)], "cpu")
+    y = resolve_labels(range(5), m.num_classes, None)
+    with torch.no_grad():
+        sample_loop(fn, p, DDIM, noise, y, gens, learned_sigma=m.learn_sigma)
+        for s, (x, t) in enumerate(states):
+            tt = torch.full((5,), float(t))
+            ref = m(x, tt, y)[:, :C]
+            for k in (1, K - 1):
+                e = ((other(x, tt, y, active_blocks=k)[:, :C] - ref) ** 2).mean().item()
+                assert got.error[s][k] == pytest.approx(e, rel=1e-5, abs=1e-9)
+            e_full = ((other(x, tt, y)[:, :C] - ref) ** 2).mean().item()
+            assert e_full > 0 and got.error[s][K] == pytest.approx(e_full, rel=1e-5)
+    # full depth now costs what adapting moved it, and the exact path starts from that
+    path = S.pareto_path(got, S.equal_boundaries(3))
+    assert path[0].blocks == (K,) * 3 and path[0].proxy == pytest.approx(got.proxy(eediff.ExitSchedule("f", (0.0, 1.0), (K,))))
+
+
+def test_adapted_must_be_the_same_architecture(dit):
+    m, p = dit
+    wrong = eediff.build_model("DiT", input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=4, num_heads=4, num_classes=10)
+    with pytest.raises(S.SearchError, match="not the same architecture"):
+        S.measure_proxy(m, p, DDIM, n=2, batch_size=2, adapted=wrong)
+
+
+def test_cli_adapted_search_and_its_refusal(ckpt, tmp_path):
+    out, rep = tmp_path / "s.json", tmp_path / "r.json"
+    r = run("search", "--model", ckpt, "--adapted", ckpt, "--target-saving", "0.3", "--sampler", "ddim", "--steps", "4",
+            "-n", "3", "--intervals", "4", "--device", "cpu", "--out", str(out), "--report", str(rep), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(rep.read_text())
+    assert report["adapted"] == ckpt and report["proxy_table"]["error"][0][4] == 0  # itself: full depth unchanged
+    plain = tmp_path / "p.json"
+    r = run("search", "--model", ckpt, "--target-saving", "0.3", "--sampler", "ddim", "--steps", "4", "-n", "3",
+            "--intervals", "4", "--device", "cpu", "--out", str(plain), "--no-progress")
+    assert json.loads(plain.read_text())["blocks"] == json.loads(out.read_text())["blocks"]
+    r = run("search", "--model", ckpt, "--adapted", "dit-fmnist", "--target-saving", "0.3", "--sampler", "ddim", "--steps", "4",
+            "-n", "2", "--device", "cpu", "--out", str(tmp_path / "x.json"), "--no-progress")
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "not the same architecture" in lines[0], r.stderr

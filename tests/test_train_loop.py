@@ -377,3 +377,48 @@ def test_compile_mode(tmp_path):
         Trainer(tiny_cfg(tmp_path / "c", compile=True, compile_mode="reduce-overhead"), "train")
     with pytest.raises(ConfigError, match="unknown --compile-mode 'fast'"):
         Trainer(tiny_cfg(tmp_path / "d", compile=True, compile_mode="fast"), "train")
+
+
+@pytest.mark.parametrize("grouping", ["group", "batch"])
+def test_uniform_depth_sampling_trains_every_depth_at_every_t(tmp_path, grouping):
+    """--depth-sampling uniform: depths drawn from 1..K whatever t (one per step with batch grouping), the
+    blocks run exactly the rows at those depths, and the same seed draws the same depths."""
+    cfg = tiny_cfg(tmp_path, depth_sampling="uniform", depth_grouping=grouping)
+    tr = Trainer(cfg, "train")
+    counts, hooks = _count_rows(tr.model.blocks)
+    expected, seen = [0] * 4, []
+    for _ in range(12):
+        _, info = tr.step()
+        depth = info["depth"]
+        assert depth.dtype == torch.long and int(depth.min()) >= 1 and int(depth.max()) <= 4
+        for layer in range(4):
+            expected[layer] += int((depth > layer).sum())
+        if grouping == "batch":
+            assert len(depth.unique()) == 1
+        seen.append(depth)
+    for h in hooks:
+        h.remove()
+    assert counts == expected and counts[3] < counts[0]
+    d, t = torch.cat(seen), torch.cat([tr.sample_times(8)[1] for _ in range(3)])
+    assert set(d.tolist()) == {1, 2, 3, 4}  # every depth (seeded: deterministic)
+    assert t.min() < 0.2 and t.max() > 0.8  # with the full schedule, t stays uniform over [0, 1]
+    again = Trainer(tiny_cfg(tmp_path / "b", depth_sampling="uniform", depth_grouping=grouping), "train")
+    assert all(torch.equal(a, again.step()[1]["depth"]) for a in seen[:3])
+
+
+def test_uniform_depth_sampling_refusals(tmp_path):
+    with pytest.raises(Exception, match="give --schedule full"):
+        Trainer(tiny_cfg(tmp_path, depth_sampling="uniform", schedule="4,3,2,1"), "train")
+    with pytest.raises(Exception, match="unknown --depth-sampling"):
+        Trainer(tiny_cfg(tmp_path, depth_sampling="random"), "train")
+
+
+def test_uniform_depth_sampling_with_a_whole_forward_graph(tmp_path):
+    """Batch grouping with --compile-scope model: one int depth per step, as eager trains it."""
+    kw = dict(steps=3, depth_sampling="uniform", depth_grouping="batch")
+    eager = Trainer(tiny_cfg(tmp_path / "a", **kw), "train")
+    whole = Trainer(tiny_cfg(tmp_path / "b", compile=True, compile_scope="model", **kw), "train")
+    for _ in range(3):
+        (la, ia), (lb, ib) = eager.step(), whole.step()
+        assert torch.equal(ia["depth"], ib["depth"])
+        assert abs(float(la) - float(lb)) <= 1e-4 * abs(float(la)), (la, lb)

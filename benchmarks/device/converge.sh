@@ -15,6 +15,8 @@
 #        the first call keeps each export in the state folder, later calls use that copy)
 #   SEARCH="D4 D6 0.4" ... converge.sh finetune DL   (also: schedules searched on the base at D4's and D6's compute
 #       saving and at 40%, fine-tuned with the same budget and put in the same tables)
+#   ASEARCH="D4 D6 0.3" ... converge.sh finetune DL  (also: the base fine-tuned at every depth, `--depth-sampling
+#       uniform`, run "any"; once it has finished, a call searches with `--adapted` on it and fine-tunes those schedules)
 #   bash benchmarks/device/converge.sh prep 0 && (BASE_MODELS=dit INIT_DIT=F bash benchmarks/device/converge.sh base DL &
 #       FT_MODELS=uvit INIT_UVIT=G bash benchmarks/device/converge.sh finetune DL; wait)
 #       (one model still training while the other, at its plateau, is fine-tuned: prep installs and unpacks once)
@@ -88,10 +90,18 @@ sys.exit(0 if any(r.get("plateau") for r in rows) or last >= int(sys.argv[2]) el
 PY
 }
 ret() {  # what comes back: the EMA export (fp16) and metrics of each run of this stage, one tar per family (<= 16 MiB)
-  for m in ${MODELS:-dit uvit}; do  # base stage: the base run; finetune stage: its fine-tunes (the base came back earlier)
-    if [ "$STAGE" = base ]; then dirs=$m; else dirs=$(cd $R && echo $m-*); fi   # (nullglob: no fine-tunes, no dirs)
-    files=$(cd $R && for d in $dirs; do for f in $d/final-fp16.safetensors $d/metrics.jsonl $d/config.json; do [ -f $f ] && echo $f; done; done)
-    [ -n "$files" ] && (cd $R && tar cf $OUT/$m-$STAGE.tar $files)
+  local fams=${MODELS:-dit uvit}; [ "$STAGE" = finetune ] && fams=${FT_MODELS:-dit uvit}
+  for m in $fams; do  # base stage: the base run; finetune stage: its fine-tunes (the base came back earlier)
+    if [ "$STAGE" = base ]; then dirs=$m; else dirs=$(cd $R && for d in $m-*/; do echo ${d%/}; done); fi   # (nullglob: no fine-tunes, no dirs)
+    # three runs per tar (a U-ViT export is 3.2 MB: six fine-tunes in one tar pass what comes back), the searches
+    # in the first; few files in all (only so many come back)
+    set -- $dirs; i=0
+    while [ $# -gt 0 ]; do
+      files=$(cd $R && for d in "${@:1:3}"; do for f in $d/final-fp16.safetensors $d/metrics.jsonl $d/config.json; do [ -f $f ] && echo $f; done; done
+              if [ $i = 0 ] && [ "$STAGE" = finetune ]; then js=( $m-search-*.json $m-asearch-*.json ); printf '%s\n' "${js[@]}"; fi)
+      [ -n "$files" ] && (cd $R && tar cf $OUT/$m-$STAGE-$i.tar $files)
+      shift $(( $# < 3 ? $# : 3 )); i=$((i + 1))
+    done
   done
   (cd $R && logs=( *.log ) && [ ${#logs[@]} -gt 0 ] && tar czf $OUT/logs-$STAGE.tgz "${logs[@]}"); ls -la $OUT
 }
@@ -172,7 +182,7 @@ elif [ "$STAGE" = finetune ]; then
   F="--dataset fashion-mnist --batch-size ${FT_BATCH:-512} --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS --compile --compile-scope ${FT_SCOPE:-blocks} --compile-mode ${FT_MODE:-default}
      --eval-every 1000 --eval-n $EN --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
   FT_END=${FT_END:-$(( DL * 6 / 10 ))}   # the fine-tunes get 60% of the call, the FID tables the rest
-  declare -A BASE SCHED KINDS
+  declare -A BASE SCHED KINDS EXTRA
   for m in ${FT_MODELS:-dit uvit}; do
     INIT=INIT_${m^^}; BASE[$m]=${!INIT:-$R/$m/final.safetensors}   # this machine's base run, or an export that travelled
     [ -f ${BASE[$m]} ] || { echo "no ${BASE[$m]}: run the base stage first (or give INIT_${m^^}=EXPORT)"; exit 3; }
@@ -185,30 +195,50 @@ elif [ "$STAGE" = finetune ]; then
         $E search --model ${BASE[$m]} $arg --sampler dpm-solver++ --steps 25 -n ${SEARCH_N:-256} --batch-size 256 --out $f \
           --report $R/$m-search-$x.report.json --no-progress >> $R/$m-search.log 2>&1 \
           || { echo "$m: search $x failed: $(tail -n 1 $R/$m-search.log)"; continue; }
-        cp $f $R/$m-search-$x.report.json $OUT/
       fi
       # the search's intervals are equal, so its blocks as a comma list are the same schedule
       SCHED[$m-search-$x]=$(python3 -c "import json, sys; print(','.join(map(str, json.load(open(sys.argv[1]))['blocks'])))" $f)
       echo "$m: search $x -> ${SCHED[$m-search-$x]}"
       kinds="$kinds search-$x"
     done
+    if [ -n "${ASEARCH:-}" ]; then  # the base fine-tuned at every depth (the same budget), then searched with --adapted
+      SCHED[$m-any]=full; EXTRA[$m-any]="--depth-sampling uniform"; kinds="$kinds any"
+      if done_run $m-any $FS; then
+        for x in $ASEARCH; do
+          f=$R/$m-asearch-$x.json
+          if [ ! -f $f ]; then
+            case $x in D*) arg="--saving-of $x-$A" ;; *) arg="--target-saving $x" ;; esac
+            $E search --model ${BASE[$m]} --adapted $R/$m-any/final.safetensors $arg --sampler dpm-solver++ --steps 25 -n ${SEARCH_N:-256} \
+              --batch-size 256 --out $f --report $R/$m-asearch-$x.report.json --no-progress >> $R/$m-search.log 2>&1 \
+              || { echo "$m: adapted search $x failed: $(tail -n 1 $R/$m-search.log)"; continue; }
+          fi
+          SCHED[$m-asearch-$x]=$(python3 -c "import json, sys; print(','.join(map(str, json.load(open(sys.argv[1]))['blocks'])))" $f)
+          echo "$m: adapted search $x -> ${SCHED[$m-asearch-$x]}"
+          kinds="$kinds asearch-$x"
+        done
+      else
+        echo "$m: the adapted searches ($ASEARCH) wait for $m-any to finish (a later call)"
+      fi
+    fi
     KINDS[$m]=$kinds
     for s in $kinds; do
       done_run $m-$s $FS && continue   # finished; one stopped by --max-minutes goes on from its checkpoint
       RES=""; has_ckpt $m-$s && RES="--resume"
-      $E finetune --init ${BASE[$m]} --schedule ${SCHED[$m-$s]:-$s} $F --max-minutes $(mins $(( FT_END - 40 ))) --out $R/$m-$s $RES >> $R/$m-$s.log 2>&1 &
+      $E finetune --init ${BASE[$m]} --schedule ${SCHED[$m-$s]:-$s} ${EXTRA[$m-$s]:-} $F --max-minutes $(mins $(( FT_END - 40 ))) --out $R/$m-$s $RES >> $R/$m-$s.log 2>&1 &
     done
   done
   watch; wait
   ret
   if [ -f $R/pt/inception_fp16.pt ]; then MET="--metric fid --inception $R/pt/inception_fp16.pt"; else MET="--metric fd-classifier"; fi
   C="--n $EN --batch-size 1000 --seeds 0 --cache-dir $R/fidcache --time-batch 1000 --time-repeats 3 $MET"
+  [ -n "${NO_TABLES:-}" ] && { echo "[$(el)s] done (NO_TABLES)"; exit 0; }
   for m in ${FT_MODELS:-dit uvit}; do
+    [ $(( DL - $(el) )) -gt 60 ] || { echo "[$(el)s] no time left for the tables"; break; }   # (a later call makes them)
     A=DiT; SHARE=2; [ $m = uvit ] && A=U-ViT && SHARE=1   # DiT gets half of what is left, U-ViT the rest
     [ "${FT_MODELS:-dit uvit}" = $m ] && SHARE=1
-    more=(); for s in ${KINDS[$m]}; do [[ $s == search-* ]] && [ -f $R/$m-$s/final.safetensors ] && more+=(--finetuned "${SCHED[$m-$s]}=$R/$m-$s/final.safetensors"); done
+    more=(); for s in ${KINDS[$m]}; do [[ $s == *search-* ]] && [ -f $R/$m-$s/final.safetensors ] && more+=(--finetuned "${SCHED[$m-$s]}=$R/$m-$s/final.safetensors"); done
     $PY benchmarks/gpu_tables.py --arch-label $A --base ${BASE[$m]} --finetuned D4-$A=$R/$m-D4-$A/final.safetensors \
-      --finetuned D6-$A=$R/$m-D6-$A/final.safetensors "${more[@]}" --fair $R/$m-full/final.safetensors --zero-shot "D4-$A;D6-$A$(for s in ${KINDS[$m]}; do [ -n "${SCHED[$m-$s]:-}" ] && echo -n ";${SCHED[$m-$s]}"; done)" \
+      --finetuned D6-$A=$R/$m-D6-$A/final.safetensors "${more[@]}" --fair $R/$m-full/final.safetensors --zero-shot "D4-$A;D6-$A$(for s in ${KINDS[$m]}; do [[ $s == *search-* ]] && echo -n ";${SCHED[$m-$s]}"; done)" \
       --samplers "${SAMPLERS:-dpm-solver++-25;ddim-50;ddpm-100}" --late-samplers ddpm-100 --deadline-s $(( (DL - $(el) - 20) / SHARE )) \
       $C --out-jsonl $R/tables_$m.jsonl 2>&1 | grep -v -i warn | tail -n 5
     cp $R/tables_$m.jsonl $OUT/ 2>/dev/null

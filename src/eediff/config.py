@@ -127,6 +127,9 @@ class TrainBaseConfig:
     reweight_cycle: int = opt(None, "re-weighting cycle C: λ(t) applies for the first C steps/epochs, then λ ≡ 1 (0 = never; default: half of --steps for finetune, 0 for train)")
     reweight_unit: str = opt("step", "unit of --reweight-cycle: step | epoch")
     depth_grouping: str = opt("group", "group: t stratified over the schedule's intervals, every row at its own depth in one pass | batch: one schedule interval (one depth) per step")
+    depth_sampling: str = opt("schedule", "schedule: each row runs the depth --schedule gives its t | uniform: each row (with --depth-grouping "
+                                          "batch: each step) at a depth drawn uniformly from 1..K whatever its t, so one model learns "
+                                          "every depth at every t (for `eediff search --adapted`); needs --schedule full")
     label_dropout: float = opt(None, "probability of replacing a label by the null label (CFG); default: the model's (DiT class_dropout_prob; U-ViT 0.1 with a null label)")
     freeze_time_embed: bool = opt(False, "do not train the time embedder (as the ASE authors' released fine-tuning code)")
     hflip: bool = opt(False, "random horizontal flips")
@@ -318,6 +321,9 @@ class SearchConfig:
     max_fid_ratio: float = opt(None, "take the deepest-saving candidate whose FD / FD(full depth), confirmed on held-out images, is at most this, e.g. 1.02")
     saving_of: str = opt(None, "stop at the compute saving that this schedule (a preset such as D4-DiT, a comma list or a .json file) "
                                "has on this sampler: a searched schedule exactly as cheap as it")
+    adapted: str = opt(None, "a copy of --model fine-tuned at every depth (`eediff finetune --schedule full --depth-sampling uniform`): "
+                             "the truncation errors are measured on it, along --model's full-depth trajectories and against its "
+                             "full-depth prediction, so the search ranks what each depth costs after a fine-tune, not before")
     sampler: str = opt("dpm-solver++", "sampler the schedule is searched for (its timesteps decide the FLOPs): ddpm | ddim | dpm-solver++ | euler-maruyama | a diffusers class")
     steps: int = opt(25, "sampler steps")
     out: str = opt("schedule.json", "the schedule as JSON, for --schedule of sample / eval / finetune")

@@ -153,6 +153,9 @@ class Trainer:
         self.model, self.process = model, process
         self.K = model.num_exit_blocks
         self.schedule = get_schedule(cfg.schedule).check(self.K)
+        self.any_depth = cfg.depth_sampling == "uniform"  # every depth at every t (see _depths)
+        if self.any_depth and not self.schedule.is_full(self.K):
+            raise ConfigError(f"--depth-sampling uniform draws each depth itself: give --schedule full, not '{cfg.schedule}'")
         self.tuned_for = self.schedule if not self.schedule.is_full(self.K) else None
         self.policy = make_policy(self.schedule, self.K)
 
@@ -210,7 +213,7 @@ class Trainer:
         if cfg.compile and cfg.compile_mode == "reduce-overhead" and not self.cudagraphs and self.main:
             print(f"note: --compile-mode reduce-overhead: CUDA graphs need a GPU, and this run is on {self.device.type}: "
                   "compiling without them", file=sys.stderr)
-        self.full_depth = self.schedule.is_full(self.K)
+        self.full_depth = self.schedule.is_full(self.K) and not self.any_depth
         if cfg.compile and not (self.whole_graph and self.full_depth):  # graphs per depth, or per block row count
             from torch import _dynamo
 
@@ -284,7 +287,7 @@ class Trainer:
         idx = self.sampler.next()
         n = idx.numel()
         t, t_unit = self.sample_times(n)
-        depth = self.policy.depth(t_unit)  # (n,) on the host
+        depth = self._depths(t_unit)  # (n,) on the host
         drop = torch.rand(n, generator=self.gen_time) < self.label_p if self.label_p > 0 else None
         flip = torch.rand(n, generator=self.gen_time) < 0.5 if cfg.hflip else None
         lam = self.weight(t_unit, self.step_count, self.sampler.epoch).float()
@@ -336,6 +339,16 @@ class Trainer:
         ema_update(self.ema_params, self.params, ema_decay_at(cfg.ema_decay, self.step_count, cfg.ema_warmup))
         self.step_count += 1
         return loss.detach(), {"t_unit": t_unit, "depth": depth, "lambda": lam, **extra}
+
+    def _depths(self, t_unit: torch.Tensor) -> torch.Tensor:
+        """Each row's depth: the exit policy's k(t), or under --depth-sampling uniform a depth drawn from 1..K
+        (with --depth-grouping batch one per step), independent of t: the model learns every depth at every
+        noise level, and ``eediff search --adapted`` reads from it what each (t, depth) costs after adapting."""
+        if not self.any_depth:
+            return self.policy.depth(t_unit)
+        rows = 1 if self.cfg.depth_grouping == "batch" else t_unit.numel()
+        k = torch.randint(1, self.K + 1, (rows,), generator=self.gen_time)
+        return k.expand(t_unit.numel()).clone() if rows == 1 else k
 
     def _active_blocks(self, depth: torch.Tensor):
         """What the forward gets: every row at the depth of its own t (a host tensor), or for a whole-forward
