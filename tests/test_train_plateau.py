@@ -144,3 +144,38 @@ def test_converge_report_counts_images_across_parts_of_different_batch(tmp_path)
     assert c["median_steps_per_s"] == 20.0  # part 2's 10 steps/s of 1024 images are 20 of 512
     want = plateau_gain([{"step": s, "value": v} for s, v in ((1000, 4.0), (2000, 3.0), (3000, 2.5), (4000, 2.2))])
     assert c["evals"][-1]["plateau_gain"] == pytest.approx(want)
+
+
+def test_finetune_report_on_the_committed_fine_tunes(tmp_path):
+    """benchmarks/finetune_report.py on a copy of results/converge/uvit-ft: the compute savings it computes
+    from the proxy table's steps equal the ones `eediff search` wrote on the GPU (its target for D4 / D6, its
+    result for each searched schedule), the fair baseline's ratio is 1, and the base's distance is the mean of
+    converge.json's last measurements."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src = root / "results" / "converge" / "uvit-ft"
+    d = tmp_path / "ft"
+    shutil.copytree(src, d)
+    for f in d.glob("finetunes.*"):
+        f.unlink()
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "finetune_report.py"), "--dir", str(d), "--model", "U-ViT",
+                        "--base-curve", str(root / "results" / "converge" / "converge.json"), "--base-key", "uvit", "--base-last", "3"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((d / "finetunes.json").read_text())
+    rows = {row["kind"]: row for row in out["rows"]}
+    for x in ("D4", "D6", "0.3"):
+        found = json.loads((d / f"search-{x}.schedule.json").read_text())["search"]["compute_saving"]
+        assert rows[f"search-{x}"]["compute_saving"] == pytest.approx(found, abs=1e-9)
+    for x in ("D4", "D6"):
+        target = json.loads((d / f"search-{x}.report.json").read_text())["target_saving"]
+        assert rows[f"{x}-U-ViT"]["compute_saving"] == pytest.approx(target, abs=1e-9)
+        assert rows[f"search-{x}"]["compared_with"] == f"{x}-U-ViT"
+    assert rows["full"]["compute_saving"] == 0 and rows["full"]["ratio_fair"] == 1
+    last = json.loads((root / "results" / "converge" / "converge.json").read_text())["uvit"]["evals"][-3:]
+    assert out["base"]["fd_mean_last"] == pytest.approx(sum(e["value"] for e in last) / 3)
+    assert rows["D4-U-ViT"]["ratio_base"] == pytest.approx(rows["D4-U-ViT"]["fid"] / out["base"]["fd_mean_last"])
