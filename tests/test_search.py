@@ -551,3 +551,33 @@ def test_cli_adapted_search_and_its_refusal(ckpt, tmp_path):
             "-n", "2", "--device", "cpu", "--out", str(tmp_path / "x.json"), "--no-progress")
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "not the same architecture" in lines[0], r.stderr
+
+
+def test_adapted_confirmation_judges_full_depth_on_the_base(ckpt, tmp_path):
+    """--max-fid-ratio with --adapted: candidates are sampled on the adapted copy, full depth on the base. With
+    the base as its own copy the search is the plain one, to the confirmed distances."""
+    from eediff.config import SearchConfig
+
+    kw = dict(model=ckpt, max_fid_ratio=1.5, sampler="ddim", steps=4, n=4, batch_size=8, intervals=4, confirm_n=24,
+              reference="tests/data/fmnist_sample.npz:test", cache_dir=str(tmp_path / "c"), device="cpu", progress=False)
+    plain = S.run_search(SearchConfig(out=str(tmp_path / "a.json"), **kw), log=lambda s: None)
+    same = S.run_search(SearchConfig(adapted=ckpt, out=str(tmp_path / "b.json"), **kw), log=lambda s: None)
+    assert [c.blocks for c in same.path] == [c.blocks for c in plain.path] and same.chosen == plain.chosen
+    assert [c.fid for c in same.path] == pytest.approx([c.fid for c in plain.path], nan_ok=True)
+    # the judge itself: full depth from the base, anything else from the copy
+    from eediff.eval.evaluate import feature_network, reference
+    from eediff.config import EvalConfig
+
+    base = eediff.load_model(ckpt)
+    torch.manual_seed(5)
+    other = random_weights(eediff.load_model(ckpt).model, 0.1)
+    ecfg = EvalConfig(metric="fd-classifier", reference="tests/data/fmnist_sample.npz:test", cache_dir=str(tmp_path / "c"))
+    feats = feature_network(ecfg, "cpu")
+    ref = reference(ecfg, feats)
+    judge = lambda model, full_model=None: S.Confirmation(model, base.process, SamplerConfig("ddim", 4), n=24, seed=4,  # noqa: E731
+                                                          batch_size=8, features=feats, reference=ref, full_model=full_model)
+    full, cut = eediff.ExitSchedule("f", (0.0, 1.0), (4,)), eediff.ExitSchedule("c", (0.0, 0.5, 1.0), (4, 2))
+    both = judge(other, base.model)
+    assert both(full)[0] == pytest.approx(judge(base.model)(full)[0], rel=1e-9)
+    assert both(cut)[0] == pytest.approx(judge(other)(cut)[0], rel=1e-9)
+    assert both(cut)[0] != pytest.approx(judge(base.model)(cut)[0], rel=1e-3)
