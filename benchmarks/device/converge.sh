@@ -183,38 +183,32 @@ elif [ "$STAGE" = finetune ]; then
      --eval-every 1000 --eval-n $EN --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
   FT_END=${FT_END:-$(( DL * 6 / 10 ))}   # the fine-tunes get 60% of the call, the FID tables the rest
   declare -A BASE SCHED KINDS EXTRA
+  search_kind() {  # search_kind MODEL NAME X [ARGS...]: `eediff search` on the base at D<X>'s saving or at saving X
+    local m=$1 name=$2 x=$3 arg; shift 3   # (once: its schedule file is kept), SCHED[MODEL-NAME-X] set from it
+    local f=$R/$m-$name-$x.json
+    if [ ! -f $f ]; then
+      case $x in D*) arg="--saving-of $x-$A" ;; *) arg="--target-saving $x" ;; esac
+      $E search --model ${BASE[$m]} "$@" $arg --sampler dpm-solver++ --steps 25 -n ${SEARCH_N:-256} --batch-size 256 --out $f \
+        --report $R/$m-$name-$x.report.json --no-progress >> $R/$m-search.log 2>&1 \
+        || { echo "$m: $name $x failed: $(tail -n 1 $R/$m-search.log)"; return 1; }
+    fi
+    # the search's intervals are equal, so its blocks as a comma list are the same schedule
+    SCHED[$m-$name-$x]=$(python3 -c "import json, sys; print(','.join(map(str, json.load(open(sys.argv[1]))['blocks'])))" $f)
+    echo "$m: $name $x -> ${SCHED[$m-$name-$x]}"
+  }
   for m in ${FT_MODELS:-dit uvit}; do
     INIT=INIT_${m^^}; BASE[$m]=${!INIT:-$R/$m/final.safetensors}   # this machine's base run, or an export that travelled
     [ -f ${BASE[$m]} ] || { echo "no ${BASE[$m]}: run the base stage first (or give INIT_${m^^}=EXPORT)"; exit 3; }
     A=DiT; [ $m = uvit ] && A=U-ViT
     kinds="${FT_KINDS:-D4-$A D6-$A full}"
     for x in ${SEARCH:-}; do  # searched on the base (eediff search), then fine-tuned with the presets' budget
-      f=$R/$m-search-$x.json
-      if [ ! -f $f ]; then
-        case $x in D*) arg="--saving-of $x-$A" ;; *) arg="--target-saving $x" ;; esac
-        $E search --model ${BASE[$m]} $arg --sampler dpm-solver++ --steps 25 -n ${SEARCH_N:-256} --batch-size 256 --out $f \
-          --report $R/$m-search-$x.report.json --no-progress >> $R/$m-search.log 2>&1 \
-          || { echo "$m: search $x failed: $(tail -n 1 $R/$m-search.log)"; continue; }
-      fi
-      # the search's intervals are equal, so its blocks as a comma list are the same schedule
-      SCHED[$m-search-$x]=$(python3 -c "import json, sys; print(','.join(map(str, json.load(open(sys.argv[1]))['blocks'])))" $f)
-      echo "$m: search $x -> ${SCHED[$m-search-$x]}"
-      kinds="$kinds search-$x"
+      search_kind $m search $x && kinds="$kinds search-$x"
     done
     if [ -n "${ASEARCH:-}" ]; then  # the base fine-tuned at every depth (the same budget), then searched with --adapted
       SCHED[$m-any]=full; EXTRA[$m-any]="--depth-sampling uniform"; kinds="$kinds any"
       if done_run $m-any $FS; then
         for x in $ASEARCH; do
-          f=$R/$m-asearch-$x.json
-          if [ ! -f $f ]; then
-            case $x in D*) arg="--saving-of $x-$A" ;; *) arg="--target-saving $x" ;; esac
-            $E search --model ${BASE[$m]} --adapted $R/$m-any/final.safetensors $arg --sampler dpm-solver++ --steps 25 -n ${SEARCH_N:-256} \
-              --batch-size 256 --out $f --report $R/$m-asearch-$x.report.json --no-progress >> $R/$m-search.log 2>&1 \
-              || { echo "$m: adapted search $x failed: $(tail -n 1 $R/$m-search.log)"; continue; }
-          fi
-          SCHED[$m-asearch-$x]=$(python3 -c "import json, sys; print(','.join(map(str, json.load(open(sys.argv[1]))['blocks'])))" $f)
-          echo "$m: adapted search $x -> ${SCHED[$m-asearch-$x]}"
-          kinds="$kinds asearch-$x"
+          search_kind $m asearch $x --adapted $R/$m-any/final.safetensors && kinds="$kinds asearch-$x"
         done
       else
         echo "$m: the adapted searches ($ASEARCH) wait for $m-any to finish (a later call)"
