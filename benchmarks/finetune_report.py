@@ -20,6 +20,8 @@ import glob
 import json
 import os
 
+from search_eval import spearman
+
 from eediff.exits.schedule import get_schedule
 from eediff.exits.search import ProxyTable
 
@@ -64,7 +66,7 @@ def main(argv=None):
                 compared = json.load(f).get("saving_of")
         rows.append({"model": a.model, "kind": kind, "schedule": sched.name, "blocks": list(sched.blocks or []),
                      "boundaries": list(sched.boundaries), "compute_saving": table.compute_saving(sched),
-                     "steps": conf["steps"], "evals": [{"step": e["step"], "value": e["value"]} for e in evals],
+                     "proxy_zero_shot": table.proxy(sched), "steps": conf["steps"], "evals": [{"step": e["step"], "value": e["value"]} for e in evals],
                      "fid": evals[-1]["value"], "metric": evals[-1]["metric"], "n": evals[-1]["n"], "sampler": evals[-1]["sampler"],
                      "compared_with": compared})
     fair = next((r["fid"] for r in rows if r["kind"] == "full"), None)
@@ -74,10 +76,12 @@ def main(argv=None):
     order = {"full": 0}
     rows.sort(key=lambda r: (order.get(r["kind"], 1), r["compute_saving"], r["kind"]))
 
+    cut = [r for r in rows if r["compute_saving"] > 0]
+    rho = spearman([r["proxy_zero_shot"] for r in cut], [r["fid"] for r in cut])  # does the zero-shot proxy rank the fine-tunes?
     cells = []
-    if a.cells and os.path.exists(a.cells):
-        cells = [c for c in read_rows(a.cells) if c.get("type", "cell") == "cell"]
-    out = {"model": a.model, "base": {"fd_mean_last": base_fd, "fd_sd_last": base_sd, "last_n": len(last),
+    if a.cells:
+        cells = [c for c in read_rows(a.cells) if c.get("type") == "cell"]
+    out = {"model": a.model, "spearman_zero_shot_proxy_vs_finetuned": rho, "base": {"fd_mean_last": base_fd, "fd_sd_last": base_sd, "last_n": len(last),
                                       "steps": [last[0]["step"], last[-1]["step"]]}, "fair_fd": fair, "rows": rows, "cells": cells}
     with open(os.path.join(a.dir, "finetunes.json"), "w") as f:
         json.dump(out, f, indent=1)
@@ -86,19 +90,25 @@ def main(argv=None):
     lines = [f"{a.model}: every fine-tune {r0['steps']} steps from the converged base; {r0['metric']} of {r0['n']} images, "
              f"{r0['sampler']}, sampled with the schedule each was tuned for. Base: mean of its last {len(last)} measurements "
              f"(steps {last[0]['step']}–{last[-1]['step']}), {base_fd:.3f} ± {base_sd:.3f} (s.d.).", "",
-             "| fine-tuned for | blocks (t: 0 → 1) | compared with | compute saving | distance at 1k / 3k / 5k steps | / base | / fair baseline |",
-             "|---|---|---|---|---|---|---|"]
+             "| fine-tuned for | blocks (t: 0 → 1) | compared with | compute saving | zero-shot proxy | distance at 1k / 3k / 5k steps | / base | / fair baseline |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         by = {e["step"]: e["value"] for e in r["evals"]}
         curve = " / ".join(f"{by[s]:.3f}" if s in by else "—" for s in (1000, 3000, r["steps"]))
         label = "fair baseline (full)" if r["kind"] == "full" else r["kind"]
         lines.append(f"| {label} | {','.join(map(str, r['blocks'])) or 'all'} | {r['compared_with'] or '—'} | {100 * r['compute_saving']:.1f}% | "
-                     f"{curve} | {r['ratio_base']:.2f} | {r['ratio_fair']:.2f} |")
+                     f"{r['proxy_zero_shot']:.3f} | {curve} | {r['ratio_base']:.2f} | {r['ratio_fair']:.2f} |")
+    lines += ["", f"Spearman rank correlation of the zero-shot proxy (DPM-Solver++ 25, the search's table) with the distance "
+              f"after fine-tuning, over the {len(cut)} truncated schedules: {'—' if rho is None else f'{rho:.2f}'}."]
     if cells:
-        lines += ["", "| model | schedule | sampler | n | distance | time (s) |", "|---|---|---|---|---|---|"]
+        c0 = cells[0]
+        lines += ["", f"Other cells (`gpu_tables.py`, {c0['metric']}, {c0['device']}):", "",
+                  "| model | schedule | sampler | n | distance | FLOPs saved |", "|---|---|---|---|---|---|"]
         for c in cells:
-            lines.append(f"| {c.get('label', c.get('model'))} | {c.get('schedule')} | {c.get('sampler')} | {c.get('n')} | "
-                         f"{c.get('fid', float('nan')):.3f} | {c.get('time_s', float('nan')):.0f} |")
+            name = os.path.basename(c["model"])
+            name = os.path.basename(os.path.dirname(c["model"])) if name.startswith("final") else name  # a run folder's export
+            lines.append(f"| {c['kind']} ({name}) | {c['schedule']} | {c['sampler']} | {c['n']} | "
+                         f"{c['fid']:.3f} | {c['flop_reduction_pct']:.1f}% |")
     with open(os.path.join(a.dir, "finetunes.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

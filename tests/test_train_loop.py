@@ -422,3 +422,21 @@ def test_uniform_depth_sampling_with_a_whole_forward_graph(tmp_path):
         (la, ia), (lb, ib) = eager.step(), whole.step()
         assert torch.equal(ia["depth"], ib["depth"])
         assert abs(float(la) - float(lb)) <= 1e-4 * abs(float(la)), (la, lb)
+
+
+def test_uniform_depth_sampling_resumes_exactly_and_keeps_its_setting(tmp_path):
+    """The drawn depths come from the checkpointed time generator: 3 steps, then --resume to 6, ends on the
+    weights of 6 steps in one go. Changing --depth-sampling on resume is refused (it is what was trained)."""
+    from safetensors.torch import load_file
+
+    kw = dict(depth_sampling="uniform", save_every=3, sample_every=-1)
+    run(tiny_cfg(tmp_path / "once", steps=6, **kw), "train")
+    part = tiny_cfg(tmp_path / "twice", steps=3, **kw)
+    run(part, "train")
+    res = CliRunner().invoke(app, ["train", "--out", part.out, "--resume", "--steps", "6", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    a = load_file(os.path.join(str(tmp_path / "once" / "run"), "final.safetensors"))
+    b = load_file(os.path.join(part.out, "final.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    res = CliRunner().invoke(app, ["train", "--out", part.out, "--resume", "--steps", "7", "--depth-sampling", "schedule", "--no-progress"])
+    assert res.exit_code != 0 and "depth" in res.output

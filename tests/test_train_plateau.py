@@ -179,3 +179,8 @@ def test_finetune_report_on_the_committed_fine_tunes(tmp_path):
     last = json.loads((root / "results" / "converge" / "converge.json").read_text())["uvit"]["evals"][-3:]
     assert out["base"]["fd_mean_last"] == pytest.approx(sum(e["value"] for e in last) / 3)
     assert rows["D4-U-ViT"]["ratio_base"] == pytest.approx(rows["D4-U-ViT"]["fid"] / out["base"]["fd_mean_last"])
+    from scipy.stats import spearmanr
+
+    cut = [row for row in out["rows"] if row["compute_saving"] > 0]
+    want = spearmanr([row["proxy_zero_shot"] for row in cut], [row["fid"] for row in cut]).statistic
+    assert len(cut) == 5 and out["spearman_zero_shot_proxy_vs_finetuned"] == pytest.approx(want)
