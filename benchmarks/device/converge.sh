@@ -17,6 +17,9 @@
 #       saving and at 40%, fine-tuned with the same budget and put in the same tables)
 #   ASEARCH="D4 D6 0.3" ... converge.sh finetune DL  (also: the base fine-tuned at every depth, `--depth-sampling
 #       uniform`, run "any"; once it has finished, a call searches with `--adapted` on it and fine-tunes those schedules)
+#   FT_IMPORT=DIR ... converge.sh finetune DL   carry [DIR]  (DIR holds run folders DIR/MODEL-KIND/{final-fp16.safetensors,
+#       metrics.jsonl,config.json} and MODEL-search-X.json files as an earlier machine sent them back: they count as
+#       finished here, so a fresh machine makes the tables of fine-tunes it did not train)
 #   bash benchmarks/device/converge.sh prep 0 && (BASE_MODELS=dit INIT_DIT=F bash benchmarks/device/converge.sh base DL &
 #       FT_MODELS=uvit INIT_UVIT=G bash benchmarks/device/converge.sh finetune DL; wait)
 #       (one model still training while the other, at its plateau, is fine-tuned: prep installs and unpacks once)
@@ -92,7 +95,7 @@ PY
 ret() {  # what comes back: the EMA export (fp16) and metrics of each run of this stage, one tar per family (<= 16 MiB)
   local fams=${MODELS:-dit uvit}; [ "$STAGE" = finetune ] && fams=${FT_MODELS:-dit uvit}
   for m in $fams; do  # base stage: the base run; finetune stage: its fine-tunes (the base came back earlier)
-    if [ "$STAGE" = base ]; then dirs=$m; else dirs=$(cd $R && for d in $m-*/; do echo ${d%/}; done); fi   # (nullglob: no fine-tunes, no dirs)
+    if [ "$STAGE" = base ]; then dirs=$m; else dirs=$(cd $R && for d in $m-*/; do [ -f $d/imported ] || echo ${d%/}; done); fi   # (nullglob: no fine-tunes, no dirs)
     # three runs per tar (a U-ViT export is 3.2 MB: six fine-tunes in one tar pass what comes back), the searches
     # in the first; few files in all (only so many come back)
     set -- $dirs; i=0
@@ -196,6 +199,14 @@ elif [ "$STAGE" = finetune ]; then
     SCHED[$m-$name-$x]=$(python3 -c "import json, sys; print(','.join(map(str, json.load(open(sys.argv[1]))['blocks'])))" $f)
     echo "$m: $name $x -> ${SCHED[$m-$name-$x]}"
   }
+  if [ -n "${FT_IMPORT:-}" ]; then  # fine-tunes made on an earlier machine (run folders as they came back), and their
+    for d in $(for m in ${FT_MODELS:-dit uvit}; do echo $FT_IMPORT/$m-*/; done); do   # searches: taken as finished runs
+      n=$(basename $d);   # here (not trained again, not sent back again); a base run's folder is not a fine-tune [ -f $d/final-fp16.safetensors ] && [ ! -f $R/$n/final.safetensors ] || continue
+      mkdir -p $R/$n && cp $d/metrics.jsonl $d/config.json $R/$n/ && cp $d/final-fp16.safetensors $R/$n/final.safetensors \
+        && touch $R/$n/imported && echo "imported $n"
+    done
+    js=( $FT_IMPORT/*search-*.json ); [ ${#js[@]} -gt 0 ] && cp -n "${js[@]}" $R/
+  fi
   for m in ${FT_MODELS:-dit uvit}; do
     INIT=INIT_${m^^}; BASE[$m]=${!INIT:-$R/$m/final.safetensors}   # this machine's base run, or an export that travelled
     [ -f ${BASE[$m]} ] || { echo "no ${BASE[$m]}: run the base stage first (or give INIT_${m^^}=EXPORT)"; exit 3; }
