@@ -20,15 +20,11 @@ import glob
 import json
 import os
 
+from converge_report import read_rows
 from search_eval import spearman
 
 from eediff.exits.schedule import get_schedule
 from eediff.exits.search import ProxyTable
-
-
-def read_rows(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip().endswith("}")]
 
 
 def main(argv=None):
@@ -73,8 +69,7 @@ def main(argv=None):
     for r in rows:
         r["fid_full"], r["ratio_base"] = base_fd, r["fid"] / base_fd
         r["ratio_fair"] = r["fid"] / fair if fair else None
-    order = {"full": 0}
-    rows.sort(key=lambda r: (order.get(r["kind"], 1), r["compute_saving"], r["kind"]))
+    rows.sort(key=lambda r: (r["kind"] != "full", r["compute_saving"], r["kind"]))  # the fair baseline first
 
     cut = [r for r in rows if r["compute_saving"] > 0]
     rho = spearman([r["proxy_zero_shot"] for r in cut], [r["fid"] for r in cut])  # does the zero-shot proxy rank the fine-tunes?
