@@ -443,3 +443,36 @@ def test_batched_adaln_keeps_one_compiled_graph_for_all_blocks():
         graphs[batched] = counters["stats"]["unique_graphs"]
     torch._dynamo.reset()
     assert graphs[True] == graphs[False] <= 4, graphs
+
+
+@pytest.mark.parametrize("arch", ["DiT", "U-ViT"])
+def test_fp8_fast_accum_reaches_every_fp8_gemm_and_is_removed(arch, monkeypatch):
+    """FastPathConfig(fp8_fast_accum=True): every fp8 GEMM (the fused DiT block's four, a U-ViT's patched Linears)
+    asks _scaled_mm for fast accumulation, and nothing else changes: on a CPU the flag does not change the
+    arithmetic, so the output equals the default fp8 path's; remove() takes the flag away with the rest."""
+    if arch == "DiT":
+        m = dit(hidden=32)
+    else:
+        torch.manual_seed(0)
+        m = random_weights(eediff.build_model("U-ViT", img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=4,
+                                              num_heads=2, num_classes=10), 0.05).eval()
+    x, t, y = inputs()
+    seen = []
+    real = torch._scaled_mm
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("use_fast_accum"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", spy)
+    outs = {}
+    with torch.no_grad():
+        for fast in (False, True):
+            mm = copy.deepcopy(m)
+            h = apply_fast_path(mm, FastPathConfig(kernels="fp8", fp8_fast_accum=fast, compile=False))
+            seen.clear()
+            outs[fast] = mm(x, t, y)
+            assert len(seen) == h.kernels.fp8_linears > 0 and set(seen) == {fast}, (arch, fast, seen)
+            h.remove()
+            assert not any("_fp8_fast_accum" in mod.__dict__ for mod in mm.modules())
+    assert torch.equal(outs[True], outs[False])

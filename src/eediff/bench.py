@@ -87,7 +87,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     fasts = {}  # kernels -> (fast-path model, handle), all on the same weights
     for kern in kernel_names:
         m = copy.deepcopy(eager)
-        fasts[kern] = (m, apply_fast_path(m, FastPathConfig(compile=device == "cuda", kernels=kern)))
+        fasts[kern] = (m, apply_fast_path(m, FastPathConfig(compile=device == "cuda", kernels=kern, fp8_fast_accum=cfg.fp8_fast_accum)))
     main_kernels = "fused" if "fused" in fasts else kernel_names[0]  # the variant per-row depths and DDPM-250 e2e run on
     fast, handle = fasts[main_kernels]
     K = config.depth
@@ -117,7 +117,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                    for mode, c in compiled.items()},
                 "eediff eager fp32": lambda: eager(x, tf, y),
                 "eediff eager bf16": lambda: eager_bf16(x.bfloat16(), tf, y),
-                **{fast_name(kern): (lambda m=m: m(x, tf, y)) for kern, (m, _) in fasts.items()},
+                **{fast_name(kern, cfg.fp8_fast_accum): (lambda m=m: m(x, tf, y)) for kern, (m, _) in fasts.items()},
             }
             for name, fn in variants.items():
                 try:
@@ -149,13 +149,13 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     ts = [s / 1000 for s in torch.linspace(0, 999, 250).round().tolist()]  # the DDPM-250 grid
     sched_rows, res["per_depth_ms"] = [], {}
     for kern, (m, _) in fasts.items():
-        per_depth, variant = {}, fast_name(kern)
+        per_depth, variant = {}, fast_name(kern, cfg.fp8_fast_accum)
         with torch.no_grad():
             try:
                 for k in depths:
                     per_depth[k] = time_fn(lambda: m(x, tf, y, active_blocks=k), device, warmup=3, repeats=cfg.repeats)["median_s"]
             except Exception as e:  # fall back to eager bf16 so the exit ratios are still measured
-                variant = f"eediff eager bf16 ({fast_name(kern)} failed: {type(e).__name__}: {e})"[:300]
+                variant = f"eediff eager bf16 ({fast_name(kern, cfg.fp8_fast_accum)} failed: {type(e).__name__}: {e})"[:300]
                 log(variant)
                 xb = x.bfloat16()
                 for k in depths:
@@ -188,12 +188,13 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         except Exception as e:
             res["block_parts_error"] = f"{type(e).__name__}: {e}"[:300]
             log(f"block parts FAILED: {res['block_parts_error']}")
-    res["fast_path_stats"] = {fast_name(k): dict(h.stats) for k, (_, h) in fasts.items()}
+    res["fast_path_stats"] = {fast_name(k, cfg.fp8_fast_accum): dict(h.stats) for k, (_, h) in fasts.items()}
     return res
 
 
-def fast_name(kernels: str) -> str:
-    return "eediff fast path" if kernels == "inductor" else f"eediff fast path, kernels={kernels}"
+def fast_name(kernels: str, fast_accum: bool = False) -> str:
+    name = "eediff fast path" if kernels == "inductor" else f"eediff fast path, kernels={kernels}"
+    return name + (", fast accumulation" if fast_accum and kernels == "fp8" else "")
 
 
 def _per_row(cfg, fast, handle, eager, config, device, log) -> dict:
@@ -443,9 +444,10 @@ def _end_to_end(cfg, dm_bf16, compiled, fasts, kd, device, log):
     labels = list(range(n))
     runs = [("diffusers DiTPipeline bf16", None, "dpm-solver++", 25, None)]
     runs += [(f"diffusers DiTPipeline bf16 + compile {mode}", None, "dpm-solver++", 25, None) for mode in compiled]
+    tag = {k: f"eediff fast, kernels={k}" + (", fast accumulation" if cfg.fp8_fast_accum and k == "fp8" else "") for k in fasts}
     for kern in fasts:
-        runs += [(f"eediff fast, kernels={kern}", kern, "dpm-solver++", 25, None), (f"eediff fast, kernels={kern}", kern, "dpm-solver++", 25, "D4-DiT")]
-    runs += [(f"eediff fast, kernels={kd}", kd, "ddpm", 250, None), (f"eediff fast, kernels={kd}", kd, "ddpm", 250, "D4-DiT")]
+        runs += [(tag[kern], kern, "dpm-solver++", 25, None), (tag[kern], kern, "dpm-solver++", 25, "D4-DiT")]
+    runs += [(tag[kd], kd, "ddpm", 250, None), (tag[kd], kd, "ddpm", 250, "D4-DiT")]
     for name, kern, sampler, steps, sched in runs:
         sc = SamplerConfig(sampler, steps)
         if kern is None:

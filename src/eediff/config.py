@@ -252,6 +252,7 @@ class BenchConfig:
     row_buckets: str = opt("8,4", "fast-path row buckets to time per-row depths with (comma-separated)")
     row_draws: int = opt(8, "depth vectors drawn from D4-DiT over uniform t for the per-row timings")
     kernels: str = opt("inductor,fused,fp8", "fast-path kernel variants timed (comma-separated; see `eediff.kernels`)")
+    fp8_fast_accum: bool = opt(False, "the fp8 variant's GEMMs in fast-accumulation mode (faster, less precise)")
     block_parts: bool = opt(True, "time each part of one block alone (norms, GEMMs, attention backends, GELU, gates; bf16 and fp8)")
     diffusers_compile: str = opt("default,max-autotune-no-cudagraphs",
                                  "torch.compile modes of the diffusers transformer timed beside the fast path (forward and end to end; '' = none)")
@@ -294,6 +295,7 @@ class EvalConfig(ToMeOptions):
     time_batch: int = opt(0, "batch size for the timing (0 = --batch-size, at most -n)")
     fast: bool = opt(False, "use the GPU fast path (compiled blocks, CUDA graphs)")
     kernels: str = opt("inductor", "fast-path block kernels: inductor | fused (GELU in the GEMM epilogue) | fp8 (row-scaled fp8 GEMMs)")
+    fp8_fast_accum: bool = opt(False, "with --kernels fp8: the GEMMs in fast-accumulation mode (faster, less precise)")
     cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
     out: str = opt("results/eval.json", "JSON results (a Markdown table and a FID-vs-Accel. PNG are written next to it)")
     overwrite: bool = opt(False, "replace --out (and the files written next to it) if it exists; an input is never overwritten")

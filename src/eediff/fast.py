@@ -49,6 +49,7 @@ class FastPathConfig:
     attention: str = "cudnn"  # fused / fp8 DiT blocks: cudnn | sdpa (SDPA's own choice, flash on Hopper)
     fp8_gemms: tuple = ("qkv", "proj", "fc1", "fc2")  # kernels="fp8": which of a DiT block's token GEMMs run in fp8
     batched_adaln: bool = False  # DiT: every block's adaLN projection in one GEMM per forward (kernels.batch_adaln)
+    fp8_fast_accum: bool = False  # kernels="fp8": the GEMMs' fast accumulation mode (faster, less precise; kernels.apply_kernels)
     row_kernels: str = "triton"  # (measured faster than inductor's, results/kernel_variants_h200.md) fused / fp8 DiT blocks' LayerNorm, residual and quantise passes: triton | inductor
 
 
@@ -105,7 +106,7 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     handle = FastPathHandle(model, config, model.forward, p0.dtype, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.eval().to(dtype)
     handle.kernels = apply_kernels(model, config.kernels, config.attention, config.row_kernels, tuple(config.fp8_gemms),
-                                   config.batched_adaln)
+                                   config.batched_adaln, config.fp8_fast_accum)
     if config.compile:
         # every block shares one compiled graph per input shape; leave room for many shapes (batch sizes, CFG
         # doubling, row buckets) before dynamo would silently fall back to eager

@@ -196,7 +196,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     if cfg.fast and device.startswith("cuda"):
         from ..fast import FastPathConfig, apply_fast_path
 
-        handles = [apply_fast_path(m, FastPathConfig(kernels=cfg.kernels)) for m in dict.fromkeys([model, base])]
+        handles = [apply_fast_path(m, FastPathConfig(kernels=cfg.kernels, fp8_fast_accum=cfg.fp8_fast_accum))
+                   for m in dict.fromkeys([model, base])]
         autocast = None
     features = feature_network(cfg, device) if rank == 0 else None
     ref = reference(cfg, features) if rank == 0 else None
