@@ -3,7 +3,8 @@
 
 Reads DIR/KIND.metrics.jsonl and DIR/KIND.config.json of every fine-tune (KIND: a preset such as D4-U-ViT,
 ``full`` for the fair baseline, ``search-X`` for a schedule ``eediff search`` found, whose
-DIR/search-X.schedule.json / .report.json came back with it), and optional extra cells measured later
+DIR/search-X.schedule.json / .report.json came back with it; ``asearch-X`` likewise, found with ``--adapted``), and
+optional extra cells measured later
 (``--cells``: gpu_tables JSON lines). Writes DIR/finetunes.{json,md}: for every fine-tune its schedule, the
 compute saving on DPM-Solver++ 25 (the analytic FLOPs over that sampler's steps, from a search report's
 proxy table), its --eval-every distances (the training run's own, sampled with the schedule it was tuned
@@ -11,6 +12,8 @@ for), and the final distance against the base model's and against the fair basel
 
     python benchmarks/finetune_report.py --dir results/converge/uvit-ft --model U-ViT \\
         --base-curve results/converge/converge.json --base-key uvit --cells results/converge/uvit-ft/cpu_ddim50.jsonl
+    python benchmarks/finetune_report.py --dir results/converge/uvit-shipped-svp --model U-ViT \
+        --base-fd results/converge/uvit-shipped-asearch/base_fd.json --base-label "the shipped base"
 """
 
 from __future__ import annotations
@@ -31,22 +34,42 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", required=True)
     ap.add_argument("--model", required=True, help="label, e.g. U-ViT")
-    ap.add_argument("--base-curve", required=True, help="converge.json of benchmarks/converge_report.py")
-    ap.add_argument("--base-key", required=True, help="dit | uvit")
+    base_src = ap.add_mutually_exclusive_group(required=True)
+    base_src.add_argument("--base-curve", help="converge.json of benchmarks/converge_report.py (with --base-key)")
+    base_src.add_argument("--base-fd", help="`eediff eval` JSON of the base at full depth (the same metric, n and sampler)")
+    ap.add_argument("--base-key", default=None, help="dit | uvit (with --base-curve)")
     ap.add_argument("--base-last", type=int, default=15, help="the base's distance: the mean of its last N measurements")
+    ap.add_argument("--base-label", default="the converged base", help="what the base is, for the table's caption")
+    ap.add_argument("--curve-steps", default="1000,3000", help="the --eval-every steps shown before the final one")
     ap.add_argument("--cells", default=None, help="gpu_tables JSON lines measured on these fine-tunes (other samplers)")
     a = ap.parse_args(argv)
 
-    reports = sorted(glob.glob(os.path.join(a.dir, "search-*.report.json")))
+    reports = sorted(glob.glob(os.path.join(a.dir, "*search-*.report.json")))
     if not reports:
         raise SystemExit(f"{a.dir}: no search-*.report.json (its proxy table gives the sampler's steps for the compute savings)")
     with open(reports[0]) as f:
-        table = ProxyTable.from_dict(json.load(f)["proxy_table"])
-    with open(a.base_curve) as f:
-        base = json.load(f)[a.base_key]
-    last = base["evals"][-a.base_last:]
-    base_fd = sum(e["value"] for e in last) / len(last)
-    base_sd = (sum((e["value"] - base_fd) ** 2 for e in last) / (len(last) - 1)) ** 0.5
+        rep = json.load(f)
+    table = ProxyTable.from_dict(rep["proxy_table"])
+    # a search with --adapted measured its proxy on the model fine-tuned at every depth, not on the base
+    proxy_kind = "adapted" if rep.get("adapted") else "zero-shot"
+    if a.base_curve:
+        if not a.base_key:
+            raise SystemExit("--base-curve needs --base-key (dit | uvit)")
+        with open(a.base_curve) as f:
+            last = json.load(f)[a.base_key]["evals"][-a.base_last:]
+        base_fd = sum(e["value"] for e in last) / len(last)
+        base_sd = (sum((e["value"] - base_fd) ** 2 for e in last) / (len(last) - 1)) ** 0.5
+        base_note = f"mean of its last {len(last)} measurements (steps {last[0]['step']}–{last[-1]['step']}), {base_fd:.3f} ± {base_sd:.3f} (s.d.)"
+        base_info = {"fd_mean_last": base_fd, "fd_sd_last": base_sd, "last_n": len(last), "steps": [last[0]["step"], last[-1]["step"]]}
+    else:
+        with open(a.base_fd) as f:
+            ev = json.load(f)
+        full = next((r for r in ev["rows"] if r["schedule"] == "full"), None)
+        if full is None:
+            raise SystemExit(f"{a.base_fd}: no full-depth row (measure it with `eediff eval --schedules full`)")
+        base_fd = full["fid_mean"]
+        base_note = f"{ev['metric']} {base_fd:.3f} at full depth ({full['n']} images, seeds {full['seeds']}, {full['sampler']}-{full['steps']})"
+        base_info = {"fd": base_fd, "n": full["n"], "seeds": full["seeds"], "command": ev.get("command")}
 
     rows = []
     for mpath in sorted(glob.glob(os.path.join(a.dir, "*.metrics.jsonl"))):
@@ -57,12 +80,12 @@ def main(argv=None):
         sched_file = os.path.join(a.dir, f"{kind}.schedule.json")
         sched = get_schedule(sched_file if os.path.exists(sched_file) else conf["schedule"])
         compared = None
-        if kind.startswith("search-"):
+        if "search-" in kind:
             with open(os.path.join(a.dir, f"{kind}.report.json")) as f:
                 compared = json.load(f).get("saving_of")
         rows.append({"model": a.model, "kind": kind, "schedule": sched.name, "blocks": list(sched.blocks or []),
                      "boundaries": list(sched.boundaries), "compute_saving": table.compute_saving(sched),
-                     "proxy_zero_shot": table.proxy(sched), "steps": conf["steps"], "evals": [{"step": e["step"], "value": e["value"]} for e in evals],
+                     "proxy": table.proxy(sched), "proxy_kind": proxy_kind, "steps": conf["steps"], "evals": [{"step": e["step"], "value": e["value"]} for e in evals],
                      "fid": evals[-1]["value"], "metric": evals[-1]["metric"], "n": evals[-1]["n"], "sampler": evals[-1]["sampler"],
                      "compared_with": compared})
     fair = next((r["fid"] for r in rows if r["kind"] == "full"), None)
@@ -72,28 +95,29 @@ def main(argv=None):
     rows.sort(key=lambda r: (r["kind"] != "full", r["compute_saving"], r["kind"]))  # the fair baseline first
 
     cut = [r for r in rows if r["compute_saving"] > 0]
-    rho = spearman([r["proxy_zero_shot"] for r in cut], [r["fid"] for r in cut])  # does the zero-shot proxy rank the fine-tunes?
+    rho = spearman([r["proxy"] for r in cut], [r["fid"] for r in cut])  # does the proxy rank the fine-tunes?
     cells = []
     if a.cells:
         cells = [c for c in read_rows(a.cells) if c.get("type") == "cell"]
-    out = {"model": a.model, "spearman_zero_shot_proxy_vs_finetuned": rho, "base": {"fd_mean_last": base_fd, "fd_sd_last": base_sd, "last_n": len(last),
-                                      "steps": [last[0]["step"], last[-1]["step"]]}, "fair_fd": fair, "rows": rows, "cells": cells}
+    out = {"model": a.model, f"spearman_{proxy_kind.replace('-', '_')}_proxy_vs_finetuned": rho, "proxy_from": reports[0], "base": base_info, "fair_fd": fair, "rows": rows, "cells": cells}
     with open(os.path.join(a.dir, "finetunes.json"), "w") as f:
         json.dump(out, f, indent=1)
 
     r0 = rows[0]
-    lines = [f"{a.model}: every fine-tune {r0['steps']} steps from the converged base; {r0['metric']} of {r0['n']} images, "
-             f"{r0['sampler']}, sampled with the schedule each was tuned for. Base: mean of its last {len(last)} measurements "
-             f"(steps {last[0]['step']}–{last[-1]['step']}), {base_fd:.3f} ± {base_sd:.3f} (s.d.).", "",
-             "| fine-tuned for | blocks (t: 0 → 1) | compared with | compute saving | zero-shot proxy | distance at 1k / 3k / 5k steps | / base | / fair baseline |",
+    shown = [int(x) for x in a.curve_steps.split(",") if x] + [r0["steps"]]
+    lines = [f"{a.model}: every fine-tune {r0['steps']} steps from {a.base_label}; {r0['metric']} of {r0['n']} images, "
+             f"{r0['sampler']}, sampled with the schedule each was tuned for. Base: {base_note}.", "",
+             f"| fine-tuned for | blocks (t: 0 → 1) | compared with | compute saving | {proxy_kind} proxy | distance at "
+             f"{' / '.join(f'{x / 1000:g}k' for x in shown)} steps | / base | / fair baseline |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         by = {e["step"]: e["value"] for e in r["evals"]}
-        curve = " / ".join(f"{by[s]:.3f}" if s in by else "—" for s in (1000, 3000, r["steps"]))
+        curve = " / ".join(f"{by[s]:.3f}" if s in by else "—" for s in shown)
         label = "fair baseline (full)" if r["kind"] == "full" else r["kind"]
+        fair_s = "—" if r["ratio_fair"] is None else f"{r['ratio_fair']:.2f}"
         lines.append(f"| {label} | {','.join(map(str, r['blocks'])) or 'all'} | {r['compared_with'] or '—'} | {100 * r['compute_saving']:.1f}% | "
-                     f"{r['proxy_zero_shot']:.3f} | {curve} | {r['ratio_base']:.2f} | {r['ratio_fair']:.2f} |")
-    lines += ["", f"Spearman rank correlation of the zero-shot proxy (DPM-Solver++ 25, the search's table) with the distance "
+                     f"{r['proxy']:.4g} | {curve} | {r['ratio_base']:.2f} | {fair_s} |")
+    lines += ["", f"Spearman rank correlation of the {proxy_kind} proxy (DPM-Solver++ 25, the table of {os.path.basename(reports[0])}) with the distance "
               f"after fine-tuning, over the {len(cut)} truncated schedules: {'—' if rho is None else f'{rho:.2f}'}."]
     if cells:
         c0 = cells[0]

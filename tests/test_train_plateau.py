@@ -182,5 +182,47 @@ def test_finetune_report_on_the_committed_fine_tunes(tmp_path):
     from scipy.stats import spearmanr
 
     cut = [row for row in out["rows"] if row["compute_saving"] > 0]
-    want = spearmanr([row["proxy_zero_shot"] for row in cut], [row["fid"] for row in cut]).statistic
+    want = spearmanr([row["proxy"] for row in cut], [row["fid"] for row in cut]).statistic
+    assert {row["proxy_kind"] for row in out["rows"]} == {"zero-shot"}
     assert len(cut) == 5 and out["spearman_zero_shot_proxy_vs_finetuned"] == pytest.approx(want)
+
+
+def test_finetune_report_with_an_eval_json_as_the_base_and_adapted_searches(tmp_path):
+    """The same report on results/converge/uvit-shipped-svp (fine-tunes of the shipped U-ViT, the schedules of
+    `eediff search --adapted`): the base's distance is the full-depth row of an `eediff eval` JSON, the proxy is
+    labelled adapted, each asearch-X row is compared with the preset whose saving it was searched at and saves
+    what the search wrote, and the rank correlation is scipy's."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scipy.stats import spearmanr
+
+    root = Path(__file__).resolve().parents[1]
+    d = tmp_path / "svp"
+    shutil.copytree(root / "results" / "converge" / "uvit-shipped-svp", d)
+    for f in d.glob("finetunes.*"):
+        f.unlink()
+    base = root / "results" / "converge" / "uvit-shipped-asearch" / "base_fd.json"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "finetune_report.py"), "--dir", str(d), "--model", "U-ViT",
+                        "--base-fd", str(base), "--curve-steps", "1000,2000"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((d / "finetunes.json").read_text())
+    rows = {row["kind"]: row for row in out["rows"]}
+    full = next(row for row in json.loads(base.read_text())["rows"] if row["schedule"] == "full")
+    assert out["base"]["fd"] == full["fid_mean"]
+    for x in ("D4", "D6"):
+        row = rows[f"asearch-{x}"]
+        assert row["proxy_kind"] == "adapted" and row["compared_with"] == f"{x}-U-ViT"
+        found = json.loads((d / f"asearch-{x}.schedule.json").read_text())["search"]["compute_saving"]
+        assert row["compute_saving"] == pytest.approx(found, abs=1e-9)
+        assert row["ratio_base"] == pytest.approx(row["fid"] / full["fid_mean"])
+    cut = [row for row in out["rows"] if row["compute_saving"] > 0]
+    assert len(cut) == 4 and rows["full"]["ratio_fair"] == 1
+    want = spearmanr([row["proxy"] for row in cut], [row["fid"] for row in cut]).statistic
+    assert out["spearman_adapted_proxy_vs_finetuned"] == pytest.approx(want)
+    assert "1k / 2k / 3.5k steps" in (d / "finetunes.md").read_text()
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "finetune_report.py"), "--dir", str(d), "--model", "U-ViT",
+                          "--base-curve", str(root / "results" / "converge" / "converge.json")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--base-key" in bad.stderr

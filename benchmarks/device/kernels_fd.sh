@@ -3,7 +3,8 @@
 # full-depth rows) sampled through `--fast` under each variant, same seeds, classifier FD of 5000 images per seed
 # (DPM-Solver++ 25). One call on one H200, carry [".whl", ".data/fm-xz"], about 6 minutes:
 #
-#   bash benchmarks/device/kernels_fd.sh 500        -> $OUT/kfd/<model>_<variant>.{json,md,png}
+#   bash benchmarks/device/kernels_fd.sh 500        -> $OUT/kfd.tgz: kfd/<model>_<variant>.{json,md,png}
+# (one archive: a call returns only the first few files under $OUT)
 set -u
 DL=${1:?deadline in seconds}
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
@@ -27,4 +28,4 @@ for v in "inductor --kernels inductor" "fp8 --kernels fp8" "fp8-fast --kernels f
   set -- $v; n=$1; shift
   run uvit-fmnist-D4 uvit-fmnist uvit_$n "$@"
 done
-ls -la $OUT/kfd
+ls -la $OUT/kfd; tar czf $OUT/kfd.tgz -C $OUT kfd && rm -r $OUT/kfd
