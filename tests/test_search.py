@@ -260,6 +260,7 @@ def test_cli_writes_a_schedule_that_sample_runs(ckpt, tmp_path):
     spec = json.loads(out.read_text())
     assert spec["boundaries"] == [0, 0.25, 0.5, 0.75, 1] and spec["blocks"][0] == 4 and spec["search"]["compute_saving"] >= 0.3
     assert f"compute saving: {100 * spec['search']['compute_saving']:.1f}%" in r.stdout and "not confirmed" in r.stdout
+    assert "search with --adapted" in r.stdout  # the zero-shot search points to the adapted one
     report = json.loads(rep.read_text())
     assert report["path"][-1]["blocks"] == spec["blocks"] and len(report["proxy_table"]["t_unit"]) == 4
     r = run("sample", "--model", ckpt, "--schedule", str(out), "--sampler", "ddim", "--steps", "4", "-n", "2",
@@ -543,6 +544,7 @@ def test_cli_adapted_search_and_its_refusal(ckpt, tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads(rep.read_text())
     assert report["adapted"] == ckpt and report["proxy_table"]["error"][0][4] == 0  # itself: full depth unchanged
+    assert "search with --adapted" not in r.stdout
     plain = tmp_path / "p.json"
     r = run("search", "--model", ckpt, "--target-saving", "0.3", "--sampler", "ddim", "--steps", "4", "-n", "3",
             "--intervals", "4", "--device", "cpu", "--out", str(plain), "--no-progress")

@@ -485,6 +485,9 @@ def search_cmd(cfg) -> None:
                    f"{conf['n']} held-out images; {len(conf['evaluated'])} candidates evaluated")
     else:
         typer.echo("not confirmed by FID/FD (pass --confirm, or use --max-fid-ratio)")
+    if not cfg.adapted:  # measured: the zero-shot proxy can rank schedules the opposite way from their fine-tuned quality
+        typer.echo("note: a zero-shot search; for a schedule you will fine-tune, search with --adapted (a copy fine-tuned at every "
+                   "depth: eediff finetune --schedule full --depth-sampling uniform)")
     typer.echo(f"wrote {cfg.out}" + (f" and {cfg.report}" if cfg.report else "") + f"  (use it with: eediff sample --schedule {cfg.out})")
 
 
