@@ -7,6 +7,8 @@
 # carry [".whl", ".data/fm-xz"]:
 #
 #   FT_STEPS=3000 bash benchmarks/device/search_vs_presets.sh 540     -> $OUT/svp.tgz
+#   SEED=1 KINDS="D4-U-ViT asearch-D4" FT_STEPS=3500 bash benchmarks/device/search_vs_presets.sh 330   (a repeat of
+#   two of them under another training seed: data order, timesteps and noise)
 set -u
 DL=${1:?deadline in seconds}
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
@@ -24,9 +26,9 @@ F="--init src/eediff/zoo/uvit-fmnist.safetensors --dataset fashion-mnist --batch
    --depth-grouping batch --steps ${FT_STEPS:-3000} --compile --compile-scope blocks --eval-every 500 --eval-n 5000
    --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
 M=$(python3 -c "print(round(($DL - $(el) - 40) / 60, 2))")
-for k in D4-U-ViT D6-U-ViT full $S/asearch-D4.schedule.json $S/asearch-D6.schedule.json; do
-  n=$(basename $k .schedule.json)
-  python3 -m eediff.cli finetune --schedule $k $F --max-minutes $M --out $R/svp/$n > $R/svp/$n.log 2>&1 &
+for n in ${KINDS:-D4-U-ViT D6-U-ViT full asearch-D4 asearch-D6}; do
+  k=$n; [ -f $S/$n.schedule.json ] && k=$S/$n.schedule.json
+  python3 -m eediff.cli finetune --schedule $k $F --seed ${SEED:-0} --max-minutes $M --out $R/svp/$n > $R/svp/$n.log 2>&1 &
 done
 while [ -n "$(jobs -r)" ]; do
   sleep 30; echo "[$(el)s] $(for f in $R/svp/*/metrics.jsonl; do d=$(basename $(dirname $f)); python3 - $f $d <<'PY'
