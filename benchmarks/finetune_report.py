@@ -13,7 +13,10 @@ for), and the final distance against the base model's and against the fair basel
     python benchmarks/finetune_report.py --dir results/converge/uvit-ft --model U-ViT \\
         --base-curve results/converge/converge.json --base-key uvit --cells results/converge/uvit-ft/cpu_ddim50.jsonl
     python benchmarks/finetune_report.py --dir results/converge/uvit-shipped-svp --model U-ViT \
-        --base-fd results/converge/uvit-shipped-asearch/base_fd.json --base-label "the shipped base"
+        --base-fd results/converge/uvit-shipped-asearch/base_fd.json --base-label "the shipped base (uvit-fmnist)" \
+        --curve-steps 1000,2000,3000 --repeat results/converge/uvit-shipped-svp-seed1
+
+DIR/finetunes.png draws every fine-tune's distance against its steps (the --repeat folders dashed).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def main(argv=None):
     ap.add_argument("--base-last", type=int, default=15, help="the base's distance: the mean of its last N measurements")
     ap.add_argument("--base-label", default="the converged base", help="what the base is, for the table's caption")
     ap.add_argument("--curve-steps", default="1000,3000", help="the --eval-every steps shown before the final one")
+    ap.add_argument("--repeat", action="append", default=[], metavar="DIR",
+                    help="fine-tunes of the same kinds under another training seed: drawn dashed in the plot")
     ap.add_argument("--cells", default=None, help="gpu_tables JSON lines measured on these fine-tunes (other samplers)")
     a = ap.parse_args(argv)
 
@@ -130,7 +135,49 @@ def main(argv=None):
                          f"{c['fid']:.3f} | {c['flop_reduction_pct']:.1f}% |")
     with open(os.path.join(a.dir, "finetunes.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+    plot(rows, a, os.path.join(a.dir, "finetunes.png"), base_fd)
     print("\n".join(lines))
+
+
+def curves(d: str) -> dict[str, tuple[int, list[tuple[int, float]]]]:
+    """{kind: (training seed, [(step, distance), ...])} of the fine-tunes in folder ``d``."""
+    out = {}
+    for mpath in sorted(glob.glob(os.path.join(d, "*.metrics.jsonl"))):
+        kind = os.path.basename(mpath)[: -len(".metrics.jsonl")]
+        with open(mpath.replace(".metrics.jsonl", ".config.json")) as f:
+            seed = json.load(f).get("seed", 0)
+        out[kind] = (seed, [(r["eval"]["step"], r["eval"]["value"]) for r in read_rows(mpath) if "eval" in r])
+    return out
+
+
+def plot(rows, a, path: str, base_fd: float) -> None:
+    """Every fine-tune's distance against its steps (log y), one colour per kind; --repeat folders dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.4, 3.8))
+    colour = {}
+    for r in rows:
+        label = "fair baseline (full)" if r["kind"] == "full" else f"{r['kind']} ({100 * r['compute_saving']:.1f}% saved)"
+        (line,) = ax.plot([e["step"] for e in r["evals"]], [e["value"] for e in r["evals"]], "o-", ms=3, label=label)
+        colour[r["kind"]] = line.get_color()
+    for d in a.repeat:
+        for kind, (seed, pts) in curves(d).items():
+            if pts:
+                ax.plot(*zip(*pts), "s--", ms=3, color=colour.get(kind, "gray"), label=f"{kind}, training seed {seed}")
+    ax.axhline(base_fd, color="black", lw=0.8, ls=":", label="base, full depth")
+    ax.set_yscale("log")
+    ax.set_xlabel("fine-tuning steps")
+    r0 = rows[0]
+    ax.set_ylabel(f"{r0['metric']} ({r0['n']} images)")
+    ax.set_title(f"{a.model}: fine-tunes side by side, {r0['sampler']}, each with its own schedule", fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: the curves fill them
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -223,6 +223,7 @@ def test_finetune_report_with_an_eval_json_as_the_base_and_adapted_searches(tmp_
     want = spearmanr([row["proxy"] for row in cut], [row["fid"] for row in cut]).statistic
     assert out["spearman_adapted_proxy_vs_finetuned"] == pytest.approx(want)
     assert "1k / 2k / 3.5k steps" in (d / "finetunes.md").read_text()
+    assert (d / "finetunes.png").stat().st_size > 10_000  # the curves' plot
     bad = subprocess.run([sys.executable, str(root / "benchmarks" / "finetune_report.py"), "--dir", str(d), "--model", "U-ViT",
                           "--base-curve", str(root / "results" / "converge" / "converge.json")], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--base-key" in bad.stderr
