@@ -50,6 +50,9 @@ def main():
                                                                   "every block's adaLN projection in one GEMM (FastPathConfig.batched_adaln)")
     ap.add_argument("--quant-chunk", default="", help="';'-separated CHUNK:WARPS: fp8 (cuDNN attention, Triton rows) with the "
                                                       "GELU + quantise pass (rows of 4608) on the chunked kernel, e.g. '1024:4;2048:8'")
+    ap.add_argument("--quant-split", default="", help="';'-separated ROWS:WARPS: fp8 (cuDNN attention, Triton rows; with "
+                                                      "--fast-accum, fast accumulation too) with the GELU + quantise pass on the "
+                                                      "split-row kernel (4608 = 4096 + 512, no padded lanes), e.g. '1:4;2:8'")
     ap.add_argument("--fast-accum", action="store_true", help="also time fp8 (cuDNN attention, Triton rows) with the GEMMs' fast "
                                                                "accumulation (FastPathConfig.fp8_fast_accum)")
     ap.add_argument("--fp8-subsets", default="", help="';'-separated token-GEMM subsets timed as extra fp8 variants (cuDNN "
@@ -76,8 +79,11 @@ def main():
     variants = [(*v, TOKEN_GEMMS, False, None, False) for v in variants]
     variants += [("fp8", "cudnn", "triton", tuple(sub.split(",")), False, None, False) for sub in a.fp8_subsets.split(";") if sub]
     variants += [(k, "cudnn", "triton", TOKEN_GEMMS, True, None, False) for k in ("fused", "fp8") if a.batched_adaln]
-    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, tuple(int(v) for v in spec.split(":")), False)
+    # the GELU + quantise pass's launch for the MLP's rows, (rows, warps, chunk) as triton_ops.quant_launch gives it
+    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, (1, int(spec.split(":")[1]), int(spec.split(":")[0])), False)
                  for spec in a.quant_chunk.split(";") if spec]
+    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, (int(spec.split(":")[0]), int(spec.split(":")[1]), triton_ops.SPLIT),
+                  a.fast_accum) for spec in a.quant_split.split(";") if spec]
     variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, None, True)] if a.fast_accum else []
     rows = []
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "model": "DiT-XL/2", "rows": rows,
@@ -85,7 +91,8 @@ def main():
                       + ("" if a.attention == "cudnn,sdpa" else f" --attention {a.attention}")
                       + ("" if a.row_kernels == "triton,inductor" else f" --row-kernels {a.row_kernels}") + (" --diffusers-compile" if a.diffusers_compile else "")
                       + (f" --fp8-subsets '{a.fp8_subsets}'" if a.fp8_subsets else "") + (" --batched-adaln" if a.batched_adaln else "")
-                      + (f" --quant-chunk '{a.quant_chunk}'" if a.quant_chunk else "") + (" --fast-accum" if a.fast_accum else "")}
+                      + (f" --quant-chunk '{a.quant_chunk}'" if a.quant_chunk else "") + (f" --quant-split '{a.quant_split}'" if a.quant_split else "")
+                      + (" --fast-accum" if a.fast_accum else "")}
     if a.diffusers_compile:  # the strongest peer, in the same run
         c = torch.compile(copy.deepcopy(dm).cuda().to(torch.bfloat16))
         fn = lambda: c(x.bfloat16(), timestep=t.long(), class_labels=y).sample  # noqa: E731
@@ -96,11 +103,11 @@ def main():
         print(f"{rows[-1]['variant']:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
         del c
     default_quant_launch = triton_ops.quant_launch
-    for kern, attn, rk, gemms, batched, chunk, fast in variants:
-        # the chunked quantise kernel for the MLP's rows (K > 2048), the default launch for the others: the op
+    for kern, attn, rk, gemms, batched, launch, fast in variants:
+        # another quantise launch for the MLP's rows (K > 2048), the default launch for the others: the op
         # reads its launch from triton_ops.quant_launch at every call (an experiment's override, restored below)
-        triton_ops.quant_launch = default_quant_launch if chunk is None else (
-            lambda K, c=chunk: (1, c[1], c[0]) if K > 2048 else default_quant_launch(K))
+        triton_ops.quant_launch = default_quant_launch if launch is None else (
+            lambda K, c=launch: c if K > 2048 else default_quant_launch(K))
         m = copy.deepcopy(eager)
         h = apply_fast_path(m, FastPathConfig(kernels=kern, attention=attn, row_kernels=rk, fp8_gemms=gemms, batched_adaln=batched,
                                               fp8_fast_accum=fast))
@@ -114,12 +121,14 @@ def main():
             name += f", fp8 GEMMs={'+'.join(gemms)}"
         if batched:
             name += ", batched adaLN"
-        if chunk is not None:
-            name += f", chunked GELU + quantise ({chunk[0]} x {chunk[1]} warps)"
+        if launch is not None and launch[2] == triton_ops.SPLIT:
+            name += f", split-row GELU + quantise ({launch[0]} rows x {launch[1]} warps)"
+        elif launch is not None:
+            name += f", chunked GELU + quantise ({launch[2]} x {launch[1]} warps)"
         if fast:
             name += ", fast accumulation"
         rows.append({"variant": name, "kernels": kern, "attention": attn, "row_kernels": rk, "fp8_gemms": list(gemms), "batched_adaln": batched,
-                     "quant_chunk": chunk, "fp8_fast_accum": fast, "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
+                     "quant_launch": launch, "fp8_fast_accum": fast, "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
         print(f"{name:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
         for k in top[:6]:
             print(f"      {k['ms_per_forward']:6.2f} ms  x{k['calls_per_forward']:5.0f}  {k['kernel'][:80]}", flush=True)

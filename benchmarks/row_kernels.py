@@ -3,7 +3,8 @@
 B=64 shapes (16384 token rows of 1152, the MLP's 4608), on the GPU: median time (triton.testing.do_bench,
 inputs rotated over three sets so that the 50 MB L2 does not hold them), achieved GB/s over the bytes each
 kernel must move, and which launch is fastest against the default (``triton_ops.row_launch``); for the
-quantise pass also the chunked kernel (one row per program, ``--chunks`` values at a time).
+quantise pass also the chunked kernel (one row per program, ``--chunks`` values at a time) and the split-row
+kernel (``--split``: a row as a power-of-two piece and a padded rest, rows per program x warps).
 
     python benchmarks/row_kernels.py --out results/row_kernels_h200.json
 """
@@ -60,7 +61,8 @@ def cases(M: int, D: int, F: int, device: str = "cuda"):
 
 
 def launch_name(r: dict) -> str:
-    return f"{r['rows']}, {r['warps']}" + (f", chunk {r['chunk']}" if r.get("chunk") else "")
+    c = r.get("chunk")
+    return f"{r['rows']}, {r['warps']}" + (", split" if c == T.SPLIT else f", chunk {c}" if c else "")
 
 
 def main(argv=None):
@@ -71,13 +73,19 @@ def main(argv=None):
     ap.add_argument("--warps", default="1,2,4,8,16")
     ap.add_argument("--chunks", default="256,512,1024,2048", help="act_quant only: the chunked kernel's widths (one row per program)")
     ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--split", action=argparse.BooleanOptionalAction, default=True,
+                    help="act_quant: also the split-row kernel (a row as a power-of-two piece and a padded rest)")
+    ap.add_argument("--only", default="", help="time only the cases whose name contains this, e.g. act_quant")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     M, D, F = a.tokens, 1152, 4608
     g = torch.Generator(device="cuda").manual_seed(0)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "tokens": M, "cases": [],
-           "command": f"python benchmarks/row_kernels.py --out {a.out}"}
+           "command": f"python benchmarks/row_kernels.py --out {a.out}" + (f" --only '{a.only}'" if a.only else "")
+                      + ("" if a.split else " --no-split")}
     for name, (make, launch, moved, width) in cases(M, D, F).items():
+        if a.only not in name:
+            continue
         sets = [make(g) for _ in range(3)]
         block = 1 << (width - 1).bit_length()
         # the launch the op makes: act_quant's from quant_launch (rows, warps, chunk), the LayerNorm rows' from row_launch
@@ -88,6 +96,10 @@ def main(argv=None):
         if name.startswith("act_quant"):  # the chunked kernel: one row per program, CHUNK values at a time
             grid += [(1, w, c) for c in [int(v) for v in a.chunks.split(",")] for w in [int(v) for v in a.warps.split(",")]
                      if (c < block and 2 <= c // (32 * w) <= 32) or (1, w, c) == default]
+            if a.split and T.split_blocks(width)[1]:  # the split-row kernel: rows per program x warps, as the row kernel
+                held = sum(T.split_blocks(width))
+                grid += [(r, w, T.SPLIT) for r in [int(v) for v in a.rows.split(",")] for w in [int(v) for v in a.warps.split(",")]
+                         if 4 <= r * held // (32 * w) <= 128]
         rows_out = []
         for rows, warps, chunk in grid:
             i = [0]

@@ -352,6 +352,26 @@ def test_chunked_act_quant_is_the_row_kernel(interpret, K, chunk, gelu):
     assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
 
 
+@pytest.mark.parametrize("K, rows", [(80, 1), (200, 2), (96, 4), (64, 2)])
+@pytest.mark.parametrize("gelu", [False, True])
+def test_split_act_quant_is_the_row_kernel(interpret, K, rows, gelu):
+    """The split-row quantise kernel (a row as a power-of-two piece and a padded rest: 80 = 64 + 16,
+    200 = 128 + 72 of 128, 96 = 64 + 32; 64 is one piece, the plain kernel) gives the row kernel's codes and
+    scales bit for bit, and writes every row, the last program's partly (NaN-poisoned outputs)."""
+    assert interpret.split_blocks(4608) == (4096, 512) and interpret.split_blocks(1152) == (1024, 128)
+    assert interpret.split_blocks(200) == (128, 128) and interpret.split_blocks(64) == (64, 0)
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(9, K, generator=g) * 3).bfloat16()
+    q1, s1 = interpret._act_quant_outputs(x)
+    q2, s2 = interpret._act_quant_outputs(x)
+    s2.fill_(float("nan"))
+    q2.view(torch.uint8).fill_(0x7F)
+    interpret.launch_act_quant(x, q1, s1, gelu, 1, 1)
+    interpret.launch_act_quant(x, q2, s2, gelu, rows, 2, interpret.SPLIT)
+    assert torch.equal(s1, s2)
+    assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
+
+
 def test_act_quant_op_takes_its_launch_from_quant_launch(interpret, monkeypatch):
     """The op launches what ``quant_launch`` says (kernel_variants.py --quant-chunk sets the chunked kernel
     there): the same codes and scales either way."""
@@ -385,6 +405,9 @@ def test_row_kernel_sweep_cases_launch(interpret):
             chunked = interpret._act_quant_outputs(x)
             launch((x, chunked), 1, 4, 256)  # the sweep's chunked launch
             assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(chunked, ref)), name
+            split = interpret._act_quant_outputs(x)
+            launch((x, split), 2, 4, interpret.SPLIT)  # the sweep's split-row launch
+            assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(split, ref)), name
         for a, b in zip(got, ref):
             assert torch.allclose(a.float(), b.float(), rtol=2**-7, atol=1e-6), name
         assert moved > x.numel() * 2
