@@ -381,6 +381,9 @@ def test_act_quant_op_takes_its_launch_from_quant_launch(interpret, monkeypatch)
     monkeypatch.setattr(interpret, "quant_launch", lambda K: calls.append(K) or (1, 1, 32))
     q2, s2 = interpret.act_quant(x, True)
     assert calls == [100] and torch.equal(s1, s2) and torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
+    monkeypatch.setattr(interpret, "quant_launch", lambda K: (2, 2, interpret.SPLIT))  # kernel_variants.py --quant-split
+    q3, s3 = interpret.act_quant(x, True)
+    assert torch.equal(s1, s3) and torch.equal(q1.view(torch.uint8), q3.view(torch.uint8))
 
 
 def test_row_kernel_sweep_cases_launch(interpret):
