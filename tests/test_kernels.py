@@ -127,6 +127,8 @@ def test_kernels_refuse_bad_settings():
         apply_fast_path(dit(), FastPathConfig(kernels="fp8", dtype="fp32", compile=False))
     with pytest.raises(ValueError, match="needs bf16 weights"):
         apply_kernels(dit(), "fp8")  # fp32 weights
+    with pytest.raises(ValueError, match="kernels='fp8' only"):
+        apply_fast_path(dit(), FastPathConfig(kernels="fused", fp8_fast_accum=True, compile=False))
 
 
 def test_kernels_trace_as_one_graph():

@@ -170,7 +170,7 @@ def _eval(inputs, *args, out=None):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--seeds", "a,b"], "--seeds"), (["-n", "0"], "-n"), (["--kernels", "fp4"], "unknown --kernels"), (["--cfg", "nan"], "--cfg"), (["--time-repeats", "0"], "--time-repeats"),
+    (["--seeds", "a,b"], "--seeds"), (["-n", "0"], "-n"), (["--kernels", "fp4"], "unknown --kernels"), (["--fp8-fast-accum"], "--fp8-fast-accum"), (["--cfg", "nan"], "--cfg"), (["--time-repeats", "0"], "--time-repeats"),
     (["--schedules", "4,9"], "up to 9"), (["--samplers", "ddim"], "NAME-STEPS"), (["--out", "{d}/existing.json"], "already exists"),
     (["--out", "{d}/e.txt"], "must end in .json"), (["--out", "{d}/m.safetensors"], "must end in .json"),
 ])
@@ -218,6 +218,9 @@ def test_finetune_refuses_a_non_finite_init(inputs, tmp_path):
     (["export-data", "--dataset", TRAIN_DATA, "--out", "{d}/existing.npz"], "already exists"),
     (["schedules", "--plot", "{d}/existing.png"], "already exists"),
     (["bench", "--tiny", "--out", "{d}/existing.json"], "already exists"),
+    (["bench", "--tiny", "--kernels", "fused", "--fp8-fast-accum", "--out", "{d}/b.json"], "--fp8-fast-accum"),
+    (["bench", "--tiny", "--kernels", ",", "--out", "{d}/b.json"], "--kernels is empty"),
+    (["bench", "--tiny", "--kernels", "fused,fp4", "--out", "{d}/b.json"], "unknown --kernels"),
 ])
 def test_other_commands_refuse_with_one_line(inputs, args, needle):
     before = digest(inputs)

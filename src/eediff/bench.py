@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 import torch
 
-from .config import BenchConfig
+from .config import BenchConfig, ConfigError
 from .eval.timing import matmul_peak, time_fn
 
 
@@ -61,6 +61,15 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     from .fast import FastPathConfig, apply_fast_path
     from .models.dit import DiT, from_diffusers_state_dict
 
+    kernel_names = [k for k in cfg.kernels.split(",") if k]
+    if not kernel_names:
+        raise ConfigError("--kernels is empty: name at least one of inductor, fused, fp8")
+    from .kernels import KERNELS
+
+    if set(kernel_names) - set(KERNELS):
+        raise ConfigError(f"unknown --kernels '{cfg.kernels}': a comma list of {', '.join(KERNELS)}")
+    if cfg.fp8_fast_accum and "fp8" not in kernel_names:
+        raise ConfigError(f"--fp8-fast-accum is a mode of the fp8 kernels: add fp8 to --kernels (now '{cfg.kernels}'), or drop it")
     device = "cuda" if torch.cuda.is_available() and not cfg.tiny else "cpu"
     if cfg.tiny:  # a smoke test of the benchmark itself: every code path once, small enough for 2 CPU cores
         # (compiled diffusers rows only when asked for explicitly: tracing them doubles the smoke test's time)
@@ -81,13 +90,11 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     eager = eager.eval().to(device)
     dm_bf16 = copy.deepcopy(dm).to(torch.bfloat16)
     eager_bf16 = copy.deepcopy(eager).to(torch.bfloat16)
-    kernel_names = [k for k in cfg.kernels.split(",") if k]
-    if not kernel_names:
-        raise ValueError("--kernels is empty: name at least one of inductor, fused, fp8")
     fasts = {}  # kernels -> (fast-path model, handle), all on the same weights
     for kern in kernel_names:
         m = copy.deepcopy(eager)
-        fasts[kern] = (m, apply_fast_path(m, FastPathConfig(compile=device == "cuda", kernels=kern, fp8_fast_accum=cfg.fp8_fast_accum)))
+        fasts[kern] = (m, apply_fast_path(m, FastPathConfig(compile=device == "cuda", kernels=kern,
+                                                              fp8_fast_accum=cfg.fp8_fast_accum and kern == "fp8")))
     main_kernels = "fused" if "fused" in fasts else kernel_names[0]  # the variant per-row depths and DDPM-250 e2e run on
     fast, handle = fasts[main_kernels]
     K = config.depth

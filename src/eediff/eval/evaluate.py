@@ -174,6 +174,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
 
     if cfg.kernels not in KERNELS:
         raise ConfigError(f"unknown --kernels '{cfg.kernels}': use one of {', '.join(KERNELS)}")
+    if cfg.fp8_fast_accum and not (cfg.fast and cfg.kernels == "fp8"):
+        raise ConfigError("--fp8-fast-accum is a mode of the fp8 fast path: add --fast --kernels fp8, or drop it")
     autocast = autocast_dtype(cfg.precision, device)
     # The full-depth quality row: a fine-tuned checkpoint run deeper than its schedule is not the baseline the
     # paper compares with (measured: FID 27 -> 574), the model it was tuned from is. Timing uses --model
