@@ -44,6 +44,9 @@ def main(argv=None):
     ap.add_argument("--base-last", type=int, default=15, help="the base's distance: the mean of its last N measurements")
     ap.add_argument("--base-label", default="the converged base", help="what the base is, for the table's caption")
     ap.add_argument("--curve-steps", default="1000,3000", help="the --eval-every steps shown before the final one")
+    ap.add_argument("--into", default=None, metavar="JSON",
+                    help="also keep the rows in this file's 'finetuned' section under DIR's name (results/search.json: "
+                         "the searched schedules after fine-tuning beside the zero-shot rows); replaces an earlier entry of DIR")
     ap.add_argument("--repeat", action="append", default=[], metavar="DIR",
                     help="fine-tunes of the same kinds under another training seed: drawn dashed in the plot")
     ap.add_argument("--cells", default=None, help="gpu_tables JSON lines measured on these fine-tunes (other samplers)")
@@ -136,7 +139,24 @@ def main(argv=None):
     with open(os.path.join(a.dir, "finetunes.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, a, os.path.join(a.dir, "finetunes.png"), base_fd)
+    if a.into:
+        merge_into(a.into, a.dir, out)
     print("\n".join(lines))
+
+
+def merge_into(path: str, d: str, out: dict) -> None:
+    """``path``'s section ``finetuned[<d's name>]``: one row per fine-tune with the schedule, its compute saving,
+    its distance (``fid``, whatever the metric), the base's (``fid_full``), the fair baseline's and the preset
+    it is compared with. Written atomically; the file's other keys are kept."""
+    from two_stage import write
+
+    with open(path) as f:
+        res = json.load(f)
+    keep = ("model", "kind", "blocks", "boundaries", "compute_saving", "fid", "fid_full", "compared_with", "ratio_base",
+            "ratio_fair", "metric", "n", "sampler", "steps", "proxy", "proxy_kind")
+    rows = [{k: r[k] for k in keep} | {"fid_fair": out["fair_fd"]} for r in out["rows"]]
+    res.setdefault("finetuned", {})[os.path.basename(os.path.normpath(d))] = {"dir": d, "base": out["base"], "rows": rows}
+    write(path, res)
 
 
 def curves(d: str) -> dict[str, tuple[int, list[tuple[int, float]]]]:

@@ -212,6 +212,9 @@ if __name__ == "__main__":
     ap.add_argument("--intervals", type=int, default=10)
     a = ap.parse_args()
     res = generate_stage(a) if a.stage == "generate" else fid_stage(a)
+    if a.stage == "fid" and os.path.exists(a.out):  # rows that benchmarks/finetune_report.py --into keeps there
+        with open(a.out) as f:
+            res["finetuned"] = json.load(f).get("finetuned", {})
     write(a.out, res)
     if a.stage == "fid":
         md = os.path.splitext(a.out)[0] + ".md"

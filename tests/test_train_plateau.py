@@ -224,6 +224,19 @@ def test_finetune_report_with_an_eval_json_as_the_base_and_adapted_searches(tmp_
     assert out["spearman_adapted_proxy_vs_finetuned"] == pytest.approx(want)
     assert "1k / 2k / 3.5k steps" in (d / "finetunes.md").read_text()
     assert (d / "finetunes.png").stat().st_size > 10_000  # the curves' plot
+    into = tmp_path / "search.json"
+    shutil.copy(root / "results" / "search.json", into)
+    before = json.loads(into.read_text())
+    for _ in range(2):  # a second run replaces its own entry
+        r = subprocess.run([sys.executable, str(root / "benchmarks" / "finetune_report.py"), "--dir", str(d), "--model", "U-ViT",
+                            "--base-fd", str(base), "--into", str(into)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    after = json.loads(into.read_text())
+    assert after["rows"] == before["rows"] and after["tables"] == before["tables"]  # the zero-shot rows are kept
+    kept = after["finetuned"]["svp"]["rows"]
+    assert [k["kind"] for k in kept] == [row["kind"] for row in out["rows"]]
+    assert all(k["fid_full"] == full["fid_mean"] and k["fid_fair"] == rows["full"]["fid"] for k in kept)
+    assert next(k for k in kept if k["kind"] == "asearch-D4")["compared_with"] == "D4-U-ViT"
     bad = subprocess.run([sys.executable, str(root / "benchmarks" / "finetune_report.py"), "--dir", str(d), "--model", "U-ViT",
                           "--base-curve", str(root / "results" / "converge" / "converge.json")], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--base-key" in bad.stderr
