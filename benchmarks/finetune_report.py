@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fine-tunes of one converged base model, side by side (benchmarks/device/converge.sh finetune).
+"""Fine-tunes of one base model, side by side (benchmarks/device/converge.sh finetune).
 
 Reads DIR/KIND.metrics.jsonl and DIR/KIND.config.json of every fine-tune (KIND: a preset such as D4-U-ViT,
 ``full`` for the fair baseline, ``search-X`` for a schedule ``eediff search`` found, whose
@@ -12,9 +12,9 @@ for), and the final distance against the base model's and against the fair basel
 
     python benchmarks/finetune_report.py --dir results/converge/uvit-ft --model U-ViT \\
         --base-curve results/converge/converge.json --base-key uvit --cells results/converge/uvit-ft/cpu_ddim50.jsonl
-    python benchmarks/finetune_report.py --dir results/converge/uvit-shipped-svp --model U-ViT \
-        --base-fd results/converge/uvit-shipped-asearch/base_fd.json --base-label "the shipped base (uvit-fmnist)" \
-        --curve-steps 1000,2000,3000 --repeat results/converge/uvit-shipped-svp-seed1
+    python benchmarks/finetune_report.py --dir results/converge/uvit-shipped-svp --model U-ViT \\
+        --base-fd results/converge/uvit-shipped-asearch/base_fd.json --base-label "the shipped base (uvit-fmnist)" \\
+        --curve-steps 1000,2000,3000 --repeat results/converge/uvit-shipped-svp-seed1 --into results/search.json
 
 DIR/finetunes.png draws every fine-tune's distance against its steps (the --repeat folders dashed).
 """
