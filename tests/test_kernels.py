@@ -336,12 +336,21 @@ def test_row_kernels_several_rows_per_program(interpret, rows, warps):
     assert torch.allclose(s1, s2, rtol=1e-6) and _codes_close(q2, q1, s2)
 
 
-@pytest.mark.parametrize("K, chunk", [(80, 32), (200, 64), (64, 64)])
+SPLIT = -1  # triton_ops.SPLIT (checked below): the split-row kernel's launch
+
+
+@pytest.mark.parametrize("K, launch", [(80, (1, 2, 32)), (200, (1, 2, 64)), (64, (1, 2, 64)),
+                                       (80, (1, 2, SPLIT)), (200, (2, 2, SPLIT)), (96, (4, 2, SPLIT)), (64, (2, 2, SPLIT))])
 @pytest.mark.parametrize("gelu", [False, True])
-def test_chunked_act_quant_is_the_row_kernel(interpret, K, chunk, gelu):
+def test_other_act_quant_kernels_are_the_row_kernel(interpret, K, launch, gelu):
     """The chunked quantise kernel (one row per program, ``chunk`` values at a time, the last chunk partly
-    masked or not) gives the row kernel's codes and scales bit for bit (the same per-element math and the
-    same maximum), and writes every row (NaN-poisoned outputs)."""
+    masked or not) and the split-row kernel (a row as a power-of-two piece and a padded rest: 80 = 64 + 16,
+    200 = 128 + 72 of 128, 96 = 64 + 32; 64 is one piece, the plain kernel; several rows per program, the last
+    program's partly) give the row kernel's codes and scales bit for bit (the same per-element math and the same
+    maximum), and write every row (NaN-poisoned outputs)."""
+    assert interpret.SPLIT == SPLIT
+    assert interpret.split_blocks(4608) == (4096, 512) and interpret.split_blocks(1152) == (1024, 128)
+    assert interpret.split_blocks(200) == (128, 128) and interpret.split_blocks(64) == (64, 0)
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(9, K, generator=g) * 3).bfloat16()
     q1, s1 = interpret._act_quant_outputs(x)
@@ -349,27 +358,7 @@ def test_chunked_act_quant_is_the_row_kernel(interpret, K, chunk, gelu):
     s2.fill_(float("nan"))
     q2.view(torch.uint8).fill_(0x7F)
     interpret.launch_act_quant(x, q1, s1, gelu, 1, 1)
-    interpret.launch_act_quant(x, q2, s2, gelu, 1, 2, chunk)
-    assert torch.equal(s1, s2)
-    assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
-
-
-@pytest.mark.parametrize("K, rows", [(80, 1), (200, 2), (96, 4), (64, 2)])
-@pytest.mark.parametrize("gelu", [False, True])
-def test_split_act_quant_is_the_row_kernel(interpret, K, rows, gelu):
-    """The split-row quantise kernel (a row as a power-of-two piece and a padded rest: 80 = 64 + 16,
-    200 = 128 + 72 of 128, 96 = 64 + 32; 64 is one piece, the plain kernel) gives the row kernel's codes and
-    scales bit for bit, and writes every row, the last program's partly (NaN-poisoned outputs)."""
-    assert interpret.split_blocks(4608) == (4096, 512) and interpret.split_blocks(1152) == (1024, 128)
-    assert interpret.split_blocks(200) == (128, 128) and interpret.split_blocks(64) == (64, 0)
-    g = torch.Generator().manual_seed(4)
-    x = (torch.randn(9, K, generator=g) * 3).bfloat16()
-    q1, s1 = interpret._act_quant_outputs(x)
-    q2, s2 = interpret._act_quant_outputs(x)
-    s2.fill_(float("nan"))
-    q2.view(torch.uint8).fill_(0x7F)
-    interpret.launch_act_quant(x, q1, s1, gelu, 1, 1)
-    interpret.launch_act_quant(x, q2, s2, gelu, rows, 2, interpret.SPLIT)
+    interpret.launch_act_quant(x, q2, s2, gelu, *launch)
     assert torch.equal(s1, s2)
     assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
 

@@ -7,17 +7,8 @@ set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -1
 export PYTHONPATH=/tmp/site:$PWD/src
+source benchmarks/device/bench_as.sh
 mkdir -p /root/pt && cp -r .gpu1 /root/pt/gpu1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,power.limit --format=csv
 CMD="eediff bench --batch-sizes 64 --schedules D4-DiT,D6-DiT --row-batch 64 --row-buckets 8 --diffusers-compile default --repeats 10 --out results/bench_dit_h200_kernels.json"
-timeout ${BENCH_S:-500} python3 -m eediff.cli ${CMD#eediff } --out $OUT/bench_dit_h200_kernels.json 2>&1 | grep -v -i -E "warn|kept in float32" | tee $OUT/bench.log | tail -n 80
-python3 - "$OUT/bench_dit_h200_kernels.json" "$CMD" <<'PY'
-import json, sys
-p = sys.argv[1]
-try:
-    r = json.load(open(p))
-except FileNotFoundError:
-    sys.exit(0)
-r["command"] = sys.argv[2]
-json.dump(r, open(p, "w"), indent=2)
-PY
+bench_as ${BENCH_S:-500} "$CMD" 80

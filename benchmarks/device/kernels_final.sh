@@ -9,19 +9,10 @@ set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -1
 export PYTHONPATH=/tmp/site:$PWD/src
+source benchmarks/device/bench_as.sh
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,power.limit --format=csv,noheader
 timeout ${KV_S:-240} python3 benchmarks/kernel_variants.py --attention cudnn --row-kernels triton --diffusers-compile \
   --quant-chunk '1024:4' --fast-accum --out $OUT/kernel_variants_h200_final.json 2>&1 | grep -v -i -E "warn|kept in float32" | grep -v "^      "
 CMD="eediff bench --batch-sizes 64 --schedules D4-DiT,D6-DiT --row-batch 0 --kernels fused,fp8 --fp8-fast-accum --no-block-parts --diffusers-compile default --repeats 10 --out results/bench_dit_h200_final.json"
-timeout ${BENCH_S:-320} python3 -m eediff.cli ${CMD#eediff } --out $OUT/bench_dit_h200_final.json 2>&1 | grep -v -i -E "warn|kept in float32" | tail -n 40
-python3 - "$OUT/bench_dit_h200_final.json" "$CMD" <<'PY'
-import json, sys
-p = sys.argv[1]
-try:
-    r = json.load(open(p))
-except FileNotFoundError:
-    sys.exit(0)
-r["command"] = sys.argv[2]
-json.dump(r, open(p, "w"), indent=2)
-PY
+bench_as ${BENCH_S:-320} "$CMD" 40
 ls -la $OUT
