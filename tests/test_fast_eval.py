@@ -178,3 +178,11 @@ def test_block_parts_time_every_part_and_sum_them():
     assert res["sums"]["inductor"]["ms_per_block"] == pytest.approx(want)
     assert res["sums"]["inductor"]["ms_x_depth"] == pytest.approx(3 * want)
     assert "fp8" not in str(res["sums"])  # the fp8 and Triton parts are GPU-only
+
+
+def test_bench_rows_mark_fast_accumulation_on_fp8_only():
+    from eediff.bench import fast_name
+
+    assert fast_name("fp8", True) == "eediff fast path, kernels=fp8, fast accumulation"
+    assert fast_name("fused", True) == "eediff fast path, kernels=fused" and fast_name("inductor", True) == "eediff fast path"
+    assert fast_name("fp8") == "eediff fast path, kernels=fp8"

@@ -200,8 +200,12 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
 
 
 def fast_name(kernels: str, fast_accum: bool = False) -> str:
-    name = "eediff fast path" if kernels == "inductor" else f"eediff fast path, kernels={kernels}"
-    return name + (", fast accumulation" if fast_accum and kernels == "fp8" else "")
+    return ("eediff fast path" if kernels == "inductor" else f"eediff fast path, kernels={kernels}") + accum_tag(kernels, fast_accum)
+
+
+def accum_tag(kernels: str, fast_accum: bool) -> str:
+    """The rows' mark of the fp8 GEMMs' fast accumulation (it applies to kernels="fp8" only)."""
+    return ", fast accumulation" if fast_accum and kernels == "fp8" else ""
 
 
 def _per_row(cfg, fast, handle, eager, config, device, log) -> dict:
@@ -451,7 +455,7 @@ def _end_to_end(cfg, dm_bf16, compiled, fasts, kd, device, log):
     labels = list(range(n))
     runs = [("diffusers DiTPipeline bf16", None, "dpm-solver++", 25, None)]
     runs += [(f"diffusers DiTPipeline bf16 + compile {mode}", None, "dpm-solver++", 25, None) for mode in compiled]
-    tag = {k: f"eediff fast, kernels={k}" + (", fast accumulation" if cfg.fp8_fast_accum and k == "fp8" else "") for k in fasts}
+    tag = {k: f"eediff fast, kernels={k}" + accum_tag(k, cfg.fp8_fast_accum) for k in fasts}
     for kern in fasts:
         runs += [(tag[kern], kern, "dpm-solver++", 25, None), (tag[kern], kern, "dpm-solver++", 25, "D4-DiT")]
     runs += [(tag[kd], kd, "ddpm", 250, None), (tag[kd], kd, "ddpm", 250, "D4-DiT")]
