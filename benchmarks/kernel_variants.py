@@ -80,10 +80,10 @@ def main():
     variants += [("fp8", "cudnn", "triton", tuple(sub.split(",")), False, None, False) for sub in a.fp8_subsets.split(";") if sub]
     variants += [(k, "cudnn", "triton", TOKEN_GEMMS, True, None, False) for k in ("fused", "fp8") if a.batched_adaln]
     # the GELU + quantise pass's launch for the MLP's rows, (rows, warps, chunk) as triton_ops.quant_launch gives it
-    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, (1, int(spec.split(":")[1]), int(spec.split(":")[0])), False)
-                 for spec in a.quant_chunk.split(";") if spec]
-    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, (int(spec.split(":")[0]), int(spec.split(":")[1]), triton_ops.SPLIT),
-                  a.fast_accum) for spec in a.quant_split.split(";") if spec]
+    pairs = lambda specs: [tuple(int(v) for v in spec.split(":")) for spec in specs.split(";") if spec]  # noqa: E731  'A:B;C:D'
+    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, (1, warps, chunk), False) for chunk, warps in pairs(a.quant_chunk)]
+    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, (rows, warps, triton_ops.SPLIT), a.fast_accum)
+                 for rows, warps in pairs(a.quant_split)]
     variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, None, True)] if a.fast_accum else []
     rows = []
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "model": "DiT-XL/2", "rows": rows,

@@ -182,8 +182,8 @@ def launch_act_quant(x, q, s, gelu, rows, warps, chunk: int = 0) -> None:
     """``chunk`` > 0: the chunked kernel (one row per program, ``rows`` ignored); ``chunk == SPLIT``: the
     split-row kernel, ``rows`` rows per program; else the row kernel, ``rows`` rows per program."""
     M, K = x.shape
-    if chunk == SPLIT and split_blocks(K)[1]:
-        a, b = split_blocks(K)
+    a, b = split_blocks(K) if chunk == SPLIT else (K, 0)
+    if b:  # (a row of a power-of-two width is one piece: the row kernel below)
         _act_quant_split_kernel[(triton.cdiv(M, rows),)](x, q, s, M, K, GELU=gelu, BLOCK_A=a, BLOCK_B=b, ROWS=rows, num_warps=warps)
         return
     if chunk > 0:
