@@ -31,9 +31,11 @@ def read_rows(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip().endswith("}")]
 
 
-def curve(dir_: str, model: str) -> dict:
+def curve(dir_: str, model: str, start: int = 0) -> dict:
+    """The eval rows of MODEL's parts in DIR_ on one axis of total steps; START: steps trained before part 1
+    (part 1 continued an export that had them)."""
     parts = sorted(glob.glob(os.path.join(dir_, f"{model}-part*.metrics.jsonl")), key=lambda p: int(re.search(r"part(\d+)", p).group(1)))
-    offset, evals, speed, bounds = 0, [], [], []
+    offset, evals, speed, bounds = start, [], [], []
     for p in parts:
         rows = read_rows(p)
         steps = [r for r in rows if "loss" in r]
@@ -61,8 +63,17 @@ def curve(dir_: str, model: str) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", default="results/converge")
+    ap.add_argument("--start", action="append", default=[], metavar="MODEL=STEPS",
+                    help="steps (as batch 512) that MODEL (dit / uvit) had before part 1, e.g. dit=3000 when part 1 "
+                         "continued the shipped 3000-step export; repeatable")
     a = ap.parse_args(argv)
-    out = {m: curve(a.dir, m) for m in ("dit", "uvit")}
+    start = {}
+    for s in a.start:
+        m, _, n = s.partition("=")
+        if m not in ("dit", "uvit") or not n.isdigit():
+            ap.error(f"--start {s!r}: give MODEL=STEPS with MODEL dit or uvit, e.g. --start dit=3000")
+        start[m] = int(n)
+    out = {m: curve(a.dir, m, start.get(m, 0)) for m in ("dit", "uvit")}
     with open(os.path.join(a.dir, "converge.json"), "w") as f:
         json.dump(out, f, indent=1)
     names = {"dit": "DiT (28 blocks, width 64)", "uvit": "U-ViT (13 blocks, width 96)"}
@@ -87,7 +98,7 @@ def main(argv=None):
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for m, c in out.items():
         (line,) = ax.plot([e["step"] for e in c["evals"]], [e["value"] for e in c["evals"]], "o-", label=names[m])
-        for b in c["parts"][1:]:
+        for b in (b for b in c["parts"] if b["from"] > 0):
             ax.axvline(b["from"], color="gray", lw=0.6, ls=":")
         if c["plateau_at"]:
             e = next(e for e in c["evals"] if e["step"] == c["plateau_at"])

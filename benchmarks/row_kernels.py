@@ -81,8 +81,9 @@ def main(argv=None):
     M, D, F = a.tokens, 1152, 4608
     g = torch.Generator(device="cuda").manual_seed(0)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "tokens": M, "cases": [],
-           "command": f"python benchmarks/row_kernels.py --out {a.out}" + (f" --only '{a.only}'" if a.only else "")
-                      + ("" if a.split else " --no-split")}
+           # every option as given, the output under results/ where the committed file lies
+           "command": f"python benchmarks/row_kernels.py --out results/{os.path.basename(a.out)} --rows {a.rows} --warps {a.warps} "
+                      f"--chunks {a.chunks} --tokens {a.tokens}" + (f" --only '{a.only}'" if a.only else "") + ("" if a.split else " --no-split")}
     for name, (make, launch, moved, width) in cases(M, D, F).items():
         if a.only not in name:
             continue
