@@ -144,6 +144,14 @@ def test_converge_report_counts_images_across_parts_of_different_batch(tmp_path)
     assert c["median_steps_per_s"] == 20.0  # part 2's 10 steps/s of 1024 images are 20 of 512
     want = plateau_gain([{"step": s, "value": v} for s, v in ((1000, 4.0), (2000, 3.0), (3000, 2.5), (4000, 2.2))])
     assert c["evals"][-1]["plateau_gain"] == pytest.approx(want)
+    # part 1 continued an export of 3000 steps: every step is offset by them, the gain is the rule's on the totals
+    c = rep.curve(str(tmp_path), "dit", start=3000)
+    assert [e["step"] for e in c["evals"]] == [4000, 5000, 6000, 7000]
+    assert [(b["from"], b["to"]) for b in c["parts"]] == [(3000, 5000), (5000, 7000)]
+    want = plateau_gain([{"step": s, "value": v} for s, v in ((4000, 4.0), (5000, 3.0), (6000, 2.5), (7000, 2.2))])
+    assert c["evals"][-1]["plateau_gain"] == pytest.approx(want)
+    with pytest.raises(SystemExit):
+        rep.main(["--dir", str(tmp_path), "--start", "dit:3000"])
 
 
 def test_finetune_report_on_the_committed_fine_tunes(tmp_path):
