@@ -122,6 +122,21 @@ def test_resume_measures_a_step_the_stopped_run_did_not(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_of_a_finished_run_measures_its_last_step(tmp_path):
+    """A run that reached its last step (3, not a multiple of --eval-every) without measuring it, as one the time
+    limit stops there does, gets its final measurement from `--resume` and trains no further step."""
+    out = tmp_path / "run"
+    assert train(out, steps=3).exit_code == 0
+    before = load_file(out / "final.safetensors")
+    res = train(out, *evals_args(tmp_path / "c"), "--resume", steps=3)
+    assert res.exit_code == 0, res.output
+    ev = rows(out)
+    assert [r["step"] for r in ev] == [3] and ev[0].get("on_resume")
+    assert not any(r.get("step", 0) > 3 for r in map(json.loads, open(out / "metrics.jsonl")))
+    after = load_file(out / "final.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_converge_report_counts_images_across_parts_of_different_batch(tmp_path):
     """benchmarks/converge_report.py chains continued parts: part 2 (batch 1024) counts each step as two steps of
     batch 512, so its evals, span and speed are in images seen; the plateau gain is the rule's on those steps."""

@@ -502,10 +502,11 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
     last_log_time, last_log_step = time.perf_counter(), tr.step_count
     last_loss = None
     metrics = open(metrics_path, "a") if tr.main else None
-    if (tr.main and resumed_from and cfg.eval_every and tr.step_count % cfg.eval_every == 0
+    if (tr.main and resumed_from and cfg.eval_every and (tr.step_count % cfg.eval_every == 0 or tr.step_count == cfg.steps)
             and not any(e["step"] == tr.step_count for e in tr.evals)):
-        # the run stopped at a measurement step without measuring (--max-minutes bounds that run), or it had no
-        # --eval-every: measure the resumed weights first, so the curve (and --plateau) has no hole there
+        # the run stopped at a measurement step, or at its last step, without measuring (--max-minutes bounds
+        # that run), or it had no --eval-every: measure the resumed weights first, so the curve (and --plateau)
+        # has no hole there and a run that finished at the limit gets its final measurement from `--resume`
         entry = measure_quality(tr)
         tr.evals.append(entry)
         append_row(metrics, {"step": tr.step_count, "eval": entry, "on_resume": True})
