@@ -493,3 +493,110 @@ def test_fp8_fast_accum_reaches_every_fp8_gemm_and_is_removed(arch, monkeypatch)
             h.remove()
             assert not any("_fp8_fast_accum" in mod.__dict__ for mod in mm.modules())
     assert torch.equal(outs[True], outs[False])
+
+
+def uvit(seed=0):
+    torch.manual_seed(seed)
+    m = eediff.build_model("U-ViT", img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)
+    return random_weights(m, 0.05).eval()
+
+
+def test_fp8_input_means_against_a_direct_computation():
+    """fp8_input_means: the mean input of every token Linear over the rows that reached it. Block 0's qkv input
+    computed by hand (embedding, adaLN shift / scale, LayerNorm + modulation) over one forward; under per-row
+    depths a block that no row reaches has no entry, and one reached by some rows averages only those."""
+    from eediff.kernels import fp8_input_means, token_linears
+    from eediff.models.dit import modulate
+
+    m = dit()
+    x, t, y = inputs()
+    assert set(token_linears(m)) == {f"blocks.{i}.{n}" for i in range(4) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    means = fp8_input_means(m, lambda: m(x, t, y))
+    with torch.no_grad():
+        s = m.embed(x, t, y)  # tokens (B, N, D) and conditioning (B, D)
+        blk = m.blocks[0]
+        shift, scale = blk.adaLN_modulation(s.c).chunk(6, dim=1)[:2]
+        a = modulate(blk.norm1(s.h), shift, scale)  # (B, N, D)
+    assert torch.allclose(means["blocks.0.attn.qkv"], a.reshape(-1, a.shape[-1]).mean(0), atol=1e-6)
+    rows = {}
+    m.blocks[3].mlp.fc2.register_forward_hook(lambda mod, inp, out: rows.setdefault("n", inp[0].reshape(-1, inp[0].shape[-1]).shape[0]))
+    part = fp8_input_means(m, lambda: m(x, t, y, active_blocks=torch.tensor([4, 2, 1, 2])))
+    assert rows["n"] == 1 * (x.shape[-1] // 2) ** 2  # one row of 16 tokens reaches block 3
+    assert set(part) == set(token_linears(m))
+    none = fp8_input_means(m, lambda: m(x, t, y, active_blocks=2))
+    assert not any(k.startswith(("blocks.2.", "blocks.3.")) for k in none)
+
+
+def test_fp8_bias_correction_cancels_the_rounding_at_the_mean_input():
+    """With calibrated means, each fp8 GEMM's bias (kept beside its codes, the module's own untouched) makes the
+    dequantised e4m3 weight give the exact fp32 output at the mean input, up to the bf16 bias (2^-8 relative);
+    without, the same output is off by the rounding's mean @ dW.T. Both the fused DiT block and U-ViT's patched
+    Linears; remove() leaves the exact model."""
+    from eediff.kernels import fp8_input_means, token_linears
+
+    for make in (dit, uvit):
+        m = make()
+        x, t, y = inputs()
+        means = fp8_input_means(m, lambda: m(x, t, y))
+        m.bfloat16()
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        plain = apply_kernels(copy.deepcopy(m), "fp8", row_kernels="inductor")
+        h = apply_kernels(m, "fp8", row_kernels="inductor", fp8_input_means=means)
+        assert h.fp8_linears == plain.fp8_linears > 0
+        for name, lin in token_linears(m).items():
+            q, s, b = lin._fp8
+            mu = means[name]
+            b0 = lin.bias.float() if lin.bias is not None else 0.0  # (U-ViT's qkv has none: the correction becomes one)
+            exact = mu @ lin.weight.float().t() + b0
+            got = mu @ (q.float() * s.t()).t() + b.float()
+            off = mu @ (q.float() * s.t()).t() + b0
+            err, err0 = (got - exact).abs().max(), (off - exact).abs().max()
+            assert err <= 2**-8 * b.float().abs().max() + 1e-6 and err < err0, (name, err, err0)
+        with torch.no_grad():
+            assert torch.isfinite(m(x.bfloat16(), t, y)).all()
+        h.remove()
+        assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+        assert not any("_fp8" in mod.__dict__ or "forward" in mod.__dict__ for mod in m.modules() if mod is not m)
+
+
+def test_fp8_bias_correction_refuses_what_it_cannot_use():
+    from eediff.kernels import fp8_input_means
+
+    m = dit()
+    x, t, y = inputs()
+    means = fp8_input_means(m, lambda: m(x, t, y))
+    with pytest.raises(ValueError, match="needs kernels='fp8'"):
+        apply_kernels(copy.deepcopy(m).bfloat16(), "fused", fp8_input_means=means)
+    with pytest.raises(ValueError, match="needs kernels='fp8'"):
+        apply_fast_path(copy.deepcopy(m), FastPathConfig(kernels="fused", compile=False, fp8_input_means=means))
+    with pytest.raises(ValueError, match="lacks"):
+        apply_kernels(copy.deepcopy(m).bfloat16(), "fp8", fp8_input_means={**means, "blocks.9.attn.qkv": means["blocks.0.attn.qkv"]})
+    apply_kernels(m.bfloat16(), "fp8", row_kernels="inductor")
+    with pytest.raises(ValueError, match="before the kernels are applied"):
+        fp8_input_means(m, lambda: m(x.bfloat16(), t, y))
+
+
+def test_calibrate_fp8_is_the_means_of_its_own_sampling():
+    """eval's --fp8-calibrate: calibrate_fp8 is fp8_input_means over sampling N images with each schedule, on the
+    calibration seeds (not the measured ones); the same call gives the same means, and a truncated schedule's
+    late blocks average only the steps that run them."""
+    from eediff.eval.evaluate import CALIBRATION_SEED, calibrate_fp8, parse_sampler
+    from eediff.exits.schedule import get_schedule
+    from eediff.generate import generate
+    from eediff.kernels import fp8_input_means
+    from eediff.models.registry import default_process
+
+    m = dit()
+    proc = default_process(m)
+    sampler = parse_sampler("ddim-3")
+    scheds = [get_schedule("full"), get_schedule("4,1")]
+    a = calibrate_fp8(m, proc, sampler, scheds, 3, 3, "cpu")
+    assert set(a) == {f"blocks.{i}.{n}" for i in range(4) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    b = calibrate_fp8(m, proc, sampler, scheds, 3, 3, "cpu")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    direct = fp8_input_means(m, lambda: [generate(m, proc, sampler, n=3, batch_size=3, seed=CALIBRATION_SEED, schedule=s, device="cpu",
+                                                  autocast_dtype=torch.bfloat16, progress=False) for s in scheds])
+    assert all(torch.allclose(a[k], direct[k]) for k in a)
+    other = fp8_input_means(m, lambda: generate(m, proc, sampler, n=3, batch_size=3, seed=0, schedule=scheds[0], device="cpu",
+                                                autocast_dtype=torch.bfloat16, progress=False))
+    assert not torch.allclose(a["blocks.0.attn.qkv"], other["blocks.0.attn.qkv"])

@@ -170,7 +170,7 @@ def _eval(inputs, *args, out=None):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--seeds", "a,b"], "--seeds"), (["-n", "0"], "-n"), (["--kernels", "fp4"], "unknown --kernels"), (["--fp8-fast-accum"], "--fp8-fast-accum"), (["--cfg", "nan"], "--cfg"), (["--time-repeats", "0"], "--time-repeats"),
+    (["--seeds", "a,b"], "--seeds"), (["-n", "0"], "-n"), (["--kernels", "fp4"], "unknown --kernels"), (["--fp8-fast-accum"], "--fp8-fast-accum"), (["--fp8-calibrate", "8"], "--fp8-calibrate 8"), (["--fast", "--kernels", "fp8", "--fp8-calibrate", "-1"], "--fp8-calibrate -1"), (["--cfg", "nan"], "--cfg"), (["--time-repeats", "0"], "--time-repeats"),
     (["--schedules", "4,9"], "up to 9"), (["--samplers", "ddim"], "NAME-STEPS"), (["--out", "{d}/existing.json"], "already exists"),
     (["--out", "{d}/e.txt"], "must end in .json"), (["--out", "{d}/m.safetensors"], "must end in .json"),
 ])

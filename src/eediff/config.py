@@ -296,6 +296,8 @@ class EvalConfig(ToMeOptions):
     fast: bool = opt(False, "use the GPU fast path (compiled blocks, CUDA graphs)")
     kernels: str = opt("inductor", "fast-path block kernels: inductor | fused (GELU in the GEMM epilogue) | fp8 (row-scaled fp8 GEMMs)")
     fp8_fast_accum: bool = opt(False, "with --kernels fp8: the GEMMs in fast-accumulation mode (faster, less precise)")
+    fp8_calibrate: int = opt(0, "with --kernels fp8: first sample this many images per schedule in bf16 (seeds of their own) and "
+                                "correct each fp8 GEMM's bias for its weights' rounding on the mean input seen (0 = off)")
     cache_dir: str = opt(".cache/fid", "where reference statistics are cached")
     out: str = opt("results/eval.json", "JSON results (a Markdown table and a FID-vs-Accel. PNG are written next to it)")
     overwrite: bool = opt(False, "replace --out (and the files written next to it) if it exists; an input is never overwritten")

@@ -50,6 +50,9 @@ class FastPathConfig:
     fp8_gemms: tuple = ("qkv", "proj", "fc1", "fc2")  # kernels="fp8": which of a DiT block's token GEMMs run in fp8
     batched_adaln: bool = False  # DiT: every block's adaLN projection in one GEMM per forward (kernels.batch_adaln)
     fp8_fast_accum: bool = False  # kernels="fp8": the GEMMs' fast accumulation mode (faster, less precise; kernels.apply_kernels)
+    # kernels="fp8": kernels.fp8_input_means' calibration of this model (Linear name -> mean input); the fp8 GEMMs'
+    # biases then cancel their weights' rounding on that mean (bias correction; None: off)
+    fp8_input_means: dict | None = field(default=None, repr=False)
     row_kernels: str = "triton"  # (measured faster than inductor's, results/kernel_variants_h200.md) fused / fp8 DiT blocks' LayerNorm, residual and quantise passes: triton | inductor
 
 
@@ -97,6 +100,8 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     check_kernel_options(config.kernels, config.attention, config.row_kernels, config.fp8_gemms)  # before the model is touched
     if config.batched_adaln:
         check_batched_adaln(model)
+    if config.fp8_input_means is not None and config.kernels != "fp8":
+        raise ValueError(f"fp8_input_means corrects fp8 GEMMs: it needs kernels='fp8', not '{config.kernels}'")
     if config.fp8_fast_accum and config.kernels != "fp8":
         raise ValueError(f"fp8_fast_accum applies to kernels='fp8' only, not kernels='{config.kernels}'")
     if config.kernels == "fp8" and config.dtype != "bf16":
@@ -108,7 +113,7 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     handle = FastPathHandle(model, config, model.forward, p0.dtype, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.eval().to(dtype)
     handle.kernels = apply_kernels(model, config.kernels, config.attention, config.row_kernels, tuple(config.fp8_gemms),
-                                   config.batched_adaln, config.fp8_fast_accum)
+                                   config.batched_adaln, config.fp8_fast_accum, config.fp8_input_means)
     if config.compile:
         # every block shares one compiled graph per input shape; leave room for many shapes (batch sizes, CFG
         # doubling, row buckets) before dynamo would silently fall back to eager

@@ -69,15 +69,26 @@ TOKEN_GEMMS = ("qkv", "proj", "fc1", "fc2")  # a DiT block's GEMMs over its toke
 
 def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_kernels: str = "triton",
                   fp8_gemms: tuple[str, ...] = TOKEN_GEMMS, batched_adaln: bool = False,
-                  fp8_fast_accum: bool = False) -> KernelHandle:
+                  fp8_fast_accum: bool = False, fp8_input_means: dict | None = None) -> KernelHandle:
     """Switch ``model.compute_blocks()`` to ``kernels`` (one of :data:`KERNELS`); the weights are taken as they
     are now (apply after the dtype conversion; the fp8 copies are not updated if the weights change later).
     ``batched_adaln``: every DiT block's adaLN projection in one GEMM per forward (:func:`batch_adaln`).
     ``fp8_fast_accum``: the fp8 GEMMs accumulate in the tensor cores' fast, less precise mode
     (``torch._scaled_mm(use_fast_accum=True)``: on Hopper the partial sums are not promoted to fp32 as often),
     measured 17% faster on the fc1 GEMM at B=64 (``results/bench_dit_h200_kernels.md``); opt-in, since it
-    adds error that grows with the GEMM's depth K."""
+    adds error that grows with the GEMM's depth K.
+    ``fp8_input_means``: :func:`fp8_input_means`' calibration; each fp8 GEMM's bias then also cancels what its
+    weights' rounding does to that mean input (:func:`_to_fp8`)."""
     check_kernel_options(kernels, attention, row_kernels, fp8_gemms)
+    if fp8_input_means is not None and kernels != "fp8":
+        raise ValueError(f"fp8_input_means corrects fp8 GEMMs: it needs kernels='fp8', not '{kernels}'")
+    means = {}
+    if fp8_input_means is not None:
+        named = token_linears(model)
+        unknown = sorted(set(fp8_input_means) - set(named))
+        if unknown:
+            raise ValueError(f"fp8_input_means names Linears this model lacks ({', '.join(unknown[:3])}): calibrate this model")
+        means = {id(named[k]): v for k, v in fp8_input_means.items()}
     handle = KernelHandle(kernels)
     if batched_adaln:
         batch_adaln(model, handle)
@@ -93,7 +104,7 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
             handle.patched.append(blk)
             for name, lin in lins.items():
                 if name in blk._fp8_gemms:
-                    _to_fp8(lin, handle, patch=False)
+                    _to_fp8(lin, handle, patch=False, mean=means.get(id(lin)))
                 elif kernels == "fp8":
                     handle.bf16_linears += 1
             continue
@@ -103,7 +114,7 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
                 handle.patched.append(m)
             elif kernels == "fp8" and isinstance(m, (Attention, Mlp)):
                 for lin in (m.qkv, m.proj) if isinstance(m, Attention) else (m.fc1, m.fc2):
-                    _to_fp8(lin, handle, fast_accum=fp8_fast_accum)
+                    _to_fp8(lin, handle, fast_accum=fp8_fast_accum, mean=means.get(id(lin)))
     return handle
 
 
@@ -164,21 +175,74 @@ def check_kernel_options(kernels: str, attention: str, row_kernels: str, fp8_gem
                          f"got '{attention}', '{row_kernels}'")
 
 
-def _to_fp8(lin: nn.Linear, handle: KernelHandle, patch: bool = True, fast_accum: bool = False) -> None:
+def _to_fp8(lin: nn.Linear, handle: KernelHandle, patch: bool = True, fast_accum: bool = False,
+            mean: torch.Tensor | None = None) -> None:
     """The token GEMMs (attention's qkv and proj, the MLP's two) only: the adaLN projection works on one
     vector per row, so fp8 would only save a few MB of weight reads there, and its output (shift, scale,
-    gate) sets every token's scale."""
+    gate) sets every token's scale.
+
+    ``lin._fp8`` = (e4m3 weight, its scales, the GEMM's bias). With ``mean`` (the Linear's mean input, from
+    :func:`fp8_input_means`) that bias is corrected: e4m3 rounds each weight by up to 1/16 of itself, a fixed
+    error dW that shifts every output by x @ dW.T; its part from the mean input, mean @ dW.T, is the same for
+    every row and goes into the bias (bias correction, Nagel et al. 2019, "Data-free quantization"). The
+    module's own bias is not touched."""
     if not fp8_shape_ok(lin.in_features, lin.out_features):
         handle.bf16_linears += 1
         return
     if lin.weight.dtype != torch.bfloat16:
         raise ValueError(f"kernels='fp8' needs bf16 weights, got {lin.weight.dtype}: use FastPathConfig(dtype='bf16')")
-    lin._fp8 = quantize_weight(lin.weight.detach())
+    q, s = quantize_weight(lin.weight.detach())
+    bias = lin.bias.detach() if lin.bias is not None else None
+    if mean is not None:
+        dw = q.float() * s.t() - lin.weight.detach().float()  # (N, K): the rounding of each weight
+        corr = -(dw @ mean.to(dw.device, torch.float32))  # (N,)
+        bias = (corr if bias is None else bias.float() + corr).to(lin.weight.dtype)
+    lin._fp8 = (q, s, bias)
     if patch:
         lin.forward = _fp8_linear.__get__(lin)
         lin._fp8_fast_accum = fast_accum
     handle.patched.append(lin)
     handle.fp8_linears += 1
+
+
+def token_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The Linears ``kernels="fp8"`` may run in fp8, by qualified name: every compute block's attention qkv /
+    proj and MLP fc1 / fc2 (a DiT block's four token GEMMs, a U-ViT block's)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    out = {}
+    for blk in model.compute_blocks():
+        for m in blk.modules():
+            if isinstance(m, (Attention, Mlp)):
+                for lin in (m.qkv, m.proj) if isinstance(m, Attention) else (m.fc1, m.fc2):
+                    out[names[id(lin)]] = lin
+    return out
+
+
+@torch.no_grad()
+def fp8_input_means(model: nn.Module, run) -> dict[str, torch.Tensor]:
+    """The calibration of fp8 bias correction: the mean input, per input channel (fp32), of every token Linear
+    (:func:`token_linears`) over all the rows that ``run()`` (e.g. sampling a few images) sends through them.
+    Run it on the model before its kernels are applied: a fused DiT block calls no Linear. Its rows are the
+    ones that reach each block, so under an exit schedule a late block sees only the steps that run it."""
+    if any(hasattr(b, "_fp8_gemms") or "forward" in b.__dict__ for b in model.compute_blocks()):
+        raise ValueError("fp8_input_means reads the Linears' inputs: calibrate before the kernels are applied (or after remove())")
+    sums: dict[str, list] = {}
+
+    def hook(name):
+        def fn(mod, inp, out):
+            x = inp[0].reshape(-1, inp[0].shape[-1])
+            acc = sums.setdefault(name, [torch.zeros(x.shape[-1], dtype=torch.float64, device=x.device), 0])
+            acc[0] += x.double().sum(0)
+            acc[1] += x.shape[0]
+        return fn
+
+    handles = [lin.register_forward_hook(hook(name)) for name, lin in token_linears(model).items()]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: (v / n).float() for k, (v, n) in sums.items() if n}
 
 
 def fp8_shape_ok(in_features: int, out_features: int) -> bool:
@@ -213,7 +277,7 @@ def _fp8_gemm(q_x: torch.Tensor, s_x: torch.Tensor, q_w: torch.Tensor, s_w: torc
 
 
 def _fp8_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return fp8_matmul(x, *self._fp8, self.bias, self._fp8_fast_accum)
+    return fp8_matmul(x, *self._fp8, self._fp8_fast_accum)
 
 
 def _mlp_gelu_epilogue(self: Mlp, x: torch.Tensor) -> torch.Tensor:
@@ -263,7 +327,7 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
 def _gemm(a: torch.Tensor, s: torch.Tensor | None, lin: nn.Linear, fp8: bool, fast_accum: bool = False) -> torch.Tensor:
     if not fp8:
         return F.linear(a, lin.weight, lin.bias)
-    return _fp8_gemm(a, s, *lin._fp8, lin.bias, fast_accum)
+    return _fp8_gemm(a, s, *lin._fp8, fast_accum)
 
 
 def _gelu_linear(a: torch.Tensor, fc1: nn.Linear) -> torch.Tensor:

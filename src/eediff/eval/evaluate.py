@@ -122,6 +122,23 @@ def measure_speed(model, process, sampler, schedules, batch: int, repeats: int, 
     return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "times_s": times, "flops": flops}
 
 
+CALIBRATION_SEED = 999 * 10**6  # fp8 calibration images: seeds 999e6 + i, apart from the measured ones (seed s: s * 1e6 + i)
+
+
+def calibrate_fp8(model, process, sampler, schedules, n: int, batch_size: int, device, autocast=None, cfg_scale: float = 1.0) -> dict:
+    """``kernels.fp8_input_means`` of ``model`` over ``n`` images sampled with each of ``schedules`` (seeds of
+    their own, :data:`CALIBRATION_SEED`): what ``FastPathConfig(fp8_input_means=...)`` takes."""
+    from ..generate import generate
+    from ..kernels import fp8_input_means
+
+    def run():
+        for s in schedules:
+            generate(model, process, sampler, n=n, batch_size=batch_size, seed=CALIBRATION_SEED, schedule=s, policy=_policy(s),
+                     cfg_scale=cfg_scale, device=device, autocast_dtype=autocast or torch.bfloat16, tuned_for=None, progress=False)
+
+    return fp8_input_means(model, run)
+
+
 def fid_cell(model, process, sampler, schedule, n: int, seed: int, batch_size: int, features, ref, device, *,
              autocast=None, cfg_scale: float = 1.0, rank: int = 0, world: int = 1, progress: bool = False) -> dict:
     """One quality cell: ``n`` images (image i has seed ``seed * 10**6 + i``, sharded over ``world`` processes by
@@ -176,6 +193,9 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         raise ConfigError(f"unknown --kernels '{cfg.kernels}': use one of {', '.join(KERNELS)}")
     if cfg.fp8_fast_accum and not (cfg.fast and cfg.kernels == "fp8"):
         raise ConfigError("--fp8-fast-accum is a mode of the fp8 fast path: add --fast --kernels fp8, or drop it")
+    if cfg.fp8_calibrate < 0 or (cfg.fp8_calibrate and not (cfg.fast and cfg.kernels == "fp8")):
+        raise ConfigError(f"--fp8-calibrate {cfg.fp8_calibrate}: a number of images (>= 1) that calibrates the fp8 fast path; "
+                          "it needs --fast --kernels fp8 (0 turns it off)")
     autocast = autocast_dtype(cfg.precision, device)
     # The full-depth quality row: a fine-tuned checkpoint run deeper than its schedule is not the baseline the
     # paper compares with (measured: FID 27 -> 574), the model it was tuned from is. Timing uses --model
@@ -198,7 +218,13 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     if cfg.fast and device.startswith("cuda"):
         from ..fast import FastPathConfig, apply_fast_path
 
-        handles = [apply_fast_path(m, FastPathConfig(kernels=cfg.kernels, fp8_fast_accum=cfg.fp8_fast_accum))
+        means = {}
+        if cfg.fp8_calibrate:  # in bf16, before the kernels: the model runs each schedule it is measured at, the base full depth
+            for m, proc, scheds in ((model, loaded.process, schedules), (base, base_process, [get_schedule("full")])):
+                if id(m) not in means:
+                    means[id(m)] = calibrate_fp8(m, proc, samplers[0], scheds, cfg.fp8_calibrate, min(cfg.batch_size, cfg.fp8_calibrate),
+                                                 device, autocast, cfg.cfg)
+        handles = [apply_fast_path(m, FastPathConfig(kernels=cfg.kernels, fp8_fast_accum=cfg.fp8_fast_accum, fp8_input_means=means.get(id(m))))
                    for m in dict.fromkeys([model, base])]
         autocast = None
     features = feature_network(cfg, device) if rank == 0 else None
