@@ -569,6 +569,8 @@ def test_fp8_bias_correction_refuses_what_it_cannot_use():
         apply_kernels(copy.deepcopy(m).bfloat16(), "fused", fp8_input_means=means)
     with pytest.raises(ValueError, match="needs kernels='fp8'"):
         apply_fast_path(copy.deepcopy(m), FastPathConfig(kernels="fused", compile=False, fp8_input_means=means))
+    with pytest.raises(ValueError, match="fp8_fast_accum applies to kernels='fp8' only"):
+        apply_kernels(copy.deepcopy(m).bfloat16(), "fused", fp8_fast_accum=True)
     with pytest.raises(ValueError, match="lacks"):
         apply_kernels(copy.deepcopy(m).bfloat16(), "fp8", fp8_input_means={**means, "blocks.9.attn.qkv": means["blocks.0.attn.qkv"]})
     apply_kernels(m.bfloat16(), "fp8", row_kernels="inductor")

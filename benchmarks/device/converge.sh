@@ -32,7 +32,9 @@
 # compiling a training step (benchmarks/train_speed.py); SCOPE=model trains with --compile-scope model,
 # MODE=reduce-overhead with --compile-mode reduce-overhead (CUDA graphs); without SCOPE / MODE, SPEED=1 trains each model
 # the fastest way it measured (a run that fails under reduce-overhead goes on in the default mode). LR=1e-4
-# continues at a lower learning rate, BATCH=1024 at a larger batch (converge_report.py counts images seen).
+# continues at a lower learning rate, BATCH=1024 at a larger batch (converge_report.py counts images seen),
+# WARMUP=N ramps the learning rate up over the first N steps (a continued export starts a fresh AdamW: without
+# a warm-up, the DiT of results/converge/v2 measured 77.7 two thousand steps in, far worse than its export).
 # A fine-tune stopped by the call's end goes on from its checkpoint in the next call.
 # On a machine with several GPUs (nvidia-h200-x2 / -x4 / -x8) every base run and fine-tune gets a GPU of its own
 # (round robin; on one H200 the DiT trains at 45 steps/s alone and 20 beside the U-ViT).
@@ -79,7 +81,7 @@ done
 MODELS=${BASE_MODELS:-dit uvit}   # the base stage's runs
 
 STEPS=${BASE_STEPS:-100000}; EV=${EVAL_EVERY:-2000}; EN=${EVAL_N:-5000}
-B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr ${LR:-3e-4} --lr-schedule constant --ema-decay 0.9995 --steps $STEPS
+B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr ${LR:-3e-4} --lr-schedule constant --warmup-steps ${WARMUP:-0} --ema-decay 0.9995 --steps $STEPS
    --eval-every $EV --eval-n $EN --eval-cache-dir $R/fdcache --save-every $EV --keep-last 2
    --log-every 500 --sample-every 0 --no-progress --export-fp16"
 declare -A CF=([dit]="${COMPILE---compile --compile-scope ${SCOPE:-blocks} --compile-mode ${MODE:-default}}")

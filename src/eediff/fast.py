@@ -97,13 +97,10 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     config = config or FastPathConfig()
     if config.dtype not in _DTYPES:
         raise ValueError(f"unknown dtype '{config.dtype}': use bf16, fp16 or fp32")
-    check_kernel_options(config.kernels, config.attention, config.row_kernels, config.fp8_gemms)  # before the model is touched
+    check_kernel_options(config.kernels, config.attention, config.row_kernels, config.fp8_gemms,  # before the model is touched
+                         config.fp8_input_means, config.fp8_fast_accum)
     if config.batched_adaln:
         check_batched_adaln(model)
-    if config.fp8_input_means is not None and config.kernels != "fp8":
-        raise ValueError(f"fp8_input_means corrects fp8 GEMMs: it needs kernels='fp8', not '{config.kernels}'")
-    if config.fp8_fast_accum and config.kernels != "fp8":
-        raise ValueError(f"fp8_fast_accum applies to kernels='fp8' only, not kernels='{config.kernels}'")
     if config.kernels == "fp8" and config.dtype != "bf16":
         raise ValueError(f"kernels='fp8' runs bf16 activations: use dtype='bf16', not '{config.dtype}'")
     if config.row_bucket < 1:

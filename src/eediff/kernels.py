@@ -79,9 +79,7 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
     adds error that grows with the GEMM's depth K.
     ``fp8_input_means``: :func:`fp8_input_means`' calibration; each fp8 GEMM's bias then also cancels what its
     weights' rounding does to that mean input (:func:`_to_fp8`)."""
-    check_kernel_options(kernels, attention, row_kernels, fp8_gemms)
-    if fp8_input_means is not None and kernels != "fp8":
-        raise ValueError(f"fp8_input_means corrects fp8 GEMMs: it needs kernels='fp8', not '{kernels}'")
+    check_kernel_options(kernels, attention, row_kernels, fp8_gemms, fp8_input_means, fp8_fast_accum)
     means = {}
     if fp8_input_means is not None:
         named = token_linears(model)
@@ -165,7 +163,13 @@ def check_batched_adaln(model: nn.Module) -> None:
                          "(leave batched_adaln off)")
 
 
-def check_kernel_options(kernels: str, attention: str, row_kernels: str, fp8_gemms=TOKEN_GEMMS) -> None:
+def check_kernel_options(kernels: str, attention: str, row_kernels: str, fp8_gemms=TOKEN_GEMMS,
+                         fp8_input_means: dict | None = None, fp8_fast_accum: bool = False) -> None:
+    """The options of :func:`apply_kernels` (and of the fast path, which checks them before it touches the model)."""
+    if fp8_input_means is not None and kernels != "fp8":
+        raise ValueError(f"fp8_input_means corrects fp8 GEMMs: it needs kernels='fp8', not '{kernels}'")
+    if fp8_fast_accum and kernels != "fp8":
+        raise ValueError(f"fp8_fast_accum applies to kernels='fp8' only, not kernels='{kernels}'")
     if set(fp8_gemms) - set(TOKEN_GEMMS) or isinstance(fp8_gemms, str):
         raise ValueError(f"fp8_gemms must be a tuple of some of {', '.join(TOKEN_GEMMS)}, got {fp8_gemms!r}")
     if kernels not in KERNELS:
