@@ -40,6 +40,8 @@ def main(argv=None):
     base_src = ap.add_mutually_exclusive_group(required=True)
     base_src.add_argument("--base-curve", help="converge.json of benchmarks/converge_report.py (with --base-key)")
     base_src.add_argument("--base-fd", help="`eediff eval` JSON of the base at full depth (the same metric, n and sampler)")
+    base_src.add_argument("--base-from-cells", action="store_true",
+                          help="the base's distance is the full-depth cell of --cells on the sampler of the runs' own evaluations")
     ap.add_argument("--base-key", default=None, help="dit | uvit (with --base-curve)")
     ap.add_argument("--base-last", type=int, default=15, help="the base's distance: the mean of its last N measurements")
     ap.add_argument("--base-label", default="the converged base", help="what the base is, for the table's caption")
@@ -69,6 +71,8 @@ def main(argv=None):
         base_sd = (sum((e["value"] - base_fd) ** 2 for e in last) / (len(last) - 1)) ** 0.5
         base_note = f"mean of its last {len(last)} measurements (steps {last[0]['step']}–{last[-1]['step']}), {base_fd:.3f} ± {base_sd:.3f} (s.d.)"
         base_info = {"fd_mean_last": base_fd, "fd_sd_last": base_sd, "last_n": len(last), "steps": [last[0]["step"], last[-1]["step"]]}
+    elif a.base_from_cells:
+        base_fd, base_note, base_info = base_from_cells(a.cells, a.dir)
     else:
         with open(a.base_fd) as f:
             ev = json.load(f)
@@ -136,12 +140,55 @@ def main(argv=None):
             name = os.path.basename(os.path.dirname(c["model"])) if name.startswith("final") else name  # a run folder's export
             lines.append(f"| {c['kind']} ({name}) | {c['schedule']} | {c['sampler']} | {c['n']} | "
                          f"{c['fid']:.3f} | {c['flop_reduction_pct']:.1f}% |")
+        lines += by_sampler(cells)
     with open(os.path.join(a.dir, "finetunes.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, a, os.path.join(a.dir, "finetunes.png"), base_fd)
     if a.into:
         merge_into(a.into, a.dir, out)
     print("\n".join(lines))
+
+
+def base_from_cells(cells_path: str | None, d: str) -> tuple[float, str, dict]:
+    """The base's full-depth cell (gpu_tables kind ``full``) on the sampler, metric and n of the runs' own
+    --eval-every measurements, so that both sides of the ratio are the same measurement."""
+    if not cells_path:
+        raise SystemExit("--base-from-cells needs --cells (gpu_tables JSON lines with the base's full-depth cell)")
+    ev = next((r["eval"] for m in sorted(glob.glob(os.path.join(d, "*.metrics.jsonl"))) for r in read_rows(m) if "eval" in r), None)
+    if ev is None:
+        raise SystemExit(f"{d}: no --eval-every measurement in any *.metrics.jsonl")
+    full = [c for c in read_rows(cells_path) if c.get("type") == "cell" and c.get("kind") == "full"
+            and c["sampler"] == ev["sampler"] and c["n"] == ev["n"] and c["metric"] == ev["metric"]]
+    if not full:
+        raise SystemExit(f"{cells_path}: no full-depth cell on {ev['sampler']} with {ev['n']} images of {ev['metric']}")
+    c = full[-1]
+    note = f"{c['metric_name']} {c['fid']:.3f} at full depth ({c['n']} images, seed {c['seed']}, {c['sampler']}; {c['device']})"
+    return c["fid"], note, {"fd": c["fid"], "n": c["n"], "seeds": [c["seed"]], "sampler": c["sampler"], "model": c["model"]}
+
+
+def by_sampler(cells: list[dict]) -> list[str]:
+    """Every gpu_tables row against the base at full depth and the fair baseline on the same sampler: one
+    column of distances and ratios per sampler (the issue's comparison under DDPM, DDIM and DPM-Solver)."""
+    samplers = list(dict.fromkeys(c["sampler"] for c in cells))
+    get = {(c["row"], c["sampler"]): c for c in cells}
+    ref = {k: {s: get[(r, s)]["fid"] for s in samplers if (r, s) in get} for k, r in (("base", "full"), ("fair", "fair baseline (full)"))}
+    if not ref["base"]:
+        return []
+    lines = ["", "The same against the base at full depth and the fair baseline, sampler by sampler (distance, / base, / fair):", "",
+             "| row | FLOPs saved (most over the samplers) | " + " | ".join(samplers) + " |", "|---|---|" + "---|" * len(samplers)]
+    for row in dict.fromkeys(c["row"] for c in cells):
+        cs = [get.get((row, s)) for s in samplers]
+        cut = max(c["flop_reduction_pct"] for c in cs if c)
+        parts = []
+        for s, c in zip(samplers, cs):
+            if c is None:
+                parts.append("—")
+                continue
+            rb = c["fid"] / ref["base"][s] if s in ref["base"] else None
+            rf = c["fid"] / ref["fair"][s] if s in ref["fair"] else None
+            parts.append(f"{c['fid']:.3f}" + (f" / {rb:.2f}" if rb else "") + (f" / {rf:.2f}" if rf else ""))
+        lines.append(f"| {row} | {cut:.1f}% | " + " | ".join(parts) + " |")
+    return lines
 
 
 def merge_into(path: str, d: str, out: dict) -> None:

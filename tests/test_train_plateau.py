@@ -263,3 +263,36 @@ def test_finetune_report_with_an_eval_json_as_the_base_and_adapted_searches(tmp_
     bad = subprocess.run([sys.executable, str(root / "benchmarks" / "finetune_report.py"), "--dir", str(d), "--model", "U-ViT",
                           "--base-curve", str(root / "results" / "converge" / "converge.json")], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--base-key" in bad.stderr
+
+
+def test_finetune_report_takes_the_base_from_the_tables_cells(tmp_path):
+    """--base-from-cells on results/converge/v2/dit-ft: the base's distance is the gpu_tables full-depth cell on
+    the runs' own sampler (DPM-Solver++ 25, 5,000 images), and the per-sampler table divides every cell by the
+    base's and the fair baseline's cell of the same sampler (checked against the JSON lines by hand)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    d = tmp_path / "dit-ft"
+    shutil.copytree(root / "results" / "converge" / "v2" / "dit-ft", d)
+    for f in d.glob("finetunes.*"):
+        f.unlink()
+    cells = [json.loads(line) for line in (d / "tables_dit.jsonl").read_text().splitlines() if line.strip()]
+    cell = {(c["row"], c["sampler"]): c["fid"] for c in cells if c["type"] == "cell"}
+    cmd = [sys.executable, str(root / "benchmarks" / "finetune_report.py"), "--dir", str(d), "--model", "DiT", "--curve-steps", "1000"]
+    r = subprocess.run(cmd + ["--base-from-cells"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--base-from-cells needs --cells" in r.stderr
+    r = subprocess.run(cmd + ["--base-from-cells", "--cells", str(d / "tables_dit.jsonl")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((d / "finetunes.json").read_text())
+    base = cell[("full", "dpm-solver++-25")]
+    assert out["base"]["fd"] == base and out["base"]["sampler"] == "dpm-solver++-25"
+    rows = {row["kind"]: row for row in out["rows"]}
+    assert rows["D4-DiT"]["ratio_base"] == pytest.approx(rows["D4-DiT"]["fid"] / base)
+    md = (d / "finetunes.md").read_text()
+    d4, fair = cell[("D4-DiT fine-tuned", "ddim-50")], cell[("fair baseline (full)", "ddim-50")]
+    want = f"{d4:.3f} / {d4 / cell[('full', 'ddim-50')]:.2f} / {d4 / fair:.2f}"
+    line = next(x for x in md.splitlines() if x.startswith("| D4-DiT fine-tuned |"))
+    assert want in line.split(" | ")[3]  # the ddim-50 column (after row and FLOPs saved)

@@ -253,8 +253,10 @@ elif [ "$STAGE" = finetune ]; then
     A=DiT; SHARE=2; [ $m = uvit ] && A=U-ViT && SHARE=1   # DiT gets half of what is left, U-ViT the rest
     [ "${FT_MODELS:-dit uvit}" = $m ] && SHARE=1
     more=(); for s in ${KINDS[$m]}; do [[ $s == *search-* ]] && [ -f $R/$m-$s/final.safetensors ] && more+=(--finetuned "${SCHED[$m-$s]}=$R/$m-$s/final.safetensors"); done
-    $PY benchmarks/gpu_tables.py --arch-label $A --base ${BASE[$m]} --finetuned D4-$A=$R/$m-D4-$A/final.safetensors \
-      --finetuned D6-$A=$R/$m-D6-$A/final.safetensors "${more[@]}" --fair $R/$m-full/final.safetensors --zero-shot "D4-$A;D6-$A$(for s in ${KINDS[$m]}; do [[ $s == *search-* ]] && echo -n ";${SCHED[$m-$s]}"; done)" \
+    # the presets fine-tuned here (FT_KINDS may leave one out)
+    for d in D4 D6; do [ -f $R/$m-$d-$A/final.safetensors ] && more=(--finetuned "$d-$A=$R/$m-$d-$A/final.safetensors" "${more[@]}"); done
+    $PY benchmarks/gpu_tables.py --arch-label $A --base ${BASE[$m]} \
+      "${more[@]}" --fair $R/$m-full/final.safetensors --zero-shot "D4-$A;D6-$A$(for s in ${KINDS[$m]}; do [[ $s == *search-* ]] && echo -n ";${SCHED[$m-$s]}"; done)" \
       --samplers "${SAMPLERS:-dpm-solver++-25;ddim-50;ddpm-100}" --late-samplers ddpm-100 --deadline-s $(( (DL - $(el) - 20) / SHARE )) \
       $C --out-jsonl $R/tables_$m.jsonl 2>&1 | grep -v -i warn | tail -n 5
     cp $R/tables_$m.jsonl $OUT/ 2>/dev/null
