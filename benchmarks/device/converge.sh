@@ -90,12 +90,13 @@ declare -A CF=([dit]="${COMPILE---compile --compile-scope ${SCOPE:-blocks} --com
 CF[uvit]=${CF[dit]}
 declare -A CONF=([dit]='--arch DiT --model-config {"hidden_size":64,"depth":28,"num_heads":2,"patch_size":2}'
                  [uvit]='--arch U-ViT --model-config {"embed_dim":96,"depth":12,"num_heads":3,"patch_size":2}')
-# done: the run stopped at a plateau or at --steps (its last eval row says so / its last step is --steps)
+# done: the run stopped at a plateau or was measured at --steps (a run the time limit stopped at its last step
+# before that measurement is not done: its --resume measures it)
 done_run() { python3 - "$R/$1/metrics.jsonl" "${2:-$STEPS}" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().endswith("}")] if __import__("os").path.exists(sys.argv[1]) else []
-last = max((r.get("step", 0) for r in rows), default=0)
-sys.exit(0 if any(r.get("plateau") for r in rows) or last >= int(sys.argv[2]) else 1)
+measured = max((r["eval"].get("step", r.get("step", 0)) for r in rows if "eval" in r), default=0)
+sys.exit(0 if any(r.get("plateau") for r in rows) or measured >= int(sys.argv[2]) else 1)
 PY
 }
 ret() {  # what comes back: the EMA export (fp16) and metrics of each run of this stage, one tar per family (<= 16 MiB)
