@@ -340,6 +340,14 @@ def _train_or_finetune(cfg, command: str) -> None:
     explicit = explicit_cli_fields()
     cfg = resolve(cfg, explicit if explicit is not None else changed_fields(cfg))
     summary = run(cfg, command)  # a TrainError is an EediffError: one line, exit 2
+    import torch.distributed as dist
+
+    # a multi-process run (accelerate / torchrun) ends its process group itself: gloo's worker threads left to
+    # the interpreter's shutdown abort the process ("terminate called without an active exception"). Only
+    # after a run that ended normally on every process (run() has passed its last barrier): after an error
+    # the other processes may still be in a collective, and tearing down would hang them.
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
     if summary.final_path:
         loss = "n/a" if summary.last_loss is None else f"{summary.last_loss:.4f}"
         typer.echo(f"{command}: {summary.step} steps in {summary.seconds:.1f} s, last loss {loss}")
