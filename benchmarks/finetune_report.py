@@ -168,7 +168,7 @@ def base_from_cells(cells_path: str | None, d: str) -> tuple[float, str, dict]:
 
 def by_sampler(cells: list[dict]) -> list[str]:
     """Every gpu_tables row against the base at full depth and the fair baseline on the same sampler: one
-    column of distances and ratios per sampler (the issue's comparison under DDPM, DDIM and DPM-Solver)."""
+    column of distances and ratios per sampler (the comparison under DDPM, DDIM and DPM-Solver)."""
     samplers = list(dict.fromkeys(c["sampler"] for c in cells))
     get = {(c["row"], c["sampler"]): c for c in cells}
     ref = {k: {s: get[(r, s)]["fid"] for s in samplers if (r, s) in get} for k, r in (("base", "full"), ("fair", "fair baseline (full)"))}
