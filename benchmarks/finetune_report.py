@@ -72,7 +72,9 @@ def main(argv=None):
         base_note = f"mean of its last {len(last)} measurements (steps {last[0]['step']}–{last[-1]['step']}), {base_fd:.3f} ± {base_sd:.3f} (s.d.)"
         base_info = {"fd_mean_last": base_fd, "fd_sd_last": base_sd, "last_n": len(last), "steps": [last[0]["step"], last[-1]["step"]]}
     elif a.base_from_cells:
-        base_fd, base_note, base_info = base_from_cells(a.cells, a.dir)
+        if not a.cells:
+            raise SystemExit("--base-from-cells needs --cells (gpu_tables JSON lines with the base's full-depth cell)")
+        base_fd, base_note, base_info = base_from_cells(read_cells(a.cells), a.cells, a.dir)
     else:
         with open(a.base_fd) as f:
             ev = json.load(f)
@@ -108,9 +110,7 @@ def main(argv=None):
 
     cut = [r for r in rows if r["compute_saving"] > 0]
     rho = spearman([r["proxy"] for r in cut], [r["fid"] for r in cut])  # does the proxy rank the fine-tunes?
-    cells = []
-    if a.cells:
-        cells = [c for c in read_rows(a.cells) if c.get("type") == "cell"]
+    cells = read_cells(a.cells) if a.cells else []
     out = {"model": a.model, f"spearman_{proxy_kind.replace('-', '_')}_proxy_vs_finetuned": rho, "proxy_from": reports[0], "base": base_info, "fair_fd": fair, "rows": rows, "cells": cells}
     with open(os.path.join(a.dir, "finetunes.json"), "w") as f:
         json.dump(out, f, indent=1)
@@ -149,16 +149,18 @@ def main(argv=None):
     print("\n".join(lines))
 
 
-def base_from_cells(cells_path: str | None, d: str) -> tuple[float, str, dict]:
+def read_cells(path: str) -> list[dict]:
+    """The measured cells of a gpu_tables JSON-lines file (not its header, timing or skip lines)."""
+    return [c for c in read_rows(path) if c.get("type") == "cell"]
+
+
+def base_from_cells(cells: list[dict], cells_path: str, d: str) -> tuple[float, str, dict]:
     """The base's full-depth cell (gpu_tables kind ``full``) on the sampler, metric and n of the runs' own
     --eval-every measurements, so that both sides of the ratio are the same measurement."""
-    if not cells_path:
-        raise SystemExit("--base-from-cells needs --cells (gpu_tables JSON lines with the base's full-depth cell)")
     ev = next((r["eval"] for m in sorted(glob.glob(os.path.join(d, "*.metrics.jsonl"))) for r in read_rows(m) if "eval" in r), None)
     if ev is None:
         raise SystemExit(f"{d}: no --eval-every measurement in any *.metrics.jsonl")
-    full = [c for c in read_rows(cells_path) if c.get("type") == "cell" and c.get("kind") == "full"
-            and c["sampler"] == ev["sampler"] and c["n"] == ev["n"] and c["metric"] == ev["metric"]]
+    full = [c for c in cells if c.get("kind") == "full" and c["sampler"] == ev["sampler"] and c["n"] == ev["n"] and c["metric"] == ev["metric"]]
     if not full:
         raise SystemExit(f"{cells_path}: no full-depth cell on {ev['sampler']} with {ev['n']} images of {ev['metric']}")
     c = full[-1]
