@@ -20,6 +20,7 @@
 #   FT_IMPORT=DIR ... converge.sh finetune DL   carry [DIR]  (DIR holds run folders DIR/MODEL-KIND/{final-fp16.safetensors,
 #       metrics.jsonl,config.json} and MODEL-search-X.json files as an earlier machine sent them back: they count as
 #       finished here, so a fresh machine makes the tables of fine-tunes it did not train)
+#   TABLES_FROM=DIR ... converge.sh finetune DL   (DIR/tables_MODEL.jsonl: table cells measured by an earlier call, kept)
 #   bash benchmarks/device/converge.sh prep 0 && (BASE_MODELS=dit INIT_DIT=F bash benchmarks/device/converge.sh base DL &
 #       FT_MODELS=uvit INIT_UVIT=G bash benchmarks/device/converge.sh finetune DL; wait)
 #       (one model still training while the other, at its plateau, is fine-tuned: prep installs and unpacks once)
@@ -215,7 +216,8 @@ elif [ "$STAGE" = finetune ]; then
   }
   if [ -n "${FT_IMPORT:-}" ]; then  # fine-tunes made on an earlier machine (run folders as they came back), and their
     for d in $(for m in ${FT_MODELS:-dit uvit}; do echo $FT_IMPORT/$m-*/; done); do   # searches: taken as finished runs
-      n=$(basename $d);   # here (not trained again, not sent back again); a base run's folder is not a fine-tune [ -f $d/final-fp16.safetensors ] && [ ! -f $R/$n/final.safetensors ] || continue
+      n=$(basename $d)    # here (not trained again, not sent back again); a base run's folder is not a fine-tune
+      [ -f $d/final-fp16.safetensors ] && [ ! -f $R/$n/final.safetensors ] || continue
       mkdir -p $R/$n && cp $d/metrics.jsonl $d/config.json $R/$n/ && cp $d/final-fp16.safetensors $R/$n/final.safetensors \
         && touch $R/$n/imported && echo "imported $n"
     done
@@ -252,6 +254,9 @@ elif [ "$STAGE" = finetune ]; then
   C="--n $EN --batch-size 1000 --seeds 0 --cache-dir $R/fidcache --time-batch 1000 --time-repeats 3 $MET"
   [ -n "${NO_TABLES:-}" ] && { echo "[$(el)s] done (NO_TABLES)"; exit 0; }
   for m in ${FT_MODELS:-dit uvit}; do
+    # TABLES_FROM=DIR: the cells an earlier call measured (DIR/tables_MODEL.jsonl) are not measured again (same keys:
+    # the same state paths, sampler, seed, n and metric), so a call that adds fine-tunes measures only their cells
+    [ -n "${TABLES_FROM:-}" ] && [ -f $TABLES_FROM/tables_$m.jsonl ] && [ ! -f $R/tables_$m.jsonl ] && cp $TABLES_FROM/tables_$m.jsonl $R/
     [ $(( DL - $(el) )) -gt 60 ] || { echo "[$(el)s] no time left for the tables"; break; }   # (a later call makes them)
     A=DiT; SHARE=2; [ $m = uvit ] && A=U-ViT && SHARE=1   # DiT gets half of what is left, U-ViT the rest
     [ "${FT_MODELS:-dit uvit}" = $m ] && SHARE=1
