@@ -57,6 +57,8 @@ def main():
                                                                "accumulation (FastPathConfig.fp8_fast_accum)")
     ap.add_argument("--fp8-subsets", default="", help="';'-separated token-GEMM subsets timed as extra fp8 variants (cuDNN "
                                                       "attention, Triton rows), e.g. 'qkv,proj;qkv,proj,fc1'")
+    ap.add_argument("--precise-math", action="store_true", help="also time fused and fp8 (cuDNN attention, Triton rows; fp8 with "
+                                                                 "--fast-accum's setting) with triton_ops.FAST_MATH off")
     a = ap.parse_args()
     if a.md_from:
         return write_md(json.load(open(a.md_from)), a.md_from.rsplit(".", 1)[0] + ".md")
@@ -76,15 +78,18 @@ def main():
         ref = eager(x, t, y)
     ap_att = a.attention.split(",")
     variants = [("inductor", "cudnn", "triton")] + list(itertools.product(["fused", "fp8"], ap_att, a.row_kernels.split(",")))
-    variants = [(*v, TOKEN_GEMMS, False, None, False) for v in variants]
-    variants += [("fp8", "cudnn", "triton", tuple(sub.split(",")), False, None, False) for sub in a.fp8_subsets.split(";") if sub]
-    variants += [(k, "cudnn", "triton", TOKEN_GEMMS, True, None, False) for k in ("fused", "fp8") if a.batched_adaln]
+    variants = [(*v, TOKEN_GEMMS, False, None, False, False) for v in variants]
+    variants += [("fp8", "cudnn", "triton", tuple(sub.split(",")), False, None, False, False) for sub in a.fp8_subsets.split(";") if sub]
+    variants += [(k, "cudnn", "triton", TOKEN_GEMMS, True, None, False, False) for k in ("fused", "fp8") if a.batched_adaln]
     # the GELU + quantise pass's launch for the MLP's rows, (rows, warps, chunk) as triton_ops.quant_launch gives it
     pairs = lambda specs: [tuple(int(v) for v in spec.split(":")) for spec in specs.split(";") if spec]  # noqa: E731  'A:B;C:D'
-    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, (1, warps, chunk), False) for chunk, warps in pairs(a.quant_chunk)]
-    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, (rows, warps, triton_ops.SPLIT), a.fast_accum)
+    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, (1, warps, chunk), False, False) for chunk, warps in pairs(a.quant_chunk)]
+    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, (rows, warps, triton_ops.SPLIT), a.fast_accum, False)
                  for rows, warps in pairs(a.quant_split)]
-    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, None, True)] if a.fast_accum else []
+    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, None, True, False)] if a.fast_accum else []
+    # the row kernels with triton_ops.FAST_MATH off (a division per element, tanh from exp), beside the default
+    variants += [(k, "cudnn", "triton", TOKEN_GEMMS, False, None, a.fast_accum and k == "fp8", True)
+                 for k in ("fused", "fp8") if a.precise_math]
     rows = []
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "model": "DiT-XL/2", "rows": rows,
            "command": f"python benchmarks/kernel_variants.py --out results/{os.path.basename(a.out)}"
@@ -92,7 +97,7 @@ def main():
                       + ("" if a.row_kernels == "triton,inductor" else f" --row-kernels {a.row_kernels}") + (" --diffusers-compile" if a.diffusers_compile else "")
                       + (f" --fp8-subsets '{a.fp8_subsets}'" if a.fp8_subsets else "") + (" --batched-adaln" if a.batched_adaln else "")
                       + (f" --quant-chunk '{a.quant_chunk}'" if a.quant_chunk else "") + (f" --quant-split '{a.quant_split}'" if a.quant_split else "")
-                      + (" --fast-accum" if a.fast_accum else "")}
+                      + (" --fast-accum" if a.fast_accum else "") + (" --precise-math" if a.precise_math else "")}
     if a.diffusers_compile:  # the strongest peer, in the same run
         c = torch.compile(copy.deepcopy(dm).cuda().to(torch.bfloat16))
         fn = lambda: c(x.bfloat16(), timestep=t.long(), class_labels=y).sample  # noqa: E731
@@ -103,7 +108,8 @@ def main():
         print(f"{rows[-1]['variant']:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
         del c
     default_quant_launch = triton_ops.quant_launch
-    for kern, attn, rk, gemms, batched, launch, fast in variants:
+    for kern, attn, rk, gemms, batched, launch, fast, precise in variants:
+        triton_ops.FAST_MATH = not precise  # read by the row kernels at every launch (restored below)
         # another quantise launch for the MLP's rows (K > 2048), the default launch for the others: the op
         # reads its launch from triton_ops.quant_launch at every call (an experiment's override, restored below)
         triton_ops.quant_launch = default_quant_launch if launch is None else (
@@ -127,8 +133,10 @@ def main():
             name += f", chunked GELU + quantise ({launch[2]} x {launch[1]} warps)"
         if fast:
             name += ", fast accumulation"
+        if precise:
+            name += ", precise row math"
         rows.append({"variant": name, "kernels": kern, "attention": attn, "row_kernels": rk, "fp8_gemms": list(gemms), "batched_adaln": batched,
-                     "quant_launch": launch, "fp8_fast_accum": fast, "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
+                     "quant_launch": launch, "fp8_fast_accum": fast, "precise_row_math": precise, "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
         print(f"{name:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
         for k in top[:6]:
             print(f"      {k['ms_per_forward']:6.2f} ms  x{k['calls_per_forward']:5.0f}  {k['kernel'][:80]}", flush=True)
@@ -138,6 +146,7 @@ def main():
         json.dump(res, open(a.out, "w"), indent=2)  # after every variant: a run cut short keeps what it measured
         write_md(res, a.out.rsplit(".", 1)[0] + ".md")
     triton_ops.quant_launch = default_quant_launch
+    triton_ops.FAST_MATH = True
 
 
 if __name__ == "__main__":

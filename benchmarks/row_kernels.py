@@ -4,7 +4,9 @@ B=64 shapes (16384 token rows of 1152, the MLP's 4608), on the GPU: median time 
 inputs rotated over three sets so that the 50 MB L2 does not hold them), achieved GB/s over the bytes each
 kernel must move, and which launch is fastest against the default (``triton_ops.row_launch``); for the
 quantise pass also the chunked kernel (one row per program, ``--chunks`` values at a time) and the split-row
-kernel (``--split``: a row as a power-of-two piece and a padded rest, rows per program x warps).
+kernel (``--split``: a row as a power-of-two piece and a padded rest, rows per program x warps). ``--math
+precise,fast`` times every launch with each setting of ``triton_ops.FAST_MATH`` (a division per element and tanh
+from exp, or the row's reciprocal and tanh.approx), in the same run.
 
     python benchmarks/row_kernels.py --out results/row_kernels_h200.json
 """
@@ -76,6 +78,7 @@ def main(argv=None):
     ap.add_argument("--split", action=argparse.BooleanOptionalAction, default=True,
                     help="act_quant: also the split-row kernel (a row as a power-of-two piece and a padded rest)")
     ap.add_argument("--only", default="", help="time only the cases whose name contains this, e.g. act_quant")
+    ap.add_argument("--math", default="fast", help="','-separated settings of triton_ops.FAST_MATH to time: precise, fast")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     M, D, F = a.tokens, 1152, 4608
@@ -83,10 +86,14 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "tokens": M, "cases": [],
            # every option as given, the output under results/ where the committed file lies
            "command": f"python benchmarks/row_kernels.py --out results/{os.path.basename(a.out)} --rows {a.rows} --warps {a.warps} "
-                      f"--chunks {a.chunks} --tokens {a.tokens}" + (f" --only '{a.only}'" if a.only else "") + ("" if a.split else " --no-split")}
-    for name, (make, launch, moved, width) in cases(M, D, F).items():
+                      f"--chunks {a.chunks} --tokens {a.tokens} --math {a.math}" + (f" --only '{a.only}'" if a.only else "") + ("" if a.split else " --no-split")}
+    modes = [m.strip() for m in a.math.split(",") if m.strip()]
+    if not modes or any(m not in ("precise", "fast") for m in modes):
+        raise SystemExit(f"--math '{a.math}': give precise, fast or both (comma-separated)")
+    for (name, (make, launch, moved, width)), mode in [(c, m) for c in cases(M, D, F).items() for m in modes]:
         if a.only not in name:
             continue
+        T.FAST_MATH = mode == "fast"
         sets = [make(g) for _ in range(3)]
         block = 1 << (width - 1).bit_length()
         # the launch the op makes: act_quant's from quant_launch (rows, warps, chunk), the LayerNorm rows' from row_launch
@@ -117,16 +124,16 @@ def main(argv=None):
         ok = [r for r in rows_out if "us" in r]
         best = min(ok, key=lambda r: r["us"])
         dflt = next(r for r in ok if (r["rows"], r["warps"], r["chunk"]) == default)
-        res["cases"].append({"case": name, "bytes": moved, "default": dflt, "best": best, "all": rows_out})
-        print(f"{name:55s} default {launch_name(dflt)} {dflt['us']:7.1f} us {dflt['gb_s']:6.0f} GB/s | best {launch_name(best)} "
+        res["cases"].append({"case": name, "math": mode, "bytes": moved, "default": dflt, "best": best, "all": rows_out})
+        print(f"{name:55s} {mode:7s} default {launch_name(dflt)} {dflt['us']:7.1f} us {dflt['gb_s']:6.0f} GB/s | best {launch_name(best)} "
               f"{best['us']:7.1f} us {best['gb_s']:6.0f} GB/s", flush=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     lines = [f"Row kernels, {res['device']}, {M} token rows; median of triton.testing.do_bench, three input sets rotated.", "",
-             "| kernel | MB moved | default (rows, warps) | µs | GB/s | best (rows, warps[, chunk]) | µs | GB/s |", "|---|---|---|---|---|---|---|---|"]
+             "| kernel | math | MB moved | default (rows, warps) | µs | GB/s | best (rows, warps[, chunk]) | µs | GB/s |", "|---|---|---|---|---|---|---|---|---|"]
     for c in res["cases"]:
         d, b = c["default"], c["best"]
-        lines.append(f"| {c['case']} | {c['bytes'] / 1e6:.0f} | {launch_name(d)} | {d['us']:.1f} | {d['gb_s']:.0f} | "
+        lines.append(f"| {c['case']} | {c.get('math', 'precise')} | {c['bytes'] / 1e6:.0f} | {launch_name(d)} | {d['us']:.1f} | {d['gb_s']:.0f} | "
                      f"{launch_name(b)} | {b['us']:.1f} | {b['gb_s']:.0f} |")
     lines += ["", f"Command: `{res['command']}`"]
     with open(os.path.splitext(a.out)[0] + ".md", "w") as f:

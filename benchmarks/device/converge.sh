@@ -20,6 +20,7 @@
 #   FT_IMPORT=DIR ... converge.sh finetune DL   carry [DIR]  (DIR holds run folders DIR/MODEL-KIND/{final-fp16.safetensors,
 #       metrics.jsonl,config.json} and MODEL-search-X.json files as an earlier machine sent them back: they count as
 #       finished here, so a fresh machine makes the tables of fine-tunes it did not train)
+#   FT_KINDS_UVIT="D4-U-ViT full" SEARCH_UVIT="" ... (per model: FT_KINDS_DIT, FT_KINDS_UVIT, SEARCH_DIT, SEARCH_UVIT)
 #   TABLES_FROM=DIR ... converge.sh finetune DL   (DIR/tables_MODEL.jsonl: table cells measured by an earlier call, kept)
 #   bash benchmarks/device/converge.sh prep 0 && (BASE_MODELS=dit INIT_DIT=F bash benchmarks/device/converge.sh base DL &
 #       FT_MODELS=uvit INIT_UVIT=G bash benchmarks/device/converge.sh finetune DL; wait)
@@ -227,8 +228,10 @@ elif [ "$STAGE" = finetune ]; then
     INIT=INIT_${m^^}; BASE[$m]=${!INIT:-$R/$m/final.safetensors}   # this machine's base run, or an export that travelled
     [ -f ${BASE[$m]} ] || { echo "no ${BASE[$m]}: run the base stage first (or give INIT_${m^^}=EXPORT)"; exit 3; }
     A=DiT; [ $m = uvit ] && A=U-ViT
-    kinds="${FT_KINDS:-D4-$A D6-$A full}"
-    for x in ${SEARCH:-}; do  # searched on the base (eediff search), then fine-tuned with the presets' budget
+    # FT_KINDS_DIT / FT_KINDS_UVIT and SEARCH_DIT / SEARCH_UVIT, where given, replace FT_KINDS / SEARCH for that model
+    KV=FT_KINDS_${m^^}; SV=SEARCH_${m^^}
+    kinds="${!KV-${FT_KINDS:-D4-$A D6-$A full}}"
+    for x in ${!SV-${SEARCH:-}}; do  # searched on the base (eediff search), then fine-tuned with the presets' budget
       search_kind $m search $x && kinds="$kinds search-$x"
     done
     if [ -n "${ASEARCH:-}" ]; then  # the base fine-tuned at every depth (the same budget), then searched with --adapted

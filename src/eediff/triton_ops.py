@@ -36,6 +36,16 @@ except ImportError:  # the torch fallback below computes the same functions
     triton = None
 
 
+# The row kernels' per-element arithmetic (a constexpr of each kernel, read at launch): quantise by multiplying
+# with the row's reciprocal scale (one division per row, not one per element), and in the GELU + quantise kernel
+# tanh through the GPU's tanh.approx.f32 (one special-function op where exp and a division take two, plus the
+# division's fix-up). That kernel was bound by this arithmetic, not by memory: 1.66 TB/s at K = 4608 against
+# 2.7 TB/s for the same kernel without GELU at K = 1152 (results/row_kernels_h200.md). tanh.approx's error
+# (about 2^-11 relative) is far under one e4m3 step (2^-3), and the codes stay within one step of the reference
+# (tests/test_kernels.py). False: a division per element and tanh from exp (benchmarks time both). Triton's CPU
+# interpreter has no inline PTX: there tanh is always the exp form.
+FAST_MATH = True
+
 # CPU tensors go through the Triton kernels only in Triton's interpreter, when a test asks for it (the
 # interpreter reads TRITON_INTERPRET=1 once, when the kernels below are defined: tests/conftest.py sets it)
 INTERPRET_ON_CPU = False
@@ -51,7 +61,8 @@ if triton is not None:
 
     @triton.jit
     def _ln_modulate_kernel(X, R, G, SHIFT, SCALE, H, Y, S, M, n_tok, D, mod_stride, eps,
-                            HAS_RES: tl.constexpr, QUANT: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr):
+                            HAS_RES: tl.constexpr, QUANT: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+                            FAST: tl.constexpr):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # (ROWS,) token rows of (M, D)
         b = rows // n_tok  # their images
         cols = tl.arange(0, BLOCK_D)
@@ -75,31 +86,43 @@ if triton is not None:
         if QUANT:
             s = tl.maximum(tl.max(tl.where(mask, tl.abs(y), 0.0), axis=1) / 448.0, 1e-12)
             tl.store(S + rows, s, mask=rows < M)
-            y = y / s[:, None]
+            y = _scale_down(y, s[:, None], FAST)
         tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _gelu_tanh(x):  # as nn.GELU(approximate="tanh"): tanh(u) = 1 - 2 / (exp(2u) + 1)
-        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-        u = tl.minimum(tl.maximum(u, -15.0), 15.0)  # tanh is +-1 to fp32 precision there; exp(2u) stays finite
-        return 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
+    def _scale_down(x, s, FAST: tl.constexpr):  # x / s: with FAST, x times the reciprocal of s (s holds one value per row)
+        if FAST:
+            return x * (1.0 / s)
+        else:
+            return x / s
 
     @triton.jit
-    def _act_quant_kernel(X, Q, S, M, K, GELU: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr):
+    def _gelu_tanh(x, TANH_ASM: tl.constexpr):  # as nn.GELU(approximate="tanh"): 0.5 x (1 + tanh(u))
+        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        if TANH_ASM:
+            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u], dtype=tl.float32, is_pure=True, pack=1)
+        else:  # tanh(u) = 1 - 2 / (exp(2u) + 1)
+            u = tl.minimum(tl.maximum(u, -15.0), 15.0)  # tanh is +-1 to fp32 precision there; exp(2u) stays finite
+            t = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
+        return 0.5 * x * (1.0 + t)
+
+    @triton.jit
+    def _act_quant_kernel(X, Q, S, M, K, GELU: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr,
+                          FAST: tl.constexpr, TANH_ASM: tl.constexpr):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK_K)
         mask = (rows[:, None] < M) & (cols[None, :] < K)
         offs = rows[:, None] * K + cols[None, :]
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         if GELU:
-            x = _gelu_tanh(x)
+            x = _gelu_tanh(x, TANH_ASM)
         s = tl.maximum(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=1) / 448.0, 1e-12)
         tl.store(S + rows, s, mask=rows < M)
-        tl.store(Q + offs, (x / s[:, None]).to(Q.dtype.element_ty), mask=mask)
+        tl.store(Q + offs, _scale_down(x, s[:, None], FAST).to(Q.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _act_quant_split_kernel(X, Q, S, M, K, GELU: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
-                                ROWS: tl.constexpr):
+                                ROWS: tl.constexpr, FAST: tl.constexpr, TANH_ASM: tl.constexpr):
         # the row kernel with a row held as two power-of-two pieces, [0, BLOCK_A) and [BLOCK_A, K) padded to
         # BLOCK_B: the MLP's 4608 = 4096 + 512 pads no lane, where one piece of 8192 leaves 44% of them (and
         # of the registers they hold) idle. Same per-element math and the same maximum: the same codes.
@@ -111,16 +134,17 @@ if triton is not None:
         xa = tl.load(X + rows[:, None] * K + ca[None, :], mask=ma, other=0.0).to(tl.float32)
         xb = tl.load(X + rows[:, None] * K + cb[None, :], mask=mb, other=0.0).to(tl.float32)
         if GELU:
-            xa = _gelu_tanh(xa)
-            xb = _gelu_tanh(xb)
+            xa = _gelu_tanh(xa, TANH_ASM)
+            xb = _gelu_tanh(xb, TANH_ASM)
         amax = tl.maximum(tl.max(tl.where(ma, tl.abs(xa), 0.0), axis=1), tl.max(tl.where(mb, tl.abs(xb), 0.0), axis=1))
         s = tl.maximum(amax / 448.0, 1e-12)
         tl.store(S + rows, s, mask=rows < M)
-        tl.store(Q + rows[:, None] * K + ca[None, :], (xa / s[:, None]).to(Q.dtype.element_ty), mask=ma)
-        tl.store(Q + rows[:, None] * K + cb[None, :], (xb / s[:, None]).to(Q.dtype.element_ty), mask=mb)
+        tl.store(Q + rows[:, None] * K + ca[None, :], _scale_down(xa, s[:, None], FAST).to(Q.dtype.element_ty), mask=ma)
+        tl.store(Q + rows[:, None] * K + cb[None, :], _scale_down(xb, s[:, None], FAST).to(Q.dtype.element_ty), mask=mb)
 
     @triton.jit
-    def _act_quant_chunked_kernel(X, Q, S, K, GELU: tl.constexpr, CHUNK: tl.constexpr):
+    def _act_quant_chunked_kernel(X, Q, S, K, GELU: tl.constexpr, CHUNK: tl.constexpr, FAST: tl.constexpr,
+                                  TANH_ASM: tl.constexpr):
         # one row per program, in CHUNK-wide pieces: the row's absolute maximum first, then the codes (the
         # second read of the row mostly hits L2). Few registers per thread, where a whole row of the MLP's
         # 4608 (padded to 8192) in registers limits how many programs an SM holds.
@@ -130,7 +154,7 @@ if triton is not None:
             cols = k0 + tl.arange(0, CHUNK)
             x = tl.load(X + base + cols, mask=cols < K, other=0.0).to(tl.float32)
             if GELU:
-                x = _gelu_tanh(x)
+                x = _gelu_tanh(x, TANH_ASM)
             amax = tl.maximum(amax, tl.abs(x))  # masked lanes hold GELU(0) = 0
         s = tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-12)
         tl.store(S + tl.program_id(0), s)
@@ -138,8 +162,8 @@ if triton is not None:
             cols = k0 + tl.arange(0, CHUNK)
             x = tl.load(X + base + cols, mask=cols < K, other=0.0).to(tl.float32)
             if GELU:
-                x = _gelu_tanh(x)
-            tl.store(Q + base + cols, (x / s).to(Q.dtype.element_ty), mask=cols < K)
+                x = _gelu_tanh(x, TANH_ASM)
+            tl.store(Q + base + cols, _scale_down(x, s, FAST).to(Q.dtype.element_ty), mask=cols < K)
 
 
 def row_launch(block: int) -> tuple[int, int]:
@@ -165,7 +189,8 @@ def quant_launch(K: int) -> tuple[int, int, int]:
 def launch_ln_modulate(x, r, gate, shift, scale, h, y, s, N, D, stride, eps, has_res, quant, rows, warps) -> None:
     M = x.shape[0] * N
     _ln_modulate_kernel[(triton.cdiv(M, rows),)](x, r, gate, shift, scale, h, y, s, M, N, D, stride, eps, HAS_RES=has_res,
-                                                 QUANT=quant, BLOCK_D=triton.next_power_of_2(D), ROWS=rows, num_warps=warps)
+                                                 QUANT=quant, BLOCK_D=triton.next_power_of_2(D), ROWS=rows, FAST=FAST_MATH,
+                                                 num_warps=warps)
 
 
 SPLIT = -1  # launch_act_quant's chunk for the split-row kernel
@@ -182,14 +207,16 @@ def launch_act_quant(x, q, s, gelu, rows, warps, chunk: int = 0) -> None:
     """``chunk`` > 0: the chunked kernel (one row per program, ``rows`` ignored); ``chunk == SPLIT``: the
     split-row kernel, ``rows`` rows per program; else the row kernel, ``rows`` rows per program."""
     M, K = x.shape
+    fm = dict(FAST=FAST_MATH, TANH_ASM=FAST_MATH and x.is_cuda)  # (the interpreter runs CPU tensors: no PTX there)
     a, b = split_blocks(K) if chunk == SPLIT else (K, 0)
     if b:  # (a row of a power-of-two width is one piece: the row kernel below)
-        _act_quant_split_kernel[(triton.cdiv(M, rows),)](x, q, s, M, K, GELU=gelu, BLOCK_A=a, BLOCK_B=b, ROWS=rows, num_warps=warps)
+        _act_quant_split_kernel[(triton.cdiv(M, rows),)](x, q, s, M, K, GELU=gelu, BLOCK_A=a, BLOCK_B=b, ROWS=rows, num_warps=warps, **fm)
         return
     if chunk > 0:
-        _act_quant_chunked_kernel[(M,)](x, q, s, K, GELU=gelu, CHUNK=chunk, num_warps=warps)
+        _act_quant_chunked_kernel[(M,)](x, q, s, K, GELU=gelu, CHUNK=chunk, num_warps=warps, **fm)
         return
-    _act_quant_kernel[(triton.cdiv(M, rows),)](x, q, s, M, K, GELU=gelu, BLOCK_K=triton.next_power_of_2(K), ROWS=rows, num_warps=warps)
+    _act_quant_kernel[(triton.cdiv(M, rows),)](x, q, s, M, K, GELU=gelu, BLOCK_K=triton.next_power_of_2(K), ROWS=rows,
+                                               num_warps=warps, **fm)
 
 
 @torch.library.custom_op("eediff::ln_modulate", mutates_args=())
