@@ -8,9 +8,9 @@ HERE = os.path.dirname(__file__)
 # name -> file; the first entry is what `eediff sample` uses when no --model is given.
 # Trained on Fashion-MNIST (60k train images, pixel space) on one H100; how, with the exact commands and configs,
 # in src/eediff/zoo/README.md. "-D4" = ASE fine-tuned for the D4 schedule (recorded inside).
-# The default is the fine-tuned DiT: the 29,000-step DiT's D4 fine-tune (classifier Frechet distance 1.56 at D4-DiT
-# against its base's 0.96 at full depth, DPM-Solver++ 25; results/converge/v2/dit-ft/), while the U-ViT's fine-tune
-# is still too short (Inception FID 129 vs 74), see results/gpu_tables.md and README.md here.
+# The default is the fine-tuned DiT: the 29,000-step DiT's D4 fine-tune, classifier Frechet distance 1.56 at D4-DiT
+# against its base's 0.96 at full depth (DPM-Solver++ 25), where the 42,500-step U-ViT's D4 fine-tune is 2.37
+# against 0.35 (results/converge/v2/dit-ft/, uvit-ft/; README.md here).
 SHIPPED: dict[str, str] = {
     "dit-fmnist-D4": "dit-fmnist-D4.safetensors",
     "dit-fmnist": "dit-fmnist.safetensors",
