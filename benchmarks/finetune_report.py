@@ -16,7 +16,9 @@ for), and the final distance against the base model's and against the fair basel
         --base-fd results/converge/uvit-shipped-asearch/base_fd.json --base-label "the shipped base (uvit-fmnist)" \\
         --curve-steps 1000,2000,3000 --repeat results/converge/uvit-shipped-svp-seed1 --into results/search.json
 
-DIR/finetunes.png draws every fine-tune's distance against its steps (the --repeat folders dashed).
+DIR/finetunes.png draws every fine-tune's distance against its steps (the --repeat folders dashed); with
+--cells, DIR/saving_vs_distance.png draws every cell's distance ÷ the base's (same sampler) against its FLOPs
+saved, one panel per sampler: presets and searched schedules, fine-tuned and zero-shot, and the fair baseline.
 """
 
 from __future__ import annotations
@@ -144,6 +146,8 @@ def main(argv=None):
     with open(os.path.join(a.dir, "finetunes.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, a, os.path.join(a.dir, "finetunes.png"), base_fd)
+    if cells:
+        saving_plot(cells, a.model, os.path.join(a.dir, "saving_vs_distance.png"))
     if a.into:
         merge_into(a.into, a.dir, out)
     print("\n".join(lines))
@@ -244,6 +248,64 @@ def plot(rows, a, path: str, base_fd: float) -> None:
     ax.set_title(f"{a.model}: fine-tunes side by side, {r0['sampler']}, each with its own schedule", fontsize=8)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: the curves fill them
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def saving_points(cells: list[dict]) -> dict[str, list[tuple[str, str, float, float]]]:
+    """{sampler: [(family, label, FLOPs saved %, distance ÷ the base's full-depth cell on that sampler)]};
+    family: "preset" / "searched" (a schedule given as blocks, as ``eediff search`` writes it) + " fine-tuned" or
+    " zero-shot", or "fair baseline". Samplers without a base cell are left out."""
+    base = {c["sampler"]: c["fid"] for c in cells if c.get("kind") == "full"}
+    out: dict[str, list] = {}
+    for c in cells:
+        s = c["sampler"]
+        if s not in base or c.get("kind") == "full":
+            continue
+        if c.get("kind") == "fair":
+            fam, label = "fair baseline", "fair baseline"
+        else:
+            searched = "," in c["schedule"]  # a searched schedule is recorded as its blocks, a preset by name
+            fam = ("searched" if searched else "preset") + (" fine-tuned" if c.get("kind") == "fine-tuned" else " zero-shot")
+            label = c["schedule"].split("-")[0] if not searched else f"{c['flop_reduction_pct']:.0f}%"
+        out.setdefault(s, []).append((fam, label, c["flop_reduction_pct"], c["fid"] / base[s]))
+    return out
+
+
+def saving_plot(cells: list[dict], model: str, path: str) -> None:
+    """One panel per sampler: distance ÷ base (log) against FLOPs saved; fine-tuned filled, zero-shot hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = saving_points(cells)
+    if not pts:
+        return
+    style = {"preset fine-tuned": ("o", "tab:blue", True), "searched fine-tuned": ("*", "tab:red", True),
+             "preset zero-shot": ("o", "tab:blue", False), "searched zero-shot": ("*", "tab:red", False),
+             "fair baseline": ("s", "black", True)}
+    fig, axes = plt.subplots(1, len(pts), figsize=(3.6 * len(pts), 3.4), sharey=True, squeeze=False)
+    for ax, (sampler, ps) in zip(axes[0], pts.items()):
+        for fam, (marker, colour, filled) in style.items():
+            sel = [p for p in ps if p[0] == fam]
+            if not sel:
+                continue
+            ax.scatter([p[2] for p in sel], [p[3] for p in sel], marker=marker, s=60 if marker == "*" else 30, label=fam,
+                       color=colour if filled else "none", edgecolors=colour)
+            if fam.endswith("fine-tuned"):
+                for p in sel:  # presets labelled above, searched schedules below (they sit at the same savings)
+                    ax.annotate(p[1], (p[2], p[3]), fontsize=6, xytext=(-6, 6) if fam.startswith("preset") else (4, -9),
+                                textcoords="offset points")
+        ax.axhline(1.0, color="gray", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("FLOPs saved (%)")
+        ax.set_title(sampler, fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("distance ÷ base at full depth")
+    axes[0][-1].legend(fontsize=6, loc="upper left")
+    fig.suptitle(f"{model}: every measured cell, same sampler as the base (dotted: the base)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -296,3 +296,20 @@ def test_finetune_report_takes_the_base_from_the_tables_cells(tmp_path):
     want = f"{d4:.3f} / {d4 / cell[('full', 'ddim-50')]:.2f} / {d4 / fair:.2f}"
     line = next(x for x in md.splitlines() if x.startswith("| D4-DiT fine-tuned |"))
     assert want in line.split(" | ")[3]  # the ddim-50 column (after row and FLOPs saved)
+    assert (d / "saving_vs_distance.png").stat().st_size > 0
+
+    # the points of that plot: every non-base cell ÷ the base's cell of its own sampler, sorted into families
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        from finetune_report import read_cells, saving_points
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    pts = saving_points(read_cells(str(d / "tables_dit.jsonl")))
+    assert set(pts) == {"dpm-solver++-25", "ddim-50", "ddpm-100"}
+    ddpm = {(fam, label): ratio for fam, label, _, ratio in pts["ddpm-100"]}
+    assert ddpm[("preset fine-tuned", "D6")] == pytest.approx(cell[("D6-DiT fine-tuned", "ddpm-100")] / cell[("full", "ddpm-100")])
+    assert ddpm[("fair baseline", "fair baseline")] == pytest.approx(cell[("fair baseline (full)", "ddpm-100")] / cell[("full", "ddpm-100")])
+    searched = [(fam, ratio) for fam, label, _, ratio in pts["dpm-solver++-25"] if fam.startswith("searched")]
+    assert {fam for fam, _ in searched} == {"searched fine-tuned", "searched zero-shot"}
+    n_cells = sum(1 for c in cells if c["type"] == "cell" and c["kind"] != "full")
+    assert sum(len(v) for v in pts.values()) == n_cells  # every cell but the base's, once
