@@ -107,9 +107,9 @@ def main():
         rows.append({"variant": "diffusers bf16 + torch.compile (default)", "ms": ms, "rel_err_vs_fp32": err, "top_kernels": []})
         print(f"{rows[-1]['variant']:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
         del c
-    default_quant_launch = triton_ops.quant_launch
+    default_quant_launch, default_fast_math = triton_ops.quant_launch, triton_ops.FAST_MATH
     for kern, attn, rk, gemms, batched, launch, fast, precise in variants:
-        triton_ops.FAST_MATH = not precise  # read by the row kernels at every launch (restored below)
+        triton_ops.FAST_MATH = default_fast_math and not precise  # read by the row kernels at every launch (restored below)
         # another quantise launch for the MLP's rows (K > 2048), the default launch for the others: the op
         # reads its launch from triton_ops.quant_launch at every call (an experiment's override, restored below)
         triton_ops.quant_launch = default_quant_launch if launch is None else (
@@ -145,8 +145,7 @@ def main():
         torch.cuda.empty_cache()
         json.dump(res, open(a.out, "w"), indent=2)  # after every variant: a run cut short keeps what it measured
         write_md(res, a.out.rsplit(".", 1)[0] + ".md")
-    triton_ops.quant_launch = default_quant_launch
-    triton_ops.FAST_MATH = True
+    triton_ops.quant_launch, triton_ops.FAST_MATH = default_quant_launch, default_fast_math
 
 
 if __name__ == "__main__":
