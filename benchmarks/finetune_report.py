@@ -49,8 +49,9 @@ def main(argv=None):
     ap.add_argument("--base-label", default="the converged base", help="what the base is, for the table's caption")
     ap.add_argument("--curve-steps", default="1000,3000", help="the --eval-every steps shown before the final one")
     ap.add_argument("--into", default=None, metavar="JSON",
-                    help="also keep the rows in this file's 'finetuned' section under DIR's name (results/search.json: "
-                         "the searched schedules after fine-tuning beside the zero-shot rows); replaces an earlier entry of DIR")
+                    help="also keep the rows in this file's 'finetuned' section under DIR's path relative to the file's "
+                         "folder (results/search.json: the searched schedules after fine-tuning beside the zero-shot rows, "
+                         "e.g. 'converge/v2/dit-ft'); replaces an earlier entry of DIR")
     ap.add_argument("--repeat", action="append", default=[], metavar="DIR",
                     help="fine-tunes of the same kinds under another training seed: drawn dashed in the plot")
     ap.add_argument("--cells", default=None, help="gpu_tables JSON lines measured on these fine-tunes (other samplers)")
@@ -198,7 +199,8 @@ def by_sampler(cells: list[dict]) -> list[str]:
 
 
 def merge_into(path: str, d: str, out: dict) -> None:
-    """``path``'s section ``finetuned[<d's name>]``: one row per fine-tune with the schedule, its compute saving,
+    """``path``'s section ``finetuned[<d relative to path's folder>]`` (two run folders of one name, say
+    converge/uvit-ft and converge/v2/uvit-ft, keep an entry each): one row per fine-tune with the schedule, its compute saving,
     its distance (``fid``, whatever the metric), the base's (``fid_full``), the fair baseline's and the preset
     it is compared with. Written atomically; the file's other keys are kept."""
     from two_stage import write
@@ -208,7 +210,8 @@ def merge_into(path: str, d: str, out: dict) -> None:
     keep = ("model", "kind", "blocks", "boundaries", "compute_saving", "fid", "fid_full", "compared_with", "ratio_base",
             "ratio_fair", "metric", "n", "sampler", "steps", "proxy", "proxy_kind")
     rows = [{k: r[k] for k in keep} | {"fid_fair": out["fair_fd"]} for r in out["rows"]]
-    res.setdefault("finetuned", {})[os.path.basename(os.path.normpath(d))] = {"dir": d, "base": out["base"], "rows": rows}
+    key = os.path.relpath(os.path.abspath(d), os.path.dirname(os.path.abspath(path)))
+    res.setdefault("finetuned", {})[key] = {"dir": d, "base": out["base"], "rows": rows}
     write(path, res)
 
 

@@ -260,6 +260,14 @@ def test_finetune_report_with_an_eval_json_as_the_base_and_adapted_searches(tmp_
     assert [k["kind"] for k in kept] == [row["kind"] for row in out["rows"]]
     assert all(k["fid_full"] == full["fid_mean"] and k["fid_fair"] == rows["full"]["fid"] for k in kept)
     assert next(k for k in kept if k["kind"] == "asearch-D4")["compared_with"] == "D4-U-ViT"
+    # a run folder of the same name elsewhere keeps an entry of its own (keys: the folder relative to the file's)
+    other = tmp_path / "v2" / "svp"
+    shutil.copytree(d, other)
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "finetune_report.py"), "--dir", str(other), "--model", "U-ViT",
+                        "--base-fd", str(base), "--into", str(into)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    both = json.loads(into.read_text())["finetuned"]
+    assert both["svp"]["dir"] == str(d) and both[os.path.join("v2", "svp")]["dir"] == str(other)
     bad = subprocess.run([sys.executable, str(root / "benchmarks" / "finetune_report.py"), "--dir", str(d), "--model", "U-ViT",
                           "--base-curve", str(root / "results" / "converge" / "converge.json")], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--base-key" in bad.stderr
