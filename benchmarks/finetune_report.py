@@ -178,7 +178,7 @@ def by_sampler(cells: list[dict]) -> list[str]:
     column of distances and ratios per sampler (the comparison under DDPM, DDIM and DPM-Solver)."""
     samplers = list(dict.fromkeys(c["sampler"] for c in cells))
     get = {(c["row"], c["sampler"]): c for c in cells}
-    ref = {k: {s: get[(r, s)]["fid"] for s in samplers if (r, s) in get} for k, r in (("base", "full"), ("fair", "fair baseline (full)"))}
+    ref = {"base": row_by_sampler(cells, "full"), "fair": row_by_sampler(cells, "fair baseline (full)")}
     if not ref["base"]:
         return []
     lines = ["", "The same against the base at full depth and the fair baseline, sampler by sampler (distance, / base, / fair):", "",
@@ -196,6 +196,12 @@ def by_sampler(cells: list[dict]) -> list[str]:
             parts.append(f"{c['fid']:.3f}" + (f" / {rb:.2f}" if rb else "") + (f" / {rf:.2f}" if rf else ""))
         lines.append(f"| {row} | {cut:.1f}% | " + " | ".join(parts) + " |")
     return lines
+
+
+def row_by_sampler(cells: list[dict], row: str) -> dict[str, float]:
+    """{sampler: distance} of one gpu_tables row (``full`` is the base at full depth); the last cell where a
+    row has several (extra seeds)."""
+    return {c["sampler"]: c["fid"] for c in cells if c["row"] == row}
 
 
 def merge_into(path: str, d: str, out: dict) -> None:
@@ -260,7 +266,7 @@ def saving_points(cells: list[dict]) -> dict[str, list[tuple[str, str, float, fl
     """{sampler: [(family, label, FLOPs saved %, distance ÷ the base's full-depth cell on that sampler)]};
     family: "preset" / "searched" (a schedule given as blocks, as ``eediff search`` writes it) + " fine-tuned" or
     " zero-shot", or "fair baseline". Samplers without a base cell are left out."""
-    base = {c["sampler"]: c["fid"] for c in cells if c.get("kind") == "full"}
+    base = row_by_sampler(cells, "full")
     out: dict[str, list] = {}
     for c in cells:
         s = c["sampler"]

@@ -20,12 +20,12 @@ run() {  # MODEL BASE NAME KERNEL-FLAGS...
     | grep -v -i warn | tail -n 3
   echo "[$(el)s] $n"
 }
-# FD_MODELS="dit" (or "uvit"): only that model's rows
-[[ " ${FD_MODELS:-dit uvit} " == *" dit "* ]] && for v in "inductor --kernels inductor" "fused --kernels fused" "fp8 --kernels fp8" "fp8-fast --kernels fp8 --fp8-fast-accum"; do
+wants() { [[ " ${FD_MODELS:-dit uvit} " == *" $1 "* ]]; }   # FD_MODELS="dit" (or "uvit"): only that model's rows
+wants dit && for v in "inductor --kernels inductor" "fused --kernels fused" "fp8 --kernels fp8" "fp8-fast --kernels fp8 --fp8-fast-accum"; do
   set -- $v; n=$1; shift
   run dit-fmnist-D4 dit-fmnist dit_$n "$@"
 done
-[[ " ${FD_MODELS:-dit uvit} " == *" uvit "* ]] && for v in "inductor --kernels inductor" "fp8 --kernels fp8" "fp8-fast --kernels fp8 --fp8-fast-accum"; do
+wants uvit && for v in "inductor --kernels inductor" "fp8 --kernels fp8" "fp8-fast --kernels fp8 --fp8-fast-accum"; do
   set -- $v; n=$1; shift
   run uvit-fmnist-D4 uvit-fmnist uvit_$n "$@"
 done
