@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from eediff.checkpoint import load_model
 from eediff.cli import app
-from eediff.config import FinetuneConfig, TrainConfig
+from eediff.config import ConfigError, FinetuneConfig, TrainConfig
 from eediff.diffusion.process import ContinuousVP, DiscreteVP
 from eediff.exits.schedule import get_schedule
 from eediff.data import ShardedSampler
@@ -440,3 +441,68 @@ def test_uniform_depth_sampling_resumes_exactly_and_keeps_its_setting(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     res = CliRunner().invoke(app, ["train", "--out", part.out, "--resume", "--steps", "7", "--depth-sampling", "schedule", "--no-progress"])
     assert res.exit_code != 0 and "depth" in res.output
+
+
+
+def _distill_trainer(tmp_path, w, schedule="4,3,2,1", **kw):
+    init = tmp_path / "base" / "final.safetensors"
+    if not init.exists():
+        run(tiny_cfg(tmp_path, out=str(tmp_path / "base"), steps=3), "train")
+    ft = FinetuneConfig(out=str(tmp_path / f"ft{w}"), init=str(init), schedule=schedule, dataset=SAMPLE, steps=4, batch_size=16,
+                        sample_every=-1, device="cpu", progress=False, distill=w, **kw)
+    return str(init), Trainer(ft, "finetune")
+
+
+def test_distill_target_is_the_frozen_full_depth_init_on_cut_rows(tmp_path, monkeypatch):
+    w = 0.75
+    init, tr = _distill_trainer(tmp_path, w)
+    calls, losses = [], []
+    real_target, real_loss = Trainer._distill_target, DiffusionObjective.loss
+
+    def spy_target(self, x_t, t_model, y, noise, depth):
+        out = real_target(self, x_t, t_model, y, noise, depth)
+        calls.append((x_t.clone(), t_model.clone(), None if y is None else y.clone(), noise.clone(), depth.clone(), out.clone()))
+        return out
+
+    def spy_loss(self, out, x0, x_t, noise, t, t_host=None):
+        losses.append(noise.clone())
+        return real_loss(self, out, x0, x_t, noise, t, t_host)
+
+    monkeypatch.setattr(Trainer, "_distill_target", spy_target)
+    monkeypatch.setattr(DiffusionObjective, "loss", spy_loss)
+    for _ in range(3):  # the student moves; the teacher must stay the --init model
+        tr.step()
+    ref = load_model(init).model.eval()  # an independent copy of the init, run at full depth row by row
+    ref.set_label_dropout(0.0)
+    for (x_t, t_model, y, noise, depth, got), seen in zip(calls, losses):
+        assert torch.equal(seen, got)  # the loss is taken against this target
+        cut = depth < 4
+        assert cut.any() and (~cut).any()  # --depth-grouping group: cut and full-depth rows in one step
+        assert torch.equal(got[~cut], noise[~cut])  # full-depth rows learn the noise, as without --distill
+        with torch.no_grad():
+            for r in torch.nonzero(cut).flatten().tolist():
+                eps = ref(x_t[r:r + 1], t_model[r:r + 1], None if y is None else y[r:r + 1])[:, : ref.in_channels]
+                want = (1 - w) * noise[r] + w * eps[0]
+                torch.testing.assert_close(got[r], want, rtol=1e-5, atol=1e-5)  # (fp32 CPU: batch vs single rounding only)
+
+
+def test_distill_zero_is_the_plain_finetune_and_bad_values_fail_with_one_line(tmp_path):
+    _, plain = _distill_trainer(tmp_path, 0.0)
+    assert plain.teacher is None
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match=re.escape(f"--distill {bad}: give a weight in [0, 1] (0 = off)")):
+            _distill_trainer(tmp_path, bad)
+    with pytest.raises(ConfigError, match="--schedule full cuts none"):
+        _distill_trainer(tmp_path, 0.5, schedule="full")
+    with pytest.raises(ConfigError, match="does not combine with --method deediff"):
+        _distill_trainer(tmp_path, 0.5, schedule=None, method="deediff")
+
+
+def test_distill_one_batch_depth_steps_skip_the_teacher_at_full_depth(tmp_path, monkeypatch):
+    _, tr = _distill_trainer(tmp_path, 1.0, depth_grouping="batch")
+    runs = []
+    real = type(tr.teacher).forward
+    monkeypatch.setattr(type(tr.teacher), "forward", lambda self, *a, **k: (runs.append(self is tr.teacher), real(self, *a, **k))[1])
+    depths = [int(tr.step()[1]["depth"][0]) for _ in range(12)]
+    assert 4 in depths and min(depths) < 4
+    assert runs.count(True) == sum(d < 4 for d in depths)  # one teacher pass per step with cut rows, none otherwise

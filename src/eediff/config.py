@@ -190,6 +190,8 @@ class FinetuneConfig(TrainBaseConfig):
     deediff_beta: float = opt(1.0, "DeeDiff: weight β of the uncertainty-aware layer-wise loss L_UAL")
     deediff_ual: str = opt("paper", "DeeDiff L_UAL weighting: paper (Σ_i (1 − u_i)·MSE_i) | code (batch-mean certainties normalised to sum 1)")
     freeze_backbone: bool = opt(False, "DeeDiff: train only the UEMs (the backbone's weights stay as they are)")
+    distill: float = opt(0.0, "ASE: weight w of the frozen --init model at full depth as the target of the rows the schedule cuts: "
+                              "they learn (1 - w) ε + w ε_full(x_t, t, y) (ε: the added noise); full-depth rows learn ε as usual (0 = off)")
 
 
 @dataclass

@@ -13,7 +13,9 @@ One step of Algorithm 1, as implemented by :class:`Trainer`:
    [0, 1]) and samples every t of the batch inside it: one depth per step, t uniform over steps but not
    within a batch;
 4. ℓ_i = λ(t_i) · loss(x̃_i, t_i) with the hybrid loss for learned σ, ε-MSE otherwise (``losses.py``);
-   λ(t) as :class:`~eediff.train.losses.TimeWeight`, reset to 1 after the cycle C;
+   λ(t) as :class:`~eediff.train.losses.TimeWeight`, reset to 1 after the cycle C; with ``--distill w``
+   (ours, not the paper's) the rows the schedule cuts learn (1 − w) ε + w ε_full, ε_full being the frozen
+   --init model at full depth on the same input (a lower-variance target than the noise alone);
 5. θ_S ← AdamW step on mean_i ℓ_i (gradients all-reduced across processes);
 6. θ_T ← α θ_T + (1 − α) θ_S (the EMA "teacher"; it is what checkpoints export for sampling).
 
@@ -181,6 +183,15 @@ class Trainer:
                     p.requires_grad_(name.startswith("uem."))
         if cfg.freeze_time_embed:
             model.time_embedder().requires_grad_(False)
+        # --distill: a frozen copy of the --init model, run at full depth, is the target of the rows the schedule
+        # cuts. Copied here, before a step or a resumed checkpoint changes the weights (a resume rebuilds it from --init)
+        self.distill = float(getattr(cfg, "distill", 0.0) or 0.0)
+        self.teacher = None
+        if self.distill > 0:
+            if self.schedule.is_full(self.K) and not self.any_depth:
+                raise ConfigError("--distill trains the rows the schedule cuts, and --schedule full cuts none: "
+                                  "give a truncating schedule (e.g. D4-DiT) or leave out --distill")
+            self.teacher = copy.deepcopy(model).eval().requires_grad_(False).to(self.device)
         model.to(self.device).train()
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -232,6 +243,9 @@ class Trainer:
             # block (one graph shared by all blocks, dynamic in the batch dimension) takes any row count
             for blk in model.compute_blocks():
                 blk.compile(mode=cfg.compile_mode)
+        if cfg.compile and self.teacher is not None:  # (default mode: the teacher's outputs are read after the student's graphs run)
+            for blk in self.teacher.compute_blocks():
+                blk.compile()
 
     # ---- set-up helpers ----------------------------------------------------------------------------
     def _label_dropout(self) -> float:
@@ -319,7 +333,8 @@ class Trainer:
                 out, exits = deediff.layer_outputs(self.model, x_t, t_model, y)
             else:
                 out = self.model(x_t, t_model, y, active_blocks=self._active_blocks(depth))
-        per_example = self.objective.loss(out, x0, x_t, noise, t_dev, t)  # (n,)
+        target = noise if self.teacher is None else self._distill_target(x_t, t_model, y, noise, depth)
+        per_example = self.objective.loss(out, x0, x_t, target, t_dev, t)  # (n,)
         loss = (per_example * lam_dev).sum() / n
         if self.method == "deediff":
             l_u, l_ual = deediff.deediff_losses(exits, noise, self.model.in_channels, cfg.deediff_ual)
@@ -339,6 +354,22 @@ class Trainer:
         ema_update(self.ema_params, self.params, ema_decay_at(cfg.ema_decay, self.step_count, cfg.ema_warmup))
         self.step_count += 1
         return loss.detach(), {"t_unit": t_unit, "depth": depth, "lambda": lam, **extra}
+
+    @torch.no_grad()
+    def _distill_target(self, x_t, t_model, y, noise, depth: torch.Tensor) -> torch.Tensor:
+        """The ε target of --distill: (1 − w) ε + w ε_full on the rows the schedule cuts (depth < K, known on
+        the host: no device sync), ε elsewhere. ε_full is the frozen --init model at full depth on the same
+        (x_t, t, y), labels dropped as the student's; a step without cut rows runs no teacher."""
+        cut = depth < self.K
+        if not bool(cut.any()):
+            return noise
+        every = bool(cut.all())
+        rows = None if every else self._to_device(torch.nonzero(cut).flatten())
+        pick = (lambda v: v) if every else (lambda v: None if v is None else v.index_select(0, rows))  # noqa: E731
+        with self.acc.autocast():
+            full = self.teacher(pick(x_t), pick(t_model), pick(y))
+        mixed = pick(noise).lerp(full[:, : self.model.in_channels].float(), self.distill)
+        return mixed if every else noise.index_copy(0, rows, mixed)
 
     def _depths(self, t_unit: torch.Tensor) -> torch.Tensor:
         """Each row's depth: the exit policy's k(t), or under --depth-sampling uniform a depth drawn from 1..K

@@ -138,7 +138,8 @@ class DiffusionObjective:
     # ---- loss ------------------------------------------------------------------------------------
     def loss(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
              t_host: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example loss (B,), float32: ε-MSE, plus the VLB term for learned-σ discrete models.
+        """Per-example loss (B,), float32: ε-MSE against ``noise`` (the added noise, or the target of
+        ``finetune --distill``), plus the VLB term for learned-σ discrete models (from x0, not ``noise``).
 
         ``t_host`` (the same times on the CPU) lets the decoder term be computed only for the rows with
         t = 0 without asking the device which rows those are.

@@ -87,6 +87,11 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
             for flag, v in (("--deediff-lambda", cfg.deediff_lambda), ("--deediff-beta", cfg.deediff_beta)):
                 if not (math.isfinite(v) and v >= 0):
                     raise ConfigError(f"{flag} {v}: give a finite weight >= 0")
+        w = getattr(cfg, "distill", 0.0)
+        if not (math.isfinite(w) and 0 <= w <= 1):
+            raise ConfigError(f"--distill {w}: give a weight in [0, 1] (0 = off)")
+        if w > 0 and method != "ase":
+            raise ConfigError("--distill trains the rows an ASE schedule cuts: it does not combine with --method deediff")
     checks = [
         (cfg.steps >= 1, "--steps must be at least 1"),
         (cfg.batch_size >= 1, "--batch-size must be at least 1"),

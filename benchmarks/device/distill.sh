@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# ASE fine-tunes with `finetune --distill W` (the cut rows learn (1 - W) ε + W ε_full of the frozen base at full
+# depth) beside the plain fine-tunes of results/converge/v2: the same bases, schedules, recipe (that of
+# `converge.sh finetune`: batch 512, lr 1e-4, EMA 0.999 with warm-up, one schedule interval per step, compiled
+# blocks), steps and seed; only --distill differs. One call on one GPU, carry [".whl", ".data/fm-xz"]:
+#
+#   bash benchmarks/device/distill.sh 560
+#   DISTILL=0.5 RUNS="dit:D4-DiT" FT_STEPS=2000 bash benchmarks/device/distill.sh 560
+#
+# RUNS: MODEL:SCHEDULE items (MODEL dit or uvit; SCHEDULE a preset, a comma list, or search-D6 for the schedule of
+# results/converge/v2/dit-ft/search-D6.schedule.json). The fine-tunes run side by side and measure the classifier
+# Fréchet distance of 5,000 EMA samples (DPM-Solver++ 25) every 1,000 steps, as the plain ones did; then
+# benchmarks/gpu_tables.py measures each under DDIM 50 and DDPM 100 too (cells of the same keys as
+# results/converge/v2/*/tables_*.jsonl: the base's cells are taken from there, not measured again).
+set -u
+DL=${1:?deadline in seconds}
+T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
+R=${STATE:-/root/converge}; W=${DISTILL:-1.0}; FS=${FT_STEPS:-2000}; EN=${EVAL_N:-5000}
+bash benchmarks/device/converge.sh prep 0 || exit 3   # wheels into /tmp/site, Fashion-MNIST into $R/data
+export PYTHONPATH=/tmp/site:$PWD/src EEDIFF_FASHION_MNIST_DIR=$R/data PYTHONUNBUFFERED=1
+E="python3 -m eediff.cli"
+cp src/eediff/zoo/dit-fmnist.safetensors $R/init-dit.safetensors   # the paths the earlier tables were keyed by
+cp src/eediff/zoo/uvit-fmnist.safetensors $R/init-uvit.safetensors
+F="--dataset fashion-mnist --batch-size 512 --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS --compile
+   --eval-every 1000 --eval-n $EN --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
+declare -A SCHED
+for item in ${RUNS:-dit:D4-DiT dit:search-D6 uvit:D4-U-ViT}; do
+  m=${item%%:*}; s=${item#*:}
+  case $s in search-*) sched=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['blocks'])))" results/converge/v2/$m-ft/$s.schedule.json) ;;
+             *) sched=$s ;; esac
+  n=$m-$s-distill$W; SCHED[$n]=$sched
+  echo "[$(el)s] $n: --schedule $sched --distill $W"
+  $E finetune --init $R/init-$m.safetensors --schedule $sched --distill $W $F --max-minutes $(python3 -c "print(round(($DL * 0.75 - $(el)) / 60, 2))") \
+    --out $R/$n --overwrite > $R/$n.log 2>&1 &
+done
+while [ $(jobs -r | wc -l) -gt 0 ]; do sleep 30; echo "[$(el)s] $(for n in ${!SCHED[@]}; do echo -n "$n: $(grep -o '"step": [0-9]*' $R/$n/metrics.jsonl 2>/dev/null | tail -1) $(grep -o '"value": [0-9.]*' $R/$n/metrics.jsonl 2>/dev/null | tail -1); "; done)"; done
+wait
+for n in ${!SCHED[@]}; do
+  mkdir -p $OUT/$n; cp $R/$n/metrics.jsonl $R/$n/config.json $OUT/$n/ 2>/dev/null; tail -n 2 $R/$n.log | cut -c1-200
+done
+(cd $R && tar cf $OUT/exports.tar */final-fp16.safetensors 2>/dev/null)
+for m in dit uvit; do
+  A=DiT; [ $m = uvit ] && A=U-ViT
+  more=(); for n in ${!SCHED[@]}; do [[ $n == $m-* ]] && [ -f $R/$n/final.safetensors ] && more+=(--finetuned "${SCHED[$n]}=$R/$n/final.safetensors"); done
+  [ ${#more[@]} -gt 0 ] || continue
+  [ $(( DL - $(el) )) -gt 40 ] || { echo "[$(el)s] no time left for the $A tables"; break; }
+  LEFT=$(( DL - $(el) - 15 )); [ $m = dit ] && [[ " ${!SCHED[*]}" == *" uvit-"* ]] && LEFT=$(( LEFT * 2 / 3 ))   # (the U-ViT's tables after)
+  cp results/converge/v2/$m-ft/tables_$m.jsonl $R/tables_$m-distill.jsonl
+  python3 benchmarks/gpu_tables.py --arch-label $A --base $R/init-$m.safetensors "${more[@]}" \
+    --samplers "dpm-solver++-25;ddim-50;ddpm-100" --late-samplers ddpm-100 --deadline-s $LEFT \
+    --n $EN --batch-size 1000 --seeds 0 --cache-dir $R/fidcache --time-batch 1000 --time-repeats 3 --metric fd-classifier \
+    --out-jsonl $R/tables_$m-distill.jsonl 2>&1 | grep -v -i warn | tail -n 4
+  cp $R/tables_$m-distill.jsonl $OUT/
+done
+echo "[$(el)s] done"
