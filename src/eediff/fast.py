@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import KernelHandle, apply_kernels, check_batched_adaln, check_kernel_options
+from .kernels import KernelHandle, apply_kernels, check_batched_adaln, check_fp8_smooth, check_kernel_options
 from .models.backbone import ExitState, Tokens, forward_exits, row_counts, store_tokens
 
 
@@ -53,6 +53,13 @@ class FastPathConfig:
     # kernels="fp8": kernels.fp8_input_means' calibration of this model (Linear name -> mean input); the fp8 GEMMs'
     # biases then cancel their weights' rounding on that mean (bias correction; None: off)
     fp8_input_means: dict | None = field(default=None, repr=False)
+    # kernels="fp8", DiT blocks: kernels.fp8_input_amax's calibration of this model (Linear name -> (in_features,)
+    # input maxima); the fp8 GEMMs in fp8_smooth_gemms then run on SmoothQuant-balanced operands (x / s) @ (W diag(s))^T,
+    # s = amax_x^alpha / amax_w^(1 - alpha), 1/s folded into the modulation / qkv's v rows / the GELU + quantise pass
+    # (kernels.smooth_dit_block; None: off)
+    fp8_smooth: dict | None = field(default=None, repr=False)
+    fp8_smooth_alpha: float = 0.5  # in [0, 1]: the share of the activations' channel spread moved into the weights
+    fp8_smooth_gemms: tuple = ("qkv", "proj", "fc1", "fc2")  # which fp8 GEMMs fp8_smooth balances
     row_kernels: str = "triton"  # (measured faster than inductor's, results/kernel_variants_h200.md) fused / fp8 DiT blocks' LayerNorm, residual and quantise passes: triton | inductor
 
 
@@ -99,6 +106,8 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
         raise ValueError(f"unknown dtype '{config.dtype}': use bf16, fp16 or fp32")
     check_kernel_options(config.kernels, config.attention, config.row_kernels, config.fp8_gemms,  # before the model is touched
                          config.fp8_input_means, config.fp8_fast_accum)
+    check_fp8_smooth(model, config.kernels, tuple(config.fp8_gemms), config.fp8_smooth, config.fp8_smooth_alpha,
+                     tuple(config.fp8_smooth_gemms))
     if config.batched_adaln:
         check_batched_adaln(model)
     if config.kernels == "fp8" and config.dtype != "bf16":
@@ -110,7 +119,8 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     handle = FastPathHandle(model, config, model.forward, p0.dtype, {k: v.detach().clone() for k, v in model.state_dict().items()})
     model.eval().to(dtype)
     handle.kernels = apply_kernels(model, config.kernels, config.attention, config.row_kernels, tuple(config.fp8_gemms),
-                                   config.batched_adaln, config.fp8_fast_accum, config.fp8_input_means)
+                                   config.batched_adaln, config.fp8_fast_accum, config.fp8_input_means, config.fp8_smooth,
+                                   config.fp8_smooth_alpha, tuple(config.fp8_smooth_gemms))
     if config.compile:
         # every block shares one compiled graph per input shape; leave room for many shapes (batch sizes, CFG
         # doubling, row buckets) before dynamo would silently fall back to eager

@@ -14,6 +14,10 @@
   activation row (token) quantised by the row kernel that produces it (LayerNorm + modulation, GELU, the
   attention output); bf16 output, bias in the GEMM; attention in bf16. A block whose widths fp8 GEMMs cannot
   take (not multiples of 16) stays on ``"fused"``; other blocks' token Linears become fp8 one by one.
+  Opt-in smoothing (``fp8_smooth``, SmoothQuant, Xiao et al. 2023): a DiT block's fp8 GEMM computes
+  (x / s) @ (W diag(s))^T, with per-input-channel factors s that move the activations' channel outliers
+  (which a per-token scale cannot absorb) into the weights (which are scaled per output channel); the 1/s
+  rides on work the block does anyway (:func:`smooth_dit_block`).
 
 Measured (H200, DiT-XL/2, B=64): ``results/kernel_variants_h200.md``. Opt-in and removable:
 :func:`apply_kernels` sets instance-level ``forward`` overrides on the blocks' own modules (no module is
@@ -48,7 +52,7 @@ class KernelHandle:
 
     def remove(self) -> None:
         for m in self.patched:
-            for name in ("forward", "_fp8", "_fp8_gemms", "_fp8_fast_accum", "_attention", "_row_kernels"):
+            for name in ("forward", "_fp8", "_fp8_gemms", "_fp8_fast_accum", "_fp8_smooth", "_attention", "_row_kernels"):
                 m.__dict__.pop(name, None)
         self.patched.clear()
         if self.batched_adaln is not None:
@@ -65,11 +69,13 @@ ROW_KERNELS = ("triton", "inductor")  # its LayerNorm / residual / quantise pass
 
 
 TOKEN_GEMMS = ("qkv", "proj", "fc1", "fc2")  # a DiT block's GEMMs over its tokens, which kernels="fp8" may run in fp8
+SMOOTH_CLAMP = 1e-5  # smoothing factors (and the channel maxima they come from) kept within [1e-5, 1e5]
 
 
 def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_kernels: str = "triton",
                   fp8_gemms: tuple[str, ...] = TOKEN_GEMMS, batched_adaln: bool = False,
-                  fp8_fast_accum: bool = False, fp8_input_means: dict | None = None) -> KernelHandle:
+                  fp8_fast_accum: bool = False, fp8_input_means: dict | None = None, fp8_smooth: dict | None = None,
+                  fp8_smooth_alpha: float = 0.5, fp8_smooth_gemms: tuple[str, ...] = TOKEN_GEMMS) -> KernelHandle:
     """Switch ``model.compute_blocks()`` to ``kernels`` (one of :data:`KERNELS`); the weights are taken as they
     are now (apply after the dtype conversion; the fp8 copies are not updated if the weights change later).
     ``batched_adaln``: every DiT block's adaLN projection in one GEMM per forward (:func:`batch_adaln`).
@@ -78,8 +84,11 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
     measured 17% faster on the fc1 GEMM at B=64 (``results/bench_dit_h200_kernels.md``); opt-in, since it
     adds error that grows with the GEMM's depth K.
     ``fp8_input_means``: :func:`fp8_input_means`' calibration; each fp8 GEMM's bias then also cancels what its
-    weights' rounding does to that mean input (:func:`_to_fp8`)."""
+    weights' rounding does to that mean input (:func:`_to_fp8`).
+    ``fp8_smooth``: :func:`fp8_input_amax`' calibration; each DiT block's fp8 GEMMs among ``fp8_smooth_gemms``
+    then run on smoothed operands, factors s = amax_x^alpha / amax_w^(1 - alpha) (:func:`smooth_dit_block`)."""
     check_kernel_options(kernels, attention, row_kernels, fp8_gemms, fp8_input_means, fp8_fast_accum)
+    check_fp8_smooth(model, kernels, fp8_gemms, fp8_smooth, fp8_smooth_alpha, fp8_smooth_gemms)
     means = {}
     if fp8_input_means is not None:
         named = token_linears(model)
@@ -87,6 +96,7 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
         if unknown:
             raise ValueError(f"fp8_input_means names Linears this model lacks ({', '.join(unknown[:3])}): calibrate this model")
         means = {id(named[k]): v for k, v in fp8_input_means.items()}
+    names = {id(m): n for n, m in model.named_modules()}
     handle = KernelHandle(kernels)
     if batched_adaln:
         batch_adaln(model, handle)
@@ -100,9 +110,17 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
             blk._fp8_gemms = frozenset(fp8_gemms if fp8 else ())  # a width fp8 GEMMs cannot take: the bf16 fused block
             blk._attention, blk._row_kernels, blk._fp8_fast_accum = attention, row_kernels, fp8_fast_accum
             handle.patched.append(blk)
+            weights, factors = {}, {}
+            if fp8_smooth is not None and blk._fp8_gemms:  # this block's maxima, by GEMM name
+                amax = {g: fp8_smooth[names[id(v)]] for g, v in lins.items() if names[id(v)] in fp8_smooth}
+                weights, factors = smooth_dit_block(blk, amax, fp8_smooth_alpha, tuple(g for g in fp8_smooth_gemms if g in blk._fp8_gemms))
+            blk._fp8_smooth = factors  # GEMM name -> (K,) fp32 factors s of its input (absent: not smoothed)
             for name, lin in lins.items():
                 if name in blk._fp8_gemms:
-                    _to_fp8(lin, handle, patch=False, mean=means.get(id(lin)))
+                    mean = means.get(id(lin))
+                    if mean is not None and name in factors:  # the GEMM's input is x / s now
+                        mean = mean.to(factors[name].device, torch.float32) / factors[name]
+                    _to_fp8(lin, handle, patch=False, mean=mean, weight=weights.get(name))
                 elif kernels == "fp8":
                     handle.bf16_linears += 1
             continue
@@ -179,8 +197,91 @@ def check_kernel_options(kernels: str, attention: str, row_kernels: str, fp8_gem
                          f"got '{attention}', '{row_kernels}'")
 
 
+def check_fp8_smooth(model: nn.Module, kernels: str, fp8_gemms, smooth: dict | None, alpha: float,
+                     smooth_gemms=TOKEN_GEMMS) -> None:
+    """The smoothing options of :func:`apply_kernels` (checked before the model is touched)."""
+    if isinstance(smooth_gemms, str) or set(smooth_gemms) - set(TOKEN_GEMMS):
+        raise ValueError(f"fp8_smooth_gemms must be a tuple of some of {', '.join(TOKEN_GEMMS)}, got {smooth_gemms!r}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"fp8_smooth_alpha must be a number in [0, 1], got {alpha!r}")
+    if smooth is None:
+        return
+    if kernels != "fp8":
+        raise ValueError(f"fp8_smooth balances fp8 GEMMs: it needs kernels='fp8', not '{kernels}'")
+    if not all(isinstance(b, DiTBlock) for b in model.compute_blocks()):
+        raise ValueError(f"fp8_smooth folds its factors into DiT blocks (modulation, qkv's v rows); this {type(model).__name__} "
+                         "has other blocks: leave fp8_smooth off")
+    if "proj" in smooth_gemms and "proj" in fp8_gemms and "qkv" not in fp8_gemms:
+        raise ValueError("fp8_smooth of proj folds 1/s into qkv's fp8 weight: keep qkv in fp8_gemms or drop proj from fp8_smooth_gemms")
+    named = token_linears(model)
+    if not isinstance(smooth, dict):
+        raise ValueError(f"fp8_smooth must be fp8_input_amax's dict (Linear name -> (in_features,) maxima), got {type(smooth).__name__}")
+    unknown = sorted(set(smooth) - set(named))
+    if unknown:
+        raise ValueError(f"fp8_smooth names Linears this model lacks ({', '.join(unknown[:3])}): calibrate this model")
+    for k, v in smooth.items():
+        if not (isinstance(v, torch.Tensor) and v.shape == (named[k].in_features,) and bool(torch.isfinite(v).all()) and bool((v >= 0).all())):
+            raise ValueError(f"fp8_smooth['{k}'] must be a finite, non-negative ({named[k].in_features},) tensor of input maxima, "
+                             f"got {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
+
+
+def smooth_factors(amax_x: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SmoothQuant's per-input-channel factors of a Linear with weight ``w`` (N, K) and input maxima ``amax_x``
+    (K,): s_k = amax_x_k^alpha / amax_w_k^(1 - alpha), amax_w_k = max_n |w[n, k]| (fp32, (K,)). x / s and
+    w diag(s) then have channel ranges amax_x^(1-alpha) amax_w^(1-alpha) and amax_x^alpha amax_w^alpha: alpha
+    moves the channels' spread from the activations into the weights. A channel that never carried input, or
+    has no weight, keeps s = 1 (its maximum says nothing), and s stays within [1e-5, 1e5]."""
+    ax = amax_x.to(w.device, torch.float32)
+    aw = w.detach().float().abs().amax(dim=0)  # (K,)
+    s = ax.clamp(min=SMOOTH_CLAMP).pow(alpha) / aw.clamp(min=SMOOTH_CLAMP).pow(1 - alpha)
+    s = torch.where((ax > 0) & (aw > 0), s, torch.ones_like(s))
+    return s.clamp(SMOOTH_CLAMP, 1 / SMOOTH_CLAMP)
+
+
+def smooth_dit_block(blk: DiTBlock, amax: dict, alpha: float, gemms: tuple[str, ...] = TOKEN_GEMMS) -> tuple[dict, dict]:
+    """The smoothed fp32 weights and the factors of a DiT block's token GEMMs ``gemms`` (those ``amax``, keyed
+    by GEMM name ("qkv", ...), has input maxima for; the rest keep their weights): ``({name: (W', b')}, {name: s})``.
+    W' = W diag(s); where 1/s goes (exact, and no pass over the activations of its own):
+
+    - qkv / fc1: their input is the LayerNorm + modulation row kernel's LN(h) (1 + scale) + shift; divided by s
+      it is LN(h) (1 + scale') + shift' with scale' = (1 + scale) / s - 1, shift' = shift / s: (B, D) ops on
+      the modulation in the block's forward (:func:`fold_modulation`).
+    - proj: its input is attention's output softmax(q k^T) v, linear in v per channel: qkv's v rows (weight and
+      bias) are divided by s here, once.
+    - fc2: its input GELU(fc1 output) is not linear: the GELU + quantise row kernel multiplies by 1/s
+      (``act_quant``'s ``inv``), where it already touches every element.
+
+    The factors come from the weights as trained (qkv's before its v rows are scaled). The module's own
+    weights are not touched: W' are new fp32 tensors, which :func:`_to_fp8` quantises per output row."""
+    lins = dict(zip(TOKEN_GEMMS, (blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2)))
+    factors = {g: smooth_factors(amax[g], lins[g].weight, alpha) for g in gemms if g in amax}
+    weights = {}
+    for g, lin in lins.items():
+        w = lin.weight.detach().float()  # (N, K)
+        b = lin.bias.detach().float() if lin.bias is not None else None  # (N,)
+        if g in factors:
+            w = w * factors[g].unsqueeze(0)  # W diag(s)
+        if g == "qkv" and "proj" in factors:  # v rows [2D, 3D) produce proj's input channel by channel
+            D = lin.in_features
+            inv = torch.ones(3 * D, dtype=torch.float32, device=w.device)
+            inv[2 * D:] = 1 / factors["proj"]
+            w = w * inv.unsqueeze(1)
+            b = b * inv if b is not None else None
+        if g in factors or (g == "qkv" and "proj" in factors):
+            weights[g] = (w, b)
+    return weights, factors
+
+
+def fold_modulation(shift: torch.Tensor, scale: torch.Tensor, s: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, D) shift, scale of LN(h) (1 + scale) + shift -> those of the same row divided by ``s`` (D,), in fp32:
+    LN(h) (1 + scale') + shift' = (LN(h) (1 + scale) + shift) / s. ``s`` None: unchanged."""
+    if s is None:
+        return shift, scale
+    return shift.float() / s, (1 + scale.float()) / s - 1
+
+
 def _to_fp8(lin: nn.Linear, handle: KernelHandle, patch: bool = True, fast_accum: bool = False,
-            mean: torch.Tensor | None = None) -> None:
+            mean: torch.Tensor | None = None, weight: tuple | None = None) -> None:
     """The token GEMMs (attention's qkv and proj, the MLP's two) only: the adaLN projection works on one
     vector per row, so fp8 would only save a few MB of weight reads there, and its output (shift, scale,
     gate) sets every token's scale.
@@ -189,18 +290,20 @@ def _to_fp8(lin: nn.Linear, handle: KernelHandle, patch: bool = True, fast_accum
     :func:`fp8_input_means`) that bias is corrected: e4m3 rounds each weight by up to 1/16 of itself, a fixed
     error dW that shifts every output by x @ dW.T; its part from the mean input, mean @ dW.T, is the same for
     every row and goes into the bias (bias correction, Nagel et al. 2019, "Data-free quantization"). The
-    module's own bias is not touched."""
+    module's own bias is not touched. ``weight``: (fp32 (N, K) weight, its bias) to quantise in place of the
+    module's (smoothing, :func:`smooth_dit_block`); ``mean`` is then that GEMM's (smoothed) mean input."""
     if not fp8_shape_ok(lin.in_features, lin.out_features):
         handle.bf16_linears += 1
         return
     if lin.weight.dtype != torch.bfloat16:
         raise ValueError(f"kernels='fp8' needs bf16 weights, got {lin.weight.dtype}: use FastPathConfig(dtype='bf16')")
-    q, s = quantize_weight(lin.weight.detach())
-    bias = lin.bias.detach() if lin.bias is not None else None
+    w, bias = (lin.weight.detach(), lin.bias.detach() if lin.bias is not None else None) if weight is None else weight
+    q, s = quantize_weight(w)
     if mean is not None:
-        dw = q.float() * s.t() - lin.weight.detach().float()  # (N, K): the rounding of each weight
+        dw = q.float() * s.t() - w.float()  # (N, K): the rounding of each weight
         corr = -(dw @ mean.to(dw.device, torch.float32))  # (N,)
-        bias = (corr if bias is None else bias.float() + corr).to(lin.weight.dtype)
+        bias = corr if bias is None else bias.float() + corr
+    bias = bias.to(lin.weight.dtype) if bias is not None else None  # (the GEMM's bias is bf16, as its output)
     lin._fp8 = (q, s, bias)
     if patch:
         lin.forward = _fp8_linear.__get__(lin)
@@ -228,16 +331,30 @@ def fp8_input_means(model: nn.Module, run) -> dict[str, torch.Tensor]:
     (:func:`token_linears`) over all the rows that ``run()`` (e.g. sampling a few images) sends through them.
     Run it on the model before its kernels are applied: a fused DiT block calls no Linear. Its rows are the
     ones that reach each block, so under an exit schedule a late block sees only the steps that run it."""
+    sums = _record_inputs(model, run, "fp8_input_means", lambda acc, x: (acc[0] + x.double().sum(0), acc[1] + x.shape[0]),
+                          lambda x: (torch.zeros(x.shape[-1], dtype=torch.float64, device=x.device), 0))
+    return {k: (v / n).float() for k, (v, n) in sums.items() if n}
+
+
+@torch.no_grad()
+def fp8_input_amax(model: nn.Module, run) -> dict[str, torch.Tensor]:
+    """The calibration of fp8 smoothing (``FastPathConfig(fp8_smooth=...)``): the absolute maximum input, per
+    input channel (fp32, (in_features,)), of every token Linear over the rows ``run()`` sends through them; as
+    :func:`fp8_input_means` (before the kernels are applied; a Linear no row reaches has no entry)."""
+    return _record_inputs(model, run, "fp8_input_amax", lambda acc, x: torch.maximum(acc, x.float().abs().amax(0)),
+                          lambda x: torch.zeros(x.shape[-1], dtype=torch.float32, device=x.device))
+
+
+def _record_inputs(model: nn.Module, run, what: str, update, init) -> dict:
+    """Per token Linear, ``acc = update(acc, x)`` over its (M, in_features) inputs while ``run()`` runs."""
     if any(hasattr(b, "_fp8_gemms") or "forward" in b.__dict__ for b in model.compute_blocks()):
-        raise ValueError("fp8_input_means reads the Linears' inputs: calibrate before the kernels are applied (or after remove())")
-    sums: dict[str, list] = {}
+        raise ValueError(f"{what} reads the Linears' inputs: calibrate before the kernels are applied (or after remove())")
+    accs: dict = {}
 
     def hook(name):
         def fn(mod, inp, out):
             x = inp[0].reshape(-1, inp[0].shape[-1])
-            acc = sums.setdefault(name, [torch.zeros(x.shape[-1], dtype=torch.float64, device=x.device), 0])
-            acc[0] += x.double().sum(0)
-            acc[1] += x.shape[0]
+            accs[name] = update(accs[name] if name in accs else init(x), x)
         return fn
 
     handles = [lin.register_forward_hook(hook(name)) for name, lin in token_linears(model).items()]
@@ -246,7 +363,7 @@ def fp8_input_means(model: nn.Module, run) -> dict[str, torch.Tensor]:
     finally:
         for h in handles:
             h.remove()
-    return {k: (v / n).float() for k, (v, n) in sums.items() if n}
+    return accs
 
 
 def fp8_shape_ok(in_features: int, out_features: int) -> bool:
@@ -303,7 +420,10 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
     B, N, D = x.shape
     q8 = self._fp8_gemms  # the GEMMs that run in fp8 (all four under kernels="fp8", none under "fused")
     fast = self._fp8_fast_accum
+    sm = self._fp8_smooth  # smoothed GEMM -> (K,) factors s of its input (smooth_dit_block; proj's are in qkv's v rows)
     shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=1)  # 6 x (B, D)
+    shift1, scale1 = fold_modulation(shift1, scale1, sm.get("qkv"))  # qkv's input / s (fp32 (B, D) when folded)
+    shift2, scale2 = fold_modulation(shift2, scale2, sm.get("fc1"))
     if keep is not None:
         gate1, gate2 = gate1 * keep.unsqueeze(1), gate2 * keep.unsqueeze(1)  # (B, D)
     at, ml = self.attn, self.mlp
@@ -320,7 +440,8 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
     a = a.reshape(B * N, D)
     if "fc2" in q8:  # fc1's bf16 output (bias in the GEMM), then GELU + quantise in one row pass
         f = _gemm(a, sa, ml.fc1, "fc1" in q8, fast)  # (M, 4D)
-        y = _gemm(*quant(f, True), ml.fc2, True, fast)  # (M, D)
+        inv = 1 / sm["fc2"] if "fc2" in sm else None  # (4D,): GELU(f) / s quantised, for fc2's W diag(s)
+        y = _gemm(*quant(f, True, inv), ml.fc2, True, fast)  # (M, D)
     else:  # bias + GELU in a bf16 fc1's epilogue, or after an fp8 fc1
         f = F.gelu(_gemm(a, sa, ml.fc1, True, fast), approximate="tanh") if "fc1" in q8 else _gelu_linear(a, ml.fc1)  # (M, 4D)
         y = F.linear(f, ml.fc2.weight, ml.fc2.bias)  # (M, D)

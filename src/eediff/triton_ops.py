@@ -11,7 +11,8 @@ gated residual + fp8 row quantisation in one pass).
   (when a residual is given; else ``h`` is empty and ``x`` is used), ``y = LN(h) * (1 + scale) + shift`` in
   bf16, or with ``quant`` e4m3 codes and their (M, 1) fp32 row scales ``s`` (``y_bf16 ~ codes * s``).
   ``shift`` / ``scale`` / ``gate`` are (B, D), one row per image; ``x`` is (B, N, D).
-- ``act_quant(x, gelu) -> (codes, s)``: (optionally tanh-GELU, then) row-wise e4m3 quantisation of (M, K).
+- ``act_quant(x, gelu, inv=None) -> (codes, s)``: (optionally tanh-GELU, then optionally times a (K,) fp32
+  per-column ``inv``, fp8 smoothing's 1/s, then) row-wise e4m3 quantisation of (M, K).
 
 Without Triton, or on a CPU, the same functions run as torch ops in fp32 (what the tests compare with; the
 Triton kernels themselves are tested on a CPU in Triton's interpreter, ``TRITON_INTERPRET=1``).
@@ -107,8 +108,8 @@ if triton is not None:
         return 0.5 * x * (1.0 + t)
 
     @triton.jit
-    def _act_quant_kernel(X, Q, S, M, K, GELU: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr,
-                          FAST: tl.constexpr, TANH_ASM: tl.constexpr):
+    def _act_quant_kernel(X, INV, Q, S, M, K, GELU: tl.constexpr, HAS_INV: tl.constexpr, BLOCK_K: tl.constexpr,
+                          ROWS: tl.constexpr, FAST: tl.constexpr, TANH_ASM: tl.constexpr):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK_K)
         mask = (rows[:, None] < M) & (cols[None, :] < K)
@@ -116,13 +117,15 @@ if triton is not None:
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         if GELU:
             x = _gelu_tanh(x, TANH_ASM)
+        if HAS_INV:  # per column (smoothing's 1/s), after the GELU, before the row's maximum
+            x = x * tl.load(INV + cols, mask=cols < K, other=0.0)[None, :]
         s = tl.maximum(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=1) / 448.0, 1e-12)
         tl.store(S + rows, s, mask=rows < M)
         tl.store(Q + offs, _scale_down(x, s[:, None], FAST).to(Q.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _act_quant_split_kernel(X, Q, S, M, K, GELU: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
-                                ROWS: tl.constexpr, FAST: tl.constexpr, TANH_ASM: tl.constexpr):
+    def _act_quant_split_kernel(X, INV, Q, S, M, K, GELU: tl.constexpr, HAS_INV: tl.constexpr, BLOCK_A: tl.constexpr,
+                                BLOCK_B: tl.constexpr, ROWS: tl.constexpr, FAST: tl.constexpr, TANH_ASM: tl.constexpr):
         # the row kernel with a row held as two power-of-two pieces, [0, BLOCK_A) and [BLOCK_A, K) padded to
         # BLOCK_B: the MLP's 4608 = 4096 + 512 pads no lane, where one piece of 8192 leaves 44% of them (and
         # of the registers they hold) idle. Same per-element math and the same maximum: the same codes.
@@ -136,6 +139,9 @@ if triton is not None:
         if GELU:
             xa = _gelu_tanh(xa, TANH_ASM)
             xb = _gelu_tanh(xb, TANH_ASM)
+        if HAS_INV:
+            xa = xa * tl.load(INV + ca, mask=ca < K, other=0.0)[None, :]
+            xb = xb * tl.load(INV + cb, mask=cb < K, other=0.0)[None, :]
         amax = tl.maximum(tl.max(tl.where(ma, tl.abs(xa), 0.0), axis=1), tl.max(tl.where(mb, tl.abs(xb), 0.0), axis=1))
         s = tl.maximum(amax / 448.0, 1e-12)
         tl.store(S + rows, s, mask=rows < M)
@@ -143,8 +149,8 @@ if triton is not None:
         tl.store(Q + rows[:, None] * K + cb[None, :], _scale_down(xb, s[:, None], FAST).to(Q.dtype.element_ty), mask=mb)
 
     @triton.jit
-    def _act_quant_chunked_kernel(X, Q, S, K, GELU: tl.constexpr, CHUNK: tl.constexpr, FAST: tl.constexpr,
-                                  TANH_ASM: tl.constexpr):
+    def _act_quant_chunked_kernel(X, INV, Q, S, K, GELU: tl.constexpr, HAS_INV: tl.constexpr, CHUNK: tl.constexpr,
+                                  FAST: tl.constexpr, TANH_ASM: tl.constexpr):
         # one row per program, in CHUNK-wide pieces: the row's absolute maximum first, then the codes (the
         # second read of the row mostly hits L2). Few registers per thread, where a whole row of the MLP's
         # 4608 (padded to 8192) in registers limits how many programs an SM holds.
@@ -155,6 +161,8 @@ if triton is not None:
             x = tl.load(X + base + cols, mask=cols < K, other=0.0).to(tl.float32)
             if GELU:
                 x = _gelu_tanh(x, TANH_ASM)
+            if HAS_INV:
+                x = x * tl.load(INV + cols, mask=cols < K, other=0.0)
             amax = tl.maximum(amax, tl.abs(x))  # masked lanes hold GELU(0) = 0
         s = tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-12)
         tl.store(S + tl.program_id(0), s)
@@ -163,6 +171,8 @@ if triton is not None:
             x = tl.load(X + base + cols, mask=cols < K, other=0.0).to(tl.float32)
             if GELU:
                 x = _gelu_tanh(x, TANH_ASM)
+            if HAS_INV:
+                x = x * tl.load(INV + cols, mask=cols < K, other=0.0)
             tl.store(Q + base + cols, _scale_down(x, s, FAST).to(Q.dtype.element_ty), mask=cols < K)
 
 
@@ -203,19 +213,22 @@ def split_blocks(K: int) -> tuple[int, int]:
     return a, (triton.next_power_of_2(K - a) if K > a else 0)
 
 
-def launch_act_quant(x, q, s, gelu, rows, warps, chunk: int = 0) -> None:
+def launch_act_quant(x, q, s, gelu, rows, warps, chunk: int = 0, inv=None) -> None:
     """``chunk`` > 0: the chunked kernel (one row per program, ``rows`` ignored); ``chunk == SPLIT``: the
-    split-row kernel, ``rows`` rows per program; else the row kernel, ``rows`` rows per program."""
+    split-row kernel, ``rows`` rows per program; else the row kernel, ``rows`` rows per program. ``inv``:
+    a contiguous (K,) fp32 vector each row is multiplied by (after the GELU), or None."""
     M, K = x.shape
-    fm = dict(FAST=FAST_MATH, TANH_ASM=FAST_MATH and x.is_cuda)  # (the interpreter runs CPU tensors: no PTX there)
+    fm = dict(FAST=FAST_MATH, TANH_ASM=FAST_MATH and x.is_cuda,  # (the interpreter runs CPU tensors: no PTX there)
+              HAS_INV=inv is not None)
+    inv = inv if inv is not None else x  # (a pointer the kernel does not read without HAS_INV)
     a, b = split_blocks(K) if chunk == SPLIT else (K, 0)
     if b:  # (a row of a power-of-two width is one piece: the row kernel below)
-        _act_quant_split_kernel[(triton.cdiv(M, rows),)](x, q, s, M, K, GELU=gelu, BLOCK_A=a, BLOCK_B=b, ROWS=rows, num_warps=warps, **fm)
+        _act_quant_split_kernel[(triton.cdiv(M, rows),)](x, inv, q, s, M, K, GELU=gelu, BLOCK_A=a, BLOCK_B=b, ROWS=rows, num_warps=warps, **fm)
         return
     if chunk > 0:
-        _act_quant_chunked_kernel[(M,)](x, q, s, K, GELU=gelu, CHUNK=chunk, num_warps=warps, **fm)
+        _act_quant_chunked_kernel[(M,)](x, inv, q, s, K, GELU=gelu, CHUNK=chunk, num_warps=warps, **fm)
         return
-    _act_quant_kernel[(triton.cdiv(M, rows),)](x, q, s, M, K, GELU=gelu, BLOCK_K=triton.next_power_of_2(K), ROWS=rows,
+    _act_quant_kernel[(triton.cdiv(M, rows),)](x, inv, q, s, M, K, GELU=gelu, BLOCK_K=triton.next_power_of_2(K), ROWS=rows,
                                                num_warps=warps, **fm)
 
 
@@ -270,18 +283,18 @@ def _ln_modulate_ref(x, shift, scale, eps, residual, gate, quant):
 
 
 @torch.library.custom_op("eediff::act_quant", mutates_args=())
-def act_quant(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def act_quant(x: torch.Tensor, gelu: bool, inv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     M, K = x.shape
     if not triton_available(x):
-        return tuple(v.contiguous() for v in act_quant_ref(x, gelu))
+        return tuple(v.contiguous() for v in act_quant_ref(x, gelu, inv))
     x = x.contiguous()
     q, s = _act_quant_outputs(x)
-    launch_act_quant(x, q, s, gelu, *quant_launch(K))
+    launch_act_quant(x, q, s, gelu, *quant_launch(K), inv=inv.float().contiguous() if inv is not None else None)
     return q, s
 
 
 @act_quant.register_fake
-def _(x, gelu):
+def _(x, gelu, inv=None):
     return _act_quant_outputs(x)
 
 
@@ -290,9 +303,10 @@ def _act_quant_outputs(x):
     return torch.empty(M, K, device=x.device, dtype=FP8), torch.empty(M, 1, device=x.device, dtype=torch.float32)
 
 
-def act_quant_ref(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``act_quant`` in torch ops (fp32 math)."""
-    return _quant_ref(F.gelu(x.float(), approximate="tanh") if gelu else x.float())
+def act_quant_ref(x: torch.Tensor, gelu: bool, inv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``act_quant`` in torch ops (fp32 math): GELU, then times ``inv`` per column, then row quantisation."""
+    xf = F.gelu(x.float(), approximate="tanh") if gelu else x.float()
+    return _quant_ref(xf * inv.float() if inv is not None else xf)
 
 
 def _quant_ref(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -125,18 +125,23 @@ def measure_speed(model, process, sampler, schedules, batch: int, repeats: int, 
 CALIBRATION_SEED = 999 * 10**6  # fp8 calibration images: seeds 999e6 + i, apart from the measured ones (seed s: s * 1e6 + i)
 
 
-def calibrate_fp8(model, process, sampler, schedules, n: int, batch_size: int, device, autocast=None, cfg_scale: float = 1.0) -> dict:
-    """``kernels.fp8_input_means`` of ``model`` over ``n`` images sampled with each of ``schedules`` (seeds of
-    their own, :data:`CALIBRATION_SEED`): what ``FastPathConfig(fp8_input_means=...)`` takes."""
+def calibrate_fp8(model, process, sampler, schedules, n: int, batch_size: int, device, autocast=None, cfg_scale: float = 1.0,
+                  stat: str = "mean") -> dict:
+    """``kernels.fp8_input_means`` (``stat="mean"``) or ``kernels.fp8_input_amax`` (``"amax"``) of ``model`` over
+    ``n`` images sampled with each of ``schedules`` (seeds of their own, :data:`CALIBRATION_SEED`): what
+    ``FastPathConfig(fp8_input_means=...)`` / ``FastPathConfig(fp8_smooth=...)`` takes."""
     from ..generate import generate
-    from ..kernels import fp8_input_means
+    from ..kernels import fp8_input_amax, fp8_input_means
+
+    if stat not in ("mean", "amax"):
+        raise ValueError(f"calibrate_fp8: stat must be 'mean' or 'amax', got {stat!r}")
 
     def run():
         for s in schedules:
             generate(model, process, sampler, n=n, batch_size=batch_size, seed=CALIBRATION_SEED, schedule=s, policy=_policy(s),
                      cfg_scale=cfg_scale, device=device, autocast_dtype=autocast or torch.bfloat16, tuned_for=None, progress=False)
 
-    return fp8_input_means(model, run)
+    return (fp8_input_means if stat == "mean" else fp8_input_amax)(model, run)
 
 
 def fid_cell(model, process, sampler, schedule, n: int, seed: int, batch_size: int, features, ref, device, *,
