@@ -6,6 +6,8 @@
 #
 #   bash benchmarks/device/distill.sh 560
 #   DISTILL=0.5 RUNS="dit:D4-DiT" FT_STEPS=2000 bash benchmarks/device/distill.sh 560
+#   FT_STEPS=4000 bash benchmarks/device/distill.sh 560   (the next call on the same warm machine: the runs go on
+#       from their checkpoints in /root/converge; the table cells are measured again, on the new exports)
 #
 # RUNS: MODEL:SCHEDULE items (MODEL dit or uvit; SCHEDULE a preset, a comma list, or search-D6 for the schedule of
 # results/converge/v2/dit-ft/search-D6.schedule.json). The fine-tunes run side by side and measure the classifier
@@ -31,7 +33,7 @@ for item in ${RUNS:-dit:D4-DiT dit:search-D6 uvit:D4-U-ViT}; do
   n=$m-$s-distill$W; SCHED[$n]=$sched
   echo "[$(el)s] $n: --schedule $sched --distill $W"
   $E finetune --init $R/init-$m.safetensors --schedule $sched --distill $W $F --max-minutes $(python3 -c "print(round(($DL * 0.75 - $(el)) / 60, 2))") \
-    --out $R/$n --overwrite > $R/$n.log 2>&1 &
+    --out $R/$n $([ -d $R/$n/checkpoints ] && echo --resume || echo --overwrite) >> $R/$n.log 2>&1 &
 done
 while [ $(jobs -r | wc -l) -gt 0 ]; do sleep 30; echo "[$(el)s] $(for n in ${!SCHED[@]}; do echo -n "$n: $(grep -o '"step": [0-9]*' $R/$n/metrics.jsonl 2>/dev/null | tail -1) $(grep -o '"value": [0-9.]*' $R/$n/metrics.jsonl 2>/dev/null | tail -1); "; done)"; done
 wait

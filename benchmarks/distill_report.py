@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""`finetune --distill` against the plain ASE fine-tune of the same base, schedule, recipe and steps.
+
+Reads the distilled runs (DIR/NAME.metrics.jsonl, NAME.config.json, NAME = MODEL-KIND-distillW, as
+benchmarks/device/distill.sh names them) and their table cells (DIR/tables_MODEL-distill.jsonl), and the plain
+fine-tunes of results/converge/v2/MODEL-ft (KIND.metrics.jsonl and tables_MODEL.jsonl). Writes DIR/distill.json,
+DIR/distill.md (per schedule: the distance at each --eval-every step and on every sampler, ÷ the base and ÷ the
+fair baseline of the same sampler) and DIR/distill.png (distance against fine-tune steps, plain solid, distilled
+dashed).
+
+    python benchmarks/distill_report.py --dir results/converge/v2/distill
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+SAMPLERS = ("dpm-solver++-25", "ddim-50", "ddpm-100")
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    return [json.loads(line) for line in open(path) if line.strip().endswith("}")]
+
+
+def evals(rows: list[dict]) -> dict[int, float]:
+    return {r["eval"]["step"]: r["eval"]["value"] for r in rows if "eval" in r}
+
+
+def cells(rows: list[dict], n: int = 5000) -> list[dict]:
+    return [r for r in rows if r.get("type") == "cell" and r.get("seed", 0) == 0 and r.get("n") == n]
+
+
+def cell_of(rows: list[dict], kind: str, sampler: str, model_has: str = "") -> float | None:
+    got = [r["fid"] for r in cells(rows) if r["kind"] == kind and r["sampler"] == sampler and model_has in r["model"]]
+    return got[-1] if got else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", required=True, help="the distilled runs as distill.sh returned them")
+    ap.add_argument("--plain-root", default="results/converge/v2", help="holds MODEL-ft/ with the plain fine-tunes")
+    a = ap.parse_args(argv)
+
+    out = []
+    for cfg_path in sorted(glob.glob(os.path.join(a.dir, "*-distill*.config.json"))):
+        name = os.path.basename(cfg_path)[: -len(".config.json")]
+        model, rest = name.split("-", 1)
+        kind, _, w = rest.rpartition("-distill")
+        cfg = json.load(open(cfg_path))
+        plain_dir = os.path.join(a.plain_root, f"{model}-ft")
+        plain_tables = read_jsonl(os.path.join(plain_dir, f"tables_{model}.jsonl"))
+        dist_tables = read_jsonl(os.path.join(a.dir, f"tables_{model}-distill.jsonl"))
+        row = {"model": model, "kind": kind, "schedule": cfg["schedule"], "distill": float(w), "steps": cfg["steps"],
+               "plain_evals": evals(read_jsonl(os.path.join(plain_dir, f"{kind}.metrics.jsonl"))),
+               "distill_evals": evals(read_jsonl(os.path.join(a.dir, f"{name}.metrics.jsonl"))), "samplers": {}}
+        for sp in SAMPLERS:
+            base = cell_of(plain_tables, "full", sp)
+            fair = cell_of(plain_tables, "fair", sp)
+            plain = cell_of(plain_tables, "fine-tuned", sp, f"/{model}-{kind}/")
+            dist = cell_of(dist_tables, "fine-tuned", sp, f"/{name}/")
+            row["samplers"][sp] = {"base": base, "fair": fair, "plain": plain, "distill": dist}
+        out.append(row)
+    if not out:
+        raise SystemExit(f"no *-distill*.config.json in {a.dir}")
+    json.dump({"rows": out}, open(os.path.join(a.dir, "distill.json"), "w"), indent=1)
+
+    f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    r = lambda v, b: "—" if v is None or not b else f"{v / b:.2f}"  # noqa: E731
+    md = ["# `finetune --distill` against the plain fine-tune (same base, schedule, recipe, steps)", "",
+          "Classifier Fréchet distance of 5,000 images (seed 0) to the Fashion-MNIST test set; ÷ base / ÷ fair: against the "
+          "base at full depth and the fair baseline (full depth, the same extra steps) on the same sampler.", "",
+          "| model | schedule | steps | DPM-Solver++ 25 at each eval: plain → distilled |",
+          "|---|---|---|---|"]
+    for row in out:
+        steps = sorted(set(row["plain_evals"]) | set(row["distill_evals"]))
+        md.append(f"| {row['model']} | {row['kind']} | {row['steps']} | "
+                  + "; ".join(f"{s}: {f(row['plain_evals'].get(s))} → {f(row['distill_evals'].get(s))}" for s in steps) + " |")
+    md += ["", "| model | schedule | sampler | base | fair | plain (÷ base / ÷ fair) | distilled (÷ base / ÷ fair) | distilled ÷ plain |",
+           "|---|---|---|---|---|---|---|---|"]
+    for row in out:
+        for sp, c in row["samplers"].items():
+            md.append(f"| {row['model']} | {row['kind']} | {sp} | {f(c['base'])} | {f(c['fair'])} | "
+                      f"{f(c['plain'])} ({r(c['plain'], c['base'])} / {r(c['plain'], c['fair'])}) | "
+                      f"{f(c['distill'])} ({r(c['distill'], c['base'])} / {r(c['distill'], c['fair'])}) | {r(c['distill'], c['plain'])} |")
+    open(os.path.join(a.dir, "distill.md"), "w").write("\n".join(md) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for i, row in enumerate(out):
+        col = f"C{i}"
+        for key, ls, lab in (("plain_evals", "-", "plain"), ("distill_evals", "--", f"--distill {row['distill']:g}")):
+            pts = sorted(row[key].items())
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", color=col, label=f"{row['model']} {row['kind']} {lab}")
+        base = row["samplers"]["dpm-solver++-25"]["base"]
+        if base:
+            ax.axhline(base, color=col, lw=0.6, ls=":")
+    ax.set_xlabel("fine-tune steps")
+    ax.set_ylabel("classifier FD (DPM-Solver++ 25, 5,000 images)")
+    ax.set_title("plain vs distilled fine-tunes (dotted: the base at full depth)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(a.dir, "distill.png"), dpi=120)
+    print(open(os.path.join(a.dir, "distill.md")).read())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
