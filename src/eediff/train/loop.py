@@ -228,7 +228,7 @@ class Trainer:
         if cfg.compile and not (self.whole_graph and self.full_depth):  # graphs per depth, or per block row count
             from torch import _dynamo
 
-            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
+            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64 if self.teacher is None else 128)
         if self.whole_graph:
             # one graph for the whole forward (inductor fuses across block boundaries). At full depth every row
             # runs every block, so the forward is called without a per-row depth (the same function: all
