@@ -104,8 +104,8 @@ def forward_errors(loaded, schedule, variants, amax, n: int = 64, ts=(50, 250, 5
     """Each variant's relative error (||out - ref|| / ||ref||) of one forward against the fp32 model, on ``n``
     Fashion-MNIST test images noised to each of ``ts`` (at the schedule's depth there, the noise of seed 0)."""
     data = load_dataset("fashion-mnist", "test")
-    x0 = data.data[:n].float().div(127.5).sub(1)  # (n, 1, 28, 28) in [-1, 1]
-    y = data.labels[:n].long()
+    x0, y = data.batch(torch.arange(n))  # (n, 1, 28, 28) in [-1, 1], (n,) labels
+    y = y.long()
     g = torch.Generator().manual_seed(0)
     K = loaded.model.num_exit_blocks
     inputs = []

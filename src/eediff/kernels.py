@@ -89,14 +89,14 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
     then run on smoothed operands, factors s = amax_x^alpha / amax_w^(1 - alpha) (:func:`smooth_dit_block`)."""
     check_kernel_options(kernels, attention, row_kernels, fp8_gemms, fp8_input_means, fp8_fast_accum)
     check_fp8_smooth(model, kernels, fp8_gemms, fp8_smooth, fp8_smooth_alpha, fp8_smooth_gemms)
+    named = token_linears(model)  # the calibrations' keys
+    names = {id(v): k for k, v in named.items()}
     means = {}
     if fp8_input_means is not None:
-        named = token_linears(model)
         unknown = sorted(set(fp8_input_means) - set(named))
         if unknown:
             raise ValueError(f"fp8_input_means names Linears this model lacks ({', '.join(unknown[:3])}): calibrate this model")
         means = {id(named[k]): v for k, v in fp8_input_means.items()}
-    names = {id(m): n for n, m in model.named_modules()}
     handle = KernelHandle(kernels)
     if batched_adaln:
         batch_adaln(model, handle)
