@@ -186,3 +186,89 @@ def test_bench_rows_mark_fast_accumulation_on_fp8_only():
     assert fast_name("fp8", True) == "eediff fast path, kernels=fp8, fast accumulation"
     assert fast_name("fused", True) == "eediff fast path, kernels=fused" and fast_name("inductor", True) == "eediff fast path"
     assert fast_name("fp8") == "eediff fast path, kernels=fp8"
+
+
+# ---- eval's fp8 channel balancing flags (--fp8-smooth, --fp8-smooth-alpha, --fp8-smooth-gemms) -------------
+def test_eval_fp8_smooth_flags_parse_to_the_config(tmp_path, monkeypatch):
+    """The three flags land in EvalConfig as given; their defaults are the measured best (off, alpha 0.8,
+    qkv,proj,fc1), and --fp8-smooth-gemms becomes FastPathConfig's tuple."""
+    from typer.testing import CliRunner
+
+    from eediff.cli import app
+    from eediff.config import EvalConfig
+    from eediff.eval import evaluate
+
+    seen = []
+    monkeypatch.setattr(evaluate, "run_eval", lambda cfg, log=print: seen.append(cfg))
+    base = ["eval", "--device", "cpu", "--out", str(tmp_path / "e.json")]
+    r = CliRunner().invoke(app, base + ["--fast", "--kernels", "fp8", "--fp8-smooth", "8", "--fp8-smooth-alpha", "0.5",
+                                        "--fp8-smooth-gemms", "qkv, fc2"])
+    assert r.exit_code == 0, r.output
+    assert (seen[0].fp8_smooth, seen[0].fp8_smooth_alpha, seen[0].fp8_smooth_gemms) == (8, 0.5, "qkv, fc2")
+    assert evaluate.smooth_gemms(seen[0].fp8_smooth_gemms) == ("qkv", "fc2")
+    assert CliRunner().invoke(app, base).exit_code == 0
+    assert (seen[1].fp8_smooth, seen[1].fp8_smooth_alpha, seen[1].fp8_smooth_gemms) == (0, 0.8, "qkv,proj,fc1")
+    d = EvalConfig()
+    assert (d.fp8_smooth, d.fp8_smooth_alpha, evaluate.smooth_gemms(d.fp8_smooth_gemms)) == (0, 0.8, ("qkv", "proj", "fc1"))
+
+
+def test_eval_fp8_smooth_calibrates_and_balances_the_fast_path(tiny_dit):
+    """fast_path_configs: --fp8-smooth N is calibrate_fp8(stat="amax") over N images of the model's own schedules,
+    passed as fp8_smooth with the flags' alpha and GEMMs (beside --fp8-calibrate's means, which stay apart);
+    the fp8 path (torch fallback on CPU) then smooths exactly those GEMMs, stays within fp8's tolerance of the
+    model, and remove() restores it bit for bit."""
+    from eediff.config import EvalConfig
+    from eediff.eval.evaluate import calibrate_fp8, fast_path_configs, parse_sampler
+    from eediff.exits.schedule import get_schedule
+    from eediff.models.registry import default_process
+
+    proc, sampler, scheds = default_process(tiny_dit), parse_sampler("ddim-2"), [get_schedule("full"), get_schedule("4,2")]
+    cfg = EvalConfig(fast=True, kernels="fp8", fp8_smooth=3, fp8_calibrate=2, batch_size=2, device="cpu")
+    [(m, fc)] = fast_path_configs(cfg, [(tiny_dit, proc, scheds), (tiny_dit, proc, [get_schedule("full")])], sampler, "cpu")
+    assert m is tiny_dit and fc.kernels == "fp8" and fc.fp8_smooth_alpha == 0.8 and fc.fp8_smooth_gemms == ("qkv", "proj", "fc1")
+    amax = calibrate_fp8(tiny_dit, proc, sampler, scheds, 3, 2, "cpu", stat="amax")
+    assert set(fc.fp8_smooth) == set(amax) and all(torch.equal(fc.fp8_smooth[k], amax[k]) for k in amax)
+    assert set(fc.fp8_input_means) == set(amax) and not torch.equal(fc.fp8_input_means["blocks.0.attn.qkv"], amax["blocks.0.attn.qkv"])
+    off = fast_path_configs(dataclasses.replace(cfg, fp8_smooth=0, fp8_calibrate=0), [(tiny_dit, proc, scheds)], sampler, "cpu")[0][1]
+    assert off.fp8_smooth is None and off.fp8_input_means is None
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([3.0, 700.0]), torch.tensor([1, 2])
+    with torch.no_grad():
+        ref = tiny_dit(x, t, y)
+        h = apply_fast_path(tiny_dit, dataclasses.replace(fc, compile=False, cuda_graphs=False, row_kernels="inductor"))
+        assert all(set(b._fp8_smooth) == {"qkv", "proj", "fc1"} for b in tiny_dit.blocks)
+        out = tiny_dit(x, t, y)
+        assert torch.isfinite(out).all() and ((out - ref).norm() / ref.norm()).item() < 0.06
+        h.remove()
+        assert torch.equal(tiny_dit(x, t, y), ref)
+
+
+def test_eval_fp8_smooth_refuses_a_uvit():
+    """Smoothing folds its factors into DiT blocks: a U-ViT is refused in one line naming the flag to drop."""
+    from eediff.config import ConfigError, EvalConfig
+    from eediff.eval.evaluate import check_fp8_flags
+
+    uvit = eediff.build_model("U-ViT", img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=4)
+    cfg = EvalConfig(fast=True, kernels="fp8", fp8_smooth=8)
+    with pytest.raises(ConfigError, match="DiT blocks; this model is a U-ViT: drop --fp8-smooth"):
+        check_fp8_flags(cfg, (uvit,))
+    check_fp8_flags(dataclasses.replace(cfg, fp8_smooth=0), (uvit,))  # off: nothing to refuse
+
+
+def test_eval_with_fp8_smooth_runs_end_to_end_on_cpu(tmp_path):
+    """`eediff eval --fast --kernels fp8 --fp8-smooth 8` on the shipped dit-fmnist-D4, on a CPU: the fast path
+    (and so its calibration) is CUDA-only, as for --fp8-calibrate, so the flags are checked and recorded and
+    the rows are the plain model's; the result is written."""
+    from typer.testing import CliRunner
+
+    from eediff.cli import app
+
+    out = tmp_path / "e.json"
+    r = CliRunner().invoke(app, ["eval", "--model", "dit-fmnist-D4", "--samplers", "ddim-2", "-n", "8", "--batch-size", "8",
+                                 "--metric", "fd-classifier", "--reference", "tests/data/fmnist_sample.npz:test", "--device", "cpu",
+                                 "--time-repeats", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--out", str(out),
+                                 "--fast", "--kernels", "fp8", "--fp8-smooth", "8"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert {k: res["config"][k] for k in ("fp8_smooth", "fp8_smooth_alpha", "fp8_smooth_gemms")} == \
+        {"fp8_smooth": 8, "fp8_smooth_alpha": 0.8, "fp8_smooth_gemms": "qkv,proj,fc1"}
+    assert {row["schedule"] for row in res["rows"]} == {"full", "D4-DiT"} and all(np.isfinite(row["fid_mean"]) for row in res["rows"])

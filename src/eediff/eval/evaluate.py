@@ -19,7 +19,7 @@ import shlex
 import statistics
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import numpy as np
 import torch
@@ -144,6 +144,76 @@ def calibrate_fp8(model, process, sampler, schedules, n: int, batch_size: int, d
     return (fp8_input_means if stat == "mean" else fp8_input_amax)(model, run)
 
 
+def smooth_gemms(spec: str) -> tuple[str, ...]:
+    """``--fp8-smooth-gemms`` ("qkv,proj,fc1") -> the tuple ``FastPathConfig(fp8_smooth_gemms=...)`` takes, or a
+    one-line ConfigError naming the unknown GEMM."""
+    from ..kernels import TOKEN_GEMMS
+
+    names = tuple(dict.fromkeys(g.strip() for g in spec.split(",") if g.strip()))
+    unknown = [g for g in names if g not in TOKEN_GEMMS]
+    if unknown:
+        raise ConfigError(f"--fp8-smooth-gemms '{spec}': unknown GEMM '{unknown[0]}'; give a comma list of "
+                          f"{', '.join(TOKEN_GEMMS)} (default qkv,proj,fc1)")
+    if not names:
+        raise ConfigError(f"--fp8-smooth-gemms is empty: name at least one of {', '.join(TOKEN_GEMMS)} (default qkv,proj,fc1), "
+                          "or drop --fp8-smooth")
+    return names
+
+
+def check_fp8_flags(cfg: EvalConfig, models=()) -> None:
+    """eval's fp8 options, each refused in one line that names the fix: --fp8-fast-accum, --fp8-calibrate and
+    --fp8-smooth need --fast --kernels fp8; --fp8-smooth balances DiT blocks (of ``models``) only, and its alpha
+    and GEMMs are checked (and refused without it, which they tune)."""
+    from ..models.dit import DiTBlock
+
+    fp8 = cfg.fast and cfg.kernels == "fp8"
+    if cfg.fp8_fast_accum and not fp8:
+        raise ConfigError("--fp8-fast-accum is a mode of the fp8 fast path: add --fast --kernels fp8, or drop it")
+    if cfg.fp8_calibrate < 0 or (cfg.fp8_calibrate and not fp8):
+        raise ConfigError(f"--fp8-calibrate {cfg.fp8_calibrate}: a number of images (>= 1) that calibrates the fp8 fast path; "
+                          "it needs --fast --kernels fp8 (0 turns it off)")
+    if cfg.fp8_smooth < 0:
+        raise ConfigError(f"--fp8-smooth {cfg.fp8_smooth}: give a number of calibration images (>= 1, e.g. 32), or 0 to turn "
+                          "channel balancing off")
+    if cfg.fp8_smooth and not fp8:
+        raise ConfigError(f"--fp8-smooth {cfg.fp8_smooth} balances the fp8 fast path's GEMMs: add --fast --kernels fp8, or drop it")
+    alpha = cfg.fp8_smooth_alpha
+    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):  # NaN fails both comparisons
+        raise ConfigError(f"--fp8-smooth-alpha {alpha} is not in [0, 1]: give the share of the channels' spread moved into "
+                          "the weights, e.g. 0.8 (the measured best)")
+    gemms = smooth_gemms(cfg.fp8_smooth_gemms)
+    if not cfg.fp8_smooth:
+        default = {f.name: f.default for f in fields(EvalConfig)}
+        for name, given in (("alpha", alpha != default["fp8_smooth_alpha"]),
+                            ("gemms", gemms != smooth_gemms(default["fp8_smooth_gemms"]))):
+            if given:
+                raise ConfigError(f"--fp8-smooth-{name} tunes --fp8-smooth: add --fp8-smooth N (calibration images), or drop it")
+    for m in models if cfg.fp8_smooth else ():
+        if not all(isinstance(b, DiTBlock) for b in m.compute_blocks()):
+            raise ConfigError(f"--fp8-smooth folds its factors into DiT blocks; this model is a {getattr(m, 'arch', type(m).__name__)}: "
+                              "drop --fp8-smooth")
+
+
+def fast_path_configs(cfg: EvalConfig, runs, sampler, device, autocast=None) -> list:
+    """eval's ``(model, FastPathConfig)`` for each distinct model of ``runs`` ((model, process, schedules), the
+    first of a model counts): --kernels and --fp8-fast-accum, and the calibrations --fp8-calibrate (means) and
+    --fp8-smooth (per-channel maxima, with --fp8-smooth-alpha / --fp8-smooth-gemms) ask for, each
+    :func:`calibrate_fp8` over ``sampler`` on the model's own schedules, in bf16, before any kernel is applied."""
+    from ..fast import FastPathConfig
+
+    out = {}
+    for m, proc, scheds in runs:
+        if id(m) in out:
+            continue
+
+        cal = {stat: calibrate_fp8(m, proc, sampler, scheds, n, min(cfg.batch_size, n), device, autocast, cfg.cfg, stat=stat) if n else None
+               for stat, n in (("mean", cfg.fp8_calibrate), ("amax", cfg.fp8_smooth))}
+        out[id(m)] = (m, FastPathConfig(kernels=cfg.kernels, fp8_fast_accum=cfg.fp8_fast_accum, fp8_input_means=cal["mean"],
+                                        fp8_smooth=cal["amax"], fp8_smooth_alpha=float(cfg.fp8_smooth_alpha),
+                                        fp8_smooth_gemms=smooth_gemms(cfg.fp8_smooth_gemms)))
+    return list(out.values())
+
+
 def fid_cell(model, process, sampler, schedule, n: int, seed: int, batch_size: int, features, ref, device, *,
              autocast=None, cfg_scale: float = 1.0, rank: int = 0, world: int = 1, progress: bool = False) -> dict:
     """One quality cell: ``n`` images (image i has seed ``seed * 10**6 + i``, sharded over ``world`` processes by
@@ -196,11 +266,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
 
     if cfg.kernels not in KERNELS:
         raise ConfigError(f"unknown --kernels '{cfg.kernels}': use one of {', '.join(KERNELS)}")
-    if cfg.fp8_fast_accum and not (cfg.fast and cfg.kernels == "fp8"):
-        raise ConfigError("--fp8-fast-accum is a mode of the fp8 fast path: add --fast --kernels fp8, or drop it")
-    if cfg.fp8_calibrate < 0 or (cfg.fp8_calibrate and not (cfg.fast and cfg.kernels == "fp8")):
-        raise ConfigError(f"--fp8-calibrate {cfg.fp8_calibrate}: a number of images (>= 1) that calibrates the fp8 fast path; "
-                          "it needs --fast --kernels fp8 (0 turns it off)")
+    check_fp8_flags(cfg, (model,))
     autocast = autocast_dtype(cfg.precision, device)
     # The full-depth quality row: a fine-tuned checkpoint run deeper than its schedule is not the baseline the
     # paper compares with (measured: FID 27 -> 574), the model it was tuned from is. Timing uses --model
@@ -221,16 +287,11 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         apply_tome(model, cfg.tome_config())
     handles = []
     if cfg.fast and device.startswith("cuda"):
-        from ..fast import FastPathConfig, apply_fast_path
+        from ..fast import apply_fast_path
 
-        means = {}
-        if cfg.fp8_calibrate:  # in bf16, before the kernels: the model runs each schedule it is measured at, the base full depth
-            for m, proc, scheds in ((model, loaded.process, schedules), (base, base_process, [get_schedule("full")])):
-                if id(m) not in means:
-                    means[id(m)] = calibrate_fp8(m, proc, samplers[0], scheds, cfg.fp8_calibrate, min(cfg.batch_size, cfg.fp8_calibrate),
-                                                 device, autocast, cfg.cfg)
-        handles = [apply_fast_path(m, FastPathConfig(kernels=cfg.kernels, fp8_fast_accum=cfg.fp8_fast_accum, fp8_input_means=means.get(id(m))))
-                   for m in dict.fromkeys([model, base])]
+        # calibrations in bf16, before the kernels: the model runs each schedule it is measured at, the base full depth
+        runs = ((model, loaded.process, schedules), (base, base_process, [get_schedule("full")]))
+        handles = [apply_fast_path(m, c) for m, c in fast_path_configs(cfg, runs, samplers[0], device, autocast)]
         autocast = None
     features = feature_network(cfg, device) if rank == 0 else None
     ref = reference(cfg, features) if rank == 0 else None
