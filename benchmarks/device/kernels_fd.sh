@@ -4,6 +4,7 @@
 # (DPM-Solver++ 25). One call on one H200, carry [".whl", ".data/fm-xz"], about 6 minutes:
 #
 #   bash benchmarks/device/kernels_fd.sh 500        -> $OUT/kfd.tgz: kfd/<model>_<variant>.{json,md,png}
+#   FD_MODELS=dit DIT_VARIANTS="fp8 fp8-smooth" bash benchmarks/device/kernels_fd.sh 300   (fp8 with and without balancing)
 # (one archive: a call returns only the first few files under $OUT)
 set -u
 DL=${1:?deadline in seconds}
@@ -21,9 +22,11 @@ run() {  # MODEL BASE NAME KERNEL-FLAGS...
   echo "[$(el)s] $n"
 }
 wants() { [[ " ${FD_MODELS:-dit uvit} " == *" $1 "* ]]; }   # FD_MODELS="dit" (or "uvit"): only that model's rows
-wants dit && for v in "inductor --kernels inductor" "fused --kernels fused" "fp8 --kernels fp8" "fp8-fast --kernels fp8 --fp8-fast-accum"; do
-  set -- $v; n=$1; shift
-  run dit-fmnist-D4 dit-fmnist dit_$n "$@"
+DIT_VARIANTS=${DIT_VARIANTS:-"inductor fused fp8 fp8-fast"}   # also: fp8-smooth fp8-fast-smooth (SmoothQuant balancing, 64 images)
+declare -A VF=([inductor]="--kernels inductor" [fused]="--kernels fused" [fp8]="--kernels fp8" [fp8-fast]="--kernels fp8 --fp8-fast-accum"
+  [fp8-smooth]="--kernels fp8 --fp8-smooth 64" [fp8-fast-smooth]="--kernels fp8 --fp8-fast-accum --fp8-smooth 64")
+wants dit && for n in $DIT_VARIANTS; do
+  run dit-fmnist-D4 dit-fmnist dit_$n ${VF[$n]}
 done
 wants uvit && for v in "inductor --kernels inductor" "fp8 --kernels fp8" "fp8-fast --kernels fp8 --fp8-fast-accum"; do
   set -- $v; n=$1; shift
