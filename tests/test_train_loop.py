@@ -303,8 +303,10 @@ def test_ema_residual_note_flags_short_runs_only():
     assert ema_residual_note(0.99, 1200, warmup=False) is None  # 0.99^1200 ~ 6e-6
     assert ema_residual_note(0.999, 1500, warmup=True) is None  # warm-up forgets the start by design
     assert ema_residual_note(0.5, 5, warmup=False) is None
-    d = _suggest_decay(1500)
-    assert ema_residual_note(d, 1500, warmup=False) is None
+    for steps in (10, 20, 60, 1500):  # the suggestion never earns the note itself (20 steps: not 0.9, which keeps 12%)
+        d = _suggest_decay(steps)
+        assert 0 < d < 1 and ema_residual_note(d, steps, warmup=False) is None, (steps, d)
+    assert _suggest_decay(1500) == round(1 - 1 / 150, 4)  # long runs: a horizon of a tenth of the run
 
 
 def test_max_minutes_stops_exports_and_resumes_to_the_full_run(tmp_path):

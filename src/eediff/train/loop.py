@@ -764,12 +764,14 @@ def ema_residual_note(decay: float, steps: int, warmup: bool) -> str | None:
     if warmup or steps < 10 or keep <= 0.05:
         return None
     return (f"note: EMA rate {decay} over {steps} steps keeps {100 * keep:.0f}% of the initial weights in the exported "
-            f"EMA model: for a short run pass a lower --ema-decay (e.g. {_suggest_decay(steps)})")
+            f"EMA model: for a short run pass a lower --ema-decay (e.g. {_suggest_decay(steps)}) or --ema-warmup")
 
 
 def _suggest_decay(steps: int) -> float:
-    """An EMA rate whose horizon 1 / (1 - α) is about a tenth of the run."""
-    return round(1 - 1 / max(steps / 10, 10), 4)
+    """An EMA rate whose horizon 1 / (1 - α) is about a tenth of the run, and never one that still keeps over 5% of
+    the start (a run of 20 steps: 0.86, not the 10-step horizon's 0.9, which keeps 12%)."""
+    keeps_5pct = math.floor(0.05 ** (1 / max(steps, 1)) * 1e4) / 1e4   # rounded down: α^steps stays <= 0.05
+    return min(round(1 - 1 / max(steps / 10, 10), 4), keeps_5pct)
 
 
 def _trim_metrics(path: str, step: int) -> None:
