@@ -86,7 +86,7 @@ SAMPLE_CASES = [
     (["--tau", "nan"], "--tau"), (["--schedule", "0,0,0"], "runs no block"), (["--sampler", "magic"], "unknown sampler"), (["--tome-ratio", "nan"], "--tome-ratio"),
     (["--tome-ratio", "-0.5"], "--tome-ratio"), (["--class-labels", "99"], "class label 99"),
     ("out=dir", "is a folder"), ("out=model", "must end in"), ("out=model.png", "destroy"), ("out=existing", "already exists"),
-    ("out=gif", "must end in"), ("npz=existing", "already exists"), ("exit-plot=jpg", "must end in .png"),
+    ("out=gif", "must end in"), ("out=under-file", "is a file, not a folder"), ("npz=existing", "already exists"), ("exit-plot=jpg", "must end in .png"),
     ("model=nan", "non-finite"), ("model=badjson", "malformed eediff metadata"), ("model=noarch", "no 'arch' entry"),
     ("model=hidden33", "hidden_size = 33"), ("model=diff-malformed", "not readable JSON"), ("model=diff-missing", "lacks"),
     ("model=diff-list", "JSON object"), ("model=missing", "does not exist"), ("vae=file", "--vae"),
@@ -101,7 +101,8 @@ def _case_args(d, case) -> tuple[list, object]:
     if key == "out":
         if value == "model.png":  # the model itself, under an image name
             return ["--model", d / "m.png"], d / "m.png"
-        return [], {"dir": d, "model": d / "m.safetensors", "existing": d / "existing.png", "gif": d / "new.gif"}[value]
+        return [], {"dir": d, "model": d / "m.safetensors", "existing": d / "existing.png", "gif": d / "new.gif",
+                    "under-file": d / "a_file" / "new.png"}[value]
     if key == "npz":  # a new grid whose .npz next to it exists
         return ["--save-npz"], d / "existing.jpg"
     if key == "exit-plot":
@@ -181,6 +182,7 @@ def _eval(inputs, *args, out=None):
     (["--fp8-smooth-gemms", "qkv"], "--fp8-smooth-gemms tunes --fp8-smooth"), (["--cfg", "nan"], "--cfg"), (["--time-repeats", "0"], "--time-repeats"),
     (["--schedules", "4,9"], "up to 9"), (["--samplers", "ddim"], "NAME-STEPS"), (["--out", "{d}/existing.json"], "already exists"),
     (["--out", "{d}/e.txt"], "must end in .json"), (["--out", "{d}/m.safetensors"], "must end in .json"),
+    (["--out", "{d}/a_file/e.json"], "is a file, not a folder"),
 ])
 def test_eval_refuses_bad_input_with_one_line(inputs, args, needle):
     before = digest(inputs)
@@ -205,6 +207,7 @@ def _train(out, *args):
     (["--max-minutes", "inf"], "--max-minutes"), (["--ema-decay", "nan"], "--ema-decay"), (["--adam-beta2", "1"], "--adam-beta2"),
     (["--schedule", "0,0"], "runs no block"), (["--schedule", "{d}/sched_dir.json"], "is a folder"),
     (["--resume"], "does not exist"), (["--resume", "--overwrite"], "only one of them"), (["--out", "{d}/a_file"], "is a file"),
+    (["--out", "{d}/a_file/run"], "is a file, not a folder"),
 ])
 def test_train_refuses_bad_input_with_one_line(inputs, tmp_path, args, needle):
     before = digest(inputs)
@@ -229,6 +232,10 @@ def test_finetune_refuses_a_non_finite_init(inputs, tmp_path):
     (["bench", "--tiny", "--kernels", "fused", "--fp8-fast-accum", "--out", "{d}/b.json"], "--fp8-fast-accum"),
     (["bench", "--tiny", "--kernels", ",", "--out", "{d}/b.json"], "--kernels is empty"),
     (["bench", "--tiny", "--kernels", "fused,fp4", "--out", "{d}/b.json"], "unknown --kernels"),
+    (["export-data", "--dataset", TRAIN_DATA, "--out", "{d}/a_file/x.npz"], "is a file, not a folder"),
+    (["export", "--model", "{d}/m.safetensors", "--out", "{d}/a_file/t"], "is a file, not a folder"),
+    (["export", "--model", "{d}/m.safetensors", "--out", "{d}/a_file", "--overwrite"], "is a file: give the folder"),
+    (["search", "--model", "{d}/m.safetensors", "--target-saving", "0.3", "--out", "{d}/a_file/s.json"], "is a file, not a folder"),
 ])
 def test_other_commands_refuse_with_one_line(inputs, args, needle):
     before = digest(inputs)

@@ -122,6 +122,16 @@ def _check_output(path: str, exts: tuple[str, ...], inputs: tuple = (), overwrit
             raise UserError(f"{flag} '{path}' is the input '{src}': writing it would destroy it; choose another file")
     if os.path.exists(path) and not overwrite:
         raise UserError(f"{flag} '{path}' already exists: pass --overwrite to replace it, or choose another file")
+    _check_writable(os.path.dirname(path), flag, path)
+
+
+def _check_writable(folder: str, flag: str, path: str) -> None:
+    """Refuse, before any work, an output nothing can be written to (a parent that is a file, a read-only folder)."""
+    from .io import unwritable
+
+    why = unwritable(folder)
+    if why:
+        raise UserError(f"{flag} '{path}' cannot be written: {why}; choose another path")
 
 
 def _check_number(name: str, value: float, lo: float, hi: float, what: str = "") -> None:
@@ -385,6 +395,9 @@ def export_cmd(cfg) -> None:
     loaded = resolve_model(cfg.model)
     if os.path.exists(loaded.source) and os.path.exists(cfg.out) and os.path.samefile(loaded.source, cfg.out):
         raise UserError(f"--out '{cfg.out}' is the input: choose a new folder")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UserError(f"--out '{cfg.out}' is a file: give the folder to write the diffusers model to")
+    _check_writable(os.path.dirname(os.path.abspath(cfg.out)), "--out", cfg.out)  # the folder is first written beside it
     facts = save_diffusers(loaded, cfg.out, overwrite=cfg.overwrite)
     tuned = f"; tuned for {loaded.tuned_for.name} (exit_schedule.json)" if loaded.tuned_for is not None else ""
     shift = ("" if facts["time_feature_error"] == 0 else
@@ -402,6 +415,7 @@ def encode_cmd(cfg) -> None:
 
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise UserError(f"--out '{cfg.out}' is a file: give the folder the latent shards go to")
+    _check_writable(cfg.out, "--out", cfg.out)
     earlier = sorted(f for f in os.listdir(cfg.out) if f.startswith("latents-")) if os.path.isdir(cfg.out) else []
     if earlier and not cfg.overwrite:
         raise UserError(f"--out '{cfg.out}' already holds latent shards ({earlier[0]}, ...): pass --overwrite to replace them, "

@@ -51,6 +51,24 @@ def remove_stale_tmp(folder: str, name: str | None = None) -> list[str]:
     return removed
 
 
+def unwritable(folder: str) -> str | None:
+    """Why nothing can be written in ``folder`` (created if missing), or None: the nearest existing folder on its
+    path is a file, or is not writable (tried with a temporary file, which also catches root on a read-only
+    file system)."""
+    existing = os.path.abspath(folder or ".")
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"'{existing}' is a file, not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=existing)
+    except OSError:
+        return f"folder '{existing}' is not writable"
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
 def atomic_write(path: str, write_fn) -> None:
     """Call ``write_fn(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file
     (and the temporary files of an earlier, killed write of ``path`` are removed first)."""

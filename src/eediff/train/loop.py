@@ -52,7 +52,7 @@ from ..errors import EediffError
 from ..exits import deediff
 from ..exits.policy import make_policy
 from ..exits.schedule import get_schedule
-from ..io import CheckpointError, remove_stale_tmp, write_json_atomic
+from ..io import CheckpointError, remove_stale_tmp, unwritable, write_json_atomic
 from ..models import registry
 from .checkpoint import RunCheckpoints, capture_rng, restore_rng
 from .losses import DiffusionObjective, TimeWeight
@@ -671,6 +671,9 @@ def check_run_dir(cfg: TrainBaseConfig, ckpts: RunCheckpoints, resume: bool) -> 
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it: pass only one of them")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--out '{out}' is a file: the run directory must be a folder (choose another --out)")
+    why = unwritable(out)
+    if why:
+        raise ConfigError(f"--out '{out}' cannot be written: {why}; choose another run directory")
     if resume:
         if not os.path.isdir(out):
             raise ConfigError(f"--resume: run directory '{out}' does not exist: give the --out of the run to continue, or drop --resume to start one")
