@@ -67,6 +67,7 @@ def inputs(tmp_path_factory):
     (d / "sched_dir.json").mkdir()
     (d / "latin1.json").write_bytes('{"name": "caf\xe9", "blocks": [4, 2]}'.encode("latin-1"))
     (d / "list.json").write_text("[4, 2]")
+    (d / "sched.json").write_text('{"blocks": [4, 2]}')  # a valid schedule file, an input of eval / search
     (d / "broken.json").write_text('{"blocks": [4, 2')
     (d / "a_file").write_text("not a folder")
     return d
@@ -183,6 +184,7 @@ def _eval(inputs, *args, out=None):
     (["--schedules", "4,9"], "up to 9"), (["--samplers", "ddim"], "NAME-STEPS"), (["--out", "{d}/existing.json"], "already exists"),
     (["--out", "{d}/e.txt"], "must end in .json"), (["--out", "{d}/m.safetensors"], "must end in .json"),
     (["--out", "{d}/a_file/e.json"], "is a file, not a folder"),
+    (["--schedules", "{d}/sched.json", "--out", "{d}/sched.json", "--overwrite"], "destroy"),
 ])
 def test_eval_refuses_bad_input_with_one_line(inputs, args, needle):
     before = digest(inputs)
@@ -236,6 +238,7 @@ def test_finetune_refuses_a_non_finite_init(inputs, tmp_path):
     (["export", "--model", "{d}/m.safetensors", "--out", "{d}/a_file/t"], "is a file, not a folder"),
     (["export", "--model", "{d}/m.safetensors", "--out", "{d}/a_file", "--overwrite"], "is a file: give the folder"),
     (["search", "--model", "{d}/m.safetensors", "--target-saving", "0.3", "--out", "{d}/a_file/s.json"], "is a file, not a folder"),
+    (["search", "--model", "{d}/m.safetensors", "--saving-of", "{d}/sched.json", "--out", "{d}/sched.json", "--overwrite"], "destroy"),
 ])
 def test_other_commands_refuse_with_one_line(inputs, args, needle):
     before = digest(inputs)

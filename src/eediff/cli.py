@@ -472,7 +472,8 @@ def calibrate_cmd(cfg) -> None:
 def eval_cmd(cfg) -> None:
     from .eval.evaluate import run_eval
 
-    inputs = _input_paths(cfg.model) + ((cfg.baseline,) if cfg.baseline else ()) + (cfg.reference.partition(":")[0], cfg.inception)
+    inputs = (_input_paths(cfg.model) + ((cfg.baseline,) if cfg.baseline else ()) + (cfg.reference.partition(":")[0], cfg.inception)
+              + tuple((cfg.schedules or "").split(";")))  # a schedule file is an input too
     _check_output(cfg.out, (".json",), inputs, cfg.overwrite)
     stem = cfg.out.rsplit(".", 1)[0]
     _check_output(stem + ".md", (".md",), inputs, cfg.overwrite, flag="--out (its Markdown table)")
@@ -488,9 +489,10 @@ def eval_cmd(cfg) -> None:
 def search_cmd(cfg) -> None:
     from .exits.search import run_search
 
-    _check_output(cfg.out, (".json",), inputs=(cfg.model,), overwrite=cfg.overwrite)
+    inputs = _input_paths(cfg.model) + (cfg.adapted, cfg.saving_of, cfg.reference.partition(":")[0], cfg.inception)
+    _check_output(cfg.out, (".json",), inputs=inputs, overwrite=cfg.overwrite)
     if cfg.report:
-        _check_output(cfg.report, (".json",), inputs=(cfg.model,), overwrite=cfg.overwrite, flag="--report")
+        _check_output(cfg.report, (".json",), inputs=inputs, overwrite=cfg.overwrite, flag="--report")
     res = run_search(cfg, log=typer.echo)
     best, s = res.best, res.settings
     typer.echo(f"model: {s['model']}  ({s['arch']}, {s['num_blocks']} schedulable blocks)  sampler: {s['sampler']}  "
