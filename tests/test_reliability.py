@@ -185,6 +185,9 @@ def _eval(inputs, *args, out=None):
     (["--out", "{d}/e.txt"], "must end in .json"), (["--out", "{d}/m.safetensors"], "must end in .json"),
     (["--out", "{d}/a_file/e.json"], "is a file, not a folder"),
     (["--schedules", "{d}/sched.json", "--out", "{d}/sched.json", "--overwrite"], "destroy"),
+    (["--kernels", "fused"], "--kernels fused picks the fast path's block kernels, and eval runs eager without --fast: add --fast"),
+    (["--samplers", "ddimm-2"], "unknown sampler 'ddimm'"), (["--samplers", "ddim-0"], "at least 1, e.g. ddim-25"),
+    (["--samplers", "ddim--2"], "at least 1, e.g. ddim-25"),
 ])
 def test_eval_refuses_bad_input_with_one_line(inputs, args, needle):
     before = digest(inputs)
@@ -210,6 +213,7 @@ def _train(out, *args):
     (["--schedule", "0,0"], "runs no block"), (["--schedule", "{d}/sched_dir.json"], "is a folder"),
     (["--resume"], "does not exist"), (["--resume", "--overwrite"], "only one of them"), (["--out", "{d}/a_file"], "is a file"),
     (["--out", "{d}/a_file/run"], "is a file, not a folder"),
+    (["--sample-sampler", "ddimm"], "unknown sampler 'ddimm'"), (["--eval-every", "2", "--eval-sampler", "ddimm-5"], "unknown sampler 'ddimm'"),
 ])
 def test_train_refuses_bad_input_with_one_line(inputs, tmp_path, args, needle):
     before = digest(inputs)

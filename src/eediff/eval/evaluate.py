@@ -30,9 +30,15 @@ from ..config import ConfigError, EvalConfig, FidConfig
 def parse_sampler(spec: str):
     from ..diffusion.sampling import SamplerConfig, SamplerError
 
+    from ..diffusion.sampling import SAMPLERS, _scheduler_class
+
     name, _, steps = spec.strip().rpartition("-")
     if not name or not steps.isdigit():
         raise SamplerError(f"sampler '{spec}' must look like NAME-STEPS, e.g. ddim-50 or euler-maruyama-1000")
+    if name.endswith("-") or int(steps) < 1:  # 'ddim--5' / 'ddim-0'
+        raise SamplerError(f"sampler '{spec}': the number of steps must be at least 1, e.g. {name.rstrip('-')}-25")
+    if name not in SAMPLERS:
+        _scheduler_class(name)  # a one-line SamplerError for an unknown name, before any work
     return SamplerConfig(name, int(steps))
 
 
@@ -266,6 +272,9 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
 
     if cfg.kernels not in KERNELS:
         raise ConfigError(f"unknown --kernels '{cfg.kernels}': use one of {', '.join(KERNELS)}")
+    if cfg.kernels != next(f.default for f in fields(EvalConfig) if f.name == "kernels") and not cfg.fast:
+        raise ConfigError(f"--kernels {cfg.kernels} picks the fast path's block kernels, and eval runs eager without --fast: "
+                          "add --fast, or drop --kernels")
     check_fp8_flags(cfg, (model,))
     autocast = autocast_dtype(cfg.precision, device)
     # The full-depth quality row: a fine-tuned checkpoint run deeper than its schedule is not the baseline the

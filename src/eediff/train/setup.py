@@ -131,7 +131,11 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
     if cfg.eval_every:
         from ..eval.evaluate import parse_sampler
 
-        parse_sampler(cfg.eval_sampler)  # a one-line error for a bad NAME-STEPS
+        parse_sampler(cfg.eval_sampler)  # a one-line error for a bad NAME-STEPS or an unknown sampler
+    from ..diffusion.sampling import SAMPLERS, _scheduler_class
+
+    if cfg.sample_sampler not in SAMPLERS:  # refused now, not after the run when its last grid is drawn
+        _scheduler_class(cfg.sample_sampler)
 
 
 def resolve_auto(cfg: TrainBaseConfig, command: str, model) -> TrainBaseConfig:
