@@ -130,7 +130,7 @@ def _schedule_specs():
         ("", "empty"), ("   ", "empty"), (",", "empty entry"), ("4,,2", "empty entry"), ("4,2,", "empty entry"),
         ("-1", "negative"), ("4,-2", "negative"), ("4,2,-1", "negative"), ("5", "up to 5 blocks"), ("4,9", "up to 9 blocks"),
         ("4,2.5", "not an integer"), ("a,b", "not an integer"), ("4;2", "unknown schedule"), ("D9-DiT", "unknown schedule"),
-        ("fastest", "unknown schedule"), ("D4-DiT", "runs up to 28 blocks"), ("D4-U-ViT", "the model has 4"), ("0,0,0", "runs no block"),
+        ("fastest", "unknown schedule"), ("D4-DiT", "defined for 28 schedulable blocks but the model has 4: give the block counts yourself, e.g. --schedule"), ("D4-U-ViT", "the model has 4"), ("0,0,0", "runs no block"),
         ("0", "runs no block"), ("1e3", "unknown schedule"),
         (j({"blocks": []}), "empty"), (j({"boundaries": [0, 1]}), "needs \"blocks\""), (j([4, 2]), "not an integer"),
         (j({"blocks": "4,2"}), "must be a list"), (j({"blocks": [4, "2"]}), "not an integer"), (j({"blocks": [4, 2.5]}), "not an integer"),
@@ -243,6 +243,7 @@ def test_finetune_refuses_a_non_finite_init(inputs, tmp_path):
     (["export", "--model", "{d}/m.safetensors", "--out", "{d}/a_file", "--overwrite"], "is a file: give the folder"),
     (["search", "--model", "{d}/m.safetensors", "--target-saving", "0.3", "--out", "{d}/a_file/s.json"], "is a file, not a folder"),
     (["search", "--model", "{d}/m.safetensors", "--saving-of", "{d}/sched.json", "--out", "{d}/sched.json", "--overwrite"], "destroy"),
+    (["search", "--model", "{d}/m.safetensors", "--saving-of", "D4-U-ViT", "--out", "{d}/s.json"], "e.g. --saving-of '3,3,1,1,1'"),
 ])
 def test_other_commands_refuse_with_one_line(inputs, args, needle):
     before = digest(inputs)

@@ -97,6 +97,11 @@ def test_more_blocks_than_model():
     with pytest.raises(ScheduleError, match="defined for 6 schedulable blocks but the model has 14"):
         get_schedule("D4-U-ViT").check(14)  # e.g. U-ViT-H/2 has 14 decoder blocks
     assert get_schedule("D4-U-ViT").check(6).name == "D4-U-ViT"
+    for K in (1, 2, 3, 14):  # the suggested rescaled preset itself fits and runs a block at every t
+        with pytest.raises(ScheduleError, match="e.g. --schedules '") as e:
+            get_schedule("D6-U-ViT").check(K, flag="--schedules")
+        suggested = get_schedule(str(e.value).split("'")[-2]).check(K)
+        assert suggested.zero_block_warning() is None and min(suggested.blocks) >= 1
     with pytest.raises(ScheduleError, match=r"\[0, 1\]"):
         get_schedule("D4-DiT").active_blocks(float("nan"))
     with pytest.raises(ScheduleError, match=r"\[0, 1\]"):

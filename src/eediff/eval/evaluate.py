@@ -258,7 +258,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     if not any(s.blocks is None for s in schedules):
         schedules.insert(0, get_schedule("full"))
     for s in schedules:
-        s.check(K)
+        s.check(K, flag="--schedules")
         if s.zero_block_warning() and rank == 0:
             print(s.zero_block_warning(), file=sys.stderr)
     samplers = [parse_sampler(s) for s in cfg.samplers.split(";") if s.strip()]

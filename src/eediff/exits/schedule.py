@@ -85,20 +85,21 @@ class ExitSchedule:
     def max_blocks(self) -> int | None:
         return None if self.blocks is None else max(self.blocks)
 
-    def check(self, num_blocks: int) -> "ExitSchedule":
-        """Raise if the schedule asks for more blocks than a model with ``num_blocks`` schedulable blocks has."""
+    def check(self, num_blocks: int, flag: str = "--schedule") -> "ExitSchedule":
+        """Raise if the schedule asks for more blocks than a model with ``num_blocks`` schedulable blocks has, or is a
+        preset defined for another depth (``flag``: the option its rescaled block counts are suggested for)."""
         if self.blocks is not None and max(self.blocks) == 0:
             raise ScheduleError(f"schedule '{self.name}' runs no block at any t (every count is 0): the output would be the "
                                 "head on the embedded input; give block counts >= 1")
+        if self.ref_blocks is not None and self.ref_blocks != num_blocks:
+            raise ScheduleError(
+                f"preset '{self.name}' is defined for {self.ref_blocks} schedulable blocks but the model has {num_blocks}: "
+                f"give the block counts yourself, e.g. {flag} '{','.join(str(max(1, round(k * num_blocks / self.ref_blocks))) for k in self.blocks)}'"
+            )
         if self.blocks is not None and max(self.blocks) > num_blocks:
             raise ScheduleError(
                 f"schedule '{self.name}' runs up to {max(self.blocks)} blocks but the model has {num_blocks} "
                 f"schedulable blocks: pick a schedule for this model (see `eediff schedules`)"
-            )
-        if self.ref_blocks is not None and self.ref_blocks != num_blocks:
-            raise ScheduleError(
-                f"preset '{self.name}' is defined for {self.ref_blocks} schedulable blocks but the model has {num_blocks}: "
-                f"give the block counts yourself, e.g. --schedule '{','.join(str(round(k * num_blocks / self.ref_blocks)) for k in self.blocks)}'"
             )
         return self
  

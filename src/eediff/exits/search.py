@@ -584,7 +584,7 @@ def run_search(cfg, log=print) -> SearchResult:
     if cfg.saving_of is not None:  # refused before the proxy is measured when it cannot run on this model
         other = get_schedule(cfg.saving_of)
         try:
-            other.check(K)
+            other.check(K, flag="--saving-of")
         except ScheduleError as e:
             raise SearchError(f"--saving-of '{cfg.saving_of}' does not fit this model: {e}") from None
     if cfg.min_depth == K or (cfg.data_full and cfg.intervals == 1):
