@@ -91,6 +91,7 @@ SAMPLE_CASES = [
     ("model=nan", "non-finite"), ("model=badjson", "malformed eediff metadata"), ("model=noarch", "no 'arch' entry"),
     ("model=hidden33", "hidden_size = 33"), ("model=diff-malformed", "not readable JSON"), ("model=diff-missing", "lacks"),
     ("model=diff-list", "JSON object"), ("model=missing", "does not exist"), ("vae=file", "--vae"),
+    ("vae=sched_dir.json", "has no config.json"), ("vae=diff-malformed", "is not a loadable diffusers AutoencoderKL"),
 ]
 
 
@@ -110,7 +111,9 @@ def _case_args(d, case) -> tuple[list, object]:
         return ["--exit-plot", d / "plot.jpg"], None
     if key == "model":
         return ["--model", d / (value if value.startswith("diff") else value + ".safetensors")], None
-    return ["--vae", d / "a_file"], None
+    if key == "vae":
+        return ["--vae", d / (value if value != "file" else "a_file")], None
+    raise ValueError(case)
 
 
 @pytest.mark.parametrize("case,needle", SAMPLE_CASES, ids=lambda v: str(v))
@@ -213,7 +216,7 @@ def _train(out, *args):
     (["--schedule", "0,0"], "runs no block"), (["--schedule", "{d}/sched_dir.json"], "is a folder"),
     (["--resume"], "does not exist"), (["--resume", "--overwrite"], "only one of them"), (["--out", "{d}/a_file"], "is a file"),
     (["--out", "{d}/a_file/run"], "is a file, not a folder"),
-    (["--sample-sampler", "ddimm"], "unknown sampler 'ddimm'"), (["--eval-every", "2", "--eval-sampler", "ddimm-5"], "unknown sampler 'ddimm'"),
+    (["--vae", "{d}/sched_dir.json"], "has no config.json"), (["--sample-sampler", "ddimm"], "unknown sampler 'ddimm'"), (["--eval-every", "2", "--eval-sampler", "ddimm-5"], "unknown sampler 'ddimm'"),
 ])
 def test_train_refuses_bad_input_with_one_line(inputs, tmp_path, args, needle):
     before = digest(inputs)

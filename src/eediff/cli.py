@@ -189,11 +189,9 @@ def sample_cmd(cfg) -> None:
         typer.echo(schedule.zero_block_warning(), err=True)
     vae = None
     if cfg.vae is not None:
-        from diffusers import AutoencoderKL
+        from .io import load_vae
 
-        if not os.path.isdir(cfg.vae):
-            raise UserError(f"--vae '{cfg.vae}' is not a folder: pass a diffusers AutoencoderKL folder (config.json + weights)")
-        vae = AutoencoderKL.from_pretrained(cfg.vae, local_files_only=True).to(device).eval()
+        vae = load_vae(cfg.vae).to(device)
     elif model.in_channels == 4 and not cfg.latents:  # DiT-XL/2, U-ViT-L/2 and -H/2: Stable Diffusion VAE latents
         raise UserError("this is a latent model (4 input channels): pass --vae FOLDER with a diffusers AutoencoderKL, "
                         "or --latents to write the undecoded latents")

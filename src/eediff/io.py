@@ -69,6 +69,32 @@ def unwritable(folder: str) -> str | None:
     return None
 
 
+def check_vae_folder(folder: str, flag: str = "--vae") -> None:
+    """A one-line CheckpointError unless ``folder`` looks like a diffusers AutoencoderKL folder (has config.json)."""
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{flag} '{folder}' is not a folder: pass a diffusers AutoencoderKL folder (config.json + weights)")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise CheckpointError(f"{flag} '{folder}' has no config.json: pass a diffusers AutoencoderKL folder (config.json + weights)")
+
+
+def load_vae(folder: str, flag: str = "--vae"):
+    """A diffusers AutoencoderKL from a local folder, in eval mode; a folder it cannot load is a one-line CheckpointError."""
+    from diffusers import AutoencoderKL
+    from diffusers.utils import logging as diffusers_logging
+
+    check_vae_folder(folder, flag)
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its notes on a failed try would come before our one line
+    try:
+        return AutoencoderKL.from_pretrained(folder, local_files_only=True).eval()
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{flag} '{folder}' is not a loadable diffusers AutoencoderKL ({why}): pass an AutoencoderKL "
+                              "folder (config.json + weights)") from None
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 def atomic_write(path: str, write_fn) -> None:
     """Call ``write_fn(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file
     (and the temporary files of an earlier, killed write of ``path`` are removed first)."""

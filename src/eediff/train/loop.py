@@ -874,9 +874,9 @@ def write_samples(tr: Trainer, path: str) -> None:
     if tr.data.is_latent:
         if cfg.vae is None:
             return
-        from diffusers import AutoencoderKL
+        from ..io import load_vae
 
-        vae = AutoencoderKL.from_pretrained(cfg.vae, local_files_only=True).to(tr.device).eval()
+        vae = load_vae(cfg.vae).to(tr.device)
     devices = [tr.device] if tr.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         res = generate(

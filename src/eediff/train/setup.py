@@ -132,6 +132,10 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
         from ..eval.evaluate import parse_sampler
 
         parse_sampler(cfg.eval_sampler)  # a one-line error for a bad NAME-STEPS or an unknown sampler
+    if cfg.vae is not None:  # it decodes the sample grids: refused now, not at the first grid
+        from ..io import check_vae_folder
+
+        check_vae_folder(cfg.vae)
     from ..diffusion.sampling import SAMPLERS, _scheduler_class
 
     if cfg.sample_sampler not in SAMPLERS:  # refused now, not after the run when its last grid is drawn
