@@ -91,6 +91,8 @@ SAMPLE_CASES = [
     ("model=nan", "non-finite"), ("model=badjson", "malformed eediff metadata"), ("model=noarch", "no 'arch' entry"),
     ("model=hidden33", "hidden_size = 33"), ("model=diff-malformed", "not readable JSON"), ("model=diff-missing", "lacks"),
     ("model=diff-list", "JSON object"), ("model=missing", "does not exist"), ("vae=file", "--vae"),
+    (["--latents"], "--latents is for latent models (4 input channels); this model samples 1-channel images"),
+    (["--latents", "--vae", "{d}"], "--latents writes the undecoded latents and --vae decodes them"),
     ("vae=sched_dir.json", "has no config.json"), ("vae=diff-malformed", "is not a loadable diffusers AutoencoderKL"),
 ]
 
@@ -98,7 +100,7 @@ SAMPLE_CASES = [
 def _case_args(d, case) -> tuple[list, object]:
     """(extra flags, --out) of a sample case; None = the default new file."""
     if isinstance(case, list):
-        return case, None
+        return [str(a).replace("{d}", str(d)) for a in case], None
     key, _, value = case.partition("=")
     if key == "out":
         if value == "model.png":  # the model itself, under an image name

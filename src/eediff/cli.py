@@ -187,6 +187,11 @@ def sample_cmd(cfg) -> None:
         raise UserError(f"--steps {cfg.steps} is more than the {grid} training timesteps the sampler can use: give at most {grid}")
     if schedule.zero_block_warning():
         typer.echo(schedule.zero_block_warning(), err=True)
+    if cfg.latents and cfg.vae is not None:
+        raise UserError("--latents writes the undecoded latents and --vae decodes them: pass only one of them")
+    if cfg.latents and model.in_channels != 4:
+        raise UserError(f"--latents is for latent models (4 input channels); this model samples {model.in_channels}-channel "
+                        "images, written as they are: drop --latents")
     vae = None
     if cfg.vae is not None:
         from .io import load_vae
