@@ -93,6 +93,9 @@ def test_schedules_lists_presets(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "D4-DiT" in r.stdout and "D6-U-ViT" in r.stdout
     assert (tmp_path / "s.png").exists()
+    r = run("schedules", "--model", "uvit-fmnist", "--plot", str(tmp_path / "u.png"))  # no DiT preset fits: one empty panel
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+    assert "D4-U-ViT" in r.stdout and "D4-DiT" not in r.stdout and (tmp_path / "u.png").exists()
 
 
 def test_fid_command(tmp_path):

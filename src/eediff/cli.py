@@ -337,7 +337,8 @@ def _plot_schedules(rows, path: str) -> None:
     axes[0].set(title="DiT (28 blocks)", xlabel="t (0 = data, 1 = noise)", ylabel="blocks run")
     axes[1].set(title="U-ViT (6 decoder blocks)", xlabel="t (0 = data, 1 = noise)", ylabel="decoder blocks run in full")
     for ax in axes:
-        ax.legend(fontsize=7)
+        if ax.lines:  # with --model only one family's presets fit: the other panel stays empty, without a legend
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
