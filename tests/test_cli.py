@@ -30,6 +30,7 @@ def test_sample_writes_grid_and_reports(ckpt, tmp_path):
             "--batch-size", "4", "--out", str(out), "--save-npz", "--no-progress", "--compare-full", "--compare-repeats", "2")
     assert r.returncode == 0, r.stderr
     assert "mean blocks per step: 2.50 / 4" in r.stdout and "compute fraction" in r.stdout and "wall-clock" in r.stdout
+    assert f"wrote {out}, {tmp_path / 'g.npz'}" in r.stdout  # every file written is named
     # full depth and the schedule timed on the first 4 images (one batch), 2 interleaved runs each
     import re
 

@@ -268,7 +268,8 @@ def sample_cmd(cfg) -> None:
             typer.echo(f"speed-up vs full depth: {cut:.1f}% less time ({t_full:.2f} s -> {t_s:.2f} s for {m} images, "
                        f"median of {cfg.compare_repeats} interleaved runs; per run {min(rounds):.0f}..{max(rounds):.0f}%), "
                        f"analytic FLOP cut {flop_cut:.1f}%")
-    typer.echo(f"wrote {cfg.out}")
+    written = [cfg.out] + ([os.path.splitext(cfg.out)[0] + ".npz"] if cfg.save_npz else []) + ([cfg.exit_plot] if cfg.exit_plot else [])
+    typer.echo(f"wrote {', '.join(written)}")
 
 
 @app.command("schedules", help="List exit schedules with their mean compute fraction.")
