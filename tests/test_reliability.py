@@ -184,7 +184,7 @@ def _eval(inputs, *args, out=None):
     (["--fast", "--kernels", "fp8", "--fp8-smooth", "8", "--fp8-smooth-alpha", "nan"], "--fp8-smooth-alpha nan is not in [0, 1]"),
     (["--fast", "--kernels", "fp8", "--fp8-smooth", "8", "--fp8-smooth-gemms", "qkv,adaLN"], "unknown GEMM 'adaLN'; give a comma list of qkv, proj, fc1, fc2"),
     (["--fast", "--kernels", "fp8", "--fp8-smooth", "8", "--fp8-smooth-gemms", ","], "--fp8-smooth-gemms is empty"),
-    (["--fast", "--kernels", "fp8", "--fp8-smooth-alpha", "0.5"], "--fp8-smooth-alpha tunes --fp8-smooth: add --fp8-smooth N"),
+    (["--fast", "--kernels", "fp8", "--fp8-smooth-alpha", "0.3"], "--fp8-smooth-alpha tunes --fp8-smooth: add --fp8-smooth N"),
     (["--fp8-smooth-gemms", "qkv"], "--fp8-smooth-gemms tunes --fp8-smooth"), (["--cfg", "nan"], "--cfg"), (["--time-repeats", "0"], "--time-repeats"),
     (["--schedules", "4,9"], "up to 9"), (["--samplers", "ddim"], "NAME-STEPS"), (["--out", "{d}/existing.json"], "already exists"),
     (["--out", "{d}/e.txt"], "must end in .json"), (["--out", "{d}/m.safetensors"], "must end in .json"),

@@ -186,7 +186,7 @@ def check_fp8_flags(cfg: EvalConfig, models=()) -> None:
     alpha = cfg.fp8_smooth_alpha
     if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):  # NaN fails both comparisons
         raise ConfigError(f"--fp8-smooth-alpha {alpha} is not in [0, 1]: give the share of the channels' spread moved into "
-                          "the weights, e.g. 0.8 (the measured best)")
+                          "the weights, e.g. 0.5 (the measured best)")
     gemms = smooth_gemms(cfg.fp8_smooth_gemms)
     if not cfg.fp8_smooth:
         default = {f.name: f.default for f in fields(EvalConfig)}
