@@ -28,9 +28,7 @@ from ..config import ConfigError, EvalConfig, FidConfig
 
 
 def parse_sampler(spec: str):
-    from ..diffusion.sampling import SamplerConfig, SamplerError
-
-    from ..diffusion.sampling import SAMPLERS, _scheduler_class
+    from ..diffusion.sampling import SAMPLERS, SamplerConfig, SamplerError, _scheduler_class
 
     name, _, steps = spec.strip().rpartition("-")
     if not name or not steps.isdigit():
