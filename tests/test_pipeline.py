@@ -81,3 +81,12 @@ def test_fast_path_on_the_pipeline_and_back(kernels, grey):
     assert h.kernels.kernels == kernels and 0 < np.abs(fast - ref).mean() < grey
     p.disable_fast_path()
     assert np.array_equal(p(**kw).images, ref)
+
+
+def test_a_vae_folder_it_cannot_load_is_one_error(tmp_path):
+    """from_pretrained(vae=FOLDER) loads through io.load_vae: a folder without config.json is a CheckpointError
+    naming it, locally, before any download is tried."""
+    from eediff.io import CheckpointError
+
+    with pytest.raises(CheckpointError, match="vae '.*' has no config.json"):
+        eediff.EEDiffPipeline.from_pretrained("dit-fmnist", vae=str(tmp_path))

@@ -56,9 +56,9 @@ class EEDiffPipeline:
             path = os.path.join(path, _WEIGHTS)
         loaded = resolve_model(path)
         if isinstance(vae, str):
-            from diffusers import AutoencoderKL
+            from .io import load_vae
 
-            vae = AutoencoderKL.from_pretrained(vae).eval()
+            vae = load_vae(vae, flag="vae")
         return cls(loaded, vae)
 
     def save_pretrained(self, folder: str, overwrite: bool = False) -> str:
