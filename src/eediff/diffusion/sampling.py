@@ -63,6 +63,12 @@ def _scheduler_class(name: str):
     return cls
 
 
+def check_sampler_name(name: str) -> None:
+    """A one-line SamplerError, before any work, unless ``name`` is one of SAMPLERS or a diffusers scheduler class."""
+    if name not in SAMPLERS:
+        _scheduler_class(name)
+
+
 def make_scheduler(cfg: SamplerConfig, process, learned_sigma: bool):
     """A fresh diffusers scheduler for ``cfg`` on ``process`` (never shared between calls)."""
     if cfg.sampler == "euler-maruyama":

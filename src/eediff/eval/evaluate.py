@@ -28,15 +28,14 @@ from ..config import ConfigError, EvalConfig, FidConfig
 
 
 def parse_sampler(spec: str):
-    from ..diffusion.sampling import SAMPLERS, SamplerConfig, SamplerError, _scheduler_class
+    from ..diffusion.sampling import SamplerConfig, SamplerError, check_sampler_name
 
     name, _, steps = spec.strip().rpartition("-")
     if not name or not steps.isdigit():
         raise SamplerError(f"sampler '{spec}' must look like NAME-STEPS, e.g. ddim-50 or euler-maruyama-1000")
     if name.endswith("-") or int(steps) < 1:  # 'ddim--5' / 'ddim-0'
         raise SamplerError(f"sampler '{spec}': the number of steps must be at least 1, e.g. {name.rstrip('-')}-25")
-    if name not in SAMPLERS:
-        _scheduler_class(name)  # a one-line SamplerError for an unknown name, before any work
+    check_sampler_name(name)
     return SamplerConfig(name, int(steps))
 
 

@@ -29,7 +29,6 @@ def _load_images(cfg) -> ImageData:
 
 @torch.no_grad()
 def encode_latents(cfg, progress: bool = True) -> dict:
-
     if cfg.vae is None or not os.path.isdir(cfg.vae):
         raise DataError(f"--vae '{cfg.vae}' is not a folder: pass a diffusers AutoencoderKL folder (config.json + weights)")
     if cfg.batch_size < 1 or cfg.shard_size < 1:

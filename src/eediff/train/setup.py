@@ -136,10 +136,9 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
         from ..io import check_vae_folder
 
         check_vae_folder(cfg.vae)
-    from ..diffusion.sampling import SAMPLERS, _scheduler_class
+    from ..diffusion.sampling import check_sampler_name
 
-    if cfg.sample_sampler not in SAMPLERS:  # refused now, not after the run when its last grid is drawn
-        _scheduler_class(cfg.sample_sampler)
+    check_sampler_name(cfg.sample_sampler)  # refused now, not after the run when its last grid is drawn
 
 
 def resolve_auto(cfg: TrainBaseConfig, command: str, model) -> TrainBaseConfig:
