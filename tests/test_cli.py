@@ -55,6 +55,13 @@ def test_sample_writes_grid_and_reports(ckpt, tmp_path):
     assert arr.shape == (6, 8, 8, 1) and arr.dtype == np.uint8
 
 
+def test_compare_full_at_full_depth_says_it_is_skipped(ckpt, tmp_path):
+    r = run("sample", "--model", ckpt, "--schedule", "full", "--sampler", "ddim", "--steps", "2", "-n", "2",
+            "--out", str(tmp_path / "g.png"), "--no-progress", "--compare-full")
+    assert r.returncode == 0, r.stderr
+    assert "--compare-full skipped: this schedule already runs every block" in r.stderr and "speed-up" not in r.stdout
+
+
 def _one_line_error(r, needle):
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]

@@ -229,6 +229,8 @@ def sample_cmd(cfg) -> None:
                          title=f"{os.path.basename(loaded.source)}: {policy.name if policy else schedule.name}, {cfg.sampler} x{cfg.steps}")
     exits = policy if policy is not None else schedule
     compare = cfg.compare_full and (policy is not None or not schedule.is_full(model.num_exit_blocks))
+    if cfg.compare_full and not compare:  # said, not skipped in silence: the user asked for a number
+        typer.echo("note: --compare-full skipped: this schedule already runs every block, so there is no speed-up to measure", err=True)
     if compare:
         from .eval.evaluate import measure_speed
 
