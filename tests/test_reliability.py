@@ -244,6 +244,7 @@ def test_finetune_refuses_a_non_finite_init(inputs, tmp_path):
     (["bench", "--tiny", "--kernels", ",", "--out", "{d}/b.json"], "--kernels is empty"),
     (["bench", "--tiny", "--kernels", "fused,fp4", "--out", "{d}/b.json"], "unknown --kernels"),
     (["export-data", "--dataset", TRAIN_DATA, "--out", "{d}/a_file/x.npz"], "is a file, not a folder"),
+    (["export-data", "--dataset", TRAIN_DATA, "--out", "{d}/x.npz", "--per-class", "-1"], "--per-class -1: give the number"),
     (["export", "--model", "{d}/m.safetensors", "--out", "{d}/a_file/t"], "is a file, not a folder"),
     (["export", "--model", "{d}/m.safetensors", "--out", "{d}/a_file", "--overwrite"], "is a file: give the folder"),
     (["search", "--model", "{d}/m.safetensors", "--target-saving", "0.3", "--out", "{d}/a_file/s.json"], "is a file, not a folder"),

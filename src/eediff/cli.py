@@ -386,6 +386,8 @@ def export_data_cmd(cfg) -> None:
     from .data import balanced_subset, load_dataset, save_npz
 
     _check_output(cfg.out, (".npz",), (cfg.dataset,), cfg.overwrite)
+    if cfg.per_class < 0:
+        raise UserError(f"--per-class {cfg.per_class}: give the number of examples kept of each class (>= 1), or 0 for all")
     data = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, cfg.image_size)
     if cfg.per_class > 0:
         data = balanced_subset(data, cfg.per_class)
