@@ -210,6 +210,9 @@ def test_eval_fp8_smooth_flags_parse_to_the_config(tmp_path, monkeypatch):
     assert (seen[1].fp8_smooth, seen[1].fp8_smooth_alpha, seen[1].fp8_smooth_gemms) == (0, 0.5, "qkv,proj,fc1")
     d = EvalConfig()
     assert (d.fp8_smooth, d.fp8_smooth_alpha, evaluate.smooth_gemms(d.fp8_smooth_gemms)) == (0, 0.5, ("qkv", "proj", "fc1"))
+    from eediff.fast import FastPathConfig  # the CLI's defaults are the Python API's
+    f = FastPathConfig()
+    assert (f.fp8_smooth_alpha, f.fp8_smooth_gemms) == (d.fp8_smooth_alpha, evaluate.smooth_gemms(d.fp8_smooth_gemms))
 
 
 def test_eval_fp8_smooth_calibrates_and_balances_the_fast_path(tiny_dit):

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import KernelHandle, apply_kernels, check_batched_adaln, check_fp8_smooth, check_kernel_options
+from .kernels import SMOOTH_GEMMS, KernelHandle, apply_kernels, check_batched_adaln, check_fp8_smooth, check_kernel_options
 from .models.backbone import ExitState, Tokens, forward_exits, row_counts, store_tokens
 
 
@@ -59,7 +59,7 @@ class FastPathConfig:
     # (kernels.smooth_dit_block; None: off)
     fp8_smooth: dict | None = field(default=None, repr=False)
     fp8_smooth_alpha: float = 0.5  # in [0, 1]: the share of the activations' channel spread moved into the weights
-    fp8_smooth_gemms: tuple = ("qkv", "proj", "fc1", "fc2")  # which fp8 GEMMs fp8_smooth balances
+    fp8_smooth_gemms: tuple = SMOOTH_GEMMS  # which fp8 GEMMs fp8_smooth balances (default: qkv, proj, fc1, the measured best)
     row_kernels: str = "triton"  # (measured faster than inductor's, results/kernel_variants_h200.md) fused / fp8 DiT blocks' LayerNorm, residual and quantise passes: triton | inductor
 
 

@@ -167,7 +167,7 @@ def check_fp8_flags(cfg: EvalConfig, models=()) -> None:
     """eval's fp8 options, each refused in one line that names the fix: --fp8-fast-accum, --fp8-calibrate and
     --fp8-smooth need --fast --kernels fp8; --fp8-smooth balances DiT blocks (of ``models``) only, and its alpha
     and GEMMs are checked (and refused without it, which they tune)."""
-    from ..models.dit import DiTBlock
+    from ..kernels import smooth_alpha_ok, smoothable
 
     fp8 = cfg.fast and cfg.kernels == "fp8"
     if cfg.fp8_fast_accum and not fp8:
@@ -181,7 +181,7 @@ def check_fp8_flags(cfg: EvalConfig, models=()) -> None:
     if cfg.fp8_smooth and not fp8:
         raise ConfigError(f"--fp8-smooth {cfg.fp8_smooth} balances the fp8 fast path's GEMMs: add --fast --kernels fp8, or drop it")
     alpha = cfg.fp8_smooth_alpha
-    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):  # NaN fails both comparisons
+    if not smooth_alpha_ok(alpha):
         raise ConfigError(f"--fp8-smooth-alpha {alpha} is not in [0, 1]: give the share of the channels' spread moved into "
                           "the weights, e.g. 0.5 (the measured best)")
     gemms = smooth_gemms(cfg.fp8_smooth_gemms)
@@ -192,7 +192,7 @@ def check_fp8_flags(cfg: EvalConfig, models=()) -> None:
             if given:
                 raise ConfigError(f"--fp8-smooth-{name} tunes --fp8-smooth: add --fp8-smooth N (calibration images), or drop it")
     for m in models if cfg.fp8_smooth else ():
-        if not all(isinstance(b, DiTBlock) for b in m.compute_blocks()):
+        if not smoothable(m):
             raise ConfigError(f"--fp8-smooth folds its factors into DiT blocks; this model is a {getattr(m, 'arch', type(m).__name__)}: "
                               "drop --fp8-smooth")
 
