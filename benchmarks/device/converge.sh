@@ -198,8 +198,7 @@ PY
   fid_snaps
 elif [ "$STAGE" = finetune ]; then
   FS=${FT_STEPS:-5000}
-  F="--dataset fashion-mnist --batch-size ${FT_BATCH:-512} --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS --compile --compile-scope ${FT_SCOPE:-blocks} --compile-mode ${FT_MODE:-default}
-     --eval-every 1000 --eval-n $EN --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
+  source benchmarks/device/ft_recipe.sh; F=$(ft_flags $FS $EN $R)
   FT_END=${FT_END:-$(( DL * 6 / 10 ))}   # the fine-tunes get 60% of the call, the FID tables the rest
   declare -A BASE SCHED KINDS EXTRA
   search_kind() {  # search_kind MODEL NAME X [ARGS...]: `eediff search` on the base at D<X>'s saving or at saving X

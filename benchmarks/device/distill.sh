@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ASE fine-tunes with `finetune --distill W` (the cut rows learn (1 - W) ε + W ε_full of the frozen base at full
-# depth) beside the plain fine-tunes of results/converge/v2: the same bases, schedules, recipe (that of
+# depth) beside the plain fine-tunes of results/converge/v2: the same bases, schedules, recipe (ft_recipe.sh, that of
 # `converge.sh finetune`: batch 512, lr 1e-4, EMA 0.999 with warm-up, one schedule interval per step, compiled
 # blocks), steps and seed; only --distill differs. One call on one GPU, carry [".whl", ".data/fm-xz"]:
 #
@@ -23,8 +23,7 @@ export PYTHONPATH=/tmp/site:$PWD/src EEDIFF_FASHION_MNIST_DIR=$R/data PYTHONUNBU
 E="python3 -m eediff.cli"
 cp src/eediff/zoo/dit-fmnist.safetensors $R/init-dit.safetensors   # the paths the earlier tables were keyed by
 cp src/eediff/zoo/uvit-fmnist.safetensors $R/init-uvit.safetensors
-F="--dataset fashion-mnist --batch-size 512 --lr 1e-4 --ema-decay 0.999 --ema-warmup --depth-grouping batch --steps $FS --compile
-   --eval-every 1000 --eval-n $EN --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
+source benchmarks/device/ft_recipe.sh; F=$(ft_flags $FS $EN $R)   # the plain fine-tunes' recipe
 declare -A SCHED
 for item in ${RUNS:-dit:D4-DiT dit:search-D6 uvit:D4-U-ViT}; do
   m=${item%%:*}; s=${item#*:}
