@@ -6,7 +6,8 @@ benchmarks/device/distill.sh names them) and their table cells (DIR/tables_MODEL
 fine-tunes of results/converge/v2/MODEL-ft (KIND.metrics.jsonl and tables_MODEL.jsonl). Writes DIR/distill.json,
 DIR/distill.md (per schedule: the distance at each --eval-every step and on every sampler, ÷ the base and ÷ the
 fair baseline of the same sampler) and DIR/distill.png (distance against fine-tune steps, plain solid, distilled
-dashed).
+dashed). A run taken further than the plain one (resumed with a larger --steps) may have its cells measured again
+at step S in DIR/tables_MODEL-distill-S.jsonl: they are reported as rows of their own, "distilled at S".
 
     python benchmarks/distill_report.py --dir results/converge/v2/distill
 """
@@ -55,15 +56,24 @@ def main(argv=None) -> int:
         plain_dir = os.path.join(a.plain_root, f"{model}-ft")
         plain_tables = read_jsonl(os.path.join(plain_dir, f"tables_{model}.jsonl"))
         dist_tables = read_jsonl(os.path.join(a.dir, f"tables_{model}-distill.jsonl"))
-        row = {"model": model, "kind": kind, "schedule": cfg["schedule"], "distill": float(w), "steps": cfg["steps"],
-               "plain_evals": evals(read_jsonl(os.path.join(plain_dir, f"{kind}.metrics.jsonl"))),
-               "distill_evals": evals(read_jsonl(os.path.join(a.dir, f"{name}.metrics.jsonl"))), "samplers": {}}
+        plain_evals = evals(read_jsonl(os.path.join(plain_dir, f"{kind}.metrics.jsonl")))
+        metrics = read_jsonl(os.path.join(a.dir, f"{name}.metrics.jsonl"))
+        later = {}  # step -> that step's table cells (tables_MODEL-distill-STEP.jsonl)
+        for p in glob.glob(os.path.join(a.dir, f"tables_{model}-distill-*.jsonl")):
+            tail = os.path.basename(p)[len(f"tables_{model}-distill-"): -len(".jsonl")]
+            if tail.isdigit():
+                later[int(tail)] = read_jsonl(p)
+        row = {"model": model, "kind": kind, "schedule": cfg["schedule"], "distill": float(w),
+               "steps": max(plain_evals, default=None),  # the plain run's length: the cells of tables_MODEL-distill.jsonl
+               "trained": max((r.get("step", 0) for r in metrics), default=0),
+               "plain_evals": plain_evals, "distill_evals": evals(metrics), "samplers": {}}
         for sp in SAMPLERS:
             base = cell_of(plain_tables, "full", sp)
             fair = cell_of(plain_tables, "fair", sp)
             plain = cell_of(plain_tables, "fine-tuned", sp, f"/{model}-{kind}/")
             dist = cell_of(dist_tables, "fine-tuned", sp, f"/{name}/")
-            row["samplers"][sp] = {"base": base, "fair": fair, "plain": plain, "distill": dist}
+            row["samplers"][sp] = {"base": base, "fair": fair, "plain": plain, "distill": dist,
+                                   "later": {s: cell_of(t, "fine-tuned", sp, f"/{name}/") for s, t in sorted(later.items())}}
         out.append(row)
     if not out:
         raise SystemExit(f"no *-distill*.config.json in {a.dir}")
@@ -74,11 +84,11 @@ def main(argv=None) -> int:
     md = ["# `finetune --distill` against the plain fine-tune (same base, schedule, recipe, steps)", "",
           "Classifier Fréchet distance of 5,000 images (seed 0) to the Fashion-MNIST test set; ÷ base / ÷ fair: against the "
           "base at full depth and the fair baseline (full depth, the same extra steps) on the same sampler.", "",
-          "| model | schedule | steps | DPM-Solver++ 25 at each eval: plain → distilled |",
+          "| model | schedule | steps (plain / distilled) | DPM-Solver++ 25 at each eval: plain → distilled |",
           "|---|---|---|---|"]
     for row in out:
         steps = sorted(set(row["plain_evals"]) | set(row["distill_evals"]))
-        md.append(f"| {row['model']} | {row['kind']} | {row['steps']} | "
+        md.append(f"| {row['model']} | {row['kind']} | {row['steps']} / {row['trained']} | "
                   + "; ".join(f"{s}: {f(row['plain_evals'].get(s))} → {f(row['distill_evals'].get(s))}" for s in steps) + " |")
     md += ["", "| model | schedule | sampler | base | fair | plain (÷ base / ÷ fair) | distilled (÷ base / ÷ fair) | distilled ÷ plain |",
            "|---|---|---|---|---|---|---|---|"]
@@ -87,6 +97,13 @@ def main(argv=None) -> int:
             md.append(f"| {row['model']} | {row['kind']} | {sp} | {f(c['base'])} | {f(c['fair'])} | "
                       f"{f(c['plain'])} ({r(c['plain'], c['base'])} / {r(c['plain'], c['fair'])}) | "
                       f"{f(c['distill'])} ({r(c['distill'], c['base'])} / {r(c['distill'], c['fair'])}) | {r(c['distill'], c['plain'])} |")
+    longer = [(row, sp, s, v) for row in out for sp, c in row["samplers"].items() for s, v in c["later"].items()]
+    if longer:
+        md += ["", "Distilled runs taken further (the plain fine-tune was not: ÷ plain compares unequal steps):", "",
+               "| model | schedule | sampler | steps | distilled | ÷ base | ÷ fair (of the plain run's steps) |", "|---|---|---|---|---|---|---|"]
+        for row, sp, s, v in longer:
+            c = row["samplers"][sp]
+            md.append(f"| {row['model']} | {row['kind']} | {sp} | {s} | {f(v)} | {r(v, c['base'])} | {r(v, c['fair'])} |")
     open(os.path.join(a.dir, "distill.md"), "w").write("\n".join(md) + "\n")
 
     import matplotlib

@@ -2,6 +2,8 @@
 
 Run once, before a change to the sampling path (the values must come from the code being replaced):
     .venv/bin/python tests/golden/make_golden.py
+When a shipped file is replaced (the code unchanged), record its cases again and keep the others:
+    .venv/bin/python tests/golden/make_golden.py --only uvit-fmnist-D4
 Each case: 4 images, DPM-Solver++ 6 steps, seed 0, CPU float32, at full depth and at an exit schedule;
 the DiT cases also with classifier-free guidance. Stored as float32 in shipped_samples.npz.
 """
@@ -41,7 +43,15 @@ def sample_case(model: str, schedule: str | None, cfg: float) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    out = {case_key(*c): sample_case(*c) for c in CASES}
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", help="record only this shipped model's cases, keeping the others' stored values")
+    only = ap.parse_args().only
     path = os.path.join(os.path.dirname(__file__), "shipped_samples.npz")
+    if only and only not in {c[0] for c in CASES}:
+        raise SystemExit(f"--only {only}: not a model of CASES ({', '.join(sorted({c[0] for c in CASES}))})")
+    out = dict(np.load(path)) if only else {}
+    out.update({case_key(*c): sample_case(*c) for c in CASES if only in (None, c[0])})
     np.savez_compressed(path, **out)
     print(f"wrote {len(out)} cases to {path}")
