@@ -161,3 +161,26 @@ def test_resume_continues_a_finished_run_to_more_steps(finished_run, tmp_path):
     cfg = json.load(open(run / "config.json"))
     assert cfg["steps"] == 6 and cfg["dataset"] == SAMPLE  # the saved options, with --steps overridden
     assert sorted(os.listdir(run / "checkpoints")) == ["step-00000004", "step-00000006"]
+
+
+def test_lr_jump_note_names_a_stretched_cosine():
+    from eediff.train.loop import lr_jump_note, lr_lambda_for
+
+    rec = {"lr": 1e-4, "lr_schedule": "cosine", "warmup_steps": 0, "steps": 2000, "min_lr_ratio": 0.0}
+    cfg = type("C", (), {})()
+    same = 1e-4 * lr_lambda_for("cosine", 0, 2000, 0.0)(1500)
+    assert lr_jump_note(rec, cfg, 1500, same) is None  # the recorded schedule's own rate: nothing to say
+    new = 1e-4 * lr_lambda_for("cosine", 0, 4000, 0.0)(2000)  # --steps 4000 at step 2000: cos(pi/2) -> half the peak
+    note = lr_jump_note(rec, cfg, 2000, new)
+    assert note.startswith("note:") and "5e-05" in note and "--steps 2000" in note and "--lr-schedule constant" not in note
+    note = lr_jump_note(rec, cfg, 1000, 1e-4 * lr_lambda_for("cosine", 0, 4000, 0.0)(1000))
+    assert f"--lr {1e-4 * 0.5:.3g}" in note  # recorded rate at 1000 of 2000 is half the peak: suggested to keep it
+    assert lr_jump_note({}, cfg, 10, 1e-4) is None  # an older config.json without the fields
+
+
+def test_resume_reports_a_learning_rate_jump(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    res = CliRunner().invoke(app, ["train", "--out", str(run), "--resume", "--steps", "6", "--lr-schedule", "cosine", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "note: the learning rate at step 4 is 0.00025, where the recorded run's schedule (constant, --steps 4) has 0.001" in res.output

@@ -479,7 +479,7 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
     ckpts = RunCheckpoints(cfg.out, cfg.keep_last)
     resume = cfg.resume or cfg.resume_from is not None
     check_run_dir(cfg, ckpts, resume)  # before anything is loaded or written
-    changed = check_resume_options(cfg) if resume else []
+    changed, recorded = check_resume_options(cfg) if resume else ([], {})
     tr = trainer or Trainer(cfg, command)
     cfg = tr.cfg
     acc = tr.acc
@@ -503,6 +503,9 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
             print(f"note: continuing from {resumed_from}: the newer checkpoints were moved aside to {', '.join(moved)}", file=sys.stderr)
         if changed:
             print(f"note: resuming with changed options (recorded in config.json): {'; '.join(changed)}", file=sys.stderr)
+            jump = lr_jump_note(recorded, cfg, tr.lr_scheduler.last_epoch, tr.optimizer.param_groups[0]["lr"])
+            if jump:
+                print(jump, file=sys.stderr)
         write_json_atomic(os.path.join(cfg.out, "config.json"), {**to_json(cfg)})
         _trim_metrics(metrics_path, tr.step_count)
     acc.wait_for_everyone()
@@ -698,11 +701,27 @@ def check_run_dir(cfg: TrainBaseConfig, ckpts: RunCheckpoints, resume: bool) -> 
                           "or pass --overwrite to replace an earlier run's files there")
 
 
-def check_resume_options(cfg: TrainBaseConfig) -> list[str]:
-    """Refuse option changes that break the exact continuation of the run; return the allowed ones (to report)."""
+def lr_jump_note(recorded: dict, cfg: TrainBaseConfig, step: int, new_lr: float) -> str | None:
+    """A note when the resumed run's learning rate at ``step`` is not the one the recorded run would have used
+    there (e.g. a larger --steps stretches a cosine schedule, so the rate jumps back up: a warm restart), or None."""
+    try:
+        old_lr = float(recorded["lr"]) * lr_lambda_for(recorded["lr_schedule"], int(recorded["warmup_steps"]),
+                                                       int(recorded["steps"]), float(recorded["min_lr_ratio"]))(step)
+    except (KeyError, TypeError, ValueError):
+        return None  # an older config.json without these fields: nothing to compare
+    if math.isclose(old_lr, new_lr, rel_tol=1e-3, abs_tol=1e-12):
+        return None
+    keep = (f"; to continue at the recorded rate instead, add --lr-schedule constant --lr {old_lr:.3g}" if old_lr > 0 else "")
+    return (f"note: the learning rate at step {step} is {new_lr:.3g}, where the recorded run's schedule "
+            f"({recorded['lr_schedule']}, --steps {recorded['steps']}) has {old_lr:.3g}{keep}")
+
+
+def check_resume_options(cfg: TrainBaseConfig) -> tuple[list[str], dict]:
+    """Refuse option changes that break the exact continuation of the run; return the allowed ones (to report) and
+    the recorded config.json."""
     saved = os.path.join(cfg.out, "config.json")
     if not os.path.isfile(saved):
-        return []
+        return [], {}
     try:
         with open(saved) as f:
             recorded = json.load(f)
@@ -712,7 +731,7 @@ def check_resume_options(cfg: TrainBaseConfig) -> list[str]:
     if refused:
         raise ConfigError(f"--resume cannot change {'; '.join(refused[:3])}: the checkpoint would no longer continue "
                           "the same run; leave those options out, or start a new run in another --out")
-    return allowed
+    return allowed, recorded if isinstance(recorded, dict) else {}
 
 
 def load_resume_checkpoint(tr: Trainer, ckpts: RunCheckpoints, spec: str | None) -> tuple[str, list[tuple[str, str]]]:
