@@ -9,7 +9,11 @@ fair baseline of the same sampler) and DIR/distill.png (distance against fine-tu
 dashed). A run taken further than the plain one (resumed with a larger --steps) may have its cells measured again
 at step S in DIR/tables_MODEL-distill-S.jsonl: they are reported as rows of their own, "distilled at S".
 
-    python benchmarks/distill_report.py --dir results/converge/v2/distill
+    python benchmarks/distill_report.py --dir results/converge/v2/distill --into results/search.json
+
+--into JSON: the rows go into that file's section ``finetuned[<DIR relative to its folder>]`` too (the fine-tuned
+rows of results/search.json: schedule, compute saving, distance, the base's and the fair baseline's, the plain
+fine-tune each is compared with), one row per run, sampler and measured step count.
 """
 
 from __future__ import annotations
@@ -41,10 +45,48 @@ def cell_of(rows: list[dict], kind: str, sampler: str, model_has: str = "") -> f
     return got[-1] if got else None
 
 
+def cell_row(rows: list[dict], sampler: str, model_has: str) -> dict | None:
+    got = [r for r in cells(rows) if r["kind"] == "fine-tuned" and r["sampler"] == sampler and model_has in r["model"]]
+    return got[-1] if got else None
+
+
+def search_rows(out: list[dict]) -> list[dict]:
+    """results/search.json's fine-tuned rows of the distilled runs: one per run, sampler and measured step count
+    (the plain run's steps, then each later table's), each compared with the plain fine-tune of its schedule."""
+    rows = []
+    for row in out:
+        for sp, c in row["samplers"].items():
+            cell = row["cells"].get(sp)
+            for steps, fid in [(row["steps"], c["distill"]), *c["later"].items()]:
+                if fid is None or cell is None:
+                    continue
+                rows.append({"model": row["model"], "kind": f"{row['kind']} --distill {row['distill']:g}",
+                             "schedule": row["schedule"], "compute_saving": cell["flop_reduction_pct"] / 100, "fid": fid,
+                             "fid_full": c["base"], "fid_fair": c["fair"], "compared_with": f"{row['kind']} (plain fine-tune)",
+                             "fid_compared": c["plain"] if steps == row["steps"] else None,
+                             "ratio_base": fid / c["base"] if c["base"] else None,
+                             "metric": cell["metric"], "n": cell["n"], "sampler": sp, "steps": steps, "plain_steps": row["steps"]})
+    return rows
+
+
+def merge_into(path: str, d: str, out: list[dict]) -> None:
+    """``path``'s section ``finetuned[<d relative to path's folder>]`` holds :func:`search_rows` (written atomically;
+    the file's other keys and sections are kept)."""
+    from eediff.io import atomic_write
+
+    with open(path) as f:
+        res = json.load(f)
+    key = os.path.relpath(os.path.abspath(d), os.path.dirname(os.path.abspath(path)))
+    res.setdefault("finetuned", {})[key] = {"dir": d, "rows": search_rows(out)}
+    atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(res, indent=1)))
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", required=True, help="the distilled runs as distill.sh returned them")
     ap.add_argument("--plain-root", default="results/converge/v2", help="holds MODEL-ft/ with the plain fine-tunes")
+    ap.add_argument("--into", default=None, metavar="JSON", help="also merge the rows into this results file (results/search.json)")
     a = ap.parse_args(argv)
 
     out = []
@@ -67,6 +109,7 @@ def main(argv=None) -> int:
                "steps": max(plain_evals, default=None),  # the plain run's length: the cells of tables_MODEL-distill.jsonl
                "trained": max((r.get("step", 0) for r in metrics), default=0),
                "plain_evals": plain_evals, "distill_evals": evals(metrics), "samplers": {}}
+        row["cells"] = {sp: cell_row(dist_tables, sp, f"/{name}/") for sp in SAMPLERS}  # the saving of each sampler
         for sp in SAMPLERS:
             base = cell_of(plain_tables, "full", sp)
             fair = cell_of(plain_tables, "fair", sp)
@@ -77,7 +120,9 @@ def main(argv=None) -> int:
         out.append(row)
     if not out:
         raise SystemExit(f"no *-distill*.config.json in {a.dir}")
-    json.dump({"rows": out}, open(os.path.join(a.dir, "distill.json"), "w"), indent=1)
+    json.dump({"rows": [{k: v for k, v in row.items() if k != "cells"} for row in out]}, open(os.path.join(a.dir, "distill.json"), "w"), indent=1)
+    if a.into:
+        merge_into(a.into, a.dir, out)
 
     f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     r = lambda v, b: "—" if v is None or not b else f"{v / b:.2f}"  # noqa: E731

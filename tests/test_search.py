@@ -583,3 +583,52 @@ def test_adapted_confirmation_judges_full_depth_on_the_base(ckpt, tmp_path):
     assert both(full)[0] == pytest.approx(judge(base.model)(full)[0], rel=1e-9)
     assert both(cut)[0] == pytest.approx(judge(other)(cut)[0], rel=1e-9)
     assert both(cut)[0] != pytest.approx(judge(base.model)(cut)[0], rel=1e-3)
+
+
+def test_distill_report_compares_with_the_plain_fine_tune_and_merges_rows(tmp_path):
+    """benchmarks/distill_report.py on hand-made run files: the ratios are the cells' quotients, a later table becomes
+    rows of its own (not compared with the plain run's unequal steps), and --into keeps the file's other sections."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    plain, d = tmp_path / "v2" / "dit-ft", tmp_path / "distill"
+    plain.mkdir(parents=True)
+    d.mkdir()
+
+    def cell(kind, model, sampler, fid, cut=28.6):
+        return {"type": "cell", "kind": kind, "model": model, "sampler": sampler, "seed": 0, "n": 5000, "fid": fid,
+                "metric": "fd-classifier", "flop_reduction_pct": cut}
+
+    def lines(path, rows):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    sp = ("dpm-solver++-25", "ddim-50", "ddpm-100")
+    lines(plain / "tables_dit.jsonl", [cell("full", "/r/init-dit.safetensors", s, 1.0, 0) for s in sp]
+          + [cell("fair", "/r/dit-full/final.safetensors", s, 0.8, 0) for s in sp]
+          + [cell("fine-tuned", "/r/dit-D4-DiT/final.safetensors", s, 2.0) for s in sp])
+    lines(plain / "D4-DiT.metrics.jsonl", [{"step": 1000, "eval": {"step": 1000, "value": 2.5}},
+                                           {"step": 2000, "eval": {"step": 2000, "value": 2.0}}])
+    name = "dit-D4-DiT-distill1.0"
+    (d / f"{name}.config.json").write_text(json.dumps({"schedule": "D4-DiT", "steps": 5000}))
+    lines(d / f"{name}.metrics.jsonl", [{"step": s, "eval": {"step": s, "value": v}} for s, v in ((1000, 2.2), (2000, 1.6), (5000, 1.1))])
+    lines(d / "tables_dit-distill.jsonl", [cell("fine-tuned", f"/r/{name}/final.safetensors", s, 1.5) for s in sp])
+    lines(d / "tables_dit-distill-5000.jsonl", [cell("fine-tuned", f"/r/{name}/final.safetensors", s, 1.2) for s in sp])
+    into = tmp_path / "search.json"
+    into.write_text(json.dumps({"rows": [1], "finetuned": {"other": {"rows": [2]}}}))
+    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "distill_report.py"), "--dir", str(d),
+                        "--plain-root", str(tmp_path / "v2"), "--into", str(into)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.path.join(root, "src")))
+    assert r.returncode == 0, r.stderr
+    row = json.loads((d / "distill.json").read_text())["rows"][0]
+    assert (row["steps"], row["trained"], row["distill"]) == (2000, 5000, 1.0)
+    assert row["samplers"]["ddim-50"] == {"base": 1.0, "fair": 0.8, "plain": 2.0, "distill": 1.5, "later": {"5000": 1.2}}
+    md = (d / "distill.md").read_text()
+    assert "| dit | D4-DiT | ddim-50 | 1.000 | 0.800 | 2.000 (2.00 / 2.50) | 1.500 (1.50 / 1.88) | 0.75 |" in md
+    assert "| dit | D4-DiT | ddpm-100 | 5000 | 1.200 | 1.20 | 1.50 |" in md
+    res = json.loads(into.read_text())
+    assert res["rows"] == [1] and res["finetuned"]["other"] == {"rows": [2]}
+    rows = res["finetuned"]["distill"]["rows"]
+    assert len(rows) == 6 and {x["steps"] for x in rows} == {2000, 5000}
+    at2k = next(x for x in rows if x["steps"] == 2000 and x["sampler"] == "ddim-50")
+    assert at2k["fid_compared"] == 2.0 and at2k["compute_saving"] == pytest.approx(0.286) and at2k["ratio_base"] == 1.5
+    assert all(x["fid_compared"] is None for x in rows if x["steps"] == 5000)  # unequal steps are not compared
