@@ -62,7 +62,7 @@ def search_rows(out: list[dict]) -> list[dict]:
                     continue
                 rows.append({"model": row["model"], "kind": f"{row['kind']} --distill {row['distill']:g}",
                              "schedule": row["schedule"], "compute_saving": cell["flop_reduction_pct"] / 100, "fid": fid,
-                             "fid_full": c["base"], "fid_fair": c["fair"], "compared_with": f"{row['kind']} (plain fine-tune)",
+                             "fid_full": c["base"], "fid_fair": c["fair"] if steps == row["steps"] else c["later_fair"].get(steps), "compared_with": f"{row['kind']} (plain fine-tune)",
                              "fid_compared": c["plain"] if steps == row["steps"] else None,
                              "ratio_base": fid / c["base"] if c["base"] else None,
                              "metric": cell["metric"], "n": cell["n"], "sampler": sp, "steps": steps, "plain_steps": row["steps"]})
@@ -116,7 +116,9 @@ def main(argv=None) -> int:
             plain = cell_of(plain_tables, "fine-tuned", sp, f"/{model}-{kind}/")
             dist = cell_of(dist_tables, "fine-tuned", sp, f"/{name}/")
             row["samplers"][sp] = {"base": base, "fair": fair, "plain": plain, "distill": dist,
-                                   "later": {s: cell_of(t, "fine-tuned", sp, f"/{name}/") for s, t in sorted(later.items())}}
+                                   "later": {s: cell_of(t, "fine-tuned", sp, f"/{name}/") for s, t in sorted(later.items())},
+                                   # the fair baseline trained as far (distill.sh RUNS=MODEL:full, run MODEL-fair), where measured
+                                   "later_fair": {s: cell_of(t, "fair", sp, f"/{model}-fair/") for s, t in sorted(later.items())}}
         out.append(row)
     if not out:
         raise SystemExit(f"no *-distill*.config.json in {a.dir}")
@@ -145,10 +147,13 @@ def main(argv=None) -> int:
     longer = [(row, sp, s, v) for row in out for sp, c in row["samplers"].items() for s, v in c["later"].items()]
     if longer:
         md += ["", "Distilled runs taken further (the plain fine-tune was not: ÷ plain compares unequal steps):", "",
-               "| model | schedule | sampler | steps | distilled | ÷ base | ÷ fair (of the plain run's steps) |", "|---|---|---|---|---|---|---|"]
+               "| model | schedule | sampler | steps | distilled | ÷ base | ÷ fair, same steps | ÷ fair of the plain run's steps |",
+               "|---|---|---|---|---|---|---|---|"]
         for row, sp, s, v in longer:
             c = row["samplers"][sp]
-            md.append(f"| {row['model']} | {row['kind']} | {sp} | {s} | {f(v)} | {r(v, c['base'])} | {r(v, c['fair'])} |")
+            fair_s = c["later_fair"].get(s)
+            md.append(f"| {row['model']} | {row['kind']} | {sp} | {s} | {f(v)} | {r(v, c['base'])} | "
+                      f"{'—' if fair_s is None else f'{r(v, fair_s)} ({fair_s:.3f})'} | {r(v, c['fair'])} |")
     open(os.path.join(a.dir, "distill.md"), "w").write("\n".join(md) + "\n")
 
     import matplotlib

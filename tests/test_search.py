@@ -612,7 +612,8 @@ def test_distill_report_compares_with_the_plain_fine_tune_and_merges_rows(tmp_pa
     (d / f"{name}.config.json").write_text(json.dumps({"schedule": "D4-DiT", "steps": 5000}))
     lines(d / f"{name}.metrics.jsonl", [{"step": s, "eval": {"step": s, "value": v}} for s, v in ((1000, 2.2), (2000, 1.6), (5000, 1.1))])
     lines(d / "tables_dit-distill.jsonl", [cell("fine-tuned", f"/r/{name}/final.safetensors", s, 1.5) for s in sp])
-    lines(d / "tables_dit-distill-5000.jsonl", [cell("fine-tuned", f"/r/{name}/final.safetensors", s, 1.2) for s in sp])
+    lines(d / "tables_dit-distill-5000.jsonl", [cell("fine-tuned", f"/r/{name}/final.safetensors", s, 1.2) for s in sp]
+          + [cell("fair", "/r/dit-fair/final.safetensors", "ddim-50", 0.6, 0)])  # a fair baseline as far, on one sampler
     into = tmp_path / "search.json"
     into.write_text(json.dumps({"rows": [1], "finetuned": {"other": {"rows": [2]}}}))
     r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "distill_report.py"), "--dir", str(d),
@@ -621,10 +622,12 @@ def test_distill_report_compares_with_the_plain_fine_tune_and_merges_rows(tmp_pa
     assert r.returncode == 0, r.stderr
     row = json.loads((d / "distill.json").read_text())["rows"][0]
     assert (row["steps"], row["trained"], row["distill"]) == (2000, 5000, 1.0)
-    assert row["samplers"]["ddim-50"] == {"base": 1.0, "fair": 0.8, "plain": 2.0, "distill": 1.5, "later": {"5000": 1.2}}
+    assert row["samplers"]["ddim-50"] == {"base": 1.0, "fair": 0.8, "plain": 2.0, "distill": 1.5, "later": {"5000": 1.2},
+                                          "later_fair": {"5000": 0.6}}
     md = (d / "distill.md").read_text()
     assert "| dit | D4-DiT | ddim-50 | 1.000 | 0.800 | 2.000 (2.00 / 2.50) | 1.500 (1.50 / 1.88) | 0.75 |" in md
-    assert "| dit | D4-DiT | ddpm-100 | 5000 | 1.200 | 1.20 | 1.50 |" in md
+    assert "| dit | D4-DiT | ddpm-100 | 5000 | 1.200 | 1.20 | — | 1.50 |" in md
+    assert "| dit | D4-DiT | ddim-50 | 5000 | 1.200 | 1.20 | 2.00 (0.600) | 1.50 |" in md
     res = json.loads(into.read_text())
     assert res["rows"] == [1] and res["finetuned"]["other"] == {"rows": [2]}
     rows = res["finetuned"]["distill"]["rows"]
@@ -632,3 +635,4 @@ def test_distill_report_compares_with_the_plain_fine_tune_and_merges_rows(tmp_pa
     at2k = next(x for x in rows if x["steps"] == 2000 and x["sampler"] == "ddim-50")
     assert at2k["fid_compared"] == 2.0 and at2k["compute_saving"] == pytest.approx(0.286) and at2k["ratio_base"] == 1.5
     assert all(x["fid_compared"] is None for x in rows if x["steps"] == 5000)  # unequal steps are not compared
+    assert {x["sampler"]: x["fid_fair"] for x in rows if x["steps"] == 5000} == {"dpm-solver++-25": None, "ddim-50": 0.6, "ddpm-100": None}

@@ -9,8 +9,11 @@
 #   FT_STEPS=4000 bash benchmarks/device/distill.sh 560   (the next call on the same warm machine: the runs go on
 #       from their checkpoints in /root/converge; the table cells are measured again, on the new exports)
 #
-# RUNS: MODEL:SCHEDULE items (MODEL dit or uvit; SCHEDULE a preset, a comma list, or search-D6 for the schedule of
-# results/converge/v2/dit-ft/search-D6.schedule.json). The fine-tunes run side by side and measure the classifier
+# RUNS: MODEL:SCHEDULE items (MODEL dit or uvit; SCHEDULE a preset, a comma list, search-D6 for the schedule of
+# results/converge/v2/dit-ft/search-D6.schedule.json, or full: the fair baseline of these runs, the base trained as
+# many more steps at full depth, without --distill, run MODEL-fair and measured as the tables' "fair" row). A later
+# call with a larger FT_STEPS resumes each run and stretches its cosine learning rate (a warm restart, noted in its
+# log); for one cosine over N steps give FT_STEPS=N from the first call and resume with the same N. The fine-tunes run side by side and measure the classifier
 # Fréchet distance of 5,000 EMA samples (DPM-Solver++ 25) every 1,000 steps, as the plain ones did; then
 # benchmarks/gpu_tables.py measures each under DDIM 50 and DDPM 100 too (cells of the same keys as
 # results/converge/v2/*/tables_*.jsonl: the base's cells are taken from there, not measured again).
@@ -24,14 +27,15 @@ E="python3 -m eediff.cli"
 cp src/eediff/zoo/dit-fmnist.safetensors $R/init-dit.safetensors   # the paths the earlier tables were keyed by
 cp src/eediff/zoo/uvit-fmnist.safetensors $R/init-uvit.safetensors
 source benchmarks/device/ft_recipe.sh; F=$(ft_flags $FS $EN $R)   # the plain fine-tunes' recipe
-declare -A SCHED
+declare -A SCHED FAIR
 for item in ${RUNS:-dit:D4-DiT dit:search-D6 uvit:D4-U-ViT}; do
   m=${item%%:*}; s=${item#*:}
   case $s in search-*) sched=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['blocks'])))" results/converge/v2/$m-ft/$s.schedule.json) ;;
              *) sched=$s ;; esac
-  n=$m-$s-distill$W; SCHED[$n]=$sched
-  echo "[$(el)s] $n: --schedule $sched --distill $W"
-  $E finetune --init $R/init-$m.safetensors --schedule $sched --distill $W $F --max-minutes $(python3 -c "print(round(($DL * 0.75 - $(el)) / 60, 2))") \
+  if [ "$s" = full ]; then n=$m-fair; FAIR[$m]=$n; D=""; else n=$m-$s-distill$W; D="--distill $W"; fi
+  SCHED[$n]=$sched
+  echo "[$(el)s] $n: --schedule $sched $D"
+  $E finetune --init $R/init-$m.safetensors --schedule $sched $D $F --max-minutes $(python3 -c "print(round(($DL * 0.75 - $(el)) / 60, 2))") \
     --out $R/$n $([ -d $R/$n/checkpoints ] && echo --resume || echo --overwrite) >> $R/$n.log 2>&1 &
 done
 while [ $(jobs -r | wc -l) -gt 0 ]; do sleep 30; echo "[$(el)s] $(for n in ${!SCHED[@]}; do echo -n "$n: $(grep -o '"step": [0-9]*' $R/$n/metrics.jsonl 2>/dev/null | tail -1) $(grep -o '"value": [0-9.]*' $R/$n/metrics.jsonl 2>/dev/null | tail -1); "; done)"; done
@@ -42,7 +46,8 @@ done
 (cd $R && tar cf $OUT/exports.tar */final-fp16.safetensors 2>/dev/null)
 for m in dit uvit; do
   A=DiT; [ $m = uvit ] && A=U-ViT
-  more=(); for n in ${!SCHED[@]}; do [[ $n == $m-* ]] && [ -f $R/$n/final.safetensors ] && more+=(--finetuned "${SCHED[$n]}=$R/$n/final.safetensors"); done
+  more=(); for n in ${!SCHED[@]}; do [[ $n == $m-* ]] && [ -f $R/$n/final.safetensors ] && [ "$n" != "${FAIR[$m]:-}" ] && more+=(--finetuned "${SCHED[$n]}=$R/$n/final.safetensors"); done
+  [ -n "${FAIR[$m]:-}" ] && [ -f $R/${FAIR[$m]}/final.safetensors ] && more+=(--fair $R/${FAIR[$m]}/final.safetensors)
   [ ${#more[@]} -gt 0 ] || continue
   [ $(( DL - $(el) )) -gt 40 ] || { echo "[$(el)s] no time left for the $A tables"; break; }
   LEFT=$(( DL - $(el) - 15 )); [ $m = dit ] && [[ " ${!SCHED[*]}" == *" uvit-"* ]] && LEFT=$(( LEFT * 2 / 3 ))   # (the U-ViT's tables after)
