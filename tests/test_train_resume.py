@@ -167,7 +167,7 @@ def test_lr_jump_note_names_a_stretched_cosine():
     from eediff.train.loop import lr_jump_note, lr_lambda_for
 
     rec = {"lr": 1e-4, "lr_schedule": "cosine", "warmup_steps": 0, "steps": 2000, "min_lr_ratio": 0.0}
-    cfg = type("C", (), {})()
+    cfg = type("C", (), {"lr": 1e-4})()
     same = 1e-4 * lr_lambda_for("cosine", 0, 2000, 0.0)(1500)
     assert lr_jump_note(rec, cfg, 1500, same) is None  # the recorded schedule's own rate: nothing to say
     new = 1e-4 * lr_lambda_for("cosine", 0, 4000, 0.0)(2000)  # --steps 4000 at step 2000: cos(pi/2) -> half the peak
@@ -176,6 +176,8 @@ def test_lr_jump_note_names_a_stretched_cosine():
     note = lr_jump_note(rec, cfg, 1000, 1e-4 * lr_lambda_for("cosine", 0, 4000, 0.0)(1000))
     assert f"--lr {1e-4 * 0.5:.3g}" in note  # recorded rate at 1000 of 2000 is half the peak: suggested to keep it
     assert lr_jump_note({}, cfg, 10, 1e-4) is None  # an older config.json without the fields
+    cfg.lr = 3e-4
+    assert lr_jump_note(rec, cfg, 2000, 3e-4 * 0.5) is None  # --lr changed by name: no second note
 
 
 def test_resume_reports_a_learning_rate_jump(finished_run, tmp_path):

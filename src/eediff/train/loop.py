@@ -703,8 +703,11 @@ def check_run_dir(cfg: TrainBaseConfig, ckpts: RunCheckpoints, resume: bool) -> 
 
 def lr_jump_note(recorded: dict, cfg: TrainBaseConfig, step: int, new_lr: float) -> str | None:
     """A note when the resumed run's learning rate at ``step`` is not the one the recorded run would have used
-    there (e.g. a larger --steps stretches a cosine schedule, so the rate jumps back up: a warm restart), or None."""
+    there (e.g. a larger --steps stretches a cosine schedule, so the rate jumps back up: a warm restart), or None.
+    A changed --lr is a change the user asked for by name: the list of changed options already says so."""
     try:
+        if not math.isclose(float(recorded["lr"]), cfg.lr, rel_tol=1e-9):
+            return None
         old_lr = float(recorded["lr"]) * lr_lambda_for(recorded["lr_schedule"], int(recorded["warmup_steps"]),
                                                        int(recorded["steps"]), float(recorded["min_lr_ratio"]))(step)
     except (KeyError, TypeError, ValueError):
