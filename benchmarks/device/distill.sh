@@ -40,10 +40,11 @@ for item in ${RUNS:-dit:D4-DiT dit:search-D6 uvit:D4-U-ViT}; do
 done
 while [ $(jobs -r | wc -l) -gt 0 ]; do sleep 30; echo "[$(el)s] $(for n in ${!SCHED[@]}; do echo -n "$n: $(grep -o '"step": [0-9]*' $R/$n/metrics.jsonl 2>/dev/null | tail -1) $(grep -o '"value": [0-9.]*' $R/$n/metrics.jsonl 2>/dev/null | tail -1); "; done)"; done
 wait
-for n in ${!SCHED[@]}; do
-  mkdir -p $OUT/$n; cp $R/$n/metrics.jsonl $R/$n/config.json $OUT/$n/ 2>/dev/null; tail -n 2 $R/$n.log | cut -c1-200
-done
-(cd $R && tar cf $OUT/exports.tar */final-fp16.safetensors 2>/dev/null)
+# what comes back is at most 8 files of 16 MiB: every run's metrics, config and log in runs.tgz, the fp16 exports in
+# one tar per model (unpack runs.tgz as NAME/{metrics.jsonl,config.json} beside NAME.log)
+for n in ${!SCHED[@]}; do tail -n 2 $R/$n.log | cut -c1-200; done
+(cd $R && tar czf $OUT/runs.tgz $(for n in ${!SCHED[@]}; do echo $n/metrics.jsonl $n/config.json $n.log; done) 2>/dev/null)
+for m in dit uvit; do (cd $R && ls $m-*/final-fp16.safetensors >/dev/null 2>&1 && tar cf $OUT/exports-$m.tar $m-*/final-fp16.safetensors); done
 for m in dit uvit; do
   A=DiT; [ $m = uvit ] && A=U-ViT
   more=(); for n in ${!SCHED[@]}; do [[ $n == $m-* ]] && [ -f $R/$n/final.safetensors ] && [ "$n" != "${FAIR[$m]:-}" ] && more+=(--finetuned "${SCHED[$n]}=$R/$n/final.safetensors"); done
