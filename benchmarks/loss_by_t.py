@@ -108,7 +108,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True, help="JSON path; the PNG goes next to it")
+    p.add_argument("--entry", action="append", default=[], metavar="LABEL;MODEL;SCHEDULE",
+                   help="one more (model, schedule) after the shipped ones: a checkpoint path or zoo name (repeatable)")
     args = p.parse_args(argv)
+    extra = []
+    for e in args.entry:
+        parts = e.split(";")
+        if len(parts) != 3 or not all(x.strip() for x in parts):
+            p.error(f"--entry '{e}': give LABEL;MODEL;SCHEDULE, e.g. 'plain D4;runs/d4/final.safetensors;D4-U-ViT'")
+        extra.append(tuple(x.strip() for x in parts))
     data = load_dataset("fashion-mnist", "test", args.data_dir)
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(data), generator=g)[: args.n]
@@ -117,7 +125,7 @@ def main(argv=None) -> int:
     t_units = [(i + 0.5) / args.bins for i in range(args.bins)]
     entries = []
     start = time.time()
-    for label, name, sched in ENTRIES[args.arch]:
+    for label, name, sched in ENTRIES[args.arch] + extra:
         loaded = resolve_model(name)
         model = loaded.model.float().eval()
         bins = eps_mse_by_t(model, loaded.process, sched, x0, y, noise, t_units, args.batch)
