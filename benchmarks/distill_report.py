@@ -45,6 +45,14 @@ def cell_of(rows: list[dict], kind: str, sampler: str, model_has: str = "") -> f
     return got[-1] if got else None
 
 
+def parse_name(name: str) -> tuple[str, str, str, str]:
+    """distill.sh's run name MODEL-KIND-distillW[-lnP] -> (MODEL, KIND, W, P or '')."""
+    model, rest = name.split("-", 1)
+    kind, _, w = rest.rpartition("-distill")
+    w, _, ln = w.partition("-ln")
+    return model, kind, w, ln
+
+
 def cell_row(rows: list[dict], sampler: str, model_has: str) -> dict | None:
     got = [r for r in cells(rows) if r["kind"] == "fine-tuned" and r["sampler"] == sampler and model_has in r["model"]]
     return got[-1] if got else None
@@ -60,7 +68,8 @@ def search_rows(out: list[dict]) -> list[dict]:
             for steps, fid in [(row["steps"], c["distill"]), *c["later"].items()]:
                 if fid is None or cell is None:
                     continue
-                rows.append({"model": row["model"], "kind": f"{row['kind']} --distill {row['distill']:g}",
+                rows.append({"model": row["model"], "kind": f"{row['kind']} --distill {row['distill']:g}"
+                             + (f" --loss-norm {row['loss_norm']:g}" if row["loss_norm"] else ""),
                              "schedule": row["schedule"], "compute_saving": cell["flop_reduction_pct"] / 100, "fid": fid,
                              "fid_full": c["base"], "fid_fair": c["fair"] if steps == row["steps"] else c["later_fair"].get(steps), "compared_with": f"{row['kind']} (plain fine-tune)",
                              "fid_compared": c["plain"] if steps == row["steps"] else None,
@@ -92,8 +101,7 @@ def main(argv=None) -> int:
     out = []
     for cfg_path in sorted(glob.glob(os.path.join(a.dir, "*-distill*.config.json"))):
         name = os.path.basename(cfg_path)[: -len(".config.json")]
-        model, rest = name.split("-", 1)
-        kind, _, w = rest.rpartition("-distill")
+        model, kind, w, ln = parse_name(name)
         cfg = json.load(open(cfg_path))
         plain_dir = os.path.join(a.plain_root, f"{model}-ft")
         plain_tables = read_jsonl(os.path.join(plain_dir, f"tables_{model}.jsonl"))
@@ -105,7 +113,8 @@ def main(argv=None) -> int:
             tail = os.path.basename(p)[len(f"tables_{model}-distill-"): -len(".jsonl")]
             if tail.isdigit():
                 later[int(tail)] = read_jsonl(p)
-        row = {"model": model, "kind": kind, "schedule": cfg["schedule"], "distill": float(w),
+        row = {"model": model, "kind": kind, "schedule": cfg["schedule"], "distill": float(w), "loss_norm": float(ln or 0),
+               "label": kind + (f" (--loss-norm {ln})" if ln else ""),
                "steps": max(plain_evals, default=None),  # the plain run's length: the cells of tables_MODEL-distill.jsonl
                "trained": max((r.get("step", 0) for r in metrics), default=0),
                "plain_evals": plain_evals, "distill_evals": evals(metrics), "samplers": {}}
@@ -135,13 +144,13 @@ def main(argv=None) -> int:
           "|---|---|---|---|"]
     for row in out:
         steps = sorted(set(row["plain_evals"]) | set(row["distill_evals"]))
-        md.append(f"| {row['model']} | {row['kind']} | {row['steps']} / {row['trained']} | "
+        md.append(f"| {row['model']} | {row['label']} | {row['steps']} / {row['trained']} | "
                   + "; ".join(f"{s}: {f(row['plain_evals'].get(s))} → {f(row['distill_evals'].get(s))}" for s in steps) + " |")
     md += ["", "| model | schedule | sampler | base | fair | plain (÷ base / ÷ fair) | distilled (÷ base / ÷ fair) | distilled ÷ plain |",
            "|---|---|---|---|---|---|---|---|"]
     for row in out:
         for sp, c in row["samplers"].items():
-            md.append(f"| {row['model']} | {row['kind']} | {sp} | {f(c['base'])} | {f(c['fair'])} | "
+            md.append(f"| {row['model']} | {row['label']} | {sp} | {f(c['base'])} | {f(c['fair'])} | "
                       f"{f(c['plain'])} ({r(c['plain'], c['base'])} / {r(c['plain'], c['fair'])}) | "
                       f"{f(c['distill'])} ({r(c['distill'], c['base'])} / {r(c['distill'], c['fair'])}) | {r(c['distill'], c['plain'])} |")
     longer = [(row, sp, s, v) for row in out for sp, c in row["samplers"].items() for s, v in c["later"].items()]
@@ -152,7 +161,7 @@ def main(argv=None) -> int:
         for row, sp, s, v in longer:
             c = row["samplers"][sp]
             fair_s = c["later_fair"].get(s)
-            md.append(f"| {row['model']} | {row['kind']} | {sp} | {s} | {f(v)} | {r(v, c['base'])} | "
+            md.append(f"| {row['model']} | {row['label']} | {sp} | {s} | {f(v)} | {r(v, c['base'])} | "
                       f"{'—' if fair_s is None else f'{r(v, fair_s)} ({fair_s:.3f})'} | {r(v, c['fair'])} |")
     open(os.path.join(a.dir, "distill.md"), "w").write("\n".join(md) + "\n")
 
@@ -167,7 +176,7 @@ def main(argv=None) -> int:
         for key, ls, lab in (("plain_evals", "-", "plain"), ("distill_evals", "--", f"--distill {row['distill']:g}")):
             pts = sorted(row[key].items())
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", color=col, label=f"{row['model']} {row['kind']} {lab}")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", color=col, label=f"{row['model']} {row['label']} {lab}")
         base = row["samplers"]["dpm-solver++-25"]["base"]
         if base:
             ax.axhline(base, color=col, lw=0.6, ls=":")

@@ -636,3 +636,9 @@ def test_distill_report_compares_with_the_plain_fine_tune_and_merges_rows(tmp_pa
     assert at2k["fid_compared"] == 2.0 and at2k["compute_saving"] == pytest.approx(0.286) and at2k["ratio_base"] == 1.5
     assert all(x["fid_compared"] is None for x in rows if x["steps"] == 5000)  # unequal steps are not compared
     assert {x["sampler"]: x["fid_fair"] for x in rows if x["steps"] == 5000} == {"dpm-solver++-25": None, "ddim-50": 0.6, "ddpm-100": None}
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    from distill_report import parse_name
+
+    assert parse_name(name) == ("dit", "D4-DiT", "1.0", "")
+    assert parse_name("uvit-D4-U-ViT-distill0.5-ln0.5") == ("uvit", "D4-U-ViT", "0.5", "0.5")
+    assert parse_name("dit-search-D6-distill1.0") == ("dit", "search-D6", "1.0", "")

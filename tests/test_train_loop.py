@@ -508,3 +508,72 @@ def test_distill_one_batch_depth_steps_skip_the_teacher_at_full_depth(tmp_path, 
     depths = [int(tr.step()[1]["depth"][0]) for _ in range(12)]
     assert 4 in depths and min(depths) < 4
     assert runs.count(True) == sum(d < 4 for d in depths)  # one teacher pass per step with cut rows, none otherwise
+
+
+def test_loss_norm_interpolates_in_log_and_keeps_the_mean_weight_one():
+    from eediff.train.losses import LossNorm
+
+    grid = torch.arange(1000, dtype=torch.float64) / 1000
+    ln = LossNorm([0.25, 0.75], [0.1, 0.001], grid)
+    assert float(ln(grid).mean()) == pytest.approx(1.0, rel=1e-12)
+    inv = ln.inverse(torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
+    torch.testing.assert_close(inv, torch.tensor([10.0, 10.0, 100.0, 1000.0, 1000.0], dtype=torch.float64))  # log-midpoint, ends held
+    half = LossNorm([0.25, 0.75], [0.1, 0.001], grid, power=0.5)
+    torch.testing.assert_close(half.inverse(torch.tensor([0.25, 0.75])), torch.tensor([10 ** 0.5, 1000 ** 0.5], dtype=torch.float64))
+    assert float(half(grid).mean()) == pytest.approx(1.0, rel=1e-12)
+    assert ln.to_json() == {"t_unit": [0.25, 0.75], "mean_loss": [0.1, 0.001]}
+    for t, m, why in (([0.5, 0.25], [1, 1], "increasing"), ([0.1], [1], "increasing"), ([0.1, 0.2], [1, 0], "> 0"),
+                      ([0.1, 0.2], [1, float("nan")], "> 0")):
+        with pytest.raises(ConfigError, match=re.escape(why)):
+            LossNorm(t, m, grid)
+
+
+def test_loss_norm_base_measures_the_init_by_t_and_weights_every_step(tmp_path, monkeypatch):
+    """The reference is the --init model's own loss, checked against an independent forward; each step's λ is
+    TimeWeight's times 1/m(t) / Z; the table lands in loss_norm.json and a resume reads it back (no new
+    measurement) and ends on the weights of one uninterrupted run."""
+    from safetensors.torch import load_file
+
+    init, tr = _distill_trainer(tmp_path, 0.0, loss_norm=1.0)
+    ln = tr.loss_norm
+    assert ln is not None and ln.t.numel() == 32 and tr.objective.discrete
+    ref = load_model(init)
+    model = ref.model.eval()
+    obj = DiffusionObjective(ref.process, model.learn_sigma, model.in_channels, "cpu")
+    g = torch.Generator().manual_seed(tr.cfg.seed + 1_000_003)
+    idx = torch.randperm(len(tr.data), generator=g)[:256]
+    x0, y = tr.data.batch(idx)
+    noise = torch.randn(x0.shape, generator=g)
+    for b in (0, 13, 31):
+        k = int((b + 0.5) / 32 * obj.T)
+        t = torch.full((idx.numel(),), k, dtype=torch.long)
+        x_t = obj.perturb(x0, t, noise)
+        with torch.no_grad():
+            want = obj.loss(model(x_t, obj.model_time(t), y), x0, x_t, noise, t, t).mean()
+        assert float(ln.m[b]) == pytest.approx(float(want), rel=1e-5) and float(ln.t[b]) == k / obj.T
+    info = tr.step()[1]
+    want = TimeWeight(tr.schedule, tr.K, tr.cfg.reweight_gamma, tr.cfg.reweight_cycle, grid=obj.grid_unit_times())(info["t_unit"], 0)
+    torch.testing.assert_close(info["lambda"], (want * ln(info["t_unit"])).float())
+
+    kw = dict(init=init, schedule="4,3,2,1", dataset=SAMPLE, batch_size=16, sample_every=-1, device="cpu", progress=False,
+              loss_norm=0.5, save_every=2, reweight_cycle=2)  # (its default, half of --steps, would differ)
+    run(FinetuneConfig(out=str(tmp_path / "once"), steps=4, **kw), "finetune")
+    part = FinetuneConfig(out=str(tmp_path / "twice"), steps=2, **kw)
+    run(part, "finetune")
+    saved = json.load(open(os.path.join(part.out, "loss_norm.json")))
+    assert saved == json.load(open(tmp_path / "once" / "loss_norm.json")) and len(saved["mean_loss"]) == 32
+    monkeypatch.setattr(Trainer, "init_loss_by_t", lambda self, *a, **k: pytest.fail("a resume must read loss_norm.json"))
+    res = CliRunner().invoke(app, ["finetune", "--out", part.out, "--resume", "--steps", "4", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    a, b = load_file(str(tmp_path / "once" / "final.safetensors")), load_file(os.path.join(part.out, "final.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    res = CliRunner().invoke(app, ["finetune", "--out", part.out, "--resume", "--steps", "6", "--loss-norm", "0", "--no-progress"])
+    assert res.exit_code != 0 and "--loss-norm" in res.output  # what was trained is not switched mid-run
+
+
+def test_loss_norm_refusals(tmp_path):
+    for bad in (1.5, -0.5, float("nan")):
+        with pytest.raises(ConfigError, match=re.escape(f"--loss-norm {bad}: give an exponent in [0, 1]")):
+            _distill_trainer(tmp_path, 0.0, loss_norm=bad)
+    with pytest.raises(ConfigError, match="--loss-norm weights an ASE fine-tune's loss"):
+        _distill_trainer(tmp_path, 0.0, schedule=None, method="deediff", loss_norm=1.0)

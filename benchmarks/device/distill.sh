@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/device/distill.sh 560
 #   DISTILL=0.5 RUNS="dit:D4-DiT" FT_STEPS=2000 bash benchmarks/device/distill.sh 560
+#   LOSS_NORM=0.5 RUNS="dit:D4-DiT uvit:D4-U-ViT" bash benchmarks/device/distill.sh 560   (with --loss-norm 0.5)
 #   FT_STEPS=4000 bash benchmarks/device/distill.sh 560   (the next call on the same warm machine: the runs go on
 #       from their checkpoints in /root/converge; the table cells are measured again, on the new exports)
 #
@@ -21,6 +22,7 @@ set -u
 DL=${1:?deadline in seconds}
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
 R=${STATE:-/root/converge}; W=${DISTILL:-1.0}; FS=${FT_STEPS:-2000}; EN=${EVAL_N:-5000}
+LN=${LOSS_NORM:-0}   # --loss-norm P of the cut runs (their names end in -lnP when P is not 0)
 bash benchmarks/device/converge.sh prep 0 || exit 3   # wheels into /tmp/site, Fashion-MNIST into $R/data
 export PYTHONPATH=/tmp/site:$PWD/src EEDIFF_FASHION_MNIST_DIR=$R/data PYTHONUNBUFFERED=1
 E="python3 -m eediff.cli"
@@ -32,7 +34,8 @@ for item in ${RUNS:-dit:D4-DiT dit:search-D6 uvit:D4-U-ViT}; do
   m=${item%%:*}; s=${item#*:}
   case $s in search-*) sched=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['blocks'])))" results/converge/v2/$m-ft/$s.schedule.json) ;;
              *) sched=$s ;; esac
-  if [ "$s" = full ]; then n=$m-fair; FAIR[$m]=$n; D=""; else n=$m-$s-distill$W; D="--distill $W"; fi
+  if [ "$s" = full ]; then n=$m-fair; FAIR[$m]=$n; D=""
+  else n=$m-$s-distill$W; D="--distill $W"; [ "$LN" != 0 ] && { n=$n-ln$LN; D="$D --loss-norm $LN"; }; fi
   SCHED[$n]=$sched
   echo "[$(el)s] $n: --schedule $sched $D"
   $E finetune --init $R/init-$m.safetensors --schedule $sched $D $F --max-minutes $(python3 -c "print(round(($DL * 0.75 - $(el)) / 60, 2))") \

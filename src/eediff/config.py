@@ -192,6 +192,9 @@ class FinetuneConfig(TrainBaseConfig):
     freeze_backbone: bool = opt(False, "DeeDiff: train only the UEMs (the backbone's weights stay as they are)")
     distill: float = opt(0.0, "ASE: weight w of the frozen --init model at full depth as the target of the rows the schedule cuts: "
                               "they learn (1 - w) ε + w ε_full(x_t, t, y) (ε: the added noise); full-depth rows learn ε as usual (0 = off)")
+    loss_norm: float = opt(0.0, "ASE: exponent p of a per-t loss weight ∝ m(t)^-p, m(t) the --init model's own mean loss at t (full "
+                                "depth, measured before the first step on 256 training images at 32 noise levels, kept in "
+                                "loss_norm.json): 1 counts every noise level alike, 0.5 halfway (in log), 0 = off; λ(t) still applies")
 
 
 @dataclass

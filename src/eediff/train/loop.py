@@ -55,13 +55,16 @@ from ..exits.schedule import get_schedule
 from ..io import CheckpointError, remove_stale_tmp, unwritable, write_json_atomic
 from ..models import registry
 from .checkpoint import RunCheckpoints, capture_rng, restore_rng
-from .losses import DiffusionObjective, TimeWeight
+from .losses import DiffusionObjective, LossNorm, TimeWeight
 from .options import resume_changes, to_json
 from .setup import build_train_model, check_model_data, make_accelerator, resolve_auto, validate
 
 
 class TrainError(EediffError, RuntimeError):
     """A run that cannot go on (e.g. a NaN loss); one-line message."""
+
+
+LOSS_NORM_FILE = "loss_norm.json"  # --loss-norm: the --init model's loss by t, in the run directory
 
 
 # ---- small pieces, unit-tested on their own -------------------------------------------------------
@@ -218,6 +221,9 @@ class Trainer:
         if self.device.type == "cuda" and cfg.data_on_device != "no":
             if cfg.data_on_device == "yes" or self.data.nbytes <= 8 * 2**30:
                 self.data = self.data.to(self.device)
+        # --loss-norm p: the --init model's own loss by t (measured now, before any step and before compiling;
+        # a resumed run reads the run's loss_norm.json instead, so that it continues with the same weights)
+        self.loss_norm = self._loss_norm() if getattr(cfg, "loss_norm", 0.0) > 0 else None
         self.whole_graph = bool(cfg.compile) and cfg.compile_scope == "model"
         # reduce-overhead: inductor's CUDA graph trees replay the forward and the backward as graphs
         self.cudagraphs = bool(cfg.compile) and cfg.compile_mode == "reduce-overhead" and self.device.type == "cuda"
@@ -258,6 +264,52 @@ class Trainer:
         if not 0 <= p < 1:
             raise ConfigError(f"--label-dropout must be in [0, 1), got {p}")
         return float(p)
+
+    def _loss_norm(self) -> LossNorm:
+        cfg = self.cfg
+        path = os.path.join(cfg.out, LOSS_NORM_FILE)
+        grid = self.objective.grid_unit_times()
+        if (cfg.resume or cfg.resume_from is not None) and os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    saved = json.load(f)
+                return LossNorm(saved["t_unit"], saved["mean_loss"], grid, cfg.loss_norm)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"'{path}' is unreadable: delete it to measure the --init model's loss by t again") from None
+        t_unit, mean_loss = self.init_loss_by_t()
+        return LossNorm(t_unit, mean_loss, grid, cfg.loss_norm)
+
+    @torch.no_grad()
+    def init_loss_by_t(self, n: int = 256, bins: int = 32) -> tuple[list[float], list[float]]:
+        """The --init model's mean per-example loss (full depth, target the added noise) at ``bins`` equally spaced
+        noise levels (bin centres of [0, 1]; for a discrete process the index there), on the same ``n`` training
+        images and noise at every level (fixed by --seed). Called before the first step: the weights are --init's."""
+        ref = self.teacher if self.teacher is not None else self.model
+        was_training = ref.training
+        ref.eval()
+        g = torch.Generator().manual_seed(self.cfg.seed + 1_000_003)
+        idx = torch.randperm(len(self.data), generator=g)[: min(n, len(self.data))]
+        x0, y = self.data.batch(self._to_device(idx) if self.data.data.device.type == "cuda" else idx)
+        x0 = self._to_device(x0)
+        y = (torch.zeros(idx.numel(), dtype=torch.long, device=self.device) if y is None else self._to_device(y)) if self.conditional else None
+        noise = torch.randn(x0.shape, generator=g).to(self.device)
+        obj, t_unit, mean_loss = self.objective, [], []
+        for b in range(bins):
+            c = (b + 0.5) / bins
+            if obj.discrete:
+                k = min(obj.T - 1, int(c * obj.T))
+                t_host, u = torch.full((idx.numel(),), k, dtype=torch.long), k / obj.T
+            else:
+                u = obj.process.eps + (1 - obj.process.eps) * c
+                t_host = torch.full((idx.numel(),), u, dtype=torch.float64)
+            t_dev = self._to_device(t_host)
+            x_t = obj.perturb(x0, t_dev, noise)
+            with self.acc.autocast():
+                out = ref(x_t, obj.model_time(t_dev), y)
+            t_unit.append(float(u))
+            mean_loss.append(float(obj.loss(out, x0, x_t, noise, t_dev, t_host).mean()))  # (once per level, before training)
+        ref.train(was_training)
+        return t_unit, mean_loss
 
     def _seed_rngs(self, seed: int) -> None:
         s = seed * 7919 + self.rank
@@ -304,7 +356,8 @@ class Trainer:
         depth = self._depths(t_unit)  # (n,) on the host
         drop = torch.rand(n, generator=self.gen_time) < self.label_p if self.label_p > 0 else None
         flip = torch.rand(n, generator=self.gen_time) < 0.5 if cfg.hflip else None
-        lam = self.weight(t_unit, self.step_count, self.sampler.epoch).float()
+        lam = self.weight(t_unit, self.step_count, self.sampler.epoch)
+        lam = (lam if self.loss_norm is None else lam * self.loss_norm(t_unit)).float()
 
         dev_idx = self._to_device(idx) if self.data.data.device.type == "cuda" else idx
         x0, y = self.data.batch(dev_idx)
@@ -507,6 +560,8 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
             if jump:
                 print(jump, file=sys.stderr)
         write_json_atomic(os.path.join(cfg.out, "config.json"), {**to_json(cfg)})
+        if tr.loss_norm is not None:  # the weights' reference, read back by --resume
+            write_json_atomic(os.path.join(cfg.out, LOSS_NORM_FILE), tr.loss_norm.to_json())
         _trim_metrics(metrics_path, tr.step_count)
     acc.wait_for_everyone()
     if tr.main and cfg.progress:
@@ -664,7 +719,8 @@ class _StopOnSignal:
 
 
 # The files a run writes in its directory (all that --overwrite removes).
-RUN_FILES = ("checkpoints", "samples", "config.json", "metrics.jsonl", "final.safetensors", "final-fp16.safetensors", "rank_hashes.json")
+RUN_FILES = ("checkpoints", "samples", "config.json", "metrics.jsonl", "final.safetensors", "final-fp16.safetensors", "rank_hashes.json",
+             LOSS_NORM_FILE)
 
 
 def check_run_dir(cfg: TrainBaseConfig, ckpts: RunCheckpoints, resume: bool) -> None:

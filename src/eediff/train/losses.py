@@ -225,3 +225,46 @@ class TimeWeight:
         if not self.active(step, epoch):
             return torch.ones_like(t_unit, dtype=torch.float64)
         return self.weight(t_unit)
+
+
+class LossNorm:
+    """``finetune --loss-norm p``: each example's loss weighted by m(t)^-p, m(t) the --init model's own mean loss at t.
+
+    An ε-prediction loss falls by orders of magnitude from t → 0 to t → 1 (the shipped models: 0.23 to 4e-5,
+    ``results/loss_by_t_*.json``), so the noise levels where an exit schedule cuts blocks, and where a
+    fine-tune's error stays 1.5–4× its base's, add almost nothing to the loss, yet an ε error there weighs
+    (σ/α)² times more in the x0 the sampler builds on. Dividing by the base's loss m(t) (p = 1) counts every
+    level alike (EDM's reason for its λ(σ): a loss of equal size at every noise level); on the shipped U-ViT
+    that spreads the weights 8,300-fold and leaves t < 0.6 almost untrained, so p < 1 tempers it (p = 0.5: 91-fold):
+
+        ν(t) = m(t)^-p / Z,      Z = E_t[m(t)^-p]  (t as sampled in training: the mean weight stays 1)
+
+    m is measured at bin centres and interpolated linearly in log m (ends held). No library weights a
+    diffusion loss by a measured per-t reference, hence this small class.
+    """
+
+    def __init__(self, t_unit: list[float], mean_loss: list[float], grid: torch.Tensor, power: float = 1.0):
+        t = torch.as_tensor(t_unit, dtype=torch.float64)
+        m = torch.as_tensor(mean_loss, dtype=torch.float64)
+        if t.ndim != 1 or t.numel() < 2 or m.shape != t.shape or not bool((t[1:] > t[:-1]).all()):
+            raise ConfigError("loss_norm.json: give increasing t_unit and a mean_loss of the same length (at least 2): "
+                              "delete the file to measure it again")
+        if not bool(torch.isfinite(m).all() & (m > 0).all()):
+            raise ConfigError("loss_norm.json: every mean_loss must be finite and > 0: delete the file to measure it again")
+        self.t, self.m, self.power = t, m, float(power)
+        self.Z = float(self.inverse(grid).mean())
+
+    def inverse(self, t_unit: torch.Tensor) -> torch.Tensor:
+        """m(t)^-p (float64, CPU), m interpolated in log between the bins, held past the ends."""
+        x = t_unit.double().clamp(float(self.t[0]), float(self.t[-1]))
+        i = torch.searchsorted(self.t, x, right=True).clamp(1, self.t.numel() - 1)
+        lo, hi = self.t[i - 1], self.t[i]
+        w = (x - lo) / (hi - lo)
+        logm = torch.log(self.m)
+        return torch.exp(-self.power * (logm[i - 1] + w * (logm[i] - logm[i - 1])))
+
+    def __call__(self, t_unit: torch.Tensor) -> torch.Tensor:
+        return self.inverse(t_unit) / self.Z
+
+    def to_json(self) -> dict:
+        return {"t_unit": self.t.tolist(), "mean_loss": self.m.tolist()}

@@ -92,6 +92,11 @@ def validate(cfg: TrainBaseConfig, command: str) -> None:
             raise ConfigError(f"--distill {w}: give a weight in [0, 1] (0 = off)")
         if w > 0 and method != "ase":
             raise ConfigError("--distill trains the rows an ASE schedule cuts: it does not combine with --method deediff")
+        p = getattr(cfg, "loss_norm", 0.0)
+        if not (math.isfinite(p) and 0 <= p <= 1):
+            raise ConfigError(f"--loss-norm {p}: give an exponent in [0, 1] (1: every noise level alike, 0 = off)")
+        if p > 0 and method != "ase":
+            raise ConfigError("--loss-norm weights an ASE fine-tune's loss: it does not combine with --method deediff")
     checks = [
         (cfg.steps >= 1, "--steps must be at least 1"),
         (cfg.batch_size >= 1, "--batch-size must be at least 1"),
