@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True, help="JSON path; the PNG goes next to it")
+    p.add_argument("--only-base", action="store_true", help="of the shipped rows, only the base at full depth (the first)")
     p.add_argument("--entry", action="append", default=[], metavar="LABEL;MODEL;SCHEDULE",
                    help="one more (model, schedule) after the shipped ones: a checkpoint path or zoo name (repeatable)")
     args = p.parse_args(argv)
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
     t_units = [(i + 0.5) / args.bins for i in range(args.bins)]
     entries = []
     start = time.time()
-    for label, name, sched in ENTRIES[args.arch] + extra:
+    for label, name, sched in ENTRIES[args.arch][: 1 if args.only_base else None] + extra:
         loaded = resolve_model(name)
         model = loaded.model.float().eval()
         bins = eps_mse_by_t(model, loaded.process, sched, x0, y, noise, t_units, args.batch)
