@@ -40,9 +40,14 @@ def cells(rows: list[dict], n: int = 5000) -> list[dict]:
     return [r for r in rows if r.get("type") == "cell" and r.get("seed", 0) == 0 and r.get("n") == n]
 
 
-def cell_of(rows: list[dict], kind: str, sampler: str, model_has: str = "") -> float | None:
-    got = [r["fid"] for r in cells(rows) if r["kind"] == kind and r["sampler"] == sampler and model_has in r["model"]]
+def cell_row(rows: list[dict], kind: str, sampler: str, model_has: str = "") -> dict | None:
+    got = [r for r in cells(rows) if r["kind"] == kind and r["sampler"] == sampler and model_has in r["model"]]
     return got[-1] if got else None
+
+
+def cell_of(rows: list[dict], kind: str, sampler: str, model_has: str = "") -> float | None:
+    r = cell_row(rows, kind, sampler, model_has)
+    return None if r is None else r["fid"]
 
 
 def parse_name(name: str) -> tuple[str, str, str, str]:
@@ -51,11 +56,6 @@ def parse_name(name: str) -> tuple[str, str, str, str]:
     kind, _, w = rest.rpartition("-distill")
     w, _, ln = w.partition("-ln")
     return model, kind, w, ln
-
-
-def cell_row(rows: list[dict], sampler: str, model_has: str) -> dict | None:
-    got = [r for r in cells(rows) if r["kind"] == "fine-tuned" and r["sampler"] == sampler and model_has in r["model"]]
-    return got[-1] if got else None
 
 
 def search_rows(out: list[dict]) -> list[dict]:
@@ -79,16 +79,11 @@ def search_rows(out: list[dict]) -> list[dict]:
 
 
 def merge_into(path: str, d: str, out: list[dict]) -> None:
-    """``path``'s section ``finetuned[<d relative to path's folder>]`` holds :func:`search_rows` (written atomically;
-    the file's other keys and sections are kept)."""
-    from eediff.io import atomic_write
+    """``path``'s section ``finetuned[<d relative to path's folder>]`` holds :func:`search_rows` (the file's other
+    keys and sections are kept), as finetune_report.py's fine-tunes do."""
+    from finetune_report import merge_section
 
-    with open(path) as f:
-        res = json.load(f)
-    key = os.path.relpath(os.path.abspath(d), os.path.dirname(os.path.abspath(path)))
-    res.setdefault("finetuned", {})[key] = {"dir": d, "rows": search_rows(out)}
-    atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(res, indent=1)))
-    print(f"wrote {path}")
+    merge_section(path, d, {"dir": d, "rows": search_rows(out)})
 
 
 def main(argv=None) -> int:
@@ -118,7 +113,7 @@ def main(argv=None) -> int:
                "steps": max(plain_evals, default=None),  # the plain run's length: the cells of tables_MODEL-distill.jsonl
                "trained": max((r.get("step", 0) for r in metrics), default=0),
                "plain_evals": plain_evals, "distill_evals": evals(metrics), "samplers": {}}
-        row["cells"] = {sp: cell_row(dist_tables, sp, f"/{name}/") for sp in SAMPLERS}  # the saving of each sampler
+        row["cells"] = {sp: cell_row(dist_tables, "fine-tuned", sp, f"/{name}/") for sp in SAMPLERS}  # the saving of each sampler
         for sp in SAMPLERS:
             base = cell_of(plain_tables, "full", sp)
             fair = cell_of(plain_tables, "fair", sp)

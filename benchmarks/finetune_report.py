@@ -209,15 +209,21 @@ def merge_into(path: str, d: str, out: dict) -> None:
     converge/uvit-ft and converge/v2/uvit-ft, keep an entry each): one row per fine-tune with the schedule, its compute saving,
     its distance (``fid``, whatever the metric), the base's (``fid_full``), the fair baseline's and the preset
     it is compared with. Written atomically; the file's other keys are kept."""
+    keep = ("model", "kind", "blocks", "boundaries", "compute_saving", "fid", "fid_full", "compared_with", "ratio_base",
+            "ratio_fair", "metric", "n", "sampler", "steps", "proxy", "proxy_kind")
+    rows = [{k: r[k] for k in keep} | {"fid_fair": out["fair_fd"]} for r in out["rows"]]
+    merge_section(path, d, {"dir": d, "base": out["base"], "rows": rows})
+
+
+def merge_section(path: str, d: str, entry: dict) -> None:
+    """Set ``path``'s ``finetuned[<d relative to path's folder>]`` to ``entry``, keeping the file's other keys
+    (written atomically)."""
     from two_stage import write
 
     with open(path) as f:
         res = json.load(f)
-    keep = ("model", "kind", "blocks", "boundaries", "compute_saving", "fid", "fid_full", "compared_with", "ratio_base",
-            "ratio_fair", "metric", "n", "sampler", "steps", "proxy", "proxy_kind")
-    rows = [{k: r[k] for k in keep} | {"fid_fair": out["fair_fd"]} for r in out["rows"]]
     key = os.path.relpath(os.path.abspath(d), os.path.dirname(os.path.abspath(path)))
-    res.setdefault("finetuned", {})[key] = {"dir": d, "base": out["base"], "rows": rows}
+    res.setdefault("finetuned", {})[key] = entry
     write(path, res)
 
 

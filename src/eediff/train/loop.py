@@ -287,7 +287,7 @@ class Trainer:
         ref = self.teacher if self.teacher is not None else self.model
         was_training = ref.training
         ref.eval()
-        g = torch.Generator().manual_seed(self.cfg.seed + 1_000_003)
+        g = torch.Generator().manual_seed(self.cfg.seed + 1_000_003)  # a stream of its own: the training generators stay untouched
         idx = torch.randperm(len(self.data), generator=g)[: min(n, len(self.data))]
         x0, y = self.data.batch(self._to_device(idx) if self.data.data.device.type == "cuda" else idx)
         x0 = self._to_device(x0)
