@@ -109,11 +109,13 @@ def main(argv=None) -> int:
             if tail.isdigit():
                 later[int(tail)] = read_jsonl(p)
         row = {"model": model, "kind": kind, "schedule": cfg["schedule"], "distill": float(w), "loss_norm": float(ln or 0),
-               "label": kind + (f" (--loss-norm {ln})" if ln else ""),
+               "label": kind + f" (--distill {w}" + (f", --loss-norm {ln})" if ln else ")"),
                "steps": max(plain_evals, default=None),  # the plain run's length: the cells of tables_MODEL-distill.jsonl
                "trained": max((r.get("step", 0) for r in metrics), default=0),
                "plain_evals": plain_evals, "distill_evals": evals(metrics), "samplers": {}}
-        row["cells"] = {sp: cell_row(dist_tables, "fine-tuned", sp, f"/{name}/") for sp in SAMPLERS}  # the saving of each sampler
+        # the saving of each sampler: from the plain run's steps' table, else from a later one (a run measured only there)
+        row["cells"] = {sp: next((c for t in [dist_tables, *(later[s] for s in sorted(later))]
+                                  if (c := cell_row(t, "fine-tuned", sp, f"/{name}/")) is not None), None) for sp in SAMPLERS}
         for sp in SAMPLERS:
             base = cell_of(plain_tables, "full", sp)
             fair = cell_of(plain_tables, "fair", sp)
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
             md.append(f"| {row['model']} | {row['label']} | {sp} | {f(c['base'])} | {f(c['fair'])} | "
                       f"{f(c['plain'])} ({r(c['plain'], c['base'])} / {r(c['plain'], c['fair'])}) | "
                       f"{f(c['distill'])} ({r(c['distill'], c['base'])} / {r(c['distill'], c['fair'])}) | {r(c['distill'], c['plain'])} |")
-    longer = [(row, sp, s, v) for row in out for sp, c in row["samplers"].items() for s, v in c["later"].items()]
+    longer = [(row, sp, s, v) for row in out for sp, c in row["samplers"].items() for s, v in c["later"].items() if v is not None]
     if longer:
         md += ["", "Distilled runs taken further (the plain fine-tune was not: ÷ plain compares unequal steps):", "",
                "| model | schedule | sampler | steps | distilled | ÷ base | ÷ fair, same steps | ÷ fair of the plain run's steps |",
@@ -164,21 +166,30 @@ def main(argv=None) -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for i, row in enumerate(out):
-        col = f"C{i}"
-        for key, ls, lab in (("plain_evals", "-", "plain"), ("distill_evals", "--", f"--distill {row['distill']:g}")):
-            pts = sorted(row[key].items())
+    # one panel per model: each plain fine-tune once (solid, black shades), each run dashed, the base dotted
+    models = sorted({row["model"] for row in out})
+    fig, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [row for row in out if row["model"] == model]
+        for j, kind in enumerate(sorted({row["kind"] for row in rows})):
+            pts = sorted(next(row for row in rows if row["kind"] == kind)["plain_evals"].items())
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", color=col, label=f"{row['model']} {row['label']} {lab}")
-        base = row["samplers"]["dpm-solver++-25"]["base"]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker="o", color=str(0.45 * j), label=f"{kind} plain")
+        for i, row in enumerate(rows):
+            pts = sorted(row["distill_evals"].items())
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", marker=".", color=f"C{i}", label=row["label"])
+        base = rows[0]["samplers"]["dpm-solver++-25"]["base"]
         if base:
-            ax.axhline(base, color=col, lw=0.6, ls=":")
-    ax.set_xlabel("fine-tune steps")
-    ax.set_ylabel("classifier FD (DPM-Solver++ 25, 5,000 images)")
-    ax.set_title("plain vs distilled fine-tunes (dotted: the base at full depth)")
-    ax.legend(fontsize=7)
+            ax.axhline(base, color="k", lw=0.8, ls=":", label="base, full depth")
+        ax.set_title(model)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_xlabel("fine-tune steps")
+        ax.set_ylabel("classifier FD (DPM-Solver++ 25, 5,000 images)")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(a.dir, "distill.png"), dpi=120)
     print(open(os.path.join(a.dir, "distill.md")).read())

@@ -26,8 +26,7 @@ LN=${LOSS_NORM:-0}   # --loss-norm P of the cut runs (their names end in -lnP wh
 bash benchmarks/device/converge.sh prep 0 || exit 3   # wheels into /tmp/site, Fashion-MNIST into $R/data
 export PYTHONPATH=/tmp/site:$PWD/src EEDIFF_FASHION_MNIST_DIR=$R/data PYTHONUNBUFFERED=1
 E="python3 -m eediff.cli"
-cp src/eediff/zoo/dit-fmnist.safetensors $R/init-dit.safetensors   # the paths the earlier tables were keyed by
-cp src/eediff/zoo/uvit-fmnist.safetensors $R/init-uvit.safetensors
+B=/root/converge; mkdir -p $B; for m in dit uvit; do cp src/eediff/zoo/$m-fmnist.safetensors $B/init-$m.safetensors; [ $R = $B ] || cp $B/init-$m.safetensors $R/; done   # the base paths the earlier tables were keyed by
 source benchmarks/device/ft_recipe.sh; F=$(ft_flags $FS $EN $R)   # the plain fine-tunes' recipe
 declare -A SCHED FAIR
 for item in ${RUNS:-dit:D4-DiT dit:search-D6 uvit:D4-U-ViT}; do
@@ -56,7 +55,7 @@ for m in dit uvit; do
   [ $(( DL - $(el) )) -gt 40 ] || { echo "[$(el)s] no time left for the $A tables"; break; }
   LEFT=$(( DL - $(el) - 15 )); [ $m = dit ] && [[ " ${!SCHED[*]}" == *" uvit-"* ]] && LEFT=$(( LEFT * 2 / 3 ))   # (the U-ViT's tables after)
   cp results/converge/v2/$m-ft/tables_$m.jsonl $R/tables_$m-distill.jsonl
-  python3 benchmarks/gpu_tables.py --arch-label $A --base $R/init-$m.safetensors "${more[@]}" \
+  python3 benchmarks/gpu_tables.py --arch-label $A --base $B/init-$m.safetensors "${more[@]}" \
     --samplers "dpm-solver++-25;ddim-50;ddpm-100" --late-samplers ddpm-100 --deadline-s $LEFT \
     --n $EN --batch-size 1000 --seeds 0 --cache-dir $R/fidcache --time-batch 1000 --time-repeats 3 --metric fd-classifier \
     --out-jsonl $R/tables_$m-distill.jsonl 2>&1 | grep -v -i warn | tail -n 4
