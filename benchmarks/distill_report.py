@@ -68,8 +68,7 @@ def search_rows(out: list[dict]) -> list[dict]:
             for steps, fid in [(row["steps"], c["distill"]), *c["later"].items()]:
                 if fid is None or cell is None:
                     continue
-                rows.append({"model": row["model"], "kind": f"{row['kind']} --distill {row['distill']:g}"
-                             + (f" --loss-norm {row['loss_norm']:g}" if row["loss_norm"] else ""),
+                rows.append({"model": row["model"], "kind": row["label"],
                              "schedule": row["schedule"], "compute_saving": cell["flop_reduction_pct"] / 100, "fid": fid,
                              "fid_full": c["base"], "fid_fair": c["fair"] if steps == row["steps"] else c["later_fair"].get(steps), "compared_with": f"{row['kind']} (plain fine-tune)",
                              "fid_compared": c["plain"] if steps == row["steps"] else None,
@@ -102,6 +101,8 @@ def main(argv=None) -> int:
         plain_tables = read_jsonl(os.path.join(plain_dir, f"tables_{model}.jsonl"))
         dist_tables = read_jsonl(os.path.join(a.dir, f"tables_{model}-distill.jsonl"))
         plain_evals = evals(read_jsonl(os.path.join(plain_dir, f"{kind}.metrics.jsonl")))
+        plain_cfg_path = os.path.join(plain_dir, f"{kind}.config.json")
+        plain_lr = json.load(open(plain_cfg_path)).get("lr_schedule") if os.path.exists(plain_cfg_path) else None
         metrics = read_jsonl(os.path.join(a.dir, f"{name}.metrics.jsonl"))
         later = {}  # step -> that step's table cells (tables_MODEL-distill-STEP.jsonl)
         for p in glob.glob(os.path.join(a.dir, f"tables_{model}-distill-*.jsonl")):
@@ -109,7 +110,9 @@ def main(argv=None) -> int:
             if tail.isdigit():
                 later[int(tail)] = read_jsonl(p)
         row = {"model": model, "kind": kind, "schedule": cfg["schedule"], "distill": float(w), "loss_norm": float(ln or 0),
-               "label": kind + f" (--distill {w}" + (f", --loss-norm {ln})" if ln else ")"),
+               "label": kind + f" (--distill {w}" + (f", --loss-norm {ln}" if ln else "")
+               + (f", --lr-schedule {cfg['lr_schedule']}" if plain_lr and cfg.get("lr_schedule", plain_lr) != plain_lr else "") + ")",
+               "lr_schedule": cfg.get("lr_schedule"),
                "steps": max(plain_evals, default=None),  # the plain run's length: the cells of tables_MODEL-distill.jsonl
                "trained": max((r.get("step", 0) for r in metrics), default=0),
                "plain_evals": plain_evals, "distill_evals": evals(metrics), "samplers": {}}

@@ -625,12 +625,29 @@ def test_distill_report_compares_with_the_plain_fine_tune_and_merges_rows(tmp_pa
     assert row["samplers"]["ddim-50"] == {"base": 1.0, "fair": 0.8, "plain": 2.0, "distill": 1.5, "later": {"5000": 1.2},
                                           "later_fair": {"5000": 0.6}}
     md = (d / "distill.md").read_text()
-    assert "| dit | D4-DiT | ddim-50 | 1.000 | 0.800 | 2.000 (2.00 / 2.50) | 1.500 (1.50 / 1.88) | 0.75 |" in md
-    assert "| dit | D4-DiT | ddpm-100 | 5000 | 1.200 | 1.20 | — | 1.50 |" in md
-    assert "| dit | D4-DiT | ddim-50 | 5000 | 1.200 | 1.20 | 2.00 (0.600) | 1.50 |" in md
+    assert "| dit | D4-DiT (--distill 1.0) | ddim-50 | 1.000 | 0.800 | 2.000 (2.00 / 2.50) | 1.500 (1.50 / 1.88) | 0.75 |" in md
+    assert "| dit | D4-DiT (--distill 1.0) | ddpm-100 | 5000 | 1.200 | 1.20 | — | 1.50 |" in md
+    assert "| dit | D4-DiT (--distill 1.0) | ddim-50 | 5000 | 1.200 | 1.20 | 2.00 (0.600) | 1.50 |" in md
+    # a second run measured only at a later step, on another learning-rate schedule than the plain run's: its label
+    # says so, its rows take their compute saving from that later table, and the first run gets no empty later rows
+    (plain / "D4-DiT.config.json").write_text(json.dumps({"lr_schedule": "constant"}))
+    other = "dit-D4-DiT-distill0-ln0.5"
+    (d / f"{other}.config.json").write_text(json.dumps({"schedule": "D4-DiT", "steps": 8000, "lr_schedule": "cosine"}))
+    lines(d / f"{other}.metrics.jsonl", [{"step": 8000, "eval": {"step": 8000, "value": 1.3}}])
+    lines(d / "tables_dit-distill-8000.jsonl", [cell("fine-tuned", f"/r/{other}/final.safetensors", s, 1.3, 30.0) for s in sp])
+    into.write_text(json.dumps({"rows": [1], "finetuned": {"other": {"rows": [2]}}}))
+    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "distill_report.py"), "--dir", str(d),
+                        "--plain-root", str(tmp_path / "v2"), "--into", str(into)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.path.join(root, "src")))
+    assert r.returncode == 0, r.stderr
+    md = (d / "distill.md").read_text()
+    assert "| dit | D4-DiT (--distill 0, --loss-norm 0.5, --lr-schedule cosine) | ddim-50 | 8000 | 1.300 | 1.30 | — | 1.62 |" in md
+    assert "| dit | D4-DiT (--distill 1.0) | ddim-50 | 8000 |" not in md  # not measured there: no row
     res = json.loads(into.read_text())
+    late = [x for x in res["finetuned"]["distill"]["rows"] if x["kind"].startswith("D4-DiT (--distill 0")]
+    assert len(late) == 3 and {x["steps"] for x in late} == {8000} and all(x["compute_saving"] == pytest.approx(0.30) for x in late)
     assert res["rows"] == [1] and res["finetuned"]["other"] == {"rows": [2]}
-    rows = res["finetuned"]["distill"]["rows"]
+    rows = [x for x in res["finetuned"]["distill"]["rows"] if x["kind"] == "D4-DiT (--distill 1.0)"]
     assert len(rows) == 6 and {x["steps"] for x in rows} == {2000, 5000}
     at2k = next(x for x in rows if x["steps"] == 2000 and x["sampler"] == "ddim-50")
     assert at2k["fid_compared"] == 2.0 and at2k["compute_saving"] == pytest.approx(0.286) and at2k["ratio_base"] == 1.5
