@@ -102,7 +102,10 @@ def main(argv=None) -> int:
         dist_tables = read_jsonl(os.path.join(a.dir, f"tables_{model}-distill.jsonl"))
         plain_evals = evals(read_jsonl(os.path.join(plain_dir, f"{kind}.metrics.jsonl")))
         plain_cfg_path = os.path.join(plain_dir, f"{kind}.config.json")
-        plain_lr = json.load(open(plain_cfg_path)).get("lr_schedule") if os.path.exists(plain_cfg_path) else None
+        plain_cfg = json.load(open(plain_cfg_path)) if os.path.exists(plain_cfg_path) else {}
+        # the recipe options a variant may change (benchmarks/device/distill_variants.sh), named where they differ
+        differs = [f"--{k.replace('_', '-')} {cfg[k]}" for k in ("lr_schedule", "ema_decay")
+                   if k in plain_cfg and k in cfg and cfg[k] != plain_cfg[k]]
         metrics = read_jsonl(os.path.join(a.dir, f"{name}.metrics.jsonl"))
         later = {}  # step -> that step's table cells (tables_MODEL-distill-STEP.jsonl)
         for p in glob.glob(os.path.join(a.dir, f"tables_{model}-distill-*.jsonl")):
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
                 later[int(tail)] = read_jsonl(p)
         row = {"model": model, "kind": kind, "schedule": cfg["schedule"], "distill": float(w), "loss_norm": float(ln or 0),
                "label": kind + f" (--distill {w}" + (f", --loss-norm {ln}" if ln else "")
-               + (f", --lr-schedule {cfg['lr_schedule']}" if plain_lr and cfg.get("lr_schedule", plain_lr) != plain_lr else "") + ")",
+               + "".join(", " + d for d in differs) + ")",
                "lr_schedule": cfg.get("lr_schedule"),
                "steps": max(plain_evals, default=None),  # the plain run's length: the cells of tables_MODEL-distill.jsonl
                "trained": max((r.get("step", 0) for r in metrics), default=0),

@@ -630,9 +630,9 @@ def test_distill_report_compares_with_the_plain_fine_tune_and_merges_rows(tmp_pa
     assert "| dit | D4-DiT (--distill 1.0) | ddim-50 | 5000 | 1.200 | 1.20 | 2.00 (0.600) | 1.50 |" in md
     # a second run measured only at a later step, on another learning-rate schedule than the plain run's: its label
     # says so, its rows take their compute saving from that later table, and the first run gets no empty later rows
-    (plain / "D4-DiT.config.json").write_text(json.dumps({"lr_schedule": "constant"}))
+    (plain / "D4-DiT.config.json").write_text(json.dumps({"lr_schedule": "constant", "ema_decay": 0.999}))
     other = "dit-D4-DiT-distill0-ln0.5"
-    (d / f"{other}.config.json").write_text(json.dumps({"schedule": "D4-DiT", "steps": 8000, "lr_schedule": "cosine"}))
+    (d / f"{other}.config.json").write_text(json.dumps({"schedule": "D4-DiT", "steps": 8000, "lr_schedule": "cosine", "ema_decay": 0.9999}))
     lines(d / f"{other}.metrics.jsonl", [{"step": 8000, "eval": {"step": 8000, "value": 1.3}}])
     lines(d / "tables_dit-distill-8000.jsonl", [cell("fine-tuned", f"/r/{other}/final.safetensors", s, 1.3, 30.0) for s in sp])
     into.write_text(json.dumps({"rows": [1], "finetuned": {"other": {"rows": [2]}}}))
@@ -641,7 +641,7 @@ def test_distill_report_compares_with_the_plain_fine_tune_and_merges_rows(tmp_pa
                        env=dict(os.environ, PYTHONPATH=os.path.join(root, "src")))
     assert r.returncode == 0, r.stderr
     md = (d / "distill.md").read_text()
-    assert "| dit | D4-DiT (--distill 0, --loss-norm 0.5, --lr-schedule cosine) | ddim-50 | 8000 | 1.300 | 1.30 | — | 1.62 |" in md
+    assert "| dit | D4-DiT (--distill 0, --loss-norm 0.5, --lr-schedule cosine, --ema-decay 0.9999) | ddim-50 | 8000 | 1.300 | 1.30 | — | 1.62 |" in md
     assert "| dit | D4-DiT (--distill 1.0) | ddim-50 | 8000 |" not in md  # not measured there: no row
     res = json.loads(into.read_text())
     late = [x for x in res["finetuned"]["distill"]["rows"] if x["kind"].startswith("D4-DiT (--distill 0")]

@@ -17,12 +17,16 @@
 # log); for one cosine over N steps give FT_STEPS=N from the first call and resume with the same N. The fine-tunes run side by side and measure the classifier
 # Fréchet distance of 5,000 EMA samples (DPM-Solver++ 25) every 1,000 steps, as the plain ones did; then
 # benchmarks/gpu_tables.py measures each under DDIM 50 and DDPM 100 too (cells of the same keys as
-# results/converge/v2/*/tables_*.jsonl: the base's cells are taken from there, not measured again).
+# results/converge/v2/*/tables_*.jsonl: the base's cells are taken from there, not measured again), in
+# tables_MODEL-distill.jsonl, or tables_MODEL-distill-STEP.jsonl when the runs stopped at a STEP other than the plain
+# fine-tunes' 2,000. FT_LR_SCHEDULE / FT_EMA change the recipe (ft_recipe.sh); distill_variants.sh runs several such
+# variants side by side.
 set -u
 DL=${1:?deadline in seconds}
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
 R=${STATE:-/root/converge}; W=${DISTILL:-1.0}; FS=${FT_STEPS:-2000}; EN=${EVAL_N:-5000}
 LN=${LOSS_NORM:-0}   # --loss-norm P of the cut runs (their names end in -lnP when P is not 0)
+O=${RESULT_OUT:-$OUT}; mkdir -p $O   # where the returned files go (distill_variants.sh gives each variant a folder)
 bash benchmarks/device/converge.sh prep 0 || exit 3   # wheels into /tmp/site, Fashion-MNIST into $R/data
 export PYTHONPATH=/tmp/site:$PWD/src EEDIFF_FASHION_MNIST_DIR=$R/data PYTHONUNBUFFERED=1
 E="python3 -m eediff.cli"
@@ -45,8 +49,8 @@ wait
 # what comes back is at most 8 files of 16 MiB: every run's metrics, config and log in runs.tgz, the fp16 exports in
 # one tar per model (unpack runs.tgz as NAME/{metrics.jsonl,config.json} beside NAME.log)
 for n in ${!SCHED[@]}; do tail -n 2 $R/$n.log | cut -c1-200; done
-(cd $R && tar czf $OUT/runs.tgz $(for n in ${!SCHED[@]}; do echo $n/metrics.jsonl $n/config.json $n.log; done) 2>/dev/null)
-for m in dit uvit; do (cd $R && ls $m-*/final-fp16.safetensors >/dev/null 2>&1 && tar cf $OUT/exports-$m.tar $m-*/final-fp16.safetensors); done
+(cd $R && tar czf $O/runs.tgz $(for n in ${!SCHED[@]}; do echo $n/metrics.jsonl $n/config.json $n.log; done) 2>/dev/null)
+for m in dit uvit; do (cd $R && ls $m-*/final-fp16.safetensors >/dev/null 2>&1 && tar cf $O/exports-$m.tar $m-*/final-fp16.safetensors); done
 for m in dit uvit; do
   A=DiT; [ $m = uvit ] && A=U-ViT
   more=(); for n in ${!SCHED[@]}; do [[ $n == $m-* ]] && [ -f $R/$n/final.safetensors ] && [ "$n" != "${FAIR[$m]:-}" ] && more+=(--finetuned "${SCHED[$n]}=$R/$n/final.safetensors"); done
@@ -54,11 +58,15 @@ for m in dit uvit; do
   [ ${#more[@]} -gt 0 ] || continue
   [ $(( DL - $(el) )) -gt 40 ] || { echo "[$(el)s] no time left for the $A tables"; break; }
   LEFT=$(( DL - $(el) - 15 )); [ $m = dit ] && [[ " ${!SCHED[*]}" == *" uvit-"* ]] && LEFT=$(( LEFT * 2 / 3 ))   # (the U-ViT's tables after)
-  cp results/converge/v2/$m-ft/tables_$m.jsonl $R/tables_$m-distill.jsonl
+  # the table's name says at which step it was measured when that is not the plain fine-tunes' (2,000):
+  # tables_MODEL-distill-STEP.jsonl, the name benchmarks/distill_report.py reads as "taken further"
+  at=$(for n in ${!SCHED[@]}; do [[ $n == $m-* ]] && grep -o '"step": [0-9]*' $R/$n/metrics.jsonl | tail -n 1 | grep -o '[0-9]*$'; done | sort -u)
+  T=tables_$m-distill.jsonl; [ $(echo "$at" | wc -l) = 1 ] && [ -n "$at" ] && [ "$at" != 2000 ] && T=tables_$m-distill-$at.jsonl
+  cp results/converge/v2/$m-ft/tables_$m.jsonl $R/$T
   python3 benchmarks/gpu_tables.py --arch-label $A --base $B/init-$m.safetensors "${more[@]}" \
     --samplers "dpm-solver++-25;ddim-50;ddpm-100" --late-samplers ddpm-100 --deadline-s $LEFT \
     --n $EN --batch-size 1000 --seeds 0 --cache-dir $R/fidcache --time-batch 1000 --time-repeats 3 --metric fd-classifier \
-    --out-jsonl $R/tables_$m-distill.jsonl 2>&1 | grep -v -i warn | tail -n 4
-  cp $R/tables_$m-distill.jsonl $OUT/
+    --out-jsonl $R/$T 2>&1 | grep -v -i warn | tail -n 4
+  cp $R/$T $O/
 done
 echo "[$(el)s] done"
