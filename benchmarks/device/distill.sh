@@ -30,7 +30,12 @@ O=${RESULT_OUT:-$OUT}; mkdir -p $O   # where the returned files go (distill_vari
 bash benchmarks/device/converge.sh prep 0 || exit 3   # wheels into /tmp/site, Fashion-MNIST into $R/data
 export PYTHONPATH=/tmp/site:$PWD/src EEDIFF_FASHION_MNIST_DIR=$R/data PYTHONUNBUFFERED=1
 E="python3 -m eediff.cli"
-B=/root/converge; mkdir -p $B; for m in dit uvit; do cp src/eediff/zoo/$m-fmnist.safetensors $B/init-$m.safetensors; [ $R = $B ] || cp $B/init-$m.safetensors $R/; done   # the base paths the earlier tables were keyed by
+B=/root/converge; mkdir -p $B   # the base paths the earlier tables were keyed by; variants side by side share them
+for m in dit uvit; do
+  z=src/eediff/zoo/$m-fmnist.safetensors
+  cmp -s $z $B/init-$m.safetensors || { cp $z $B/.init-$m.$$ && mv $B/.init-$m.$$ $B/init-$m.safetensors; }   # (atomic)
+  [ $R = $B ] || cp $z $R/init-$m.safetensors
+done
 source benchmarks/device/ft_recipe.sh; F=$(ft_flags $FS $EN $R)   # the plain fine-tunes' recipe
 declare -A SCHED FAIR
 for item in ${RUNS:-dit:D4-DiT dit:search-D6 uvit:D4-U-ViT}; do
