@@ -115,7 +115,6 @@ def main(argv=None) -> int:
         row = {"model": model, "kind": kind, "schedule": cfg["schedule"], "distill": float(w), "loss_norm": float(ln or 0),
                "label": kind + f" (--distill {w}" + (f", --loss-norm {ln}" if ln else "")
                + "".join(", " + d for d in differs) + ")",
-               "lr_schedule": cfg.get("lr_schedule"),
                "steps": max(plain_evals, default=None),  # the plain run's length: the cells of tables_MODEL-distill.jsonl
                "trained": max((r.get("step", 0) for r in metrics), default=0),
                "plain_evals": plain_evals, "distill_evals": evals(metrics), "samplers": {}}

@@ -615,11 +615,15 @@ def test_distill_report_compares_with_the_plain_fine_tune_and_merges_rows(tmp_pa
     lines(d / "tables_dit-distill-5000.jsonl", [cell("fine-tuned", f"/r/{name}/final.safetensors", s, 1.2) for s in sp]
           + [cell("fair", "/r/dit-fair/final.safetensors", "ddim-50", 0.6, 0)])  # a fair baseline as far, on one sampler
     into = tmp_path / "search.json"
-    into.write_text(json.dumps({"rows": [1], "finetuned": {"other": {"rows": [2]}}}))
-    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "distill_report.py"), "--dir", str(d),
-                        "--plain-root", str(tmp_path / "v2"), "--into", str(into)], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=os.path.join(root, "src")))
-    assert r.returncode == 0, r.stderr
+
+    def report():  # into a results file with sections of its own, which the report must keep
+        into.write_text(json.dumps({"rows": [1], "finetuned": {"other": {"rows": [2]}}}))
+        r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "distill_report.py"), "--dir", str(d),
+                            "--plain-root", str(tmp_path / "v2"), "--into", str(into)], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, PYTHONPATH=os.path.join(root, "src")))
+        assert r.returncode == 0, r.stderr
+
+    report()
     row = json.loads((d / "distill.json").read_text())["rows"][0]
     assert (row["steps"], row["trained"], row["distill"]) == (2000, 5000, 1.0)
     assert row["samplers"]["ddim-50"] == {"base": 1.0, "fair": 0.8, "plain": 2.0, "distill": 1.5, "later": {"5000": 1.2},
@@ -635,11 +639,7 @@ def test_distill_report_compares_with_the_plain_fine_tune_and_merges_rows(tmp_pa
     (d / f"{other}.config.json").write_text(json.dumps({"schedule": "D4-DiT", "steps": 8000, "lr_schedule": "cosine", "ema_decay": 0.9999}))
     lines(d / f"{other}.metrics.jsonl", [{"step": 8000, "eval": {"step": 8000, "value": 1.3}}])
     lines(d / "tables_dit-distill-8000.jsonl", [cell("fine-tuned", f"/r/{other}/final.safetensors", s, 1.3, 30.0) for s in sp])
-    into.write_text(json.dumps({"rows": [1], "finetuned": {"other": {"rows": [2]}}}))
-    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "distill_report.py"), "--dir", str(d),
-                        "--plain-root", str(tmp_path / "v2"), "--into", str(into)], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=os.path.join(root, "src")))
-    assert r.returncode == 0, r.stderr
+    report()
     md = (d / "distill.md").read_text()
     assert "| dit | D4-DiT (--distill 0, --loss-norm 0.5, --lr-schedule cosine, --ema-decay 0.9999) | ddim-50 | 8000 | 1.300 | 1.30 | — | 1.62 |" in md
     assert "| dit | D4-DiT (--distill 1.0) | ddim-50 | 8000 |" not in md  # not measured there: no row
