@@ -71,10 +71,13 @@ def save_model(path: str, model, process=None, tuned_for=None, dtype: torch.dtyp
 
 def _fix_for(path: str) -> str:
     """What to do about a broken model file: a shipped one comes with the package, anything else is the user's."""
-    from .zoo import HERE
+    from .zoo import HERE, cache_dir
 
-    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(HERE):
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder == os.path.abspath(HERE):
         return "the copy shipped inside the package is damaged: reinstall eediff (pip install --force-reinstall eediff)"
+    if folder == os.path.abspath(cache_dir()):
+        return "it is a shipped model unpacked into the cache: delete it and it is unpacked again on next use"
     return "re-save or replace it (or pass another --model)"
 
 

@@ -98,14 +98,14 @@ def _fail(msg: str) -> None:
 
 def _input_paths(*specs) -> tuple[str, ...]:
     """The files behind model specs (a shipped name or the default model included), for ``_check_output``."""
-    from .zoo import HERE, SHIPPED, path
+    from .zoo import SHIPPED, file_of
 
     out = []
     for spec in specs:
         if spec is None:
-            out += [os.path.join(HERE, f) for f in SHIPPED.values()]
+            out += [file_of(n) for n in SHIPPED]
         elif spec in SHIPPED:
-            out.append(path(spec))
+            out.append(file_of(spec))
         else:
             out.append(spec)
     return tuple(out)

@@ -1,4 +1,4 @@
-"""Models shipped inside the package (safetensors, fp16)."""
+"""Models shipped inside the package (safetensors, fp16; some packed losslessly as ``.eedz``: ``pack.py``)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,78 @@ SHIPPED: dict[str, str] = {
 }
 
 
+def _pack_of(name: str) -> str:
+    return os.path.join(HERE, os.path.splitext(SHIPPED[name])[0] + ".eedz")
+
+
+def cache_dir() -> str:
+    """Where packed models are unpacked: $EEDIFF_CACHE_DIR, else ~/.cache/eediff (or a temporary folder where the
+    home folder cannot be written)."""
+    from ..io import unwritable
+
+    d = os.environ.get("EEDIFF_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "eediff")
+    if unwritable(d):
+        import tempfile
+
+        d = os.path.join(tempfile.gettempdir(), f"eediff-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    return os.path.join(d, "zoo")
+
+
+def file_of(name: str) -> str:
+    """The file a shipped name loads from: the package's .safetensors, or (a packed model) its unpacked copy in
+    :func:`cache_dir`, which may not exist yet (:func:`path` makes it)."""
+    raw = os.path.join(HERE, SHIPPED[name])
+    pack = _pack_of(name)
+    if os.path.exists(raw) or not os.path.exists(pack):
+        return raw
+    from .pack import read_meta
+
+    with open(pack, "rb") as f:
+        meta, _ = read_meta(f.read(1 << 16))
+    return os.path.join(cache_dir(), f"{os.path.splitext(SHIPPED[name])[0]}-{meta['sha256'][:16]}.safetensors")
+
+
+def available(name: str) -> bool:
+    return os.path.exists(os.path.join(HERE, SHIPPED[name])) or os.path.exists(_pack_of(name))
+
+
+def shipped_bytes(name: str) -> bytes:
+    """A shipped model's safetensors bytes (unpacked if the package holds it packed)."""
+    with open(path(name), "rb") as f:
+        return f.read()
+
+
 def path(name: str) -> str:
-    return os.path.join(HERE, SHIPPED[name])
+    """The safetensors file of a shipped name; a packed one is unpacked into :func:`cache_dir` once (checked
+    against its recorded SHA-256, written under a temporary name and renamed, so processes that unpack it at the
+    same time each see a whole file)."""
+    target = file_of(name)
+    if os.path.exists(target) or target == os.path.join(HERE, SHIPPED[name]):
+        return target
+    import tempfile
+
+    from ..io import CheckpointError
+    from .pack import PackError, read_meta, unpack
+
+    with open(_pack_of(name), "rb") as f:
+        packed = f.read()
+    try:
+        meta, _ = read_meta(packed)
+        raw = unpack(packed, shipped_bytes(meta["base"]) if meta["delta"] else None)
+    except (PackError, KeyError) as e:
+        raise CheckpointError(f"the shipped model '{name}' ({_pack_of(name)}) cannot be unpacked: {e}; "
+                              "reinstall eediff (pip install --force-reinstall eediff)") from None
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".unpack-", suffix=".safetensors", dir=os.path.dirname(target))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def default_model():
@@ -31,9 +101,9 @@ def default_model():
     from ..checkpoint import LoadedModel, load_model
     from ..models.registry import build_model, default_process
 
-    for name, file in SHIPPED.items():
-        if os.path.exists(os.path.join(HERE, file)):
-            return load_model(os.path.join(HERE, file))
+    for name in SHIPPED:
+        if available(name):
+            return load_model(path(name))
     import sys
 
     print("note: no shipped model yet: sampling from a small RANDOMLY INITIALISED DiT (28 blocks, width 128, 28x28x1)", file=sys.stderr)

@@ -1,0 +1,198 @@
+"""Lossless packing of the shipped safetensors files (``NAME.eedz``), so that the models fit the package's budget.
+
+A fine-tune differs from its base by a few per cent per weight, so its fp16 bit patterns, taken as integers in
+numeric order, differ from the base's by small numbers; a model with no base is stored as it is. Each fp16
+tensor is split into its high and low byte planes (the sign and exponent byte repeats a lot), everything goes
+through xz (LZMA, Python's standard library), and unpacking rebuilds the original file byte for byte, checked
+against its SHA-256. Written here because no library packs safetensors this way: generic compressors see fp16
+weights as near-random bytes (xz alone saves 11% on the shipped files; with the byte planes 14-18%, and with the
+delta to the base 35-43%).
+
+    python -m eediff.zoo.pack dit-fmnist-D4 --base dit-fmnist     # src/eediff/zoo/dit-fmnist-D4.eedz
+    python -m eediff.zoo.pack uvit-fmnist-deediff                  # no base: planes + xz only
+
+File: ``MAGIC``, a 4-byte little-endian length, that many bytes of JSON (the original file's SHA-256 and size,
+its safetensors header, the base's zoo name and SHA-256, the tensors stored as deltas), then the xz stream of
+the tensors' bytes in the order of their offsets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import lzma
+import struct
+import sys
+
+import numpy as np
+
+MAGIC = b"EEDIFF-PACK\x00\x01"
+CODEC = "fp16-ordered-delta, byte planes, xz"
+
+
+class PackError(ValueError):
+    """A pack that cannot be read or does not rebuild its file."""
+
+
+def _header(raw: bytes) -> tuple[bytes, dict, int]:
+    """(header bytes, parsed header, offset of the data) of a safetensors file's bytes."""
+    if len(raw) < 8:
+        raise PackError("not a safetensors file (shorter than its 8-byte header length)")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if 8 + n > len(raw):
+        raise PackError("not a safetensors file (its header length runs past the end)")
+    hb = raw[8:8 + n]
+    return hb, json.loads(hb), 8 + n
+
+
+def _tensors(header: dict) -> list[tuple[str, str, int, int]]:
+    """(name, dtype, begin, end) of every tensor, in the order of their data offsets."""
+    out = [(k, v["dtype"], *v["data_offsets"]) for k, v in header.items() if k != "__metadata__"]
+    return sorted(out, key=lambda t: t[2])
+
+
+def _ordered(u: np.ndarray) -> np.ndarray:
+    """fp16 bit patterns (uint16) -> integers in the numeric order of the values (a bijection on uint16)."""
+    return np.where(u & 0x8000, u ^ 0xFFFF, u ^ 0x8000).astype(np.uint16)
+
+
+def _unordered(o: np.ndarray) -> np.ndarray:
+    return np.where(o & 0x8000, o ^ 0x8000, o ^ 0xFFFF).astype(np.uint16)
+
+
+def _planes(u: np.ndarray) -> bytes:
+    b = u.astype("<u2").view(np.uint8).reshape(-1, 2)
+    return b[:, 1].tobytes() + b[:, 0].tobytes()
+
+
+def _unplanes(buf: bytes, n: int) -> np.ndarray:
+    hi = np.frombuffer(buf, np.uint8, n, 0)
+    lo = np.frombuffer(buf, np.uint8, n, n)
+    return (hi.astype(np.uint16) << 8) | lo
+
+
+def _zigzag(d: np.ndarray) -> np.ndarray:  # int16 differences -> small unsigned codes (0, -1, 1, -2, ...)
+    d = d.astype(np.int32)
+    return ((d << 1) ^ (d >> 31)).astype(np.uint16)
+
+
+def _unzigzag(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.int32)
+    return ((z >> 1) ^ -(z & 1)).astype(np.int16)
+
+
+def _base_arrays(base_raw: bytes | None) -> dict[str, tuple[list, np.ndarray]]:
+    """name -> (shape, fp16 bit patterns) of the base file's F16 tensors."""
+    if base_raw is None:
+        return {}
+    _, header, start = _header(base_raw)
+    return {name: (header[name]["shape"], np.frombuffer(base_raw, np.uint16, (e - b) // 2, start + b))
+            for name, dtype, b, e in _tensors(header) if dtype == "F16"}
+
+
+def pack(raw: bytes, base_raw: bytes | None = None, base_name: str | None = None) -> bytes:
+    """The packed form of a safetensors file's bytes (``base_raw``: the file its F16 tensors are deltas of)."""
+    hb, header, start = _header(raw)
+    base = _base_arrays(base_raw)
+    parts, delta = [], []
+    for name, dtype, b, e in _tensors(header):
+        blob = raw[start + b:start + e]
+        if dtype != "F16":
+            parts.append(blob)
+            continue
+        u = np.frombuffer(blob, np.uint16)
+        ref = base.get(name)
+        if ref is not None and ref[0] == header[name]["shape"]:
+            d = (_ordered(u).astype(np.int32) - _ordered(ref[1]).astype(np.int32)).astype(np.uint16).view(np.int16)
+            parts.append(_planes(_zigzag(d)))
+            delta.append(name)
+        else:
+            parts.append(_planes(u))
+    meta = {"codec": CODEC, "sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw), "data_start": start,
+            "header": base64.b64encode(hb).decode(), "base": base_name if delta else None,
+            "base_sha256": hashlib.sha256(base_raw).hexdigest() if delta else None, "delta": delta}
+    mj = json.dumps(meta).encode()
+    return MAGIC + struct.pack("<I", len(mj)) + mj + lzma.compress(b"".join(parts), preset=9 | lzma.PRESET_EXTREME)
+
+
+def read_meta(packed: bytes) -> tuple[dict, int]:
+    """(the pack's JSON, offset of its xz stream)."""
+    if not packed.startswith(MAGIC) or len(packed) < len(MAGIC) + 4:
+        raise PackError("not an eediff pack (wrong magic bytes)")
+    (n,) = struct.unpack("<I", packed[len(MAGIC):len(MAGIC) + 4])
+    at = len(MAGIC) + 4
+    try:
+        return json.loads(packed[at:at + n]), at + n
+    except ValueError:
+        raise PackError("the pack's header is not JSON (truncated or damaged)") from None
+
+
+def unpack(packed: bytes, base_raw: bytes | None = None) -> bytes:
+    """The original file's bytes, checked against the SHA-256 the pack recorded."""
+    meta, at = read_meta(packed)
+    if meta["delta"]:
+        if base_raw is None:
+            raise PackError(f"the pack stores deltas of '{meta['base']}': its base file is needed")
+        if hashlib.sha256(base_raw).hexdigest() != meta["base_sha256"]:
+            raise PackError(f"the base '{meta['base']}' is not the file the pack was made against (SHA-256 differs)")
+    try:
+        data = lzma.decompress(packed[at:])
+    except lzma.LZMAError:
+        raise PackError("the pack's data is damaged (xz cannot decompress it)") from None
+    hb = base64.b64decode(meta["header"])
+    header = json.loads(hb)
+    start = meta["data_start"]
+    out = bytearray(meta["size"])
+    out[:8] = struct.pack("<Q", len(hb))
+    out[8:start] = hb
+    base = _base_arrays(base_raw)
+    delta = set(meta["delta"])
+    pos = 0
+    for name, dtype, b, e in _tensors(header):
+        n = e - b
+        if dtype != "F16":
+            out[start + b:start + e] = data[pos:pos + n]
+        else:
+            u = _unplanes(data[pos:pos + n], n // 2)
+            if name in delta:
+                o = (_ordered(base[name][1]).astype(np.int32) + _unzigzag(u).astype(np.int32)).astype(np.uint16)
+                u = _unordered(o)
+            out[start + b:start + e] = u.astype("<u2").tobytes()
+        pos += n
+    if pos != len(data):
+        raise PackError("the pack's data does not match its header (damaged)")
+    raw = bytes(out)
+    if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
+        raise PackError("the unpacked file does not match the SHA-256 the pack recorded (damaged)")
+    return raw
+
+
+def main(argv=None) -> int:
+    from . import HERE, SHIPPED, shipped_bytes
+
+    ap = argparse.ArgumentParser(description="Pack a shipped model (src/eediff/zoo/NAME.safetensors) into NAME.eedz, losslessly.")
+    ap.add_argument("name", choices=sorted(SHIPPED))
+    ap.add_argument("--base", default=None, choices=sorted(SHIPPED), help="the shipped model it was fine-tuned from")
+    a = ap.parse_args(argv)
+    import os
+
+    src = os.path.join(HERE, SHIPPED[a.name])
+    with open(src, "rb") as f:
+        raw = f.read()
+    base_raw = shipped_bytes(a.base) if a.base else None
+    packed = pack(raw, base_raw, a.base)
+    if unpack(packed, base_raw) != raw:  # (unpack checks the SHA-256 too)
+        raise SystemExit("the pack does not rebuild the file: not written")
+    dst = os.path.splitext(src)[0] + ".eedz"
+    with open(dst + ".tmp", "wb") as f:
+        f.write(packed)
+    os.replace(dst + ".tmp", dst)
+    print(f"{dst}: {len(packed) / 1e6:.2f} MB from {len(raw) / 1e6:.2f} MB ({len(read_meta(packed)[0]['delta'])} tensors as "
+          f"deltas of {a.base or '-'}); remove {os.path.basename(src)} to ship the pack", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
