@@ -93,8 +93,7 @@ def test_every_shipped_pack_unpacks_to_the_file_it_recorded(tmp_path, monkeypatc
     for name in packed:
         p = path(name)
         assert os.path.dirname(p) == cache_dir()
-        with open(os.path.join(HERE, os.path.splitext(SHIPPED[name])[0] + ".eedz"), "rb") as f:
-            meta, _ = zp.read_meta(f.read())
+        meta = zp.read_meta_file(os.path.join(HERE, os.path.splitext(SHIPPED[name])[0] + ".eedz"))
         with open(p, "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == meta["sha256"]
         load_model(p)
@@ -117,5 +116,8 @@ def test_a_damaged_pack_in_the_package_says_reinstall(tmp_path, monkeypatch):
     pack_file.write_bytes(bytes(data))
     monkeypatch.setattr(zoo, "HERE", str(fake))
     monkeypatch.setenv("EEDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(CheckpointError, match="cannot be unpacked.*damaged.*reinstall eediff"):
+        zoo.path(name)
+    pack_file.write_bytes(b"EEDIFF-PACK" + bytes(20))  # its header gone too: the same error, not a traceback
     with pytest.raises(CheckpointError, match="cannot be unpacked.*reinstall eediff"):
         zoo.path(name)

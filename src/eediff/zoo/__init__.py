@@ -46,11 +46,20 @@ def file_of(name: str) -> str:
     pack = _pack_of(name)
     if os.path.exists(raw) or not os.path.exists(pack):
         return raw
-    from .pack import read_meta
+    from .pack import PackError, read_meta_file
 
-    with open(pack, "rb") as f:
-        meta, _ = read_meta(f.read(1 << 16))
+    try:
+        meta = read_meta_file(pack)
+    except PackError as e:
+        raise _damaged(name, e) from None
     return os.path.join(cache_dir(), f"{os.path.splitext(SHIPPED[name])[0]}-{meta['sha256'][:16]}.safetensors")
+
+
+def _damaged(name: str, why) -> Exception:
+    from ..io import CheckpointError
+
+    return CheckpointError(f"the shipped model '{name}' ({_pack_of(name)}) cannot be unpacked: {why}; "
+                           "reinstall eediff (pip install --force-reinstall eediff)")
 
 
 def available(name: str) -> bool:
@@ -72,7 +81,6 @@ def path(name: str) -> str:
         return target
     import tempfile
 
-    from ..io import CheckpointError
     from .pack import PackError, read_meta, unpack
 
     with open(_pack_of(name), "rb") as f:
@@ -81,8 +89,7 @@ def path(name: str) -> str:
         meta, _ = read_meta(packed)
         raw = unpack(packed, shipped_bytes(meta["base"]) if meta["delta"] else None)
     except (PackError, KeyError) as e:
-        raise CheckpointError(f"the shipped model '{name}' ({_pack_of(name)}) cannot be unpacked: {e}; "
-                              "reinstall eediff (pip install --force-reinstall eediff)") from None
+        raise _damaged(name, e) from None
     os.makedirs(os.path.dirname(target), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".unpack-", suffix=".safetensors", dir=os.path.dirname(target))
     try:

@@ -129,6 +129,16 @@ def read_meta(packed: bytes) -> tuple[dict, int]:
         raise PackError("the pack's header is not JSON (truncated or damaged)") from None
 
 
+def read_meta_file(path: str) -> dict:
+    """The JSON of a pack file, without reading its data."""
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC) + 4)
+        if not head.startswith(MAGIC) or len(head) < len(MAGIC) + 4:
+            raise PackError("not an eediff pack (wrong magic bytes)")
+        (n,) = struct.unpack("<I", head[len(MAGIC):])
+        return read_meta(head + f.read(n))[0]
+
+
 def unpack(packed: bytes, base_raw: bytes | None = None) -> bytes:
     """The original file's bytes, checked against the SHA-256 the pack recorded."""
     meta, at = read_meta(packed)
