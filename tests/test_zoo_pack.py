@@ -92,7 +92,7 @@ def test_every_shipped_pack_unpacks_to_the_file_it_recorded(tmp_path, monkeypatc
     assert packed, "the package ships packed models"
     for name in packed:
         p = path(name)
-        assert os.path.dirname(p) == cache_dir()
+        assert os.path.dirname(os.path.dirname(p)) == cache_dir() and os.path.basename(p) == SHIPPED[name]  # its own name
         meta = zp.read_meta_file(os.path.join(HERE, os.path.splitext(SHIPPED[name])[0] + ".eedz"))
         with open(p, "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == meta["sha256"]
@@ -100,7 +100,7 @@ def test_every_shipped_pack_unpacks_to_the_file_it_recorded(tmp_path, monkeypatc
         stamp = os.stat(p).st_mtime_ns
         assert path(name) == p and os.stat(p).st_mtime_ns == stamp  # unpacked once, then reused
         assert "delete it" in _fix_for(p)
-    assert not [f for f in os.listdir(cache_dir()) if f.startswith(".unpack-")]  # no temporary file left
+    assert not [f for _, _, fs in os.walk(cache_dir()) for f in fs if f.startswith(".unpack-")]  # no temporary file left
 
 
 def test_a_damaged_pack_in_the_package_says_reinstall(tmp_path, monkeypatch):

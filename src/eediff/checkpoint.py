@@ -76,7 +76,7 @@ def _fix_for(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if folder == os.path.abspath(HERE):
         return "the copy shipped inside the package is damaged: reinstall eediff (pip install --force-reinstall eediff)"
-    if folder == os.path.abspath(cache_dir()):
+    if os.path.dirname(folder) == os.path.abspath(cache_dir()):
         return "it is a shipped model unpacked into the cache: delete it and it is unpacked again on next use"
     return "re-save or replace it (or pass another --model)"
 

@@ -41,7 +41,7 @@ def cache_dir() -> str:
 
 def file_of(name: str) -> str:
     """The file a shipped name loads from: the package's .safetensors, or (a packed model) its unpacked copy in
-    :func:`cache_dir`, which may not exist yet (:func:`path` makes it)."""
+    :func:`cache_dir` (under its SHA-256), which may not exist yet (:func:`path` makes it)."""
     raw = os.path.join(HERE, SHIPPED[name])
     pack = _pack_of(name)
     if os.path.exists(raw) or not os.path.exists(pack):
@@ -52,7 +52,8 @@ def file_of(name: str) -> str:
         meta = read_meta_file(pack)
     except PackError as e:
         raise _damaged(name, e) from None
-    return os.path.join(cache_dir(), f"{os.path.splitext(SHIPPED[name])[0]}-{meta['sha256'][:16]}.safetensors")
+    # (the hash as a folder, so that the file keeps its name: titles and search names are made of it)
+    return os.path.join(cache_dir(), meta["sha256"][:16], SHIPPED[name])
 
 
 def _damaged(name: str, why) -> Exception:
