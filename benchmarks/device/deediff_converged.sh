@@ -8,8 +8,9 @@
 #   bash benchmarks/device/deediff_converged.sh eval 560    # τ for 30/40/50% of the blocks, 5,000 images per set
 #                                                           # (benchmarks/deediff_eval.py generate), their distances
 #
-# train returns dd-MODEL.metrics.jsonl, eval the fp16 exports dd-MODEL-fp16.safetensors (to replace
-# src/eediff/zoo/MODEL-fmnist-deediff.safetensors once calibrated: `eediff calibrate --target-saving 0.4`),
+# train returns dd-MODEL.metrics.jsonl, eval the fp16 exports dd-MODEL-fp16.safetensors (to replace the shipped
+# MODEL-fmnist-deediff once calibrated, `eediff calibrate --target-saving 0.4`, and packed as a delta of its base,
+# `python -m eediff.zoo.pack MODEL-fmnist-deediff --base MODEL-fmnist`),
 # deediff_partial.json and deediff.json (`python benchmarks/deediff_report.py deediff.json` makes the table).
 # Recipe as the earlier DeeDiff models (results/deediff.md): λ = β = 1, `code` L_UAL weighting, lr 1e-4 constant,
 # EMA 0.995, batch 512, and longer (the earlier DiT's 1,200 steps were too few).
