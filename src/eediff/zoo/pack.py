@@ -117,14 +117,20 @@ def pack(raw: bytes, base_raw: bytes | None = None, base_name: str | None = None
     return MAGIC + struct.pack("<I", len(mj)) + mj + lzma.compress(b"".join(parts), preset=9 | lzma.PRESET_EXTREME)
 
 
+_HEAD = len(MAGIC) + 4  # the magic bytes and the JSON's length
+
+
+def _meta_len(head: bytes) -> int:
+    if len(head) < _HEAD or not head.startswith(MAGIC):
+        raise PackError("not an eediff pack (wrong magic bytes)")
+    return struct.unpack("<I", head[len(MAGIC):_HEAD])[0]
+
+
 def read_meta(packed: bytes) -> tuple[dict, int]:
     """(the pack's JSON, offset of its xz stream)."""
-    if not packed.startswith(MAGIC) or len(packed) < len(MAGIC) + 4:
-        raise PackError("not an eediff pack (wrong magic bytes)")
-    (n,) = struct.unpack("<I", packed[len(MAGIC):len(MAGIC) + 4])
-    at = len(MAGIC) + 4
+    end = _HEAD + _meta_len(packed)
     try:
-        return json.loads(packed[at:at + n]), at + n
+        return json.loads(packed[_HEAD:end]), end
     except ValueError:
         raise PackError("the pack's header is not JSON (truncated or damaged)") from None
 
@@ -132,11 +138,8 @@ def read_meta(packed: bytes) -> tuple[dict, int]:
 def read_meta_file(path: str) -> dict:
     """The JSON of a pack file, without reading its data."""
     with open(path, "rb") as f:
-        head = f.read(len(MAGIC) + 4)
-        if not head.startswith(MAGIC) or len(head) < len(MAGIC) + 4:
-            raise PackError("not an eediff pack (wrong magic bytes)")
-        (n,) = struct.unpack("<I", head[len(MAGIC):])
-        return read_meta(head + f.read(n))[0]
+        head = f.read(_HEAD)
+        return read_meta(head + f.read(_meta_len(head)))[0]
 
 
 def unpack(packed: bytes, base_raw: bytes | None = None) -> bytes:
