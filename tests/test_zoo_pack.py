@@ -121,3 +121,20 @@ def test_a_damaged_pack_in_the_package_says_reinstall(tmp_path, monkeypatch):
     pack_file.write_bytes(b"EEDIFF-PACK" + bytes(20))  # its header gone too: the same error, not a traceback
     with pytest.raises(CheckpointError, match="cannot be unpacked.*reinstall eediff"):
         zoo.path(name)
+
+
+def test_models_lists_every_shipped_model_without_unpacking(tmp_path, monkeypatch):
+    from eediff.zoo import SHIPPED
+
+    from test_reliability import invoke
+
+    monkeypatch.setenv("EEDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    res = invoke("models")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    for name in SHIPPED:
+        assert any(line.startswith(name + " ") for line in lines), name
+    default = next(line for line in lines if line.startswith(next(iter(SHIPPED))))
+    assert default.split()[1] == "*" and "packed, delta of dit-fmnist" in default and "schedule D4-DiT" in default
+    assert "DeeDiff, tau" in next(line for line in lines if line.startswith("uvit-fmnist-deediff"))
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))  # nothing unpacked

@@ -274,6 +274,23 @@ def sample_cmd(cfg) -> None:
     typer.echo(f"wrote {', '.join(written)}")
 
 
+@app.command("models", help="List the shipped models: name, architecture, exits, size (packed and unpacked).")
+def models_cmd() -> None:
+    from .zoo import SHIPPED, available, info
+
+    typer.echo(f"{'name':<22} {'arch':<6} {'steps':>6}  {'exits':<24} {'stored':<39} {'unpacked'}")
+    for i, name in enumerate(n for n in SHIPPED if available(n)):
+        try:
+            r = info(name)
+        except EediffError as e:
+            _fail(str(e))
+        how = "plain" if r["stored"].endswith(".safetensors") else "packed" + (f", delta of {r['delta_of']}" if r["delta_of"] else "")
+        cache = "" if how == "plain" else (" (in the cache)" if r["unpacked"] else " (on first use)")
+        typer.echo(f"{name + (' *' if i == 0 else ''):<22} {r['arch']:<6} {r['trained_steps'] or '?':>6}  {r['exits']:<24} "
+                   f"{r['stored_bytes'] / 1e6:5.2f} MB {how:<30} {r['bytes'] / 1e6:5.2f} MB{cache}")
+    typer.echo("* the default of `eediff sample`; steps: training steps of the last run; use any name as --model or --init")
+
+
 @app.command("schedules", help="List exit schedules with their mean compute fraction.")
 def schedules_cmd(
     model: str = typer.Option(None, help="compute fractions for this model (default: DiT-XL/2 for DiT presets, U-ViT-S/4 (6 decoder blocks) for U-ViT presets)"),

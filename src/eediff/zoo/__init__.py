@@ -67,6 +67,31 @@ def available(name: str) -> bool:
     return os.path.exists(os.path.join(HERE, SHIPPED[name])) or os.path.exists(_pack_of(name))
 
 
+def info(name: str) -> dict:
+    """What ``eediff models`` shows of a shipped model, read from its header alone (nothing is unpacked)."""
+    import base64
+    import json
+
+    from .pack import PackError, file_header, read_meta_file
+
+    raw, pack = os.path.join(HERE, SHIPPED[name]), _pack_of(name)
+    try:
+        if os.path.exists(raw):
+            header, stored, meta = file_header(raw), raw, {}
+        else:
+            meta = read_meta_file(pack)
+            header, stored = json.loads(base64.b64decode(meta["header"])), pack
+    except (PackError, OSError, ValueError) as e:
+        raise _damaged(name, e) from None
+    md = header.get("__metadata__", {})
+    tuned = json.loads(md["tuned_schedule"])["name"] if "tuned_schedule" in md else None
+    deediff = json.loads(md["deediff"]) if "deediff" in md else None
+    return {"name": name, "arch": md.get("arch", "?"), "trained_steps": md.get("trained_steps"),
+            "exits": f"schedule {tuned}" if tuned else (f"DeeDiff, tau {deediff['tau']:.4f}" if deediff else "full depth"),
+            "stored": stored, "stored_bytes": os.path.getsize(stored), "bytes": meta.get("size", os.path.getsize(stored)),
+            "delta_of": meta.get("base"), "unpacked": os.path.exists(file_of(name))}
+
+
 def shipped_bytes(name: str) -> bytes:
     """A shipped model's safetensors bytes (unpacked if the package holds it packed)."""
     with open(path(name), "rb") as f:

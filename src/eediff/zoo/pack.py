@@ -47,6 +47,14 @@ def _header(raw: bytes) -> tuple[bytes, dict, int]:
     return hb, json.loads(hb), 8 + n
 
 
+def file_header(path: str) -> dict:
+    """The safetensors header (tensors and ``__metadata__``) of a file, without reading its tensors."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        return _header(head + f.read(n))[1]
+
+
 def _tensors(header: dict) -> list[tuple[str, str, int, int]]:
     """(name, dtype, begin, end) of every tensor, in the order of their data offsets."""
     out = [(k, v["dtype"], *v["data_offsets"]) for k, v in header.items() if k != "__metadata__"]
