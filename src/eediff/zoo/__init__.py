@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 HERE = os.path.dirname(__file__)
@@ -29,14 +30,20 @@ def _pack_of(name: str) -> str:
 def cache_dir() -> str:
     """Where packed models are unpacked: $EEDIFF_CACHE_DIR, else ~/.cache/eediff (or a temporary folder where the
     home folder cannot be written)."""
+    d = os.environ.get("EEDIFF_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "eediff")
+    return os.path.join(_writable_root(d), "zoo")
+
+
+@functools.lru_cache(maxsize=None)
+def _writable_root(d: str) -> str:
+    """``d``, or a temporary folder where ``d`` cannot be written (probed once per process: the probe writes a file)."""
     from ..io import unwritable
 
-    d = os.environ.get("EEDIFF_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "eediff")
     if unwritable(d):
         import tempfile
 
         d = os.path.join(tempfile.gettempdir(), f"eediff-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
-    return os.path.join(d, "zoo")
+    return d
 
 
 def file_of(name: str) -> str:
@@ -49,9 +56,12 @@ def file_of(name: str) -> str:
     from .pack import PackError, read_meta_file
 
     try:
-        meta = read_meta_file(pack)
+        return _unpacked_file(name, read_meta_file(pack))
     except PackError as e:
         raise _damaged(name, e) from None
+
+
+def _unpacked_file(name: str, meta: dict) -> str:
     # (the hash as a folder, so that the file keeps its name: titles and search names are made of it)
     return os.path.join(cache_dir(), meta["sha256"][:16], SHIPPED[name])
 
@@ -89,7 +99,7 @@ def info(name: str) -> dict:
     return {"name": name, "arch": md.get("arch", "?"), "trained_steps": md.get("trained_steps"),
             "exits": f"schedule {tuned}" if tuned else (f"DeeDiff, tau {deediff['tau']:.4f}" if deediff else "full depth"),
             "stored": stored, "stored_bytes": os.path.getsize(stored), "bytes": meta.get("size", os.path.getsize(stored)),
-            "delta_of": meta.get("base"), "unpacked": os.path.exists(file_of(name))}
+            "delta_of": meta.get("base"), "unpacked": bool(meta) and os.path.exists(_unpacked_file(name, meta))}
 
 
 def shipped_bytes(name: str) -> bytes:
