@@ -22,6 +22,8 @@
 #       finished here, so a fresh machine makes the tables of fine-tunes it did not train)
 #   FT_KINDS_UVIT="D4-U-ViT full" SEARCH_UVIT="" ... (per model: FT_KINDS_DIT, FT_KINDS_UVIT, SEARCH_DIT, SEARCH_UVIT)
 #   TABLES_FROM=DIR ... converge.sh finetune DL   (DIR/tables_MODEL.jsonl: table cells measured by an earlier call, kept)
+#   FT_DISTILL=1.0 FT_LR_SCHEDULE=cosine ... converge.sh finetune DL   (the cut runs with --distill 1.0, every run on a
+#       cosine learning rate: ft_recipe.sh)
 #   bash benchmarks/device/converge.sh prep 0 && (BASE_MODELS=dit INIT_DIT=F bash benchmarks/device/converge.sh base DL &
 #       FT_MODELS=uvit INIT_UVIT=G bash benchmarks/device/converge.sh finetune DL; wait)
 #       (one model still training while the other, at its plateau, is fine-tuned: prep installs and unpacks once)
@@ -245,6 +247,10 @@ elif [ "$STAGE" = finetune ]; then
       fi
     fi
     KINDS[$m]=$kinds
+    # FT_DISTILL=W: every run that cuts rows learns (1 - W) ε + W ε_full of the frozen base (`finetune --distill W`);
+    # the fair baseline (full) and the any-depth run train as before
+    if [ -n "${FT_DISTILL:-}" ]; then for s in $kinds; do
+      [ "$s" = full ] || [ "$s" = any ] || EXTRA[$m-$s]="${EXTRA[$m-$s]:-} --distill $FT_DISTILL"; done; fi
     for s in $kinds; do
       done_run $m-$s $FS && continue   # finished; one stopped by --max-minutes goes on from its checkpoint
       RES=""; has_ckpt $m-$s && RES="--resume"
@@ -261,6 +267,10 @@ elif [ "$STAGE" = finetune ]; then
     # the same state paths, sampler, seed, n and metric), so a call that adds fine-tunes measures only their cells
     [ -n "${TABLES_FROM:-}" ] && [ -f $TABLES_FROM/tables_$m.jsonl ] && [ ! -f $R/tables_$m.jsonl ] && cp $TABLES_FROM/tables_$m.jsonl $R/
     [ $(( DL - $(el) )) -gt 60 ] || { echo "[$(el)s] no time left for the tables"; break; }   # (a later call makes them)
+    # a fine-tune the call's end stopped short is not measured (its cells would be keyed by the path its finished
+    # export will have): the call that finishes it makes the tables
+    short=$(for s in ${KINDS[$m]}; do done_run $m-$s $FS || echo -n "$s "; done)
+    [ -z "$short" ] || { echo "[$(el)s] $m: not finished ($short): the next call makes its tables"; continue; }
     A=DiT; SHARE=2; [ $m = uvit ] && A=U-ViT && SHARE=1   # DiT gets half of what is left, U-ViT the rest
     [ "${FT_MODELS:-dit uvit}" = $m ] && SHARE=1
     more=(); for s in ${KINDS[$m]}; do [[ $s == *search-* ]] && [ -f $R/$m-$s/final.safetensors ] && more+=(--finetuned "${SCHED[$m-$s]}=$R/$m-$s/final.safetensors"); done
