@@ -321,3 +321,30 @@ def test_finetune_report_takes_the_base_from_the_tables_cells(tmp_path):
     assert {fam for fam, _ in searched} == {"searched fine-tuned", "searched zero-shot"}
     n_cells = sum(1 for c in cells if c["type"] == "cell" and c["kind"] != "full")
     assert sum(len(v) for v in pts.values()) == n_cells  # every cell but the base's, once
+
+
+def test_cooldown_report_compares_two_complete_schedules(tmp_path):
+    """benchmarks/cooldown_report.py: the plateau rule on two cool-downs is the end of the 1.2 N run against the end
+    of the N run (not the flat tail of one cosine); a run the call stopped before its last step has no end."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cooldown_report.py"
+    spec = importlib.util.spec_from_file_location("cooldown_report", path)
+    rep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rep)
+    curves = {("dit", 1000): [(500, 2.0), (1000, 1.00)], ("dit", 1200): [(500, 2.1), (1000, 1.2), (1200, 0.99)],
+              ("uvit", 1000): [(500, 0.5), (1000, 0.40)], ("uvit", 1200): [(500, 0.5), (1000, 0.36)]}
+    for (m, n), evals in curves.items():
+        (tmp_path / f"cd{n}" / m).mkdir(parents=True, exist_ok=True)
+        rows = [{"step": s, "loss": 0.1} for s, _ in evals] + [{"step": s, "eval": {"step": s, "value": v}} for s, v in evals]
+        (tmp_path / f"cd{n}" / m / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = rep.report(str(tmp_path), {"dit": 1.25})
+    dit, uvit = r["models"]["dit"], r["models"]["uvit"]
+    assert dit["gain_longer"] == pytest.approx(0.01) and dit["plateau_met"]  # 1.00 -> 0.99: 1% < 3%
+    assert dit["gain_cooldown"] == pytest.approx(1 - 0.99 / 1.25)
+    assert "1200" not in uvit["end"] and "plateau_met" not in uvit  # stopped at 1000 of 1200: no verdict
+    rep.write(str(tmp_path), r)
+    assert "| met |" in (tmp_path / "cooldown.md").read_text()
+    with pytest.raises(SystemExit):
+        rep.main(["--dir", str(tmp_path), "--before", "dit"])
