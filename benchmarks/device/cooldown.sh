@@ -4,17 +4,18 @@
 #
 #   bash benchmarks/device/cooldown.sh base 540        carry [".whl", ".data/fm-xz"]
 #       each base continued twice from its shipped export with a fresh AdamW, lr 1e-4 (200 warm-up steps) decayed to
-#       0 by a cosine over N and over 1.2 N steps (N=${N:-3000}), the four runs side by side; the rule (20% more
+#       0 by a cosine over N and over 1.2 N steps (N=${N:-2500}), the four runs side by side; the rule (20% more
 #       training improves the distance by < 3%) compares the two ends. $OUT/cdN/ and $OUT/cd1.2N/ as converge.sh
 #       returns them (fp16 EMA exports, metrics, logs).
-#   bash benchmarks/device/cooldown.sh finetune 540    (same warm machine) D4, D6 and the fair baseline on the 1.2 N
+#   bash benchmarks/device/cooldown.sh finetune 540    (same warm machine) D4 and the fair baseline (FT_KINDS_DIT /
+#       FT_KINDS_UVIT add D6-DiT / D6-U-ViT) on the 1.2 N
 #       cool-down of each model: --distill 1.0 on the cut runs, a cosine lr, FT_STEPS=${FT_STEPS:-2000}; a second
 #       call with the same command finishes them and measures the tables (DPM-Solver++ 25, DDIM 50, DDPM 100)
 #   CD_DIT=F CD_UVIT=G bash benchmarks/device/cooldown.sh finetune 540   carry [".whl", ".data/fm-xz", F, G]
 #       (a fresh machine: the cooled exports travel)
 set -u
 STAGE=${1:?base|finetune}; DL=${2:?deadline in seconds}
-N=${N:-3000}; N2=$(( N * 6 / 5 ))
+N=${N:-2500}; N2=$(( N * 6 / 5 ))
 bash benchmarks/device/converge.sh prep 0 || exit 3   # installs and unpacks once, before the runs start side by side
 if [ "$STAGE" = base ]; then
   for n in $N $N2; do
@@ -29,7 +30,7 @@ if [ "$STAGE" = base ]; then
 elif [ "$STAGE" = finetune ]; then
   D=${CD_DIT:-/root/cd$N2/dit/final.safetensors}; U=${CD_UVIT:-/root/cd$N2/uvit/final.safetensors}
   [ -f $D ] && [ -f $U ] || { echo "no cooled exports ($D, $U): run the base stage first, or give CD_DIT / CD_UVIT"; exit 3; }
-  STATE=/root/ft3 INIT_DIT=$D INIT_UVIT=$U FT_DISTILL=1.0 FT_LR_SCHEDULE=cosine FT_STEPS=${FT_STEPS:-2000} \
+  FT_KINDS_DIT=${FT_KINDS_DIT:-D4-DiT full} FT_KINDS_UVIT=${FT_KINDS_UVIT:-D4-U-ViT full} STATE=/root/ft3 INIT_DIT=$D INIT_UVIT=$U FT_DISTILL=1.0 FT_LR_SCHEDULE=cosine FT_STEPS=${FT_STEPS:-2000} \
     FT_END=${FT_END:-$(( DL * 7 / 10 ))} SAMPLERS="dpm-solver++-25;ddim-50;ddpm-100" \
     bash benchmarks/device/converge.sh finetune $DL
 else
