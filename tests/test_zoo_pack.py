@@ -138,3 +138,22 @@ def test_models_lists_every_shipped_model_without_unpacking(tmp_path, monkeypatc
     assert default.split()[1] == "*" and "packed, delta of dit-fmnist" in default and "schedule D4-DiT" in default
     assert "DeeDiff, tau" in next(line for line in lines if line.startswith("uvit-fmnist-deediff"))
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))  # nothing unpacked
+
+
+def test_models_path_prints_the_unpacked_file_and_rejects_other_names(tmp_path, monkeypatch):
+    """`eediff models --path NAME` gives tools that take a file the shipped model's safetensors (a packed one is
+    unpacked into the cache first, byte-identical to what `zoo.path` gives); a name that is not shipped is a
+    one-line error listing the names, exit 2."""
+    from eediff import zoo
+
+    from test_reliability import invoke
+
+    monkeypatch.setenv("EEDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    res = invoke("models", "--path", "uvit-fmnist-D4")
+    assert res.exit_code == 0, res.output
+    got = res.output.strip().splitlines()[-1]
+    assert got.startswith(str(tmp_path / "cache")) and got == zoo.path("uvit-fmnist-D4")
+    with open(got, "rb") as f:
+        assert f.read(8) and zoo.info("uvit-fmnist-D4")["bytes"] == os.path.getsize(got)
+    res = invoke("models", "--path", "dit-xl")
+    assert res.exit_code == 2 and "not a shipped model" in res.output and "dit-fmnist" in res.output

@@ -3,7 +3,7 @@
 # search lost (results/converge/uvit-ft/finetunes.md)? One call on one H200 (carry [".whl", ".data/fm-xz"]),
 # about 9 minutes, on a base model that travels in the checkout (default: the shipped uvit-fmnist):
 #
-#   MODEL=uvit BASE=src/eediff/zoo/uvit-fmnist.safetensors bash benchmarks/device/adapted_search.sh 560
+#   MODEL=uvit BASE=path/to/base.safetensors bash benchmarks/device/adapted_search.sh 560
 #
 # 1. converge.sh finetune, first pass: D4 and D6 fine-tunes, the zero-shot searches at D4's and D6's compute
 #    saving (searched on the base, then fine-tuned), and `any`: the base fine-tuned at every depth
@@ -18,9 +18,10 @@ DL=${1:?deadline in seconds}
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
 M=${MODEL:-uvit}; A=U-ViT; [ $M = dit ] && A=DiT
 export FT_STEPS=${FT_STEPS:-2000} FT_MODELS=$M SEARCH="D4 D6" ASEARCH="D4 D6" FT_KINDS="D4-$A D6-$A" NO_TABLES=1
-declare -x INIT_${M^^}=${BASE:-src/eediff/zoo/uvit-fmnist.safetensors}
 S=benchmarks/device/converge.sh
 bash $S prep 0 || exit 3
+# the shipped base of MODEL by default (`eediff models --path` gives its file, unpacked if the package holds it packed)
+declare -x INIT_${M^^}=${BASE:-$(PYTHONPATH=/tmp/site:$PWD/src python3 -m eediff.cli models --path $M-fmnist)}
 P1=${PASS1_S:-$(( DL * 55 / 100 ))}   # the first pass's share of the call
 FT_END=$(( P1 - 10 )) bash $S finetune $P1
 left=$(( DL - $(el) - 45 ))           # the base's distance needs about 30 s

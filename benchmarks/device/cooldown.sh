@@ -18,9 +18,11 @@ STAGE=${1:?base|finetune}; DL=${2:?deadline in seconds}
 N=${N:-2500}; N2=$(( N * 6 / 5 ))
 bash benchmarks/device/converge.sh prep 0 || exit 3   # installs and unpacks once, before the runs start side by side
 if [ "$STAGE" = base ]; then
+  zoo() { PYTHONPATH=/tmp/site:$PWD/src python3 -m eediff.cli models --path $1; }   # a shipped model's file
+  DIT0=$(zoo dit-fmnist) && UVIT0=$(zoo uvit-fmnist) || exit 3
   for n in $N $N2; do
     mkdir -p $OUT/cd$n
-    STATE=/root/cd$n OUT=$OUT/cd$n INIT_DIT=src/eediff/zoo/dit-fmnist.safetensors INIT_UVIT=src/eediff/zoo/uvit-fmnist.safetensors \
+    STATE=/root/cd$n OUT=$OUT/cd$n INIT_DIT=$DIT0 INIT_UVIT=$UVIT0 \
       LR=1e-4 LR_SCHEDULE=cosine WARMUP=200 BASE_STEPS=$n EVAL_EVERY=${EVAL_EVERY:-1000} SCOPE=model MODE=reduce-overhead \
       bash benchmarks/device/converge.sh base $DL > /root/cd$n.out 2>&1 &
   done

@@ -32,7 +32,7 @@ export PYTHONPATH=/tmp/site:$PWD/src EEDIFF_FASHION_MNIST_DIR=$R/data PYTHONUNBU
 E="python3 -m eediff.cli"
 B=/root/converge; mkdir -p $B   # the base paths the earlier tables were keyed by; variants side by side share them
 for m in dit uvit; do
-  z=src/eediff/zoo/$m-fmnist.safetensors
+  z=$(python3 -m eediff.cli models --path $m-fmnist) || exit 3   # (the shipped file, unpacked if packed)
   cmp -s $z $B/init-$m.safetensors || { cp $z $B/.init-$m.$$ && mv $B/.init-$m.$$ $B/init-$m.safetensors; }   # (atomic)
   [ $R = $B ] || cp $z $R/init-$m.safetensors
 done

@@ -9,7 +9,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 PYTHONPATH=/tmp/site:$PWD/src python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
 PYTHONPATH=/tmp/site:$PWD/src timeout ${BENCH_S:-330} python3 -m eediff.cli bench --skip-e2e --row-buckets ${BUCKETS:-8,4,2} --out $OUT/bench_dit_h200.json 2>&1 \
   | grep -v "Warning\|warn(" | tee $OUT/bench.log
-A="--init src/eediff/zoo/dit-fmnist.safetensors --schedule D4-DiT --dataset fashion-mnist --data-dir .data --steps ${FT_STEPS:-400}
+A="--init dit-fmnist --schedule D4-DiT --dataset fashion-mnist --data-dir .data --steps ${FT_STEPS:-400}
    --batch-size 512 --lr 1e-4 --ema-decay 0.995 --log-every 100 --sample-every -1 --no-progress"
 for variant in old new old-compile new-compile; do
   src=$PWD/src; [ "${variant%%-*}" = old ] && src=$PWD/.old/src

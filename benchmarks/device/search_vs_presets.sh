@@ -22,7 +22,7 @@ if [ -n "${KFD_FIRST:-}" ]; then
     --out $R/svp/kfd/dit_inductor.json 2>&1 | grep -v -i warn | tail -n 3
   echo "[$(el)s] kfd"
 fi
-F="--init src/eediff/zoo/uvit-fmnist.safetensors --dataset fashion-mnist --batch-size 512 --lr 1e-4 --ema-decay 0.999 --ema-warmup
+F="--init uvit-fmnist --dataset fashion-mnist --batch-size 512 --lr 1e-4 --ema-decay 0.999 --ema-warmup
    --depth-grouping batch --steps ${FT_STEPS:-3000} --compile --compile-scope blocks --eval-every 500 --eval-n 5000
    --eval-cache-dir $R/fdcache --save-every 100000 --log-every 250 --sample-every 0 --no-progress --export-fp16"
 M=$(python3 -c "print(round(($DL - $(el) - 40) / 60, 2))")

@@ -275,9 +275,23 @@ def sample_cmd(cfg) -> None:
 
 
 @app.command("models", help="List the shipped models: name, architecture, exits, size (packed and unpacked).")
-def models_cmd() -> None:
+def models_cmd(
+    path: str = typer.Option(None, "--path", metavar="NAME",
+                             help="print the safetensors file of this shipped model (unpacked into the cache first "
+                                  "if it is packed), for tools that take a file"),
+) -> None:
     from .zoo import SHIPPED, available, info
 
+    if path is not None:
+        from .zoo import path as zoo_path
+
+        if path not in SHIPPED or not available(path):
+            _fail(f"--path {path!r} is not a shipped model; give one of: {', '.join(n for n in SHIPPED if available(n))}")
+        try:
+            typer.echo(zoo_path(path))
+        except EediffError as e:
+            _fail(str(e))
+        return
     typer.echo(f"{'name':<22} {'arch':<6} {'steps':>6}  {'exits':<24} {'stored':<39} {'unpacked'}")
     for i, name in enumerate(n for n in SHIPPED if available(n)):
         try:
