@@ -260,9 +260,11 @@ def test_other_commands_refuse_with_one_line(inputs, args, needle):
 
 def test_a_damaged_shipped_model_says_reinstall_not_download():
     from eediff.checkpoint import _fix_for
-    from eediff.zoo import path
+    from eediff.zoo import HERE, path
 
-    assert "reinstall eediff" in _fix_for(path("dit-fmnist")) and "download" not in _fix_for(path("dit-fmnist"))
+    in_package = os.path.join(HERE, "dit-fmnist.safetensors")
+    assert "reinstall eediff" in _fix_for(in_package) and "download" not in _fix_for(in_package)
+    assert "unpacked into the cache" in _fix_for(path("dit-fmnist"))  # (the package holds it packed)
     assert "reinstall" not in _fix_for("/somewhere/else.safetensors")
 
 

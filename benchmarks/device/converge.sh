@@ -10,9 +10,8 @@
 #       (a fresh machine: fine-tune the exports F and G; classifier distances, no Inception)
 #   INIT_DIT=F INIT_UVIT=G bash benchmarks/device/converge.sh base DEADLINE_S   carry [".whl", ".data/fm-xz"]
 #       (a fresh machine: continue earlier EMA exports F and G with a fresh optimizer; the exports must travel
-#        too, and with the wheels and data the call is at its 64 MiB: put them in place of the zoo's
-#        dit-fmnist / uvit-fmnist files in the working tree for that call, then `git checkout` those two files;
-#        the first call keeps each export in the state folder, later calls use that copy)
+#        too (the shipped bases do: cooldown.sh gives their files with `eediff models --path NAME`); the first call
+#        keeps each export in the state folder, later calls use that copy)
 #   SEARCH="D4 D6 0.4" ... converge.sh finetune DL   (also: schedules searched on the base at D4's and D6's compute
 #       saving and at 40%, fine-tuned with the same budget and put in the same tables)
 #   ASEARCH="D4 D6 0.3" ... converge.sh finetune DL  (also: the base fine-tuned at every depth, `--depth-sampling

@@ -10,8 +10,8 @@ HERE = os.path.dirname(__file__)
 # Trained on Fashion-MNIST (60k train images, pixel space) on one H100; how, with the exact commands and configs,
 # in src/eediff/zoo/README.md. "-D4" = ASE fine-tuned for the D4 schedule (recorded inside).
 # The default is the fine-tuned DiT: the 29,000-step DiT's D4 fine-tune, classifier Frechet distance 1.56 at D4-DiT
-# against its base's 0.96 at full depth (DPM-Solver++ 25), where the 42,500-step U-ViT's D4 fine-tune is 2.37
-# against 0.35 (results/converge/v2/dit-ft/, uvit-ft/; README.md here).
+# against its base's 0.96 at full depth (DPM-Solver++ 25), where the 42,500-step U-ViT's distilled D4 fine-tune is
+# 0.71 against 0.35 (results/converge/v2/dit-ft/, uvit-ft/; README.md here).
 SHIPPED: dict[str, str] = {
     "dit-fmnist-D4": "dit-fmnist-D4.safetensors",
     "dit-fmnist": "dit-fmnist.safetensors",
