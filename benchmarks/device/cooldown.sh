@@ -11,10 +11,19 @@
 #       FT_KINDS_UVIT add D6-DiT / D6-U-ViT) on the 1.2 N
 #       cool-down of each model: --distill 1.0 on the cut runs, a cosine lr, FT_STEPS=${FT_STEPS:-2000}; a second
 #       call with the same command finishes them and measures the tables (DPM-Solver++ 25, DDIM 50, DDPM 100)
+#   N=2000 FT_STEPS=1500 bash benchmarks/device/cooldown.sh all 560   both stages in one call: the cool-downs get
+#       CD_SHARE=${CD_SHARE:-45}% of it, the fine-tunes and (time allowing) their tables the rest
 #   CD_DIT=F CD_UVIT=G bash benchmarks/device/cooldown.sh finetune 540   carry [".whl", ".data/fm-xz", F, G]
 #       (a fresh machine: the cooled exports travel)
 set -u
-STAGE=${1:?base|finetune}; DL=${2:?deadline in seconds}
+STAGE=${1:?base|finetune|all}; DL=${2:?deadline in seconds}
+if [ "$STAGE" = all ]; then
+  T0=$(date +%s)
+  bash $0 base $(( DL * ${CD_SHARE:-45} / 100 ))
+  # (at most 8 files come back: the cool-downs' six as one tar of cdN/ and cd1.2N/)
+  (cd $OUT && tar cf cooldown.tar cd* && rm -r cd*/)
+  exec bash $0 finetune $(( DL - ($(date +%s) - T0) ))
+fi
 N=${N:-2500}; N2=$(( N * 6 / 5 ))
 bash benchmarks/device/converge.sh prep 0 || exit 3   # installs and unpacks once, before the runs start side by side
 if [ "$STAGE" = base ]; then
