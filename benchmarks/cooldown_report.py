@@ -8,7 +8,12 @@ the last 20% of one cosine trains at a rate near 0, so its flatness says nothing
 and writes DIR/cooldown.{json,md,png}; --before MODEL=FD gives the export's own distance (measured with the same
 seeds, sampler and n) for the gain the cool-down made.
 
-    python benchmarks/cooldown_report.py --dir results/converge/v3 --before dit=0.963 --before uvit=0.348
+    python benchmarks/cooldown_report.py --dir results/converge/v3 --before dit=0.963 --before uvit=0.349
+
+With --ft FOLDER (the fine-tunes on the cooled bases, `cooldown.sh finetune`: FOLDER/tables_MODEL.jsonl as
+benchmarks/gpu_tables.py wrote them, and FOLDER/MODEL-KIND/metrics.jsonl) it adds DIR/finetunes.md: every row's
+distance, ÷ the cooled base's and ÷ the fair baseline's on the same sampler; a model whose tables did not come
+back is reported from the runs' own DPM-Solver++ 25 evaluations against the cool-down's last one.
 """
 
 from __future__ import annotations
@@ -58,6 +63,72 @@ def report(dir_: str, before: dict[str, float]) -> dict:
     return out
 
 
+ROWS = [("full", "cooled base, full depth"), ("fair", "fair baseline (full depth, same steps)"),
+        ("fine-tuned", "fine-tuned"), ("zero-shot", "zero-shot on the cooled base")]
+
+
+def finetunes(ft: str, rep: dict) -> dict:
+    """{model: {"cells": [(row label, schedule, compute fraction, {sampler: fid})], "source": ...}} of the
+    fine-tunes in FT (see the module's docstring)."""
+    out = {}
+    for model in ("dit", "uvit"):
+        tables = os.path.join(ft, f"tables_{model}.jsonl")
+        cells = []
+        if os.path.exists(tables):
+            with open(tables) as f:
+                rows = [json.loads(line) for line in f if line.strip().endswith("}")]
+            got: dict = {}
+            for r in rows:
+                if r.get("type") != "cell" or "fid" not in r:
+                    continue
+                got.setdefault((r["kind"], r["schedule"]), {"fraction": r["compute_fraction"], "fid": {}})["fid"][r["sampler"]] = r["fid"]
+            for kind, label in ROWS:
+                for (k, sched), v in got.items():
+                    if k == kind:
+                        cells.append((label if kind in ("full", "fair") else f"{sched} {label}", sched, v["fraction"], v["fid"]))
+            out[model] = {"cells": cells, "source": os.path.basename(tables)}
+            continue
+        runs = sorted(glob.glob(os.path.join(ft, f"{model}-*", "metrics.jsonl")))
+        end = rep["models"].get(model, {}).get("end", {})
+        if not runs or not end:
+            continue
+        base = end[max(end, key=int)]
+        cells.append(("cooled base, full depth", "full", 1.0, {"dpm-solver++-25": base}))
+        for m in runs:
+            kind = os.path.basename(os.path.dirname(m))[len(model) + 1:]
+            ev = evals(m)
+            if ev:
+                label = "fair baseline (full depth, same steps)" if kind == "full" else f"{kind} fine-tuned"
+                cells.append((f"{label}, step {ev[-1][0]}", kind, None, {"dpm-solver++-25": ev[-1][1]}))
+        out[model] = {"cells": cells, "source": "the runs' own evaluations"}
+    return out
+
+
+def write_finetunes(dir_: str, fts: dict) -> None:
+    lines = []
+    for model, r in fts.items():
+        samplers = list(dict.fromkeys(s for c in r["cells"] for s in c[3]))
+        base = next((c[3] for c in r["cells"] if c[1] == "full" and c[0].startswith("cooled")), {})
+        fair = next((c[3] for c in r["cells"] if c[0].startswith("fair")), {})
+        lines += [f"**{LABEL[model]}** ({r['source']}): distance / ÷ cooled base / ÷ fair baseline, same sampler", "",
+                  "| row | FLOPs saved | " + " | ".join(samplers) + " |", "|---|---|" + "---|" * len(samplers)]
+        for label, _, frac, fid in r["cells"]:
+            def cell(s):
+                if s not in fid:
+                    return "—"
+                rb = f"{fid[s] / base[s]:.2f}" if s in base else "—"
+                rf = f"{fid[s] / fair[s]:.2f}" if s in fair else "—"
+                return f"{fid[s]:.3f} / {rb} / {rf}"
+            saved = "—" if frac is None else f"{100 * (1 - frac):.1f}%"
+            lines.append(f"| {label} | {saved} | " + " | ".join(cell(s) for s in samplers) + " |")
+        lines.append("")
+    with open(os.path.join(dir_, "finetunes.md"), "w") as f:
+        f.write("\n".join(lines))
+    with open(os.path.join(dir_, "finetunes.json"), "w") as f:
+        json.dump(fts, f, indent=1)
+    print("\n".join(lines))
+
+
 def write(dir_: str, rep: dict) -> None:
     with open(os.path.join(dir_, "cooldown.json"), "w") as f:
         json.dump(rep, f, indent=1)
@@ -94,6 +165,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dir", default="results/converge/v3")
     ap.add_argument("--before", action="append", default=[], metavar="MODEL=FD",
                     help="the export's distance before the cool-down (same seeds, sampler and n)")
+    ap.add_argument("--ft", default=None, metavar="FOLDER", help="the fine-tunes on the cooled bases (tables, runs)")
     a = ap.parse_args(argv)
     before = {}
     for item in a.before:
@@ -101,7 +173,10 @@ def main(argv=None) -> None:
         if k not in LABEL or not v:
             raise SystemExit(f"--before {item!r}: give MODEL=FD with MODEL dit or uvit")
         before[k] = float(v)
-    write(a.dir, report(a.dir, before))
+    rep = report(a.dir, before)
+    write(a.dir, rep)
+    if a.ft:
+        write_finetunes(a.dir, finetunes(a.ft, rep))
 
 
 if __name__ == "__main__":

@@ -348,3 +348,31 @@ def test_cooldown_report_compares_two_complete_schedules(tmp_path):
     assert "| met |" in (tmp_path / "cooldown.md").read_text()
     with pytest.raises(SystemExit):
         rep.main(["--dir", str(tmp_path), "--before", "dit"])
+
+
+def test_cooldown_report_rates_the_fine_tunes_against_the_cooled_base_and_the_fair_baseline(tmp_path):
+    """--ft: from gpu_tables cells each row is ÷ the cooled base's and ÷ the fair baseline's distance on the same
+    sampler; without tables, from the runs' own last evaluation against the cool-down's longer run."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cooldown_report.py"
+    spec = importlib.util.spec_from_file_location("cooldown_report", path)
+    rep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rep)
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    cells = [("full", "full", 1.0, "ddim-50", 0.5), ("fair", "full", 1.0, "ddim-50", 0.4),
+             ("fine-tuned", "D4-DiT", 0.7, "ddim-50", 0.6), ("full", "full", 1.0, "ddpm-100", 0.8)]
+    (ft / "tables_dit.jsonl").write_text("".join(json.dumps(
+        {"type": "cell", "kind": k, "schedule": s, "compute_fraction": f, "sampler": sm, "fid": v}) + "\n" for k, s, f, sm, v in cells))
+    (ft / "uvit-D4-U-ViT").mkdir()
+    (ft / "uvit-D4-U-ViT" / "metrics.jsonl").write_text(json.dumps({"step": 1500, "eval": {"step": 1500, "value": 0.3}}) + "\n")
+    fake = {"models": {"uvit": {"end": {"1000": 0.25, "1200": 0.2}}}}
+    out = rep.finetunes(str(ft), fake)
+    d4 = next(c for c in out["dit"]["cells"] if c[1] == "D4-DiT")
+    assert d4[2] == 0.7 and d4[3] == {"ddim-50": 0.6}
+    rep.write_finetunes(str(tmp_path), out)
+    md = (tmp_path / "finetunes.md").read_text()
+    assert "| D4-DiT fine-tuned | 30.0% | 0.600 / 1.20 / 1.50 | — |" in md  # 0.6 / 0.5 and 0.6 / 0.4
+    assert "| D4-U-ViT fine-tuned, step 1500 | — | 0.300 / 1.50 / — |" in md  # ÷ the 1200-step cool-down's 0.2
