@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ..data import DataError, ImageData, load_dataset, load_image_folder
-from ..io import atomic_write, load_vae
+from ..io import atomic_write, check_vae_folder, load_vae
 
 
 def _load_images(cfg) -> ImageData:
@@ -29,8 +29,9 @@ def _load_images(cfg) -> ImageData:
 
 @torch.no_grad()
 def encode_latents(cfg, progress: bool = True) -> dict:
-    if cfg.vae is None or not os.path.isdir(cfg.vae):
-        raise DataError(f"--vae '{cfg.vae}' is not a folder: pass a diffusers AutoencoderKL folder (config.json + weights)")
+    if cfg.vae is None:
+        raise DataError("--vae is missing: pass a diffusers AutoencoderKL folder (config.json + weights)")
+    check_vae_folder(cfg.vae)  # before the images load (load_vae checks it again, cheaply)
     if cfg.batch_size < 1 or cfg.shard_size < 1:
         raise DataError("--batch-size and --shard-size must be at least 1")
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
