@@ -34,16 +34,16 @@ def evals(path: str) -> list[tuple[int, float]]:
     return sorted({r["eval"]["step"]: r["eval"]["value"] for r in rows if "eval" in r}.items())
 
 
-def report(dir_: str, before: dict[str, float]) -> dict:
+def report(dir_: str, before: dict[str, float], tag: str = "") -> dict:
     runs = {}
     for d in glob.glob(os.path.join(dir_, "cd*")):
-        m = re.fullmatch(r"cd(\d+)", os.path.basename(d))
+        m = re.fullmatch(r"cd(\d+)" + re.escape(tag), os.path.basename(d))
         if m:
             runs[int(m.group(1))] = d
     if len(runs) < 2:
-        raise SystemExit(f"{dir_}: needs two cool-down folders cdN and cdM (found {sorted(runs)})")
+        raise SystemExit(f"{dir_}: needs two cool-down folders cdN{tag} and cdM{tag} (found {sorted(runs)})")
     lengths = sorted(runs)
-    out = {"lengths": lengths, "plateau": PLATEAU, "models": {}}
+    out = {"lengths": lengths, "tag": tag, "plateau": PLATEAU, "models": {}}
     for model in ("dit", "uvit"):
         curves = {n: evals(os.path.join(runs[n], model, "metrics.jsonl")) for n in lengths
                   if os.path.exists(os.path.join(runs[n], model, "metrics.jsonl"))}
@@ -130,7 +130,8 @@ def write_finetunes(dir_: str, fts: dict) -> None:
 
 
 def write(dir_: str, rep: dict) -> None:
-    with open(os.path.join(dir_, "cooldown.json"), "w") as f:
+    name = "cooldown" + rep.get("tag", "")
+    with open(os.path.join(dir_, name + ".json"), "w") as f:
         json.dump(rep, f, indent=1)
     lengths = rep["lengths"]
     head = " | ".join(f"end of {n}-step cosine" for n in lengths)
@@ -142,7 +143,7 @@ def write(dir_: str, rep: dict) -> None:
         met = {True: "met", False: "not met"}.get(r.get("plateau_met"), "—")
         bef = f"{r['before']:.3f}" if r.get("before") else "—"
         lines.append(f"| {LABEL[model]} | {bef} | {ends} | {gain} improvement | {met} |")
-    with open(os.path.join(dir_, "cooldown.md"), "w") as f:
+    with open(os.path.join(dir_, name + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")
@@ -156,7 +157,7 @@ def write(dir_: str, rep: dict) -> None:
         ax.set_title(LABEL[model]); ax.set_xlabel("cool-down step"); ax.set_ylabel("classifier FD (5000, DPM-Solver++ 25)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(dir_, "cooldown.png"), dpi=110)
+    fig.savefig(os.path.join(dir_, name + ".png"), dpi=110)
     print("\n".join(lines))
 
 
@@ -165,6 +166,8 @@ def main(argv=None) -> None:
     ap.add_argument("--dir", default="results/converge/v3")
     ap.add_argument("--before", action="append", default=[], metavar="MODEL=FD",
                     help="the export's distance before the cool-down (same seeds, sampler and n)")
+    ap.add_argument("--tag", default="", help="the folders' suffix, as cooldown.sh names a changed EMA (e.g. -ema0.999w); "
+                    "the files written are cooldownTAG.*")
     ap.add_argument("--ft", default=None, metavar="FOLDER", help="the fine-tunes on the cooled bases (tables, runs)")
     a = ap.parse_args(argv)
     before = {}
@@ -173,7 +176,7 @@ def main(argv=None) -> None:
         if k not in LABEL or not v:
             raise SystemExit(f"--before {item!r}: give MODEL=FD with MODEL dit or uvit")
         before[k] = float(v)
-    rep = report(a.dir, before)
+    rep = report(a.dir, before, a.tag)
     write(a.dir, rep)
     if a.ft:
         write_finetunes(a.dir, finetunes(a.ft, rep))

@@ -37,7 +37,8 @@
 # the fastest way it measured (a run that fails under reduce-overhead goes on in the default mode). LR=1e-4
 # continues at a lower learning rate, LR_SCHEDULE=cosine decays it to 0 over BASE_STEPS (a cool-down of a base
 # trained at a constant rate: give BASE_STEPS and resume with the same value), BATCH=1024 at a larger batch (converge_report.py counts images seen),
-# WARMUP=N ramps the learning rate up over the first N steps (a continued export starts a fresh AdamW: without
+# BASE_EMA=D / BASE_EMA_WARMUP=1 change the EMA (decay D; --ema-warmup: a continued export's EMA forgets its start
+# weights fast), WARMUP=N ramps the learning rate up over the first N steps (a continued export starts a fresh AdamW: without
 # a warm-up, the DiT of results/converge/v2 measured 77.7 two thousand steps in, far worse than its export).
 # A fine-tune stopped by the call's end goes on from its checkpoint in the next call.
 # On a machine with several GPUs (nvidia-h200-x2 / -x4 / -x8) every base run and fine-tune gets a GPU of its own
@@ -87,7 +88,7 @@ done
 MODELS=${BASE_MODELS:-dit uvit}   # the base stage's runs
 
 STEPS=${BASE_STEPS:-100000}; EV=${EVAL_EVERY:-2000}; EN=${EVAL_N:-5000}
-B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr ${LR:-3e-4} --lr-schedule ${LR_SCHEDULE:-constant} --warmup-steps ${WARMUP:-0} --ema-decay 0.9995 --steps $STEPS
+B="--dataset fashion-mnist --batch-size ${BATCH:-512} --lr ${LR:-3e-4} --lr-schedule ${LR_SCHEDULE:-constant} --warmup-steps ${WARMUP:-0} --ema-decay ${BASE_EMA:-0.9995} ${BASE_EMA_WARMUP:+--ema-warmup} --steps $STEPS
    --eval-every $EV --eval-n $EN --eval-cache-dir $R/fdcache --save-every $EV --keep-last 2
    --log-every 500 --sample-every 0 --no-progress --export-fp16"
 declare -A CF=([dit]="${COMPILE---compile --compile-scope ${SCOPE:-blocks} --compile-mode ${MODE:-default}}")

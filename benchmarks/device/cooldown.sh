@@ -13,6 +13,9 @@
 #       call with the same command finishes them and measures the tables (DPM-Solver++ 25, DDIM 50, DDPM 100)
 #   N=2000 FT_STEPS=1500 bash benchmarks/device/cooldown.sh all 560   both stages in one call: the cool-downs get
 #       CD_SHARE=${CD_SHARE:-45}% of it, the fine-tunes and (time allowing) their tables the rest
+#   CD_EMA=0.999 CD_EMA_WARMUP=1 bash benchmarks/device/cooldown.sh base 540   the same with EMA 0.999 and warm-up
+#       (the default EMA, 0.9995 from the export's weights, still holds 30-37% of them after 2,000-2,400 steps);
+#       state and results in cdN-ema0.999/ (four runs on one H100 need about 400 s for N=2000)
 #   CD_DIT=F CD_UVIT=G bash benchmarks/device/cooldown.sh finetune 540   carry [".whl", ".data/fm-xz", F, G]
 #       (a fresh machine: the cooled exports travel)
 set -u
@@ -25,21 +28,22 @@ if [ "$STAGE" = all ]; then
   exec bash $0 finetune $(( DL - ($(date +%s) - T0) ))
 fi
 N=${N:-2500}; N2=$(( N * 6 / 5 ))
+TAG=""; [ -n "${CD_EMA:-}${CD_EMA_WARMUP:-}" ] && TAG=-ema${CD_EMA:-0.9995}${CD_EMA_WARMUP:+w}   # (the folders of a changed EMA)
 bash benchmarks/device/converge.sh prep 0 || exit 3   # installs and unpacks once, before the runs start side by side
 if [ "$STAGE" = base ]; then
   zoo() { PYTHONPATH=/tmp/site:$PWD/src python3 -m eediff.cli models --path $1; }   # a shipped model's file
   DIT0=$(zoo dit-fmnist) && UVIT0=$(zoo uvit-fmnist) || exit 3
   for n in $N $N2; do
-    mkdir -p $OUT/cd$n
-    STATE=/root/cd$n OUT=$OUT/cd$n INIT_DIT=$DIT0 INIT_UVIT=$UVIT0 \
+    mkdir -p $OUT/cd$n$TAG
+    STATE=/root/cd$n$TAG OUT=$OUT/cd$n$TAG INIT_DIT=$DIT0 INIT_UVIT=$UVIT0 BASE_EMA=${CD_EMA:-0.9995} BASE_EMA_WARMUP=${CD_EMA_WARMUP:-} \
       LR=1e-4 LR_SCHEDULE=cosine WARMUP=200 BASE_STEPS=$n EVAL_EVERY=${EVAL_EVERY:-1000} SCOPE=model MODE=reduce-overhead \
-      bash benchmarks/device/converge.sh base $DL > /root/cd$n.out 2>&1 &
+      bash benchmarks/device/converge.sh base $DL > /root/cd$n$TAG.out 2>&1 &
   done
   wait
-  for n in $N $N2; do echo "== cool-down over $n steps"; grep -v '^\[.*s\] [a-z]*:[0-9]' /root/cd$n.out | tail -n 8
-    for m in dit uvit; do grep -o '"step": [0-9]*, "eval": {[^}]*"value": [0-9.]*' /root/cd$n/$m/metrics.jsonl | sed 's/"eval".*"value"/FD/' | tr '\n' ' '; echo " ($m)"; done; done
+  for n in $N $N2; do echo "== cool-down over $n steps"; grep -v '^\[.*s\] [a-z]*:[0-9]' /root/cd$n$TAG.out | tail -n 8
+    for m in dit uvit; do grep -o '"step": [0-9]*, "eval": {[^}]*"value": [0-9.]*' /root/cd$n$TAG/$m/metrics.jsonl | sed 's/"eval".*"value"/FD/' | tr '\n' ' '; echo " ($m)"; done; done
 elif [ "$STAGE" = finetune ]; then
-  D=${CD_DIT:-/root/cd$N2/dit/final.safetensors}; U=${CD_UVIT:-/root/cd$N2/uvit/final.safetensors}
+  D=${CD_DIT:-/root/cd$N2$TAG/dit/final.safetensors}; U=${CD_UVIT:-/root/cd$N2$TAG/uvit/final.safetensors}
   [ -f $D ] && [ -f $U ] || { echo "no cooled exports ($D, $U): run the base stage first, or give CD_DIT / CD_UVIT"; exit 3; }
   FT_KINDS_DIT=${FT_KINDS_DIT:-D4-DiT full} FT_KINDS_UVIT=${FT_KINDS_UVIT:-D4-U-ViT full} STATE=/root/ft3 INIT_DIT=$D INIT_UVIT=$U FT_DISTILL=1.0 FT_LR_SCHEDULE=cosine FT_STEPS=${FT_STEPS:-2000} \
     FT_END=${FT_END:-$(( DL * 7 / 10 ))} SAMPLERS="dpm-solver++-25;ddim-50;ddpm-100" \
