@@ -12,7 +12,8 @@
 #       cool-down of each model: --distill 1.0 on the cut runs, a cosine lr, FT_STEPS=${FT_STEPS:-2000}; a second
 #       call with the same command finishes them and measures the tables (DPM-Solver++ 25, DDIM 50, DDPM 100)
 #   N=2000 FT_STEPS=1500 bash benchmarks/device/cooldown.sh all 560   both stages in one call: the cool-downs get
-#       CD_SHARE=${CD_SHARE:-45}% of it, the fine-tunes and (time allowing) their tables the rest
+#       CD_SHARE=${CD_SHARE:-70}% of it, the fine-tunes and (time allowing) their tables the rest (N=2000: the four
+#       cool-downs took about 370 s on one H100, so a 45% share of 500 s stopped them part-way)
 #   CD_EMA=0.999 CD_EMA_WARMUP=1 bash benchmarks/device/cooldown.sh base 540   the same with EMA 0.999 and warm-up
 #       (the default EMA, 0.9995 from the export's weights, still holds 30-37% of them after 2,000-2,400 steps);
 #       state and results in cdN-ema0.999/ (four runs on one H100 need about 400 s for N=2000)
@@ -22,7 +23,7 @@ set -u
 STAGE=${1:?base|finetune|all}; DL=${2:?deadline in seconds}
 if [ "$STAGE" = all ]; then
   T0=$(date +%s)
-  bash $0 base $(( DL * ${CD_SHARE:-45} / 100 ))
+  bash $0 base $(( DL * ${CD_SHARE:-70} / 100 ))
   # (at most 8 files come back: the cool-downs' six as one tar of cdN/ and cd1.2N/)
   (cd $OUT && tar cf cooldown.tar cd* && rm -r cd*/)
   exec bash $0 finetune $(( DL - ($(date +%s) - T0) ))
