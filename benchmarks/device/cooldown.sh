@@ -50,5 +50,5 @@ elif [ "$STAGE" = finetune ]; then
     FT_END=${FT_END:-$(( DL * 7 / 10 ))} SAMPLERS="dpm-solver++-25;ddim-50;ddpm-100" \
     bash benchmarks/device/converge.sh finetune $DL
 else
-  echo "stage: base or finetune"; exit 2
+  echo "stage: base, finetune or all"; exit 2
 fi
