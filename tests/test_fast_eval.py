@@ -275,3 +275,28 @@ def test_eval_with_fp8_smooth_runs_end_to_end_on_cpu(tmp_path):
     assert {k: res["config"][k] for k in ("fp8_smooth", "fp8_smooth_alpha", "fp8_smooth_gemms")} == \
         {"fp8_smooth": 8, "fp8_smooth_alpha": 0.5, "fp8_smooth_gemms": "qkv,proj,fc1"}
     assert {row["schedule"] for row in res["rows"]} == {"full", "D4-DiT"} and all(np.isfinite(row["fid_mean"]) for row in res["rows"])
+
+
+def test_vae_decode_rows_time_each_vae_on_the_same_latents(tmp_path):
+    """`eediff bench`'s end-to-end table adds the VAE decode alone (eager and the fast path's channels-last VAE): one
+    row per VAE, the same latents for each, in the table the runs are in."""
+    import copy
+
+    from eediff.bench import _sd_vae, vae_decode_rows, write_results
+    from eediff.fast import apply_fast_vae
+
+    vae = _sd_vae(tiny=True).to(torch.bfloat16)
+    fast = copy.deepcopy(vae)
+    apply_fast_vae(fast, compile=False)
+    seen = []
+    for v in (vae, fast):
+        dec = v.decode
+        v.decode = lambda z, _d=dec: (seen.append(z.clone()), _d(z))[1]
+    rows = vae_decode_rows({"eager": vae, "fast": fast}, 3, (4, 8, 8), "cpu", repeats=1)
+    assert [r["variant"] for r in rows] == ["eager", "fast"]
+    assert all(r["images"] == 3 and r["images_per_s"] > 0 and r["sampler"] == "—" for r in rows)
+    assert len(seen) == 4 and all(torch.equal(s, seen[0]) for s in seen) and seen[0].shape == (3, 4, 8, 8)
+    res = {"device": "cpu", "torch": torch.__version__, "bf16_matmul_tflops": 1.0, "config": {"model": "tiny"},
+           "gflop_per_image": 1.0, "forward": [], "schedules": [], "end_to_end": rows}
+    write_results(res, str(tmp_path / "b.json"))
+    assert "| eager | — | — |" in (tmp_path / "b.md").read_text()

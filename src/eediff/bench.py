@@ -433,6 +433,20 @@ def _sdpa_with(sdpa_kernel, backend, qkv):
         return torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
 
 
+def vae_decode_rows(vaes: dict, n: int, latent: tuple[int, int, int], device, repeats: int = 3) -> list[dict]:
+    """The VAE decode alone, as end-to-end rows (sampler "—"): ``vaes`` maps a label to a VAE, each decodes the same
+    ``n`` bf16 latents of shape ``latent`` (C, H, W), timed as the runs are (warm-up, median). Beside the runs it
+    shows how much of an image's time is the decode, which no exit schedule or transformer kernel shortens."""
+    z = torch.randn(n, *latent, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=torch.bfloat16)
+    rows = []
+    with torch.no_grad():
+        for label, vae in vaes.items():
+            r = time_fn(lambda: vae.decode(z).sample, device, warmup=1, repeats=repeats)
+            rows.append({"variant": label, "sampler": "—", "schedule": "—", "images": n, "cfg": None, "seconds": r["median_s"],
+                         "images_per_s": n / r["median_s"], "host_syncs": None, "host_sync_sites": None})
+    return rows
+
+
 def _end_to_end(cfg, dm_bf16, compiled, fasts, kd, device, log):
     """Images/s of whole sampling runs (CFG doubles the model batch, SD-config VAE decode), every variant in the
     same run. The compiled-diffusers pipelines get the same compiled channels-last bf16 VAE as eediff (what a
@@ -488,6 +502,11 @@ def _end_to_end(cfg, dm_bf16, compiled, fasts, kd, device, log):
         out.append({"variant": name, "sampler": f"{sampler}-{steps}", "schedule": sched or "full", "images": n,
                     "cfg": cfg.e2e_cfg, "seconds": r["median_s"], "images_per_s": ips, "host_syncs": syncs, "host_sync_sites": where})
         log(f"e2e {name:44s} {sampler}-{steps:<4d} {sched or 'full':7s} {ips:7.2f} images/s" + ("" if syncs is None else f"  ({syncs} host syncs: {', '.join(where)})"))
+    latent = (dm_bf16.config.in_channels, dm_bf16.config.sample_size, dm_bf16.config.sample_size)
+    for r in vae_decode_rows({"VAE decode alone, bf16 eager": vae, "VAE decode alone, bf16 compiled channels-last": vae_fast},
+                             n, latent, device):
+        out.append(r)
+        log(f"e2e {r['variant']:44s} {'':9s} {'':7s} {r['images_per_s']:7.2f} images/s")
     return out
 
 
