@@ -24,14 +24,14 @@ import json
 import os
 import re
 
+from converge_report import read_rows
+
 PLATEAU = 0.03
 LABEL = {"dit": "DiT (28 blocks, width 64)", "uvit": "U-ViT (13 blocks, width 96)"}
 
 
 def evals(path: str) -> list[tuple[int, float]]:
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip().endswith("}")]
-    return sorted({r["eval"]["step"]: r["eval"]["value"] for r in rows if "eval" in r}.items())
+    return sorted({r["eval"]["step"]: r["eval"]["value"] for r in read_rows(path) if "eval" in r}.items())
 
 
 def report(dir_: str, before: dict[str, float], tag: str = "") -> dict:
@@ -75,10 +75,8 @@ def finetunes(ft: str, rep: dict) -> dict:
         tables = os.path.join(ft, f"tables_{model}.jsonl")
         cells = []
         if os.path.exists(tables):
-            with open(tables) as f:
-                rows = [json.loads(line) for line in f if line.strip().endswith("}")]
             got: dict = {}
-            for r in rows:
+            for r in read_rows(tables):
                 if r.get("type") != "cell" or "fid" not in r:
                     continue
                 got.setdefault((r["kind"], r["schedule"]), {"fraction": r["compute_fraction"], "fid": {}})["fid"][r["sampler"]] = r["fid"]

@@ -137,16 +137,27 @@ def test_resume_of_a_finished_run_measures_its_last_step(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def _bench_module(name: str):
+    """benchmarks/NAME.py as a module (the benchmarks folder on the path while it loads: the reports import each other)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(root))
+    try:
+        spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(root))
+    return mod
+
+
 def test_converge_report_counts_images_across_parts_of_different_batch(tmp_path):
     """benchmarks/converge_report.py chains continued parts: part 2 (batch 1024) counts each step as two steps of
     batch 512, so its evals, span and speed are in images seen; the plateau gain is the rule's on those steps."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "converge_report.py"
-    spec = importlib.util.spec_from_file_location("converge_report", path)
-    rep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rep)
+    rep = _bench_module("converge_report")
     parts = {1: (512, 2000, [(1000, 4.0), (2000, 3.0)]), 2: (1024, 1000, [(500, 2.5), (1000, 2.2)])}
     for n, (batch, last, evals) in parts.items():
         (tmp_path / f"dit-part{n}.config.json").write_text(json.dumps({"batch_size": batch, "lr": 1e-4}))
@@ -326,13 +337,7 @@ def test_finetune_report_takes_the_base_from_the_tables_cells(tmp_path):
 def test_cooldown_report_compares_two_complete_schedules(tmp_path):
     """benchmarks/cooldown_report.py: the plateau rule on two cool-downs is the end of the 1.2 N run against the end
     of the N run (not the flat tail of one cosine); a run the call stopped before its last step has no end."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cooldown_report.py"
-    spec = importlib.util.spec_from_file_location("cooldown_report", path)
-    rep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rep)
+    rep = _bench_module("cooldown_report")
     curves = {("dit", 1000): [(500, 2.0), (1000, 1.00)], ("dit", 1200): [(500, 2.1), (1000, 1.2), (1200, 0.99)],
               ("uvit", 1000): [(500, 0.5), (1000, 0.40)], ("uvit", 1200): [(500, 0.5), (1000, 0.36)]}
     for (m, n), evals in curves.items():
@@ -353,13 +358,7 @@ def test_cooldown_report_compares_two_complete_schedules(tmp_path):
 def test_cooldown_report_rates_the_fine_tunes_against_the_cooled_base_and_the_fair_baseline(tmp_path):
     """--ft: from gpu_tables cells each row is ÷ the cooled base's and ÷ the fair baseline's distance on the same
     sampler; without tables, from the runs' own last evaluation against the cool-down's longer run."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cooldown_report.py"
-    spec = importlib.util.spec_from_file_location("cooldown_report", path)
-    rep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rep)
+    rep = _bench_module("cooldown_report")
     ft = tmp_path / "ft"
     ft.mkdir()
     cells = [("full", "full", 1.0, "ddim-50", 0.5), ("fair", "full", 1.0, "ddim-50", 0.4),
