@@ -68,8 +68,8 @@ ROWS = [("full", "cooled base, full depth"), ("fair", "fair baseline (full depth
 
 
 def finetunes(ft: str, rep: dict) -> dict:
-    """{model: {"cells": [(row label, schedule, compute fraction, {sampler: fid})], "source": ...}} of the
-    fine-tunes in FT (see the module's docstring)."""
+    """{model: {"cells": [(row label, schedule, compute fraction, {sampler: fid}, row kind)], "source": ...}} of
+    the fine-tunes in FT (see the module's docstring); the row kind is one of ROWS' keys."""
     out = {}
     for model in ("dit", "uvit"):
         tables = os.path.join(ft, f"tables_{model}.jsonl")
@@ -83,7 +83,7 @@ def finetunes(ft: str, rep: dict) -> dict:
             for kind, label in ROWS:
                 for (k, sched), v in got.items():
                     if k == kind:
-                        cells.append((label if kind in ("full", "fair") else f"{sched} {label}", sched, v["fraction"], v["fid"]))
+                        cells.append((label if kind in ("full", "fair") else f"{sched} {label}", sched, v["fraction"], v["fid"], kind))
             out[model] = {"cells": cells, "source": os.path.basename(tables)}
             continue
         runs = sorted(glob.glob(os.path.join(ft, f"{model}-*", "metrics.jsonl")))
@@ -91,13 +91,14 @@ def finetunes(ft: str, rep: dict) -> dict:
         if not runs or not end:
             continue
         base = end[max(end, key=int)]
-        cells.append(("cooled base, full depth", "full", 1.0, {"dpm-solver++-25": base}))
+        cells.append(("cooled base, full depth", "full", 1.0, {"dpm-solver++-25": base}, "full"))
         for m in runs:
             kind = os.path.basename(os.path.dirname(m))[len(model) + 1:]
             ev = evals(m)
             if ev:
                 label = "fair baseline (full depth, same steps)" if kind == "full" else f"{kind} fine-tuned"
-                cells.append((f"{label}, step {ev[-1][0]}", kind, None, {"dpm-solver++-25": ev[-1][1]}))
+                cells.append((f"{label}, step {ev[-1][0]}", kind, None, {"dpm-solver++-25": ev[-1][1]},
+                              "fair" if kind == "full" else "fine-tuned"))
         out[model] = {"cells": cells, "source": "the runs' own evaluations"}
     return out
 
@@ -106,11 +107,11 @@ def write_finetunes(dir_: str, fts: dict) -> None:
     lines = []
     for model, r in fts.items():
         samplers = list(dict.fromkeys(s for c in r["cells"] for s in c[3]))
-        base = next((c[3] for c in r["cells"] if c[1] == "full" and c[0].startswith("cooled")), {})
-        fair = next((c[3] for c in r["cells"] if c[0].startswith("fair")), {})
+        base = next((c[3] for c in r["cells"] if c[4] == "full"), {})
+        fair = next((c[3] for c in r["cells"] if c[4] == "fair"), {})
         lines += [f"**{LABEL[model]}** ({r['source']}): distance / ÷ cooled base / ÷ fair baseline, same sampler", "",
                   "| row | FLOPs saved | " + " | ".join(samplers) + " |", "|---|---|" + "---|" * len(samplers)]
-        for label, _, frac, fid in r["cells"]:
+        for label, _, frac, fid, _ in r["cells"]:
             def cell(s):
                 if s not in fid:
                     return "—"
