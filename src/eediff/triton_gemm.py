@@ -1,0 +1,226 @@
+"""fp8 GEMMs with the MLP's elementwise work in their epilogues (Triton), for the ``fp8`` DiT block's MLP.
+
+The ``fp8`` block runs its MLP as three passes: fc1 as a row-scaled ``torch._scaled_mm`` (bf16 out), one row
+kernel for GELU + row-wise quantisation (``triton_ops.act_quant``: it reads and writes the (M, 4D) hidden
+activations, 227 MB at DiT-XL/2's B=64), and fc2 as a row-scaled ``torch._scaled_mm``. The row scale needs
+the maximum of a whole row of 4D = 4608 values, which one GEMM tile never holds, so that pass cannot live
+in fc1's epilogue. With one scale per (row, group of ``GROUP`` = 128 columns) it can: a tile of
+``BLOCK_N = GROUP`` columns holds its groups whole.
+
+- :func:`fp8_fc1_gelu_quant`: (M, K) e4m3 codes with (M, 1) row scales @ ((N, K) e4m3 codes with (1, N)
+  output-channel scales).T + bias, tanh-GELU, then quantised to e4m3 with (M, N / GROUP) group scales, all
+  in one kernel (fp32 accumulation, fp32 epilogue).
+- :func:`fp8_group_scaled_mm`: (M, K) e4m3 codes with (M, K / GROUP) group scales @ ((N, K) codes with (1, N)
+  scales).T + bias -> (M, N) bf16. The K loop steps one group at a time and adds each group's fp32 partial
+  product times its scale into the accumulator (as DeepSeek's DeepGEMM does for its 1 x 128 activation
+  scales): a per-group scale cannot leave the sum, a per-output-channel one can (applied once at the end).
+
+e4m3 is a float format, so a finer scale hardly changes the codes' relative error (it matters only where a
+row spans more than e4m3's 2^15 range): the groups are for the fusion, and the MLP's error stays that of the
+row-scaled path (tests/test_triton_gemm.py). Written by hand because no installed library fuses GELU and
+group quantisation into an fp8 GEMM (torch's ``_scaled_mm`` epilogues are bias only; torchao is not a
+dependency). Every function has a torch reference of the same math (``*_ref``), which runs wherever Triton
+cannot (a CPU outside Triton's interpreter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .triton_ops import FP8, FP8_MAX, MIN_SCALE, triton_available
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the references below compute the same functions
+    triton = None
+
+GROUP = 128  # columns per quantisation group: fc1's output tile width, fc2's K step
+
+
+@dataclass(frozen=True)
+class GemmLaunch:
+    """Tile and launch parameters of both kernels (``BLOCK_N`` of fc1 and ``BLOCK_K`` of fc2 are ``GROUP``).
+    ``benchmarks/fp8_mlp.py`` sweeps them on a GPU; the default is a common Hopper fp8 tile."""
+    block_m: int = 128
+    block_n: int = 128  # fc2's output tile width (fc1's is GROUP)
+    block_k: int = 128  # fc1's K step (fc2's is GROUP)
+    group_m: int = 8  # programs ordered in groups of block rows, for L2 reuse of the weight tiles
+    warps: int = 8
+    stages: int = 4
+
+
+LAUNCH = GemmLaunch()
+
+
+def supports(k: int, n: int, group: int = GROUP) -> bool:
+    """Whether an fp8 MLP of input width ``k`` and hidden width ``n`` can run these kernels: the hidden width
+    in whole groups (fc1's N, fc2's K), the input width in whole K steps of at least 32 (an fp8 MMA's K)."""
+    return n % group == 0 and k % 32 == 0
+
+
+if triton is not None:
+
+    @triton.jit
+    def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+        # program -> (block row, block column), GROUP_M block rows at a time (they share weight tiles in L2)
+        num_m = tl.cdiv(M, BLOCK_M)
+        num_n = tl.cdiv(N, BLOCK_N)
+        per_group = GROUP_M * num_n
+        first_m = (pid // per_group) * GROUP_M
+        size_m = tl.minimum(num_m - first_m, GROUP_M)
+        return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
+
+    @triton.jit
+    def _gelu_tanh_f32(x, TANH_ASM: tl.constexpr):  # nn.GELU(approximate="tanh") in fp32
+        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        if TANH_ASM:
+            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u], dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            u = tl.minimum(tl.maximum(u, -15.0), 15.0)
+            t = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
+        return 0.5 * x * (1.0 + t)
+
+    @triton.jit
+    def _fc1_gelu_quant_kernel(A, SA, W, SW, BIAS, Q, QS, M, N, K, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                               TANH_ASM: tl.constexpr):
+        pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, GROUP, GROUP_M)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) rows of A
+        rn = pid_n * GROUP + tl.arange(0, GROUP)  # (GROUP,) output columns: one quantisation group
+        rk = tl.arange(0, BLOCK_K)
+        mm = rm < M
+        a_ptr = A + rm[:, None].to(tl.int64) * K + rk[None, :]  # (BLOCK_M, BLOCK_K)
+        w_ptr = W + rn[None, :].to(tl.int64) * K + rk[:, None]  # (BLOCK_K, GROUP): W's rows, K-major
+        acc = tl.zeros((BLOCK_M, GROUP), dtype=tl.float32)
+        for _ in range(0, K, BLOCK_K):  # (K % BLOCK_K == 0, N % GROUP == 0: only the rows need a mask)
+            a = tl.load(a_ptr, mask=mm[:, None], other=0.0)
+            w = tl.load(w_ptr)
+            acc = tl.dot(a, w, acc)
+            a_ptr += BLOCK_K
+            w_ptr += BLOCK_K
+        sa = tl.load(SA + rm, mask=mm, other=0.0)  # (BLOCK_M,) row scales
+        y = acc * sa[:, None] * tl.load(SW + rn)[None, :]
+        if HAS_BIAS:
+            y = y + tl.load(BIAS + rn).to(tl.float32)[None, :]
+        y = _gelu_tanh_f32(y, TANH_ASM)
+        s = tl.maximum(tl.max(tl.abs(y), axis=1) / 448.0, 1e-12)  # (BLOCK_M,) this group's scale of each row
+        tl.store(QS + rm.to(tl.int64) * (N // GROUP) + pid_n, s, mask=mm)
+        q = (y * (1.0 / s)[:, None]).to(Q.dtype.element_ty)
+        tl.store(Q + rm[:, None].to(tl.int64) * N + rn[None, :], q, mask=mm[:, None])
+
+    @triton.jit
+    def _group_scaled_mm_kernel(A, SA, W, SW, BIAS, Y, M, N, K, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+        pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, GROUP)
+        mm = rm < M
+        mn = rn < N
+        groups = K // GROUP
+        a_ptr = A + rm[:, None].to(tl.int64) * K + rk[None, :]
+        w_ptr = W + rn[None, :].to(tl.int64) * K + rk[:, None]
+        s_ptr = SA + rm.to(tl.int64) * groups
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for g in range(0, groups):
+            a = tl.load(a_ptr, mask=mm[:, None], other=0.0)
+            w = tl.load(w_ptr, mask=mn[None, :], other=0.0)
+            part = tl.dot(a, w)  # (BLOCK_M, BLOCK_N) fp32: this group's product, then scaled into the sum
+            acc += part * tl.load(s_ptr + g, mask=mm, other=0.0)[:, None]
+            a_ptr += GROUP
+            w_ptr += GROUP
+        y = acc * tl.load(SW + rn, mask=mn, other=0.0)[None, :]
+        if HAS_BIAS:
+            y = y + tl.load(BIAS + rn, mask=mn, other=0.0).to(tl.float32)[None, :]
+        tl.store(Y + rm[:, None].to(tl.int64) * N + rn[None, :], y.to(Y.dtype.element_ty), mask=mm[:, None] & mn[None, :])
+
+
+def _fk(k: int, block_k: int) -> int:
+    """fc1's K step: ``block_k`` if it divides K, else the largest power of two (>= 32) that does."""
+    if k % block_k == 0:
+        return block_k
+    b = 32
+    while k % (b * 2) == 0 and b * 2 <= block_k:
+        b *= 2
+    return b
+
+
+@torch.library.custom_op("eediff::fp8_fc1_gelu_quant", mutates_args=())
+def fp8_fc1_gelu_quant(a: torch.Tensor, sa: torch.Tensor, qw: torch.Tensor, sw: torch.Tensor,
+                       bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU_tanh((a * sa) @ (qw * sw).T + bias), quantised: ((M, N) e4m3 codes, (M, N / GROUP) fp32 scales).
+    a: (M, K) e4m3, sa: (M, 1) fp32, qw: (N, K) e4m3, sw: (1, N) fp32, bias: (N,) or None."""
+    if not triton_available(a):
+        return tuple(v.contiguous() for v in fp8_fc1_gelu_quant_ref(a, sa, qw, sw, bias))
+    M, K = a.shape
+    N = qw.shape[0]
+    q, qs = _fc1_outputs(a, qw)
+    L = LAUNCH
+    _fc1_gelu_quant_kernel[(triton.cdiv(M, L.block_m) * (N // GROUP),)](
+        a.contiguous(), sa.contiguous(), qw.contiguous(), sw.contiguous(), bias if bias is not None else sw, q, qs, M, N, K,
+        HAS_BIAS=bias is not None, GROUP=GROUP, BLOCK_M=L.block_m, BLOCK_K=_fk(K, L.block_k), GROUP_M=L.group_m,
+        TANH_ASM=a.is_cuda, num_warps=L.warps, num_stages=L.stages)
+    return q, qs
+
+
+@fp8_fc1_gelu_quant.register_fake
+def _(a, sa, qw, sw, bias):
+    return _fc1_outputs(a, qw)
+
+
+def _fc1_outputs(a, qw):
+    M, N = a.shape[0], qw.shape[0]
+    return (torch.empty(M, N, device=a.device, dtype=FP8),
+            torch.empty(M, N // GROUP, device=a.device, dtype=torch.float32))
+
+
+@torch.library.custom_op("eediff::fp8_group_scaled_mm", mutates_args=())
+def fp8_group_scaled_mm(a: torch.Tensor, sa: torch.Tensor, qw: torch.Tensor, sw: torch.Tensor,
+                        bias: torch.Tensor | None) -> torch.Tensor:
+    """(a with its (M, K / GROUP) group scales sa) @ (qw * sw).T + bias -> (M, N) bf16; a, qw e4m3."""
+    if not triton_available(a):
+        return fp8_group_scaled_mm_ref(a, sa, qw, sw, bias).contiguous()
+    M, K = a.shape
+    N = qw.shape[0]
+    y = torch.empty(M, N, device=a.device, dtype=torch.bfloat16)
+    L = LAUNCH
+    _group_scaled_mm_kernel[(triton.cdiv(M, L.block_m) * triton.cdiv(N, L.block_n),)](
+        a.contiguous(), sa.contiguous(), qw.contiguous(), sw.contiguous(), bias if bias is not None else sw, y, M, N, K,
+        HAS_BIAS=bias is not None, GROUP=GROUP, BLOCK_M=L.block_m, BLOCK_N=L.block_n, GROUP_M=L.group_m,
+        num_warps=L.warps, num_stages=L.stages)
+    return y
+
+
+@fp8_group_scaled_mm.register_fake
+def _(a, sa, qw, sw, bias):
+    return torch.empty(a.shape[0], qw.shape[0], device=a.device, dtype=torch.bfloat16)
+
+
+# ---- the same math in torch ops (fp32), the tests' references and the path where Triton does not run ----
+
+def fp8_fc1_gelu_quant_ref(a, sa, qw, sw, bias, group: int = GROUP):
+    y = (a.float() @ qw.float().t()) * sa.float() * sw.float()  # (M, N)
+    if bias is not None:
+        y = y + bias.float()
+    return group_quant_ref(F.gelu(y, approximate="tanh"), group)
+
+
+def group_quant_ref(y: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, N) -> (M, N) e4m3 codes and (M, N / group) fp32 scales, one per row and group of columns."""
+    M, N = y.shape
+    g = y.float().reshape(M, N // group, group)
+    s = (g.abs().amax(dim=2) / FP8_MAX).clamp(min=MIN_SCALE)  # (M, N / group)
+    return (g * (1 / s).unsqueeze(2)).to(FP8).reshape(M, N), s
+
+
+def fp8_group_scaled_mm_ref(a, sa, qw, sw, bias, group: int = GROUP):
+    M, K = a.shape
+    x = (a.float().reshape(M, K // group, group) * sa.float().unsqueeze(2)).reshape(M, K)
+    y = (x @ qw.float().t()) * sw.float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(torch.bfloat16)
