@@ -126,7 +126,7 @@ if triton is not None:
         w_ptr = W + rn[None, :].to(tl.int64) * K + rk[:, None]
         s_ptr = SA + rm.to(tl.int64) * groups
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for g in range(0, groups):
+        for g in range(groups):
             a = tl.load(a_ptr, mask=mm[:, None], other=0.0)
             w = tl.load(w_ptr, mask=mn[None, :], other=0.0)
             part = tl.dot(a, w)  # (BLOCK_M, BLOCK_N) fp32: this group's product, then scaled into the sum
