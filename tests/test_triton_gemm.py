@@ -122,3 +122,28 @@ def test_supports_and_references_off_triton():
     q, s = tg.fp8_fc1_gelu_quant(qa, sa, qw, sw, None)
     q_ref, s_ref = tg.fp8_fc1_gelu_quant_ref(qa, sa, qw, sw, None)
     assert torch.equal(s, s_ref) and torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+def test_fp8_mlp_benchmark_runs_every_variant_on_the_cpu(tmp_path):
+    """benchmarks/fp8_mlp.py --tiny (the torch references on a CPU): every variant and part is timed, its JSON
+    and table written, and the fused path's MLP error equals the row path's to within 10% (the same fp8
+    operands; the groups change the hidden codes only slightly). A bad --launch is one line."""
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location("fp8_mlp", pathlib.Path(__file__).parents[1] / "benchmarks" / "fp8_mlp.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "m.json"
+    mod.main(["--tiny", "--launch", "128,128,128,8,8,4;64,128,128,8,4,3", "--out", str(out)])
+    import json
+
+    res = json.loads(out.read_text())
+    parts = [(r["variant"].split(" (")[0], r["part"]) for r in res["rows"]]
+    assert parts.count(("fp8 epilogue", "MLP")) == 2 and parts.count(("fp8 rows", "fc2")) == 2 and ("bf16", "MLP") in parts
+    assert all(r["ms"] > 0 for r in res["rows"])
+    err = {r["variant"].split(" (")[0]: r["rel_err_vs_fp32"] for r in res["rows"] if r["part"] == "MLP"}
+    assert err["bf16"] < 1e-2 and abs(err["fp8 epilogue"] / err["fp8 rows"] - 1) < 0.1
+    assert "| fp8 epilogue" in (tmp_path / "m.md").read_text()
+    with pytest.raises(SystemExit, match="six integers"):
+        mod.main(["--tiny", "--launch", "128,128", "--out", str(out)])
