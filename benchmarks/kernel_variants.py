@@ -57,6 +57,9 @@ def main():
                                                                "accumulation (FastPathConfig.fp8_fast_accum)")
     ap.add_argument("--fp8-subsets", default="", help="';'-separated token-GEMM subsets timed as extra fp8 variants (cuDNN "
                                                       "attention, Triton rows), e.g. 'qkv,proj;qkv,proj,fc1'")
+    ap.add_argument("--mlp-epilogue", action="store_true", help="also time fp8 (cuDNN attention, Triton rows; with and, with "
+                                                                 "--fast-accum, without fast accumulation) with the MLP's GELU + "
+                                                                 "quantisation in fc1's epilogue (FastPathConfig.fp8_mlp='epilogue')")
     ap.add_argument("--precise-math", action="store_true", help="also time fused and fp8 (cuDNN attention, Triton rows; fp8 with "
                                                                  "--fast-accum's setting) with triton_ops.FAST_MATH off")
     a = ap.parse_args()
@@ -90,6 +93,9 @@ def main():
     # the row kernels with triton_ops.FAST_MATH off (a division per element, tanh from exp), beside the default
     variants += [(k, "cudnn", "triton", TOKEN_GEMMS, False, None, a.fast_accum and k == "fp8", True)
                  for k in ("fused", "fp8") if a.precise_math]
+    variants = [(*v, "rows") for v in variants]  # the fp8 MLP's mode (FastPathConfig.fp8_mlp) last
+    variants += [("fp8", "cudnn", "triton", TOKEN_GEMMS, False, None, fast, False, "epilogue")
+                 for fast in sorted({False, a.fast_accum}) if a.mlp_epilogue]
     rows = []
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": B, "model": "DiT-XL/2", "rows": rows,
            "command": f"python benchmarks/kernel_variants.py --out results/{os.path.basename(a.out)}"
@@ -97,7 +103,8 @@ def main():
                       + ("" if a.row_kernels == "triton,inductor" else f" --row-kernels {a.row_kernels}") + (" --diffusers-compile" if a.diffusers_compile else "")
                       + (f" --fp8-subsets '{a.fp8_subsets}'" if a.fp8_subsets else "") + (" --batched-adaln" if a.batched_adaln else "")
                       + (f" --quant-chunk '{a.quant_chunk}'" if a.quant_chunk else "") + (f" --quant-split '{a.quant_split}'" if a.quant_split else "")
-                      + (" --fast-accum" if a.fast_accum else "") + (" --precise-math" if a.precise_math else "")}
+                      + (" --fast-accum" if a.fast_accum else "") + (" --precise-math" if a.precise_math else "")
+                      + (" --mlp-epilogue" if a.mlp_epilogue else "")}
     if a.diffusers_compile:  # the strongest peer, in the same run
         c = torch.compile(copy.deepcopy(dm).cuda().to(torch.bfloat16))
         fn = lambda: c(x.bfloat16(), timestep=t.long(), class_labels=y).sample  # noqa: E731
@@ -108,7 +115,7 @@ def main():
         print(f"{rows[-1]['variant']:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
         del c
     default_quant_launch, default_fast_math = triton_ops.quant_launch, triton_ops.FAST_MATH
-    for kern, attn, rk, gemms, batched, launch, fast, precise in variants:
+    for kern, attn, rk, gemms, batched, launch, fast, precise, mlp in variants:
         triton_ops.FAST_MATH = default_fast_math and not precise  # read by the row kernels at every launch (restored below)
         # another quantise launch for the MLP's rows (K > 2048), the default launch for the others: the op
         # reads its launch from triton_ops.quant_launch at every call (an experiment's override, restored below)
@@ -116,7 +123,7 @@ def main():
             lambda K, c=launch: c if K > 2048 else default_quant_launch(K))
         m = copy.deepcopy(eager)
         h = apply_fast_path(m, FastPathConfig(kernels=kern, attention=attn, row_kernels=rk, fp8_gemms=gemms, batched_adaln=batched,
-                                              fp8_fast_accum=fast))
+                                              fp8_fast_accum=fast, fp8_mlp=mlp))
         fn = lambda m=m: m(x, t, y)  # noqa: E731
         with torch.no_grad():
             err = ((fn() - ref).norm() / ref.norm()).item()
@@ -135,8 +142,10 @@ def main():
             name += ", fast accumulation"
         if precise:
             name += ", precise row math"
+        if mlp == "epilogue":
+            name += ", MLP epilogue (GELU + group quantisation in fc1)"
         rows.append({"variant": name, "kernels": kern, "attention": attn, "row_kernels": rk, "fp8_gemms": list(gemms), "batched_adaln": batched,
-                     "quant_launch": launch, "fp8_fast_accum": fast, "precise_row_math": precise, "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
+                     "quant_launch": launch, "fp8_fast_accum": fast, "precise_row_math": precise, "fp8_mlp": mlp, "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
         print(f"{name:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
         for k in top[:6]:
             print(f"      {k['ms_per_forward']:6.2f} ms  x{k['calls_per_forward']:5.0f}  {k['kernel'][:80]}", flush=True)

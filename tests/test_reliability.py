@@ -177,7 +177,7 @@ def _eval(inputs, *args, out=None):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--seeds", "a,b"], "--seeds"), (["-n", "0"], "-n"), (["--kernels", "fp4"], "unknown --kernels"), (["--fp8-fast-accum"], "--fp8-fast-accum"), (["--fp8-calibrate", "8"], "--fp8-calibrate 8"), (["--fast", "--kernels", "fp8", "--fp8-calibrate", "-1"], "--fp8-calibrate -1"),
+    (["--seeds", "a,b"], "--seeds"), (["-n", "0"], "-n"), (["--kernels", "fp4"], "unknown --kernels"), (["--fp8-fast-accum"], "--fp8-fast-accum"), (["--fp8-mlp", "epilogue"], "--fp8-mlp epilogue is a mode of the fp8 fast path"), (["--fast", "--kernels", "fp8", "--fp8-mlp", "tiles"], "unknown --fp8-mlp 'tiles'"), (["--fp8-calibrate", "8"], "--fp8-calibrate 8"), (["--fast", "--kernels", "fp8", "--fp8-calibrate", "-1"], "--fp8-calibrate -1"),
     (["--fp8-smooth", "8"], "--fp8-smooth 8 balances the fp8 fast path's GEMMs: add --fast --kernels fp8"),
     (["--fast", "--fp8-smooth", "8"], "add --fast --kernels fp8"), (["--fast", "--kernels", "fp8", "--fp8-smooth", "-1"], "--fp8-smooth -1: give a number"),
     (["--fast", "--kernels", "fp8", "--fp8-smooth", "8", "--fp8-smooth-alpha", "1.5"], "--fp8-smooth-alpha 1.5 is not in [0, 1]"),
@@ -241,6 +241,7 @@ def test_finetune_refuses_a_non_finite_init(inputs, tmp_path):
     (["schedules", "--plot", "{d}/existing.png"], "already exists"),
     (["bench", "--tiny", "--out", "{d}/existing.json"], "already exists"),
     (["bench", "--tiny", "--kernels", "fused", "--fp8-fast-accum", "--out", "{d}/b.json"], "--fp8-fast-accum"),
+    (["bench", "--tiny", "--kernels", "fused", "--fp8-mlp", "epilogue", "--out", "{d}/b.json"], "--fp8-mlp epilogue is a mode of the fp8 kernels"),
     (["bench", "--tiny", "--kernels", ",", "--out", "{d}/b.json"], "--kernels is empty"),
     (["bench", "--tiny", "--kernels", "fused,fp4", "--out", "{d}/b.json"], "unknown --kernels"),
     (["export-data", "--dataset", TRAIN_DATA, "--out", "{d}/a_file/x.npz"], "is a file, not a folder"),

@@ -62,6 +62,12 @@ def test_fc1_gelu_quant_kernel_against_its_reference(interpret):
     q0, s0 = tg.fp8_fc1_gelu_quant(qa, sa, qw, sw, None)
     q0_ref, s0_ref = tg.fp8_fc1_gelu_quant_ref(qa, sa, qw, sw, None)
     assert torch.allclose(s0, s0_ref, rtol=1e-4) and _dequant_close(q0, s0, q0_ref, s0_ref, tg.GROUP)
+    # with a per-column factor after the GELU (fp8 smoothing of fc2's input)
+    inv = torch.rand(N, generator=g) + 0.5
+    qi, si = tg.fp8_fc1_gelu_quant(qa, sa, qw, sw, b1, inv)
+    qi_ref, si_ref = tg.fp8_fc1_gelu_quant_ref(qa, sa, qw, sw, b1, inv)
+    assert torch.allclose(si, si_ref, rtol=1e-4) and _dequant_close(qi, si, qi_ref, si_ref, tg.GROUP)
+    assert not torch.allclose(si, s, rtol=1e-2)
 
 
 def test_group_scaled_mm_kernel_against_its_reference(interpret):

@@ -70,6 +70,12 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         raise ConfigError(f"unknown --kernels '{cfg.kernels}': a comma list of {', '.join(KERNELS)}")
     if cfg.fp8_fast_accum and "fp8" not in kernel_names:
         raise ConfigError(f"--fp8-fast-accum is a mode of the fp8 kernels: add fp8 to --kernels (now '{cfg.kernels}'), or drop it")
+    from .kernels import FP8_MLP
+
+    if cfg.fp8_mlp not in FP8_MLP:
+        raise ConfigError(f"unknown --fp8-mlp '{cfg.fp8_mlp}': use one of {', '.join(FP8_MLP)}")
+    if cfg.fp8_mlp != "rows" and "fp8" not in kernel_names:
+        raise ConfigError(f"--fp8-mlp {cfg.fp8_mlp} is a mode of the fp8 kernels: add fp8 to --kernels (now '{cfg.kernels}'), or drop it")
     device = "cuda" if torch.cuda.is_available() and not cfg.tiny else "cpu"
     if cfg.tiny:  # a smoke test of the benchmark itself: every code path once, small enough for 2 CPU cores
         # (compiled diffusers rows only when asked for explicitly: tracing them doubles the smoke test's time)
@@ -94,7 +100,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     for kern in kernel_names:
         m = copy.deepcopy(eager)
         fasts[kern] = (m, apply_fast_path(m, FastPathConfig(compile=device == "cuda", kernels=kern,
-                                                              fp8_fast_accum=cfg.fp8_fast_accum and kern == "fp8")))
+                                                              fp8_fast_accum=cfg.fp8_fast_accum and kern == "fp8",
+                                                              fp8_mlp=cfg.fp8_mlp if kern == "fp8" else "rows")))
     main_kernels = "fused" if "fused" in fasts else kernel_names[0]  # the variant per-row depths and DDPM-250 e2e run on
     fast, handle = fasts[main_kernels]
     K = config.depth
@@ -124,7 +131,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                    for mode, c in compiled.items()},
                 "eediff eager fp32": lambda: eager(x, tf, y),
                 "eediff eager bf16": lambda: eager_bf16(x.bfloat16(), tf, y),
-                **{fast_name(kern, cfg.fp8_fast_accum): (lambda m=m: m(x, tf, y)) for kern, (m, _) in fasts.items()},
+                **{fast_name(kern, cfg.fp8_fast_accum, cfg.fp8_mlp): (lambda m=m: m(x, tf, y)) for kern, (m, _) in fasts.items()},
             }
             for name, fn in variants.items():
                 try:
@@ -156,13 +163,13 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     ts = [s / 1000 for s in torch.linspace(0, 999, 250).round().tolist()]  # the DDPM-250 grid
     sched_rows, res["per_depth_ms"] = [], {}
     for kern, (m, _) in fasts.items():
-        per_depth, variant = {}, fast_name(kern, cfg.fp8_fast_accum)
+        per_depth, variant = {}, fast_name(kern, cfg.fp8_fast_accum, cfg.fp8_mlp)
         with torch.no_grad():
             try:
                 for k in depths:
                     per_depth[k] = time_fn(lambda: m(x, tf, y, active_blocks=k), device, warmup=3, repeats=cfg.repeats)["median_s"]
             except Exception as e:  # fall back to eager bf16 so the exit ratios are still measured
-                variant = f"eediff eager bf16 ({fast_name(kern, cfg.fp8_fast_accum)} failed: {type(e).__name__}: {e})"[:300]
+                variant = f"eediff eager bf16 ({fast_name(kern, cfg.fp8_fast_accum, cfg.fp8_mlp)} failed: {type(e).__name__}: {e})"[:300]
                 log(variant)
                 xb = x.bfloat16()
                 for k in depths:
@@ -195,17 +202,20 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         except Exception as e:
             res["block_parts_error"] = f"{type(e).__name__}: {e}"[:300]
             log(f"block parts FAILED: {res['block_parts_error']}")
-    res["fast_path_stats"] = {fast_name(k, cfg.fp8_fast_accum): dict(h.stats) for k, (_, h) in fasts.items()}
+    res["fast_path_stats"] = {fast_name(k, cfg.fp8_fast_accum, cfg.fp8_mlp): dict(h.stats) for k, (_, h) in fasts.items()}
     return res
 
 
-def fast_name(kernels: str, fast_accum: bool = False) -> str:
-    return ("eediff fast path" if kernels == "inductor" else f"eediff fast path, kernels={kernels}") + accum_tag(kernels, fast_accum)
+def fast_name(kernels: str, fast_accum: bool = False, fp8_mlp: str = "rows") -> str:
+    return ("eediff fast path" if kernels == "inductor" else f"eediff fast path, kernels={kernels}") + accum_tag(kernels, fast_accum, fp8_mlp)
 
 
-def accum_tag(kernels: str, fast_accum: bool) -> str:
-    """The rows' mark of the fp8 GEMMs' fast accumulation (it applies to kernels="fp8" only)."""
-    return ", fast accumulation" if fast_accum and kernels == "fp8" else ""
+def accum_tag(kernels: str, fast_accum: bool, fp8_mlp: str = "rows") -> str:
+    """The rows' mark of the fp8 GEMMs' fast accumulation and of the fp8 MLP's fused epilogue (both apply to
+    kernels="fp8" only)."""
+    if kernels != "fp8":
+        return ""
+    return (", fast accumulation" if fast_accum else "") + (", MLP epilogue" if fp8_mlp == "epilogue" else "")
 
 
 def _per_row(cfg, fast, handle, eager, config, device, log) -> dict:
@@ -469,7 +479,7 @@ def _end_to_end(cfg, dm_bf16, compiled, fasts, kd, device, log):
     labels = list(range(n))
     runs = [("diffusers DiTPipeline bf16", None, "dpm-solver++", 25, None)]
     runs += [(f"diffusers DiTPipeline bf16 + compile {mode}", None, "dpm-solver++", 25, None) for mode in compiled]
-    tag = {k: f"eediff fast, kernels={k}" + accum_tag(k, cfg.fp8_fast_accum) for k in fasts}
+    tag = {k: f"eediff fast, kernels={k}" + accum_tag(k, cfg.fp8_fast_accum, cfg.fp8_mlp) for k in fasts}
     for kern in fasts:
         runs += [(tag[kern], kern, "dpm-solver++", 25, None), (tag[kern], kern, "dpm-solver++", 25, "D4-DiT")]
     runs += [(tag[kd], kd, "ddpm", 250, None), (tag[kd], kd, "ddpm", 250, "D4-DiT")]

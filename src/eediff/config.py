@@ -258,6 +258,8 @@ class BenchConfig:
     row_draws: int = opt(8, "depth vectors drawn from D4-DiT over uniform t for the per-row timings")
     kernels: str = opt("inductor,fused,fp8", "fast-path kernel variants timed (comma-separated; see `eediff.kernels`)")
     fp8_fast_accum: bool = opt(False, "the fp8 variant's GEMMs in fast-accumulation mode (faster, less precise)")
+    fp8_mlp: str = opt("rows", "the fp8 variant's MLP: rows (fc1, a GELU + row-quantise pass, fc2) | epilogue (GELU + "
+                               "per-128-column quantisation in fc1's epilogue, fc2 on those scales; Triton, eediff/triton_gemm.py)")
     block_parts: bool = opt(True, "time each part of one block alone (norms, GEMMs, attention backends, GELU, gates; bf16 and fp8)")
     diffusers_compile: str = opt("default,max-autotune-no-cudagraphs",
                                  "torch.compile modes of the diffusers transformer timed beside the fast path (forward and end to end; '' = none)")
@@ -301,6 +303,8 @@ class EvalConfig(ToMeOptions):
     fast: bool = opt(False, "use the GPU fast path (compiled blocks, CUDA graphs)")
     kernels: str = opt("inductor", "fast-path block kernels: inductor | fused (GELU in the GEMM epilogue) | fp8 (row-scaled fp8 GEMMs)")
     fp8_fast_accum: bool = opt(False, "with --kernels fp8: the GEMMs in fast-accumulation mode (faster, less precise)")
+    fp8_mlp: str = opt("rows", "with --kernels fp8: the DiT blocks' MLP as rows (fc1, a GELU + row-quantise pass, fc2) | "
+                               "epilogue (GELU + per-128-column quantisation in fc1's epilogue, fc2 on those scales)")
     fp8_calibrate: int = opt(0, "with --kernels fp8: first sample this many images per schedule in bf16 (seeds of their own) and "
                                 "correct each fp8 GEMM's bias for its weights' rounding on the mean input seen (0 = off)")
     fp8_smooth: int = opt(0, "with --kernels fp8 (DiT): first sample this many images per schedule in bf16 (seeds of their own), record "

@@ -60,6 +60,9 @@ class FastPathConfig:
     fp8_smooth: dict | None = field(default=None, repr=False)
     fp8_smooth_alpha: float = 0.5  # in [0, 1]: the share of the activations' channel spread moved into the weights
     fp8_smooth_gemms: tuple = SMOOTH_GEMMS  # which fp8 GEMMs fp8_smooth balances (default: qkv, proj, fc1, the measured best)
+    # kernels="fp8", DiT blocks: "rows" (fc1, a GELU + row-quantise pass, fc2) or "epilogue" (GELU + per-128-column
+    # quantisation in fc1's epilogue, fc2 on those group scales: triton_gemm.py); kernels.FP8_MLP
+    fp8_mlp: str = "rows"
     row_kernels: str = "triton"  # (measured faster than inductor's, results/kernel_variants_h200.md) fused / fp8 DiT blocks' LayerNorm, residual and quantise passes: triton | inductor
 
 
@@ -105,7 +108,7 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     if config.dtype not in _DTYPES:
         raise ValueError(f"unknown dtype '{config.dtype}': use bf16, fp16 or fp32")
     check_kernel_options(config.kernels, config.attention, config.row_kernels, config.fp8_gemms,  # before the model is touched
-                         config.fp8_input_means, config.fp8_fast_accum)
+                         config.fp8_input_means, config.fp8_fast_accum, config.fp8_mlp)
     check_fp8_smooth(model, config.kernels, tuple(config.fp8_gemms), config.fp8_smooth, config.fp8_smooth_alpha,
                      tuple(config.fp8_smooth_gemms))
     if config.batched_adaln:
@@ -120,7 +123,7 @@ def apply_fast_path(model: torch.nn.Module, config: FastPathConfig | None = None
     model.eval().to(dtype)
     handle.kernels = apply_kernels(model, config.kernels, config.attention, config.row_kernels, tuple(config.fp8_gemms),
                                    config.batched_adaln, config.fp8_fast_accum, config.fp8_input_means, config.fp8_smooth,
-                                   config.fp8_smooth_alpha, tuple(config.fp8_smooth_gemms))
+                                   config.fp8_smooth_alpha, tuple(config.fp8_smooth_gemms), config.fp8_mlp)
     if config.compile:
         # every block shares one compiled graph per input shape; leave room for many shapes (batch sizes, CFG
         # doubling, row buckets) before dynamo would silently fall back to eager

@@ -36,6 +36,8 @@ import torch.nn.functional as F
 
 from .models.dit import DiTBlock
 from .models.layers import Attention, Mlp
+from .triton_gemm import fp8_fc1_gelu_quant, fp8_group_scaled_mm
+from .triton_gemm import supports as fp8_mlp_epilogue_ok
 from .triton_ops import FP8, FP8_MAX, MIN_SCALE, _ln_modulate_ref, _quant_ref, act_quant, act_quant_ref, cudnn_attention, ln_modulate
 
 KERNELS = ("inductor", "fused", "fp8")
@@ -46,13 +48,14 @@ class KernelHandle:
     kernels: str
     patched: list = field(default_factory=list, repr=False)  # modules given an instance-level forward
     fp8_linears: int = 0  # block Linears running as fp8 GEMMs
+    fp8_mlp_epilogue: int = 0  # DiT blocks whose fp8 MLP runs triton_gemm's fused fc1 epilogue (fp8_mlp="epilogue")
     bf16_linears: int = 0  # block Linears left in bf16 (sizes fp8 GEMMs do not take)
 
     batched_adaln: nn.Module | None = field(default=None, repr=False)  # the DiT whose adaLN projections batch_adaln joined
 
     def remove(self) -> None:
         for m in self.patched:
-            for name in ("forward", "_fp8", "_fp8_gemms", "_fp8_fast_accum", "_fp8_smooth", "_attention", "_row_kernels"):
+            for name in ("forward", "_fp8", "_fp8_gemms", "_fp8_fast_accum", "_fp8_smooth", "_fp8_mlp", "_attention", "_row_kernels"):
                 m.__dict__.pop(name, None)
         self.patched.clear()
         if self.batched_adaln is not None:
@@ -68,6 +71,11 @@ ATTENTION = ("cudnn", "sdpa")  # the fused DiT block's attention: cuDNN's fused 
 ROW_KERNELS = ("triton", "inductor")  # its LayerNorm / residual / quantise passes: triton_ops.py, or torch ops inductor fuses
 
 
+# kernels="fp8", a DiT block's MLP: "rows" (fc1, one GELU + row quantisation pass, fc2; torch._scaled_mm with row
+# scales) or "epilogue" (triton_gemm: fc1 with GELU + per-(row, 128 columns) quantisation in its epilogue, fc2 with
+# those group scales; no pass between the GEMMs). Where fc1 and fc2 are not both fp8, or the widths do not fit
+# the kernels, a block stays on "rows".
+FP8_MLP = ("rows", "epilogue")
 TOKEN_GEMMS = ("qkv", "proj", "fc1", "fc2")  # a DiT block's GEMMs over its tokens, which kernels="fp8" may run in fp8
 SMOOTH_GEMMS = ("qkv", "proj", "fc1")  # fp8_smooth's default GEMMs: the measured best (balancing fc2 too does not help, results/kernels_fd_v2)
 SMOOTH_CLAMP = 1e-5  # smoothing factors (and the channel maxima they come from) kept within [1e-5, 1e5]
@@ -76,7 +84,8 @@ SMOOTH_CLAMP = 1e-5  # smoothing factors (and the channel maxima they come from)
 def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_kernels: str = "triton",
                   fp8_gemms: tuple[str, ...] = TOKEN_GEMMS, batched_adaln: bool = False,
                   fp8_fast_accum: bool = False, fp8_input_means: dict | None = None, fp8_smooth: dict | None = None,
-                  fp8_smooth_alpha: float = 0.5, fp8_smooth_gemms: tuple[str, ...] = SMOOTH_GEMMS) -> KernelHandle:
+                  fp8_smooth_alpha: float = 0.5, fp8_smooth_gemms: tuple[str, ...] = SMOOTH_GEMMS,
+                  fp8_mlp: str = "rows") -> KernelHandle:
     """Switch ``model.compute_blocks()`` to ``kernels`` (one of :data:`KERNELS`); the weights are taken as they
     are now (apply after the dtype conversion; the fp8 copies are not updated if the weights change later).
     ``batched_adaln``: every DiT block's adaLN projection in one GEMM per forward (:func:`batch_adaln`).
@@ -87,8 +96,9 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
     ``fp8_input_means``: :func:`fp8_input_means`' calibration; each fp8 GEMM's bias then also cancels what its
     weights' rounding does to that mean input (:func:`_to_fp8`).
     ``fp8_smooth``: :func:`fp8_input_amax`' calibration; each DiT block's fp8 GEMMs among ``fp8_smooth_gemms``
-    then run on smoothed operands, factors s = amax_x^alpha / amax_w^(1 - alpha) (:func:`smooth_dit_block`)."""
-    check_kernel_options(kernels, attention, row_kernels, fp8_gemms, fp8_input_means, fp8_fast_accum)
+    then run on smoothed operands, factors s = amax_x^alpha / amax_w^(1 - alpha) (:func:`smooth_dit_block`).
+    ``fp8_mlp``: one of :data:`FP8_MLP`, how an fp8 DiT block runs its MLP."""
+    check_kernel_options(kernels, attention, row_kernels, fp8_gemms, fp8_input_means, fp8_fast_accum, fp8_mlp)
     check_fp8_smooth(model, kernels, fp8_gemms, fp8_smooth, fp8_smooth_alpha, fp8_smooth_gemms)
     named = token_linears(model)  # the calibrations' keys
     names = {id(v): k for k, v in named.items()}
@@ -110,6 +120,9 @@ def apply_kernels(model: nn.Module, kernels: str, attention: str = "cudnn", row_
             blk.forward = _dit_block.__get__(blk)
             blk._fp8_gemms = frozenset(fp8_gemms if fp8 else ())  # a width fp8 GEMMs cannot take: the bf16 fused block
             blk._attention, blk._row_kernels, blk._fp8_fast_accum = attention, row_kernels, fp8_fast_accum
+            mlp_ok = {"fc1", "fc2"} <= blk._fp8_gemms and fp8_mlp_epilogue_ok(lins["fc1"].in_features, lins["fc1"].out_features)
+            blk._fp8_mlp = fp8_mlp if mlp_ok else "rows"
+            handle.fp8_mlp_epilogue += blk._fp8_mlp == "epilogue"
             handle.patched.append(blk)
             weights, factors = {}, {}
             if fp8_smooth is not None and blk._fp8_gemms:  # this block's maxima, by GEMM name
@@ -183,8 +196,12 @@ def check_batched_adaln(model: nn.Module) -> None:
 
 
 def check_kernel_options(kernels: str, attention: str, row_kernels: str, fp8_gemms=TOKEN_GEMMS,
-                         fp8_input_means: dict | None = None, fp8_fast_accum: bool = False) -> None:
+                         fp8_input_means: dict | None = None, fp8_fast_accum: bool = False, fp8_mlp: str = "rows") -> None:
     """The options of :func:`apply_kernels` (and of the fast path, which checks them before it touches the model)."""
+    if fp8_mlp not in FP8_MLP:
+        raise ValueError(f"unknown fp8_mlp '{fp8_mlp}': use one of {', '.join(FP8_MLP)}")
+    if fp8_mlp != "rows" and kernels != "fp8":
+        raise ValueError(f"fp8_mlp='{fp8_mlp}' is a way to run fp8 MLPs: it needs kernels='fp8', not '{kernels}'")
     if fp8_input_means is not None and kernels != "fp8":
         raise ValueError(f"fp8_input_means corrects fp8 GEMMs: it needs kernels='fp8', not '{kernels}'")
     if fp8_fast_accum and kernels != "fp8":
@@ -449,7 +466,10 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
     o = _gemm(*quant(o, False), at.proj, True, fast) if "proj" in q8 else _gemm(o, None, at.proj, False)  # (M, D)
     h, a, sa = lnm(x, shift2, scale2, self.norm2.eps, o.reshape(B, N, D), gate1, "fc1" in q8)  # h = x + g1 * o
     a = a.reshape(B * N, D)
-    if "fc2" in q8:  # fc1's bf16 output (bias in the GEMM), then GELU + quantise in one row pass
+    if self._fp8_mlp == "epilogue":  # fc1 with GELU + group quantisation in its epilogue, fc2 on the group scales
+        q, s = fp8_fc1_gelu_quant(a, sa, *ml.fc1._fp8, 1 / sm["fc2"] if "fc2" in sm else None)  # (M, 4D), (M, 4D / 128)
+        y = fp8_group_scaled_mm(q, s, *ml.fc2._fp8)  # (M, D)
+    elif "fc2" in q8:  # fc1's bf16 output (bias in the GEMM), then GELU + quantise in one row pass
         f = _gemm(a, sa, ml.fc1, "fc1" in q8, fast)  # (M, 4D)
         inv = 1 / sm["fc2"] if "fc2" in sm else None  # (4D,): GELU(f) / s quantised, for fc2's W diag(s)
         y = _gemm(*quant(f, True, inv), ml.fc2, True, fast)  # (M, D)

@@ -85,7 +85,8 @@ if triton is not None:
         return 0.5 * x * (1.0 + t)
 
     @triton.jit
-    def _fc1_gelu_quant_kernel(A, SA, W, SW, BIAS, Q, QS, M, N, K, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
+    def _fc1_gelu_quant_kernel(A, SA, W, SW, BIAS, INV, Q, QS, M, N, K, HAS_BIAS: tl.constexpr, HAS_INV: tl.constexpr,
+                               GROUP: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                                TANH_ASM: tl.constexpr):
         pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, GROUP, GROUP_M)
@@ -107,6 +108,8 @@ if triton is not None:
         if HAS_BIAS:
             y = y + tl.load(BIAS + rn).to(tl.float32)[None, :]
         y = _gelu_tanh_f32(y, TANH_ASM)
+        if HAS_INV:  # per column (fp8 smoothing's 1/s of fc2's input), after the GELU, before the group's maximum
+            y = y * tl.load(INV + rn)[None, :]
         s = tl.maximum(tl.max(tl.abs(y), axis=1) / 448.0, 1e-12)  # (BLOCK_M,) this group's scale of each row
         tl.store(QS + rm.to(tl.int64) * (N // GROUP) + pid_n, s, mask=mm)
         q = (y * (1.0 / s)[:, None]).to(Q.dtype.element_ty)
@@ -151,24 +154,26 @@ def _fk(k: int, block_k: int) -> int:
 
 @torch.library.custom_op("eediff::fp8_fc1_gelu_quant", mutates_args=())
 def fp8_fc1_gelu_quant(a: torch.Tensor, sa: torch.Tensor, qw: torch.Tensor, sw: torch.Tensor,
-                       bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """GELU_tanh((a * sa) @ (qw * sw).T + bias), quantised: ((M, N) e4m3 codes, (M, N / GROUP) fp32 scales).
-    a: (M, K) e4m3, sa: (M, 1) fp32, qw: (N, K) e4m3, sw: (1, N) fp32, bias: (N,) or None."""
+                       bias: torch.Tensor | None, inv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU_tanh((a * sa) @ (qw * sw).T + bias) (times ``inv`` per column), quantised: ((M, N) e4m3 codes,
+    (M, N / GROUP) fp32 scales). a: (M, K) e4m3, sa: (M, 1) fp32, qw: (N, K) e4m3, sw: (1, N) fp32, bias: (N,)
+    or None, inv: (N,) or None."""
     if not triton_available(a):
-        return tuple(v.contiguous() for v in fp8_fc1_gelu_quant_ref(a, sa, qw, sw, bias))
+        return tuple(v.contiguous() for v in fp8_fc1_gelu_quant_ref(a, sa, qw, sw, bias, inv))
     M, K = a.shape
     N = qw.shape[0]
     q, qs = _fc1_outputs(a, qw)
     L = LAUNCH
     _fc1_gelu_quant_kernel[(triton.cdiv(M, L.block_m) * (N // GROUP),)](
-        a.contiguous(), sa.contiguous(), qw.contiguous(), sw.contiguous(), bias if bias is not None else sw, q, qs, M, N, K,
-        HAS_BIAS=bias is not None, GROUP=GROUP, BLOCK_M=L.block_m, BLOCK_K=_fk(K, L.block_k), GROUP_M=L.group_m,
+        a.contiguous(), sa.contiguous(), qw.contiguous(), sw.contiguous(), bias if bias is not None else sw,
+        inv.float().contiguous() if inv is not None else sw, q, qs, M, N, K, HAS_BIAS=bias is not None,
+        HAS_INV=inv is not None, GROUP=GROUP, BLOCK_M=L.block_m, BLOCK_K=_fk(K, L.block_k), GROUP_M=L.group_m,
         TANH_ASM=a.is_cuda, num_warps=L.warps, num_stages=L.stages)
     return q, qs
 
 
 @fp8_fc1_gelu_quant.register_fake
-def _(a, sa, qw, sw, bias):
+def _(a, sa, qw, sw, bias, inv=None):
     return _fc1_outputs(a, qw)
 
 
@@ -202,11 +207,12 @@ def _(a, sa, qw, sw, bias):
 
 # ---- the same math in torch ops (fp32), the tests' references and the path where Triton does not run ----
 
-def fp8_fc1_gelu_quant_ref(a, sa, qw, sw, bias, group: int = GROUP):
+def fp8_fc1_gelu_quant_ref(a, sa, qw, sw, bias, inv=None, group: int = GROUP):
     y = (a.float() @ qw.float().t()) * sa.float() * sw.float()  # (M, N)
     if bias is not None:
         y = y + bias.float()
-    return group_quant_ref(F.gelu(y, approximate="tanh"), group)
+    y = F.gelu(y, approximate="tanh")
+    return group_quant_ref(y * inv.float() if inv is not None else y, group)
 
 
 def group_quant_ref(y: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:

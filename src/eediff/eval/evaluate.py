@@ -172,6 +172,12 @@ def check_fp8_flags(cfg: EvalConfig, models=()) -> None:
     fp8 = cfg.fast and cfg.kernels == "fp8"
     if cfg.fp8_fast_accum and not fp8:
         raise ConfigError("--fp8-fast-accum is a mode of the fp8 fast path: add --fast --kernels fp8, or drop it")
+    from ..kernels import FP8_MLP
+
+    if cfg.fp8_mlp not in FP8_MLP:
+        raise ConfigError(f"unknown --fp8-mlp '{cfg.fp8_mlp}': use one of {', '.join(FP8_MLP)}")
+    if cfg.fp8_mlp != "rows" and not fp8:
+        raise ConfigError(f"--fp8-mlp {cfg.fp8_mlp} is a mode of the fp8 fast path: add --fast --kernels fp8, or drop it")
     if cfg.fp8_calibrate < 0 or (cfg.fp8_calibrate and not fp8):
         raise ConfigError(f"--fp8-calibrate {cfg.fp8_calibrate}: a number of images (>= 1) that calibrates the fp8 fast path; "
                           "it needs --fast --kernels fp8 (0 turns it off)")
@@ -211,7 +217,7 @@ def fast_path_configs(cfg: EvalConfig, runs, sampler, device, autocast=None) -> 
 
         cal = {stat: calibrate_fp8(m, proc, sampler, scheds, n, min(cfg.batch_size, n), device, autocast, cfg.cfg, stat=stat) if n else None
                for stat, n in (("mean", cfg.fp8_calibrate), ("amax", cfg.fp8_smooth))}
-        out[id(m)] = (m, FastPathConfig(kernels=cfg.kernels, fp8_fast_accum=cfg.fp8_fast_accum, fp8_input_means=cal["mean"],
+        out[id(m)] = (m, FastPathConfig(kernels=cfg.kernels, fp8_fast_accum=cfg.fp8_fast_accum, fp8_mlp=cfg.fp8_mlp, fp8_input_means=cal["mean"],
                                         fp8_smooth=cal["amax"], fp8_smooth_alpha=float(cfg.fp8_smooth_alpha),
                                         fp8_smooth_gemms=smooth_gemms(cfg.fp8_smooth_gemms)))
     return list(out.values())
