@@ -19,6 +19,7 @@ GEMMs keep up with cuBLAS's: the fused path saves the quantise pass only if they
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
@@ -30,20 +31,23 @@ from eediff.eval.timing import time_fn
 from eediff.kernels import _fp8_gemm, _gelu_linear, quantize_weight
 from eediff.triton_ops import act_quant, act_quant_ref
 
-LAUNCHES = "128,128,128,8,8,4;128,128,128,8,8,3;128,64,128,8,4,4;64,128,128,8,4,4;128,256,128,8,8,3"
+# block_m,block_n,block_k,group_m,warps,stages[,tma]: pointer loads, then the same tiles through TMA descriptors
+LAUNCHES = ("128,128,128,8,8,4;128,128,128,8,8,3;128,64,128,8,4,4;64,128,128,8,4,4;128,256,128,8,8,3;"
+            "128,128,128,8,8,4,1;128,128,128,8,8,3,1;128,256,128,8,8,3,1;64,128,128,8,4,4,1")
 
 
 def parse_launches(spec: str) -> list[tg.GemmLaunch]:
-    """'bm,bn,bk,group_m,warps,stages;...' -> GemmLaunch list (one line error on a bad entry)."""
+    """'bm,bn,bk,group_m,warps,stages[,tma];...' -> GemmLaunch list (one line error on a bad entry)."""
     out = []
     for part in filter(None, spec.split(";")):
         try:
             v = [int(x) for x in part.split(",")]
-            if len(v) != 6 or min(v) < 1:
+            if len(v) not in (6, 7) or min(v[:6]) < 1 or v[6:] not in ([], [0], [1]):
                 raise ValueError
-            out.append(tg.GemmLaunch(*v))
+            out.append(tg.GemmLaunch(*v[:6], tma=bool(v[6:] and v[6])))
         except ValueError:
-            raise SystemExit(f"--launch: '{part}' is not six integers block_m,block_n,block_k,group_m,warps,stages")
+            raise SystemExit(f"--launch: '{part}' is not six integers block_m,block_n,block_k,group_m,warps,stages "
+                             "and an optional 0 / 1 (TMA loads)")
     return out
 
 
@@ -65,7 +69,7 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--dim", type=int, default=1152)
     ap.add_argument("--hidden", type=int, default=4608)
-    ap.add_argument("--launch", default=LAUNCHES, help="';'-separated block_m,block_n,block_k,group_m,warps,stages")
+    ap.add_argument("--launch", default=LAUNCHES, help="';'-separated block_m,block_n,block_k,group_m,warps,stages[,tma 0/1]")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--tiny", action="store_true", help="a CPU smoke run: 256 tokens, width 64, hidden 256")
     ap.add_argument("--out", required=True)
@@ -90,10 +94,12 @@ def main(argv=None):
         k[0] = (k[0] + 1) % len(sets)
         return sets[k[0]]
 
-    def rec(variant, part, fn, out=None):
+    def rec(variant, part, fn, out=None, launch=None):
         t = time_fn(fn, device, warmup=3, repeats=a.repeats)["median_s"]
         err = None if out is None else ((out.float() - ref).norm() / ref.norm()).item()
         row = {"variant": variant, "part": part, "ms": 1e3 * t, "tflops": (flops if part == "MLP" else flops / 2) / t / 1e12, "rel_err_vs_fp32": err}
+        if launch is not None:  # as --launch takes it
+            row["launch"] = ",".join(str(int(v)) for v in dataclasses.astuple(launch))
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -114,14 +120,15 @@ def main(argv=None):
         rec(name, "fc2", lambda: _fp8_gemm(*hq, fc2[0], fc2[1], fc2[2], fast))
     for L in launches:
         tg.LAUNCH = L
-        name = f"fp8 epilogue (Triton; tile {L.block_m}x{L.block_n}x{L.block_k}, group_m {L.group_m}, {L.warps} warps, {L.stages} stages)"
+        name = (f"fp8 epilogue (Triton; tile {L.block_m}x{L.block_n}x{L.block_k}, group_m {L.group_m}, {L.warps} warps, "
+                f"{L.stages} stages{', TMA' if L.tma else ''})")
 
         def epi_mlp(qx, sx):
             return tg.fp8_group_scaled_mm(*tg.fp8_fc1_gelu_quant(qx, sx, *fc1), *fc2)
 
         try:
             out = epi_mlp(*sets[0][1:])
-            rec(name, "MLP", lambda: epi_mlp(*nxt()[1:]), out)
+            rec(name, "MLP", lambda: epi_mlp(*nxt()[1:]), out, L)
             rec(name, "fc1", lambda: tg.fp8_fc1_gelu_quant(*nxt()[1:], *fc1))
             hq = tg.fp8_fc1_gelu_quant(*sets[0][1:], *fc1)
             rec(name, "fc2", lambda: tg.fp8_group_scaled_mm(*hq, *fc2))
@@ -146,6 +153,12 @@ def main(argv=None):
         ratio = f"{base / r['ms']:.2f}" if r["part"] == "MLP" else ""
         err = "" if r["rel_err_vs_fp32"] is None else f"{r['rel_err_vs_fp32']:.1e}"
         md.append(f"| {r['variant']} | {r['part']} | {r['ms']:.3f} | {ratio} | {r['tflops']:.0f} | {err} |")
+    best = min((r for r in rows if "launch" in r), key=lambda r: r["ms"], default=None)
+    if best is not None:
+        res["fastest_launch"] = best["launch"]
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+        md += ["", f"Fastest epilogue launch: `--launch {best['launch']}` ({best['ms']:.3f} ms, {base / best['ms']:.2f}× the row path)."]
     with open(os.path.splitext(a.out)[0] + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

@@ -60,9 +60,17 @@ def main():
     ap.add_argument("--mlp-epilogue", action="store_true", help="also time fp8 (cuDNN attention, Triton rows; with and, with "
                                                                  "--fast-accum, without fast accumulation) with the MLP's GELU + "
                                                                  "quantisation in fc1's epilogue (FastPathConfig.fp8_mlp='epilogue')")
+    ap.add_argument("--gemm-launch", default="", help="with --mlp-epilogue: the Triton GEMMs' launch, as benchmarks/fp8_mlp.py's "
+                                                       "--launch takes one (e.g. its fastest_launch); default triton_gemm.LAUNCH")
     ap.add_argument("--precise-math", action="store_true", help="also time fused and fp8 (cuDNN attention, Triton rows; fp8 with "
                                                                  "--fast-accum's setting) with triton_ops.FAST_MATH off")
     a = ap.parse_args()
+    if a.gemm_launch:
+        from fp8_mlp import parse_launches
+
+        from eediff import triton_gemm
+
+        (triton_gemm.LAUNCH,) = parse_launches(a.gemm_launch)
     if a.md_from:
         return write_md(json.load(open(a.md_from)), a.md_from.rsplit(".", 1)[0] + ".md")
     if not a.out:
@@ -104,7 +112,7 @@ def main():
                       + (f" --fp8-subsets '{a.fp8_subsets}'" if a.fp8_subsets else "") + (" --batched-adaln" if a.batched_adaln else "")
                       + (f" --quant-chunk '{a.quant_chunk}'" if a.quant_chunk else "") + (f" --quant-split '{a.quant_split}'" if a.quant_split else "")
                       + (" --fast-accum" if a.fast_accum else "") + (" --precise-math" if a.precise_math else "")
-                      + (" --mlp-epilogue" if a.mlp_epilogue else "")}
+                      + (" --mlp-epilogue" if a.mlp_epilogue else "") + (f" --gemm-launch {a.gemm_launch}" if a.gemm_launch else "")}
     if a.diffusers_compile:  # the strongest peer, in the same run
         c = torch.compile(copy.deepcopy(dm).cuda().to(torch.bfloat16))
         fn = lambda: c(x.bfloat16(), timestep=t.long(), class_labels=y).sample  # noqa: E731

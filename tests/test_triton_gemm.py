@@ -10,14 +10,15 @@ from eediff.kernels import quantize_weight
 from eediff.triton_ops import act_quant_ref
 
 
-@pytest.fixture
-def interpret(monkeypatch):
+@pytest.fixture(params=[False, True], ids=["pointers", "tma"])
+def interpret(monkeypatch, request):
+    """Triton's interpreter, with tiles small enough for it (several programs per dimension, masked rows and
+    columns), operands loaded through pointers or through TMA descriptors (``GemmLaunch.tma``)."""
     pytest.importorskip("triton")
     from eediff import triton_ops
 
     monkeypatch.setattr(triton_ops, "INTERPRET_ON_CPU", True)
-    # tiles small enough for the interpreter; several programs per dimension and masked rows / columns
-    monkeypatch.setattr(tg, "LAUNCH", tg.GemmLaunch(block_m=16, block_n=32, block_k=32, group_m=2, warps=1, stages=1))
+    monkeypatch.setattr(tg, "LAUNCH", tg.GemmLaunch(block_m=16, block_n=32, block_k=32, group_m=2, warps=1, stages=1, tma=request.param))
     return tg
 
 
@@ -141,15 +142,19 @@ def test_fp8_mlp_benchmark_runs_every_variant_on_the_cpu(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "m.json"
-    mod.main(["--tiny", "--launch", "128,128,128,8,8,4;64,128,128,8,4,3", "--out", str(out)])
+    mod.main(["--tiny", "--launch", "128,128,128,8,8,4;64,128,128,8,4,3,1", "--out", str(out)])
     import json
 
     res = json.loads(out.read_text())
     parts = [(r["variant"].split(" (")[0], r["part"]) for r in res["rows"]]
     assert parts.count(("fp8 epilogue", "MLP")) == 2 and parts.count(("fp8 rows", "fc2")) == 2 and ("bf16", "MLP") in parts
     assert all(r["ms"] > 0 for r in res["rows"])
+    assert res["fastest_launch"] in ("128,128,128,8,8,4,0", "64,128,128,8,4,3,1")  # as --launch takes it
     err = {r["variant"].split(" (")[0]: r["rel_err_vs_fp32"] for r in res["rows"] if r["part"] == "MLP"}
     assert err["bf16"] < 1e-2 and abs(err["fp8 epilogue"] / err["fp8 rows"] - 1) < 0.1
-    assert "| fp8 epilogue" in (tmp_path / "m.md").read_text()
+    assert "| fp8 epilogue" in (tmp_path / "m.md").read_text() and "4 stages) |" in (tmp_path / "m.md").read_text()
+    assert "3 stages, TMA) |" in (tmp_path / "m.md").read_text()
     with pytest.raises(SystemExit, match="six integers"):
         mod.main(["--tiny", "--launch", "128,128", "--out", str(out)])
+    with pytest.raises(SystemExit, match="optional 0 / 1"):
+        mod.main(["--tiny", "--launch", "128,128,128,8,8,4,2", "--out", str(out)])

@@ -51,6 +51,7 @@ class GemmLaunch:
     group_m: int = 8  # programs ordered in groups of block rows, for L2 reuse of the weight tiles
     warps: int = 8
     stages: int = 4
+    tma: bool = False  # operand tiles through Hopper's tensor memory accelerator (tl.make_tensor_descriptor)
 
 
 LAUNCH = GemmLaunch()
@@ -88,7 +89,7 @@ if triton is not None:
     def _fc1_gelu_quant_kernel(A, SA, W, SW, BIAS, INV, Q, QS, M, N, K, HAS_BIAS: tl.constexpr, HAS_INV: tl.constexpr,
                                GROUP: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                               TANH_ASM: tl.constexpr):
+                               TANH_ASM: tl.constexpr, TMA: tl.constexpr):
         pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, GROUP, GROUP_M)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) rows of A
         rn = pid_n * GROUP + tl.arange(0, GROUP)  # (GROUP,) output columns: one quantisation group
@@ -97,12 +98,18 @@ if triton is not None:
         a_ptr = A + rm[:, None].to(tl.int64) * K + rk[None, :]  # (BLOCK_M, BLOCK_K)
         w_ptr = W + rn[None, :].to(tl.int64) * K + rk[:, None]  # (BLOCK_K, GROUP): W's rows, K-major
         acc = tl.zeros((BLOCK_M, GROUP), dtype=tl.float32)
-        for _ in range(0, K, BLOCK_K):  # (K % BLOCK_K == 0, N % GROUP == 0: only the rows need a mask)
-            a = tl.load(a_ptr, mask=mm[:, None], other=0.0)
-            w = tl.load(w_ptr)
-            acc = tl.dot(a, w, acc)
-            a_ptr += BLOCK_K
-            w_ptr += BLOCK_K
+        if TMA:  # (rows past M read as zeros)
+            ad = tl.make_tensor_descriptor(A, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
+            wd = tl.make_tensor_descriptor(W, shape=[N, K], strides=[K, 1], block_shape=[GROUP, BLOCK_K])
+            for k0 in range(0, K, BLOCK_K):
+                acc = tl.dot(ad.load([pid_m * BLOCK_M, k0]), wd.load([pid_n * GROUP, k0]).T, acc)
+        else:
+            for _ in range(0, K, BLOCK_K):  # (K % BLOCK_K == 0, N % GROUP == 0: only the rows need a mask)
+                a = tl.load(a_ptr, mask=mm[:, None], other=0.0)
+                w = tl.load(w_ptr)
+                acc = tl.dot(a, w, acc)
+                a_ptr += BLOCK_K
+                w_ptr += BLOCK_K
         sa = tl.load(SA + rm, mask=mm, other=0.0)  # (BLOCK_M,) row scales
         y = acc * sa[:, None] * tl.load(SW + rn)[None, :]
         if HAS_BIAS:
@@ -117,7 +124,7 @@ if triton is not None:
 
     @triton.jit
     def _group_scaled_mm_kernel(A, SA, W, SW, BIAS, Y, M, N, K, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
-                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr):
         pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -129,17 +136,33 @@ if triton is not None:
         w_ptr = W + rn[None, :].to(tl.int64) * K + rk[:, None]
         s_ptr = SA + rm.to(tl.int64) * groups
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if TMA:
+            ad = tl.make_tensor_descriptor(A, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, GROUP])
+            wd = tl.make_tensor_descriptor(W, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, GROUP])
         for g in range(groups):
-            a = tl.load(a_ptr, mask=mm[:, None], other=0.0)
-            w = tl.load(w_ptr, mask=mn[None, :], other=0.0)
-            part = tl.dot(a, w)  # (BLOCK_M, BLOCK_N) fp32: this group's product, then scaled into the sum
+            if TMA:
+                part = tl.dot(ad.load([pid_m * BLOCK_M, g * GROUP]), wd.load([pid_n * BLOCK_N, g * GROUP]).T)
+            else:
+                a = tl.load(a_ptr, mask=mm[:, None], other=0.0)
+                w = tl.load(w_ptr, mask=mn[None, :], other=0.0)
+                part = tl.dot(a, w)  # (BLOCK_M, BLOCK_N) fp32: this group's product, then scaled into the sum
+                a_ptr += GROUP
+                w_ptr += GROUP
             acc += part * tl.load(s_ptr + g, mask=mm, other=0.0)[:, None]
-            a_ptr += GROUP
-            w_ptr += GROUP
         y = acc * tl.load(SW + rn, mask=mn, other=0.0)[None, :]
         if HAS_BIAS:
             y = y + tl.load(BIAS + rn, mask=mn, other=0.0).to(tl.float32)[None, :]
         tl.store(Y + rm[:, None].to(tl.int64) * N + rn[None, :], y.to(Y.dtype.element_ty), mask=mm[:, None] & mn[None, :])
+
+
+def _tma(launch: GemmLaunch, a: torch.Tensor) -> bool:
+    """Whether this launch loads through TMA descriptors. Made in the kernel, they need scratch memory from an
+    allocator Triton calls at launch (set once here, from torch's caching allocator, so that CUDA graphs
+    capture it as any other allocation)."""
+    if launch.tma and a.is_cuda and not getattr(_tma, "allocator", False):
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        _tma.allocator = True
+    return launch.tma
 
 
 def _fk(k: int, block_k: int) -> int:
@@ -168,7 +191,7 @@ def fp8_fc1_gelu_quant(a: torch.Tensor, sa: torch.Tensor, qw: torch.Tensor, sw: 
         a.contiguous(), sa.contiguous(), qw.contiguous(), sw.contiguous(), bias if bias is not None else sw,
         inv.float().contiguous() if inv is not None else sw, q, qs, M, N, K, HAS_BIAS=bias is not None,
         HAS_INV=inv is not None, GROUP=GROUP, BLOCK_M=L.block_m, BLOCK_K=_fk(K, L.block_k), GROUP_M=L.group_m,
-        TANH_ASM=a.is_cuda, num_warps=L.warps, num_stages=L.stages)
+        TANH_ASM=a.is_cuda, TMA=_tma(L, a), num_warps=L.warps, num_stages=L.stages)
     return q, qs
 
 
@@ -196,7 +219,7 @@ def fp8_group_scaled_mm(a: torch.Tensor, sa: torch.Tensor, qw: torch.Tensor, sw:
     _group_scaled_mm_kernel[(triton.cdiv(M, L.block_m) * triton.cdiv(N, L.block_n),)](
         a.contiguous(), sa.contiguous(), qw.contiguous(), sw.contiguous(), bias if bias is not None else sw, y, M, N, K,
         HAS_BIAS=bias is not None, GROUP=GROUP, BLOCK_M=L.block_m, BLOCK_N=L.block_n, GROUP_M=L.group_m,
-        num_warps=L.warps, num_stages=L.stages)
+        TMA=_tma(L, a), num_warps=L.warps, num_stages=L.stages)
     return y
 
 
