@@ -7,7 +7,10 @@ them), achieved TFLOP/s and the relative error against the fp32 MLP, every row i
 - ``fp8 rows``: fc1 as a row-scaled ``torch._scaled_mm``, the GELU + row quantisation kernel, fc2 row-scaled
   (the ``fp8`` block's MLP today), with and without fast accumulation;
 - ``fp8 epilogue``: ``triton_gemm``'s fc1 with GELU + group quantisation in its epilogue and its group-scaled
-  fc2, for each ``--launch`` (tile and launch parameters, ``triton_gemm.GemmLaunch``).
+  fc2 with the gated residual in its epilogue, for each ``--launch`` (``triton_gemm.GemmLaunch``).
+
+Every MLP row includes the block's last gated residual (res + gate * MLP(x); the others in one addcmul pass),
+since the fused fc2 does it in its epilogue. The error is that of MLP(x) (zero residual, unit gates).
 
 Each fp8 variant's two GEMMs are also timed alone (``fc1``, ``fc2`` rows), which shows whether the Triton
 GEMMs keep up with cuBLAS's: the fused path saves the quantise pass only if they do.
@@ -58,9 +61,12 @@ def make_sets(M, D, H, device, n=3, seed=0):
     b1, b2 = torch.randn(H, device=device, generator=g) * 0.1, torch.randn(D, device=device, generator=g) * 0.1
     fc1, fc2 = (*quantize_weight(w1), b1.bfloat16()), (*quantize_weight(w2), b2.bfloat16())
     sets = []
+    B = max(1, M // 256)  # images of 256 tokens (DiT-XL/2 at 256 px)
     for _ in range(n):
         x = torch.randn(M, D, device=device, generator=g)
-        sets.append((x.bfloat16(), *act_quant_ref(x, False)))
+        res = torch.randn(M, D, device=device, generator=g).bfloat16()  # the residual stream h
+        gate = torch.randn(B, D, device=device, generator=g).bfloat16()  # the block's gate, per image
+        sets.append((x.bfloat16(), *act_quant_ref(x, False), res, gate))
     return (w1, b1, w2, b2), fc1, fc2, sets
 
 
@@ -82,7 +88,11 @@ def main(argv=None):
         raise SystemExit(f"--dim {D} / --hidden {H}: the fused kernels need the hidden width in groups of {tg.GROUP} and the width a multiple of 32")
     launches = parse_launches(a.launch)
     (w1, b1, w2, b2), fc1, fc2, sets = make_sets(M, D, H, device)
+    B = sets[0][4].shape[0]
+    T = M // B
     x0 = sets[0][0].float()
+    # the error is measured on the MLP's output: one call with a zero residual and unit gates (out = MLP(x))
+    zero, ones = torch.zeros_like(sets[0][3]), torch.ones_like(sets[0][4])
     ref = F.linear(F.gelu(F.linear(x0, w1, b1), approximate="tanh"), w2, b2)
     flops = 2 * M * D * H * 2
     lin1 = torch.nn.Linear(D, H, device=device, dtype=torch.bfloat16)  # the bf16 MLP's fc1 (its GELU epilogue takes a Linear)
@@ -103,35 +113,42 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    def bf16_mlp(x):
-        return F.linear(_gelu_linear(x, lin1), w2b, b2b)
+    def gated(res, gate, y):  # the block's last gated residual, one pass (addcmul): res + gate(image) * y
+        return torch.addcmul(res.view(B, T, D), gate.unsqueeze(1), y.view(B, T, D)).view(M, D)
 
-    rec("bf16 (GELU in cuBLASLt's epilogue)", "MLP", lambda: bf16_mlp(nxt()[0]), bf16_mlp(sets[0][0]))
+    def bf16_mlp(x, qx, sx, res, gate):
+        return gated(res, gate, F.linear(_gelu_linear(x, lin1), w2b, b2b))
+
+    x_, qx_, sx_ = sets[0][:3]
+    rec("bf16 (GELU in cuBLASLt's epilogue), + gated residual", "MLP", lambda: bf16_mlp(*nxt()), bf16_mlp(x_, qx_, sx_, zero, ones))
     for fast in (False, True):
-        name = "fp8 rows (_scaled_mm, GELU + row quantise kernel, _scaled_mm)" + (", fast accumulation" if fast else "")
+        name = "fp8 rows (_scaled_mm, GELU + row quantise kernel, _scaled_mm, gated residual)" + (", fast accumulation" if fast else "")
 
-        def rows_mlp(qx, sx, fast=fast):
+        def rows_mlp(x, qx, sx, res, gate, fast=fast):
             f = _fp8_gemm(qx, sx, fc1[0], fc1[1], fc1[2], fast)
-            return _fp8_gemm(*act_quant(f, True), fc2[0], fc2[1], fc2[2], fast)
+            return gated(res, gate, _fp8_gemm(*act_quant(f, True), fc2[0], fc2[1], fc2[2], fast))
 
-        rec(name, "MLP", lambda: rows_mlp(*nxt()[1:]), rows_mlp(*sets[0][1:]))
-        rec(name, "fc1", lambda: _fp8_gemm(*nxt()[1:], fc1[0], fc1[1], fc1[2], fast))
-        hq = act_quant(_fp8_gemm(*sets[0][1:], fc1[0], fc1[1], fc1[2], fast), True)
+        rec(name, "MLP", lambda: rows_mlp(*nxt()), rows_mlp(x_, qx_, sx_, zero, ones))
+        rec(name, "fc1", lambda: _fp8_gemm(*nxt()[1:3], fc1[0], fc1[1], fc1[2], fast))
+        hq = act_quant(_fp8_gemm(qx_, sx_, fc1[0], fc1[1], fc1[2], fast), True)
         rec(name, "fc2", lambda: _fp8_gemm(*hq, fc2[0], fc2[1], fc2[2], fast))
     for L in launches:
         tg.LAUNCH = L
         name = (f"fp8 epilogue (Triton; tile {L.block_m}x{L.block_n}x{L.block_k}, group_m {L.group_m}, {L.warps} warps, "
                 f"{L.stages} stages{', TMA' if L.tma else ''})")
 
-        def epi_mlp(qx, sx):
-            return tg.fp8_group_scaled_mm(*tg.fp8_fc1_gelu_quant(qx, sx, *fc1), *fc2)
+        out_buf = torch.empty(M, D, device=device, dtype=torch.bfloat16)  # the block's output (its input, in place)
+
+        def epi_mlp(x, qx, sx, res, gate):
+            tg.fp8_group_scaled_mm_residual_(*tg.fp8_fc1_gelu_quant(qx, sx, *fc1), *fc2, res, gate, T, out_buf)
+            return out_buf
 
         try:
-            out = epi_mlp(*sets[0][1:])
-            rec(name, "MLP", lambda: epi_mlp(*nxt()[1:]), out, L)
-            rec(name, "fc1", lambda: tg.fp8_fc1_gelu_quant(*nxt()[1:], *fc1))
-            hq = tg.fp8_fc1_gelu_quant(*sets[0][1:], *fc1)
-            rec(name, "fc2", lambda: tg.fp8_group_scaled_mm(*hq, *fc2))
+            out = epi_mlp(x_, qx_, sx_, zero, ones).clone()
+            rec(name, "MLP", lambda: epi_mlp(*nxt()), out, L)
+            rec(name, "fc1", lambda: tg.fp8_fc1_gelu_quant(*nxt()[1:3], *fc1))
+            hq = tg.fp8_fc1_gelu_quant(qx_, sx_, *fc1)
+            rec(name, "fc2", lambda: tg.fp8_group_scaled_mm_residual_(*hq, *fc2, sets[0][3], sets[0][4], T, out_buf))
         except Exception as e:  # a launch the GPU cannot take (shared memory, registers): recorded, the sweep goes on
             rows.append({"variant": name, "part": "MLP", "error": f"{type(e).__name__}: {str(e)[:200]}"})
             print(rows[-1], flush=True)

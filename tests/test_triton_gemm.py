@@ -93,6 +93,30 @@ def test_group_scaled_mm_kernel_against_its_reference(interpret):
     assert torch.allclose(tg.fp8_group_scaled_mm_ref(qa, sa, qw, sw, None).float(), direct, rtol=2**-7, atol=1e-3)
 
 
+def test_group_scaled_mm_residual_into_its_output(interpret):
+    """fc2 with the block's last gated residual in its epilogue, stored into ``out``: residual + gate(image) * y,
+    the gate a strided view of the modulation, 3 images of 7 tokens (rows of one image span two row blocks):
+    within one bf16 step of the fp32 reference (Triton's interpreter stores bf16 rounded toward zero, the
+    GPU to nearest), and ``out`` is written in place."""
+    g = torch.Generator().manual_seed(4)
+    B, T, K, D = 3, 7, 256, 48
+    qa, sa = tg.group_quant_ref(torch.randn(B * T, K, generator=g))
+    qw, sw = quantize_weight(torch.randn(D, K, generator=g) / K**0.5)
+    bias = torch.randn(D, generator=g).bfloat16()
+    res = torch.randn(B * T, D, generator=g).bfloat16()
+    gate = torch.randn(B, 6 * D, generator=g).bfloat16()[:, 2 * D:3 * D]
+    out = torch.zeros(B * T, D, dtype=torch.bfloat16)
+    ptr = out.data_ptr()
+    assert tg.fp8_group_scaled_mm_residual_(qa, sa, qw, sw, bias, res, gate, T, out) is None and out.data_ptr() == ptr
+    ref = tg.fp8_group_scaled_mm_residual_ref(qa, sa, qw, sw, bias, res, gate, T)
+    ulp = 2.0 ** (torch.floor(torch.log2(ref.float().abs().clamp(min=1e-3))) - 7)
+    assert ((out.float() - ref.float()).abs() <= ulp).all()
+    # the reference itself: the residual plus each row's image's gate times fc2 (independent arithmetic)
+    y = tg.fp8_group_scaled_mm_ref(qa, sa, qw, sw, bias, out_dtype=torch.float32)
+    direct = torch.stack([res[i].float() + gate[i // T].float() * y[i] for i in range(B * T)])
+    assert torch.allclose(ref.float(), direct, rtol=2**-8, atol=1e-3)
+
+
 def test_group_scales_lose_no_more_than_row_scales():
     """The whole fp8 MLP (input quantised per row, as the block's LayerNorm kernel does) with its hidden
     activations quantised per (row, 128 columns) against per row (the row kernel's act_quant), both against

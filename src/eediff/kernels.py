@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .models.dit import DiTBlock
 from .models.layers import Attention, Mlp
-from .triton_gemm import fp8_fc1_gelu_quant, fp8_group_scaled_mm
+from .triton_gemm import fp8_fc1_gelu_quant, fp8_group_scaled_mm_residual_
 from .triton_gemm import supports as fp8_mlp_epilogue_ok
 from .triton_ops import FP8, FP8_MAX, MIN_SCALE, _ln_modulate_ref, _quant_ref, act_quant, act_quant_ref, cudnn_attention, ln_modulate
 
@@ -468,8 +468,11 @@ def _dit_block(self: DiTBlock, x: torch.Tensor, c: torch.Tensor, keep: torch.Ten
     a = a.reshape(B * N, D)
     if self._fp8_mlp == "epilogue":  # fc1 with GELU + group quantisation in its epilogue, fc2 on the group scales
         q, s = fp8_fc1_gelu_quant(a, sa, *ml.fc1._fp8, 1 / sm["fc2"] if "fc2" in sm else None)  # (M, 4D), (M, 4D / 128)
-        y = fp8_group_scaled_mm(q, s, *ml.fc2._fp8)  # (M, D)
-    elif "fc2" in q8:  # fc1's bf16 output (bias in the GEMM), then GELU + quantise in one row pass
+        # the last gated residual in fc2's epilogue, stored straight into the block's output (B, N, D)
+        out = x if inplace and x.is_contiguous() else torch.empty(B, N, D, device=x.device, dtype=x.dtype)
+        fp8_group_scaled_mm_residual_(q, s, *ml.fc2._fp8, h.reshape(B * N, D), gate2, N, out.view(B * N, D))
+        return x.copy_(out) if inplace and out is not x else out
+    if "fc2" in q8:  # fc1's bf16 output (bias in the GEMM), then GELU + quantise in one row pass
         f = _gemm(a, sa, ml.fc1, "fc1" in q8, fast)  # (M, 4D)
         inv = 1 / sm["fc2"] if "fc2" in sm else None  # (4D,): GELU(f) / s quantised, for fc2's W diag(s)
         y = _gemm(*quant(f, True, inv), ml.fc2, True, fast)  # (M, D)

@@ -14,6 +14,8 @@ in fc1's epilogue. With one scale per (row, group of ``GROUP`` = 128 columns) it
   scales).T + bias -> (M, N) bf16. The K loop steps one group at a time and adds each group's fp32 partial
   product times its scale into the accumulator (as DeepSeek's DeepGEMM does for its 1 x 128 activation
   scales): a per-group scale cannot leave the sum, a per-output-channel one can (applied once at the end).
+- :func:`fp8_group_scaled_mm_residual_`: the same fc2 with the DiT block's last gated residual in its epilogue
+  (residual + gate of the row's image * fc2), stored into the block's output: that pass, too, is gone.
 
 e4m3 is a float format, so a finer scale hardly changes the codes' relative error (it matters only where a
 row spans more than e4m3's 2^15 range): the groups are for the fusion, and the MLP's error stays that of the
@@ -123,8 +125,9 @@ if triton is not None:
         tl.store(Q + rm[:, None].to(tl.int64) * N + rn[None, :], q, mask=mm[:, None])
 
     @triton.jit
-    def _group_scaled_mm_kernel(A, SA, W, SW, BIAS, Y, M, N, K, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
-                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr):
+    def _group_scaled_mm_kernel(A, SA, W, SW, BIAS, R, G, Y, M, N, K, n_tok, g_stride, HAS_BIAS: tl.constexpr,
+                                HAS_RES: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                GROUP_M: tl.constexpr, TMA: tl.constexpr):
         pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -152,7 +155,12 @@ if triton is not None:
         y = acc * tl.load(SW + rn, mask=mn, other=0.0)[None, :]
         if HAS_BIAS:
             y = y + tl.load(BIAS + rn, mask=mn, other=0.0).to(tl.float32)[None, :]
-        tl.store(Y + rm[:, None].to(tl.int64) * N + rn[None, :], y.to(Y.dtype.element_ty), mask=mm[:, None] & mn[None, :])
+        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+        mask = mm[:, None] & mn[None, :]
+        if HAS_RES:  # the block's gated residual: R + gate(image of the row) * y
+            g = tl.load(G + (rm // n_tok)[:, None].to(tl.int64) * g_stride + rn[None, :], mask=mask, other=0.0)
+            y = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32) + g.to(tl.float32) * y
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
 def _tma(launch: GemmLaunch, a: torch.Tensor) -> bool:
@@ -212,15 +220,42 @@ def fp8_group_scaled_mm(a: torch.Tensor, sa: torch.Tensor, qw: torch.Tensor, sw:
     """(a with its (M, K / GROUP) group scales sa) @ (qw * sw).T + bias -> (M, N) bf16; a, qw e4m3."""
     if not triton_available(a):
         return fp8_group_scaled_mm_ref(a, sa, qw, sw, bias).contiguous()
+    y = torch.empty(a.shape[0], qw.shape[0], device=a.device, dtype=torch.bfloat16)
+    _launch_group_scaled_mm(a, sa, qw, sw, bias, None, None, 1, y)
+    return y
+
+
+def _launch_group_scaled_mm(a, sa, qw, sw, bias, residual, gate, n_tok, out) -> None:
     M, K = a.shape
     N = qw.shape[0]
-    y = torch.empty(M, N, device=a.device, dtype=torch.bfloat16)
     L = LAUNCH
     _group_scaled_mm_kernel[(triton.cdiv(M, L.block_m) * triton.cdiv(N, L.block_n),)](
-        a.contiguous(), sa.contiguous(), qw.contiguous(), sw.contiguous(), bias if bias is not None else sw, y, M, N, K,
-        HAS_BIAS=bias is not None, GROUP=GROUP, BLOCK_M=L.block_m, BLOCK_N=L.block_n, GROUP_M=L.group_m,
-        TMA=_tma(L, a), num_warps=L.warps, num_stages=L.stages)
-    return y
+        a.contiguous(), sa.contiguous(), qw.contiguous(), sw.contiguous(), bias if bias is not None else sw,
+        residual.contiguous() if residual is not None else out, gate if gate is not None else out, out, M, N, K, n_tok,
+        gate.stride(0) if gate is not None else 0, HAS_BIAS=bias is not None, HAS_RES=residual is not None, GROUP=GROUP,
+        BLOCK_M=L.block_m, BLOCK_N=L.block_n, GROUP_M=L.group_m, TMA=_tma(L, a), num_warps=L.warps, num_stages=L.stages)
+
+
+@torch.library.custom_op("eediff::fp8_group_scaled_mm_residual_", mutates_args=("out",))
+def fp8_group_scaled_mm_residual_(a: torch.Tensor, sa: torch.Tensor, qw: torch.Tensor, sw: torch.Tensor,
+                                  bias: torch.Tensor | None, residual: torch.Tensor, gate: torch.Tensor, n_tok: int,
+                                  out: torch.Tensor) -> None:
+    """``out`` = residual + gate[row // n_tok] * (fc2 as :func:`fp8_group_scaled_mm`), stored into ``out``
+    ((M, N) contiguous bf16; it may be the block's input itself, which the residual is not): the DiT block's
+    last gated residual in fc2's epilogue, the result where the block's output goes. residual: (M, N) bf16,
+    gate: (B, N) with unit column stride (a view of the modulation is fine). Under torch.compile inductor
+    passes ``out`` through without a copy (``auto_functionalized`` re-inplaced)."""
+    if gate.stride(1) != 1:
+        gate = gate.contiguous()
+    if not triton_available(a) or not out.is_contiguous():
+        out.copy_(fp8_group_scaled_mm_residual_ref(a, sa, qw, sw, bias, residual, gate, n_tok))
+        return
+    _launch_group_scaled_mm(a, sa, qw, sw, bias, residual, gate, n_tok, out)
+
+
+@fp8_group_scaled_mm_residual_.register_fake
+def _(a, sa, qw, sw, bias, residual, gate, n_tok, out):
+    return None
 
 
 @fp8_group_scaled_mm.register_fake
@@ -246,10 +281,16 @@ def group_quant_ref(y: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, 
     return (g * (1 / s).unsqueeze(2)).to(FP8).reshape(M, N), s
 
 
-def fp8_group_scaled_mm_ref(a, sa, qw, sw, bias, group: int = GROUP):
+def fp8_group_scaled_mm_ref(a, sa, qw, sw, bias, group: int = GROUP, out_dtype=torch.bfloat16):
     M, K = a.shape
     x = (a.float().reshape(M, K // group, group) * sa.float().unsqueeze(2)).reshape(M, K)
     y = (x @ qw.float().t()) * sw.float()
     if bias is not None:
         y = y + bias.float()
-    return y.to(torch.bfloat16)
+    return y.to(out_dtype)
+
+
+def fp8_group_scaled_mm_residual_ref(a, sa, qw, sw, bias, residual, gate, n_tok: int, group: int = GROUP):
+    y = fp8_group_scaled_mm_ref(a, sa, qw, sw, bias, group, out_dtype=torch.float32)  # (M, N), not rounded
+    g = gate.float().repeat_interleave(n_tok, dim=0)  # (M, N): each row's image's gate
+    return (residual.float() + g * y).to(torch.bfloat16)
