@@ -1,6 +1,8 @@
 """eediff.triton_gemm: the fp8 MLP's GEMMs with GELU + group quantisation in fc1's epilogue, in Triton's
 interpreter on the CPU, against the torch references of the same math and against a bf16 MLP."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,10 +47,13 @@ def _dequant_close(q, s, q_ref, s_ref, group):
     return bool(ok.all()) and carry.float().mean() < 0.2
 
 
-def test_fc1_gelu_quant_kernel_against_its_reference(interpret):
+@pytest.mark.parametrize("block_n", [32, 256])
+def test_fc1_gelu_quant_kernel_against_its_reference(interpret, monkeypatch, block_n):
     """fc1 + bias + GELU + group quantisation in one kernel (M = 40: a masked block of rows; K = 64: two K
-    steps; N = 256: two groups) against the fp32 torch reference: scales within 1e-4 relative (the same
-    fp32 sums in another order, the GELU's tanh from exp), codes within one e4m3 step."""
+    steps; N = 256: two groups, in tiles of one group (block_n 32 is not a whole group: GROUP) or of both)
+    against the fp32 torch reference: scales within 1e-4 relative (the same fp32 sums in another order, the
+    GELU's tanh from exp), codes within one e4m3 step."""
+    monkeypatch.setattr(tg, "LAUNCH", dataclasses.replace(tg.LAUNCH, block_n=block_n))
     g = torch.Generator().manual_seed(0)
     M, K, N = 40, 64, 256
     w1, b1, _, _ = _mlp(K, N, g)

@@ -4,8 +4,8 @@ The ``fp8`` block runs its MLP as three passes: fc1 as a row-scaled ``torch._sca
 kernel for GELU + row-wise quantisation (``triton_ops.act_quant``: it reads and writes the (M, 4D) hidden
 activations, 227 MB at DiT-XL/2's B=64), and fc2 as a row-scaled ``torch._scaled_mm``. The row scale needs
 the maximum of a whole row of 4D = 4608 values, which one GEMM tile never holds, so that pass cannot live
-in fc1's epilogue. With one scale per (row, group of ``GROUP`` = 128 columns) it can: a tile of
-``BLOCK_N = GROUP`` columns holds its groups whole.
+in fc1's epilogue. With one scale per (row, group of ``GROUP`` = 128 columns) it can: a tile whose width is
+a multiple of ``GROUP`` holds its groups whole.
 
 - :func:`fp8_fc1_gelu_quant`: (M, K) e4m3 codes with (M, 1) row scales @ ((N, K) e4m3 codes with (1, N)
   output-channel scales).T + bias, tanh-GELU, then quantised to e4m3 with (M, N / GROUP) group scales, all
@@ -45,10 +45,10 @@ GROUP = 128  # columns per quantisation group: fc1's output tile width, fc2's K 
 
 @dataclass(frozen=True)
 class GemmLaunch:
-    """Tile and launch parameters of both kernels (``BLOCK_N`` of fc1 and ``BLOCK_K`` of fc2 are ``GROUP``).
+    """Tile and launch parameters of both kernels (fc2's K step is ``GROUP``).
     ``benchmarks/fp8_mlp.py`` sweeps them on a GPU; the default is a common Hopper fp8 tile."""
     block_m: int = 128
-    block_n: int = 128  # fc2's output tile width (fc1's is GROUP)
+    block_n: int = 128  # output tile width (fc1: a multiple of GROUP dividing N, else GROUP)
     block_k: int = 128  # fc1's K step (fc2's is GROUP)
     group_m: int = 8  # programs ordered in groups of block rows, for L2 reuse of the weight tiles
     warps: int = 8
@@ -89,24 +89,25 @@ if triton is not None:
 
     @triton.jit
     def _fc1_gelu_quant_kernel(A, SA, W, SW, BIAS, INV, Q, QS, M, N, K, HAS_BIAS: tl.constexpr, HAS_INV: tl.constexpr,
-                               GROUP: tl.constexpr,
-                               BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                               TANH_ASM: tl.constexpr, TMA: tl.constexpr):
-        pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, GROUP, GROUP_M)
+                               GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                               GROUP_M: tl.constexpr, TANH_ASM: tl.constexpr, TMA: tl.constexpr):
+        # a tile of BLOCK_N = NG * GROUP output columns: NG whole quantisation groups
+        NG: tl.constexpr = BLOCK_N // GROUP
+        pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) rows of A
-        rn = pid_n * GROUP + tl.arange(0, GROUP)  # (GROUP,) output columns: one quantisation group
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output columns
         rk = tl.arange(0, BLOCK_K)
         mm = rm < M
         a_ptr = A + rm[:, None].to(tl.int64) * K + rk[None, :]  # (BLOCK_M, BLOCK_K)
-        w_ptr = W + rn[None, :].to(tl.int64) * K + rk[:, None]  # (BLOCK_K, GROUP): W's rows, K-major
-        acc = tl.zeros((BLOCK_M, GROUP), dtype=tl.float32)
+        w_ptr = W + rn[None, :].to(tl.int64) * K + rk[:, None]  # (BLOCK_K, BLOCK_N): W's rows, K-major
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if TMA:  # (rows past M read as zeros)
             ad = tl.make_tensor_descriptor(A, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
-            wd = tl.make_tensor_descriptor(W, shape=[N, K], strides=[K, 1], block_shape=[GROUP, BLOCK_K])
+            wd = tl.make_tensor_descriptor(W, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
             for k0 in range(0, K, BLOCK_K):
-                acc = tl.dot(ad.load([pid_m * BLOCK_M, k0]), wd.load([pid_n * GROUP, k0]).T, acc)
+                acc = tl.dot(ad.load([pid_m * BLOCK_M, k0]), wd.load([pid_n * BLOCK_N, k0]).T, acc)
         else:
-            for _ in range(0, K, BLOCK_K):  # (K % BLOCK_K == 0, N % GROUP == 0: only the rows need a mask)
+            for _ in range(0, K, BLOCK_K):  # (K % BLOCK_K == 0, N % BLOCK_N == 0: only the rows need a mask)
                 a = tl.load(a_ptr, mask=mm[:, None], other=0.0)
                 w = tl.load(w_ptr)
                 acc = tl.dot(a, w, acc)
@@ -119,9 +120,11 @@ if triton is not None:
         y = _gelu_tanh_f32(y, TANH_ASM)
         if HAS_INV:  # per column (fp8 smoothing's 1/s of fc2's input), after the GELU, before the group's maximum
             y = y * tl.load(INV + rn)[None, :]
-        s = tl.maximum(tl.max(tl.abs(y), axis=1) / 448.0, 1e-12)  # (BLOCK_M,) this group's scale of each row
-        tl.store(QS + rm.to(tl.int64) * (N // GROUP) + pid_n, s, mask=mm)
-        q = (y * (1.0 / s)[:, None]).to(Q.dtype.element_ty)
+        y3 = tl.reshape(y, (BLOCK_M, NG, GROUP))
+        s = tl.maximum(tl.max(tl.abs(y3), axis=2) / 448.0, 1e-12)  # (BLOCK_M, NG): each row's scale per group
+        rg = pid_n * NG + tl.arange(0, NG)
+        tl.store(QS + rm[:, None].to(tl.int64) * (N // GROUP) + rg[None, :], s, mask=mm[:, None])
+        q = tl.reshape(y3 * (1.0 / s)[:, :, None], (BLOCK_M, BLOCK_N)).to(Q.dtype.element_ty)
         tl.store(Q + rm[:, None].to(tl.int64) * N + rn[None, :], q, mask=mm[:, None])
 
     @triton.jit
@@ -195,10 +198,11 @@ def fp8_fc1_gelu_quant(a: torch.Tensor, sa: torch.Tensor, qw: torch.Tensor, sw: 
     N = qw.shape[0]
     q, qs = _fc1_outputs(a, qw)
     L = LAUNCH
-    _fc1_gelu_quant_kernel[(triton.cdiv(M, L.block_m) * (N // GROUP),)](
+    bn = L.block_n if L.block_n % GROUP == 0 and N % L.block_n == 0 else GROUP  # whole groups, whole tiles
+    _fc1_gelu_quant_kernel[(triton.cdiv(M, L.block_m) * (N // bn),)](
         a.contiguous(), sa.contiguous(), qw.contiguous(), sw.contiguous(), bias if bias is not None else sw,
         inv.float().contiguous() if inv is not None else sw, q, qs, M, N, K, HAS_BIAS=bias is not None,
-        HAS_INV=inv is not None, GROUP=GROUP, BLOCK_M=L.block_m, BLOCK_K=_fk(K, L.block_k), GROUP_M=L.group_m,
+        HAS_INV=inv is not None, GROUP=GROUP, BLOCK_M=L.block_m, BLOCK_N=bn, BLOCK_K=_fk(K, L.block_k), GROUP_M=L.group_m,
         TANH_ASM=a.is_cuda, TMA=_tma(L, a), num_warps=L.warps, num_stages=L.stages)
     return q, qs
 
