@@ -18,6 +18,9 @@
   (x / s) @ (W diag(s))^T, with per-input-channel factors s that move the activations' channel outliers
   (which a per-token scale cannot absorb) into the weights (which are scaled per output channel); the 1/s
   rides on work the block does anyway (:func:`smooth_dit_block`).
+  Opt-in ``fp8_mlp="epilogue"``: a DiT block's MLP as two Triton fp8 GEMMs (``triton_gemm.py``), fc1 with bias +
+  GELU + per-(row, 128 columns) quantisation in its epilogue and fc2 on those group scales with the block's
+  last gated residual in its epilogue, stored into the block's output: no row pass between or after them.
 
 Measured (H200, DiT-XL/2, B=64): ``results/kernel_variants_h200.md``. Opt-in and removable:
 :func:`apply_kernels` sets instance-level ``forward`` overrides on the blocks' own modules (no module is
