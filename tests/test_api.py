@@ -54,3 +54,39 @@ def test_diffusers_and_accelerate_spellings_are_aliases(tmp_path):
     import numpy as np
 
     assert np.array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"])
+
+
+def test_every_command_takes_the_same_alias_spellings():
+    """Wherever a command has a sampler's --steps, --cfg or --precision, it also takes --num-inference-steps,
+    --guidance-scale and --mixed-precision (the README promises them command-wide); train / finetune's run
+    folder takes --output-dir."""
+    import dataclasses
+
+    from eediff import config as C
+
+    configs = [v for v in vars(C).values() if isinstance(v, type) and dataclasses.is_dataclass(v) and v.__module__ == C.__name__]
+    seen = set()
+    for cls in configs:
+        for f in dataclasses.fields(cls):
+            aliases = f.metadata.get("aliases", ())
+            want = {"cfg": "--guidance-scale", "precision": "--mixed-precision"}.get(f.name)
+            if f.name == "steps" and not issubclass(cls, C.TrainBaseConfig):  # a sampler's steps (training steps are not)
+                want = "--num-inference-steps"
+            if f.name == "out" and issubclass(cls, C.TrainBaseConfig):
+                want = "--output-dir"
+            if want:
+                assert want in aliases, (cls.__name__, f.name)
+                seen.add((cls.__name__, f.name))
+    assert {("SampleConfig", "steps"), ("SearchConfig", "cfg"), ("EvalConfig", "precision"), ("FinetuneConfig", "out")} <= seen
+
+
+def test_cli_warnings_are_one_line(tmp_path):
+    """A warning from the library reaches the CLI user as one `warning: ...` line, not Python's file:line and
+    source line: sampling a fine-tuned model at another schedule than its own warns so."""
+    r = subprocess.run([sys.executable, "-m", "eediff", "sample", "--model", "dit-fmnist-D4", "--schedule", "full", "-n", "1",
+                        "--steps", "2", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "g.png")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "fine-tuned for schedule" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: this checkpoint was fine-tuned"), r.stderr
+    assert "UserWarning" not in r.stderr and "policy.py" not in r.stderr

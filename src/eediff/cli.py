@@ -563,9 +563,15 @@ def fid_cmd(cfg) -> None:
     typer.echo(f"{'FID' if cfg.metric == 'fid' else 'FD-FMNIST-Classifier'}: {value:.4f}  ({cfg.images} vs {cfg.reference})")
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr, as the CLI's notes and errors are (not Python's file:line + source)."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main() -> None:
     # diffusers' schedulers trip a numpy 2 deprecation on every set_timesteps; it is not ours to fix
     warnings.filterwarnings("ignore", message=r"__array__ implementation")
+    warnings.showwarning = _warning_line
     app()
 
 
