@@ -72,6 +72,7 @@ def test_eval_reports_accel_and_metric(tmp_path, tiny_dit, monkeypatch):
     flop_cut = 100 * (1 - (2 * m.flops(2) + m.flops(4)) / (3 * m.flops(4)))
     assert rows["4,2"]["flop_reduction_pct"] == pytest.approx(flop_cut)
     assert rows["4,2"]["accel_pct"] == pytest.approx(flop_cut, abs=1e-6)  # measured against the full row's time
+    assert rows["4,2"]["accel_measurable"] and rows["4,2"]["accel_per_run_pct"] == pytest.approx([flop_cut] * 2)
     assert rows["full"]["accel_pct"] == 0 and rows["full"]["flop_reduction_pct"] == pytest.approx(0)
     full_flops = 3 * 12 * m.flops(4)  # 3 steps of the timed batch of 12 at full depth
     assert rows["full"]["time_s"] == pytest.approx(2e-12 * full_flops, rel=1e-6)  # the median of 1x, 5x, 2x (their mean would be 2.67x)
@@ -300,3 +301,21 @@ def test_vae_decode_rows_time_each_vae_on_the_same_latents(tmp_path):
            "gflop_per_image": 1.0, "forward": [], "schedules": [], "end_to_end": rows}
     write_results(res, str(tmp_path / "b.json"))
     assert "| eager | — | — |" in (tmp_path / "b.md").read_text()
+
+
+def test_time_cut_refuses_a_cut_under_the_noise():
+    """eval.timing.time_cut: the cut from medians; not measurable where the per-run cuts (run i of each,
+    interleaved) spread wider than the cut itself (a loaded machine), as `sample --compare-full` and `eval`
+    report it; and eval's table then says so instead of a percentage."""
+    from eediff.eval.evaluate import markdown_table
+    from eediff.eval.timing import time_cut
+
+    steady = time_cut([0.70, 0.72, 0.69], [1.0, 1.02, 0.99])
+    assert steady["measurable"] and steady["cut_pct"] == pytest.approx(100 * (1 - 0.70 / 1.0))
+    noisy = time_cut([0.14, 0.9, 0.5], [1.9, 0.4, 0.6])  # per run 92.6%, -125%, 16.7%: the median cut 16.7% means nothing
+    assert not noisy["measurable"] and noisy["per_run_min_pct"] == pytest.approx(-125.0)
+    row = {"schedule": "D4-DiT", "sampler": "ddim", "steps": 5, "n": 8, "seeds": [0], "fid_mean": 1.0, "fid_std": 0.0,
+           "accel_pct": 86.5, "flop_reduction_pct": 31.4, "accel_measurable": False, "accel_per_run_pct": [-136.0, 70.0]}
+    md = markdown_table({"rows": [row], "metric": "FD", "model": "m", "device": "cpu", "reference": "r"})
+    assert "not measurable: per run -136..70% (FLOPs 31.4%)" in md and "86.5%" not in md
+

@@ -233,6 +233,7 @@ def sample_cmd(cfg) -> None:
         typer.echo("note: --compare-full skipped: this schedule already runs every block, so there is no speed-up to measure", err=True)
     if compare:
         from .eval.evaluate import measure_speed
+        from .eval.timing import time_cut
 
         m = min(cfg.n, cfg.batch_size, 8)
         full = get_schedule("full")
@@ -240,7 +241,7 @@ def sample_cmd(cfg) -> None:
                               repeats=cfg.compare_repeats, device=device, autocast=autocast_dtype(cfg.precision, device),
                               cfg_scale=cfg.cfg, vae=vae, warmup=torch.device(device).type == "cuda")  # on the CPU the grid was the warm-up
         t_full, t_s = speed["median_s"][full.name], speed["median_s"][exits.name]
-        rounds = [100 * (1 - b / a) for a, b in zip(speed["times_s"][full.name], speed["times_s"][exits.name])]
+        tc = time_cut(speed["times_s"][exits.name], speed["times_s"][full.name])
     if cfg.save_npz:
         save_npz(res.images, res.labels, os.path.splitext(cfg.out)[0] + ".npz")
     typer.echo(f"model: {loaded.source}  ({model.arch}, {model.num_exit_blocks} schedulable blocks)")
@@ -261,14 +262,14 @@ def sample_cmd(cfg) -> None:
     typer.echo(f"wall-clock: {res.seconds:.2f} s for {cfg.n} images ({cfg.n / res.seconds:.2f} images/s, "
                f"{1000 * res.tflops_per_s:.1f} GFLOP/s achieved by the network) on {device}")
     if compare:
-        cut, flop_cut = 100 * (1 - t_s / t_full), 100 * (1 - res.compute_fraction)
-        if max(rounds) - min(rounds) > abs(cut):  # the machine's noise is larger than the effect: no number to trust
-            typer.echo(f"speed-up vs full depth: not measurable on this machine: the per-run time cuts ({min(rounds):.0f}..{max(rounds):.0f}% "
+        cut, flop_cut, lo, hi = tc["cut_pct"], 100 * (1 - res.compute_fraction), tc["per_run_min_pct"], tc["per_run_max_pct"]
+        if not tc["measurable"]:  # the machine's noise is larger than the effect: no number to trust
+            typer.echo(f"speed-up vs full depth: not measurable on this machine: the per-run time cuts ({lo:.0f}..{hi:.0f}% "
                        f"over {cfg.compare_repeats} interleaved runs of {m} images) spread wider than their median ({cut:.0f}%); "
                        f"analytic FLOP cut {flop_cut:.1f}%")
         else:
             typer.echo(f"speed-up vs full depth: {cut:.1f}% less time ({t_full:.2f} s -> {t_s:.2f} s for {m} images, "
-                       f"median of {cfg.compare_repeats} interleaved runs; per run {min(rounds):.0f}..{max(rounds):.0f}%), "
+                       f"median of {cfg.compare_repeats} interleaved runs; per run {lo:.0f}..{hi:.0f}%), "
                        f"analytic FLOP cut {flop_cut:.1f}%")
     written = [cfg.out] + ([os.path.splitext(cfg.out)[0] + ".npz"] if cfg.save_npz else []) + ([cfg.exit_plot] if cfg.exit_plot else [])
     typer.echo(f"wrote {', '.join(written)}")

@@ -62,3 +62,17 @@ def matmul_peak(device: str, n: int = 8192, dtype=torch.bfloat16, repeats: int =
     b = torch.randn(n, n, device=device, dtype=dtype)
     r = time_fn(lambda: a @ b, device, warmup=5, repeats=repeats)
     return 2 * n**3 / r["median_s"]
+
+
+def time_cut(times_s: list[float], times_full_s: list[float]) -> dict:
+    """The time cut of a schedule against full depth from interleaved runs (run i of each timed back to back):
+    ``cut_pct`` = 1 - median(time) / median(full), the per-run cuts' range, and ``measurable``: False where the
+    per-run cuts spread wider than the cut itself, i.e. the machine's noise is larger than the effect (a
+    loaded CPU), so that no number is reported as a speed-up. With one run the spread is unknown (True)."""
+    import statistics
+
+    rounds = [100 * (1 - b / a) for a, b in zip(times_full_s, times_s)]
+    cut = 100 * (1 - statistics.median(times_s) / statistics.median(times_full_s))
+    lo, hi = min(rounds), max(rounds)
+    return {"cut_pct": cut, "per_run_min_pct": lo, "per_run_max_pct": hi, "measurable": hi - lo <= abs(cut)}
+
