@@ -90,3 +90,18 @@ def test_cli_warnings_are_one_line(tmp_path):
     lines = [line for line in r.stderr.splitlines() if "fine-tuned for schedule" in line]
     assert len(lines) == 1 and lines[0].startswith("warning: this checkpoint was fine-tuned"), r.stderr
     assert "UserWarning" not in r.stderr and "policy.py" not in r.stderr
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("notes.pt", b"hello\n", "is not a weights file"),
+    ("notes.safetensors", b"hello\n", "is not a weights file"),
+    ("empty.pt", b"", "is not a weights file"),
+    ("cut.pt", b"\x80\x02garbage", "corrupt or not a PyTorch weights file"),  # a pickle's first bytes: a damaged torch file
+])
+def test_a_file_that_is_no_checkpoint_is_named_so(tmp_path, name, content, needle):
+    """A text (or empty) file passed as a checkpoint is called what it is, with the fix; a damaged torch or
+    safetensors file is still called corrupt."""
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(eediff.CheckpointError, match=needle):
+        eediff.load_model(str(p))

@@ -129,6 +129,29 @@ def short_reason(e: Exception, limit: int = 90) -> str:
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + "..."
 
 
+def file_kind(path: str) -> str:
+    """What a weights file is by its first bytes: "safetensors" (an 8-byte header length, then JSON), "torch-zip"
+    (torch.save's zip archive), "pickle" (a legacy torch.save file) or "other" (text, an image, an empty
+    file...), so that a wrong file is named as such instead of as a corrupt checkpoint."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return "other"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return "other"
+
+
+def _not_weights(path: str) -> CheckpointError:
+    return CheckpointError(f"'{path}' is not a weights file (neither safetensors nor torch.save output): pass the "
+                           "model's .safetensors / .pt / .pth checkpoint, or a diffusers model folder")
+
+
 def read_safetensors(path: str, fix: str = "re-download or re-save it") -> tuple[dict, dict]:
     """(tensors, metadata) of a safetensors file; any failure is a one-line CheckpointError ending in ``fix``."""
     try:
@@ -136,6 +159,8 @@ def read_safetensors(path: str, fix: str = "re-download or re-save it") -> tuple
             meta = f.metadata() or {}
         return load_file(path), meta
     except (SafetensorError, OSError, ValueError) as e:
+        if os.path.isfile(path) and file_kind(path) == "other":
+            raise _not_weights(path) from None
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({short_reason(e)}): {fix}") from None
 
 
@@ -150,9 +175,13 @@ def safe_torch_load(path: str, fix: str = "convert it to safetensors or a plain 
             raise CheckpointError(
                 f"checkpoint '{path}' is not a plain tensor file: the safe loader refused it, so it may carry code; {fix}"
             ) from None
+        if file_kind(path) == "other":
+            raise _not_weights(path) from None
         raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch weights file: {fix}") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({short_reason(e)}): {fix}") from None
+        if os.path.isfile(path) and file_kind(path) == "other":
+            raise _not_weights(path) from None
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({short_reason(e)}): re-save it, or {fix}") from None
 
 
 def check_finite_tensors(tensors: dict, what: str, fix: str) -> None:
