@@ -153,6 +153,23 @@ def test_existing_run_needs_resume(finished_run, tmp_path):
     assert digest(run) == before
 
 
+def test_resume_with_the_other_command_names_the_right_one(finished_run, tmp_path):
+    """`finetune --resume` on a train run's folder (and `train --resume` on a fine-tune's) names the command
+    that made the run and how to resume it, in one line, and changes nothing."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = digest(run)
+    res = CliRunner().invoke(app, ["finetune", "--init", str(run / "final.safetensors"), "--schedule", "2,1", "--dataset", SAMPLE,
+                                   "--resume", "--out", str(run), "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 2 and f"holds an `eediff train` run: resume it with `eediff train --out {run} --resume`" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and digest(run) == before
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    (ft / "config.json").write_text(json.dumps({"init": "dit-fmnist", "schedule": "D4-DiT", "steps": 10}))
+    res = CliRunner().invoke(app, train_args(ft, 8, 2) + ["--resume"])
+    assert res.exit_code == 2 and "holds an `eediff finetune` run" in res.output, res.output
+
+
 def test_resume_continues_a_finished_run_to_more_steps(finished_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

@@ -78,6 +78,23 @@ def read_options_file(path: str, cfg_cls) -> dict:
     return out
 
 
+def _run_of_other_command(path: str, cls) -> str | None:
+    """"train" or "finetune" when the run folder's saved options fit that command and not ``cls`` (a resume
+    pointed at the other command's run), else None (a file that fits neither is left to read_options_file)."""
+    from ..config import FinetuneConfig, TrainConfig
+
+    try:
+        with open(path) as f:
+            keys = {k.replace("-", "_") for k in json.load(f)}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    for name, other in (("train", TrainConfig), ("finetune", FinetuneConfig)):
+        fits = keys <= {f.name for f in dataclasses.fields(other)}
+        if other is not cls and fits and not keys <= {f.name for f in dataclasses.fields(cls)}:
+            return name
+    return None
+
+
 def resolve(cfg, explicit: set[str] | None = None):
     """The effective config. ``explicit`` = the fields given on the command line (None: all of them).
 
@@ -97,6 +114,10 @@ def resolve(cfg, explicit: set[str] | None = None):
     saved = os.path.join(out_dir, "config.json")
     resume = given["resume"] or given["resume_from"] is not None
     if resume and os.path.isfile(saved):
+        other = _run_of_other_command(saved, cls)
+        if other:
+            raise ConfigError(f"'{out_dir}' holds an `eediff {other}` run: resume it with `eediff {other} --out {out_dir} --resume`, "
+                              "or give this command another --out")
         values.update(read_options_file(saved, cls))
     values.update(file_values)
     values.update({k: v for k, v in given.items() if k in explicit})
