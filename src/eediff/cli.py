@@ -293,7 +293,7 @@ def models_cmd(
         except EediffError as e:
             _fail(str(e))
         return
-    typer.echo(f"{'name':<22} {'arch':<6} {'steps':>6}  {'exits':<24} {'stored':<39} {'unpacked'}")
+    typer.echo(f"{'name':<22} {'arch':<6} {'last run':>8}  {'exits':<24} {'stored':<39} {'unpacked'}")
     for i, name in enumerate(n for n in SHIPPED if available(n)):
         try:
             r = info(name)
@@ -301,9 +301,10 @@ def models_cmd(
             _fail(str(e))
         how = "plain" if r["stored"].endswith(".safetensors") else "packed" + (f", delta of {r['delta_of']}" if r["delta_of"] else "")
         cache = "" if how == "plain" else (" (in the cache)" if r["unpacked"] else " (on first use)")
-        typer.echo(f"{name + (' *' if i == 0 else ''):<22} {r['arch']:<6} {r['trained_steps'] or '?':>6}  {r['exits']:<24} "
+        typer.echo(f"{name + (' *' if i == 0 else ''):<22} {r['arch']:<6} {r['trained_steps'] or '?':>8}  {r['exits']:<24} "
                    f"{r['stored_bytes'] / 1e6:5.2f} MB {how:<30} {r['bytes'] / 1e6:5.2f} MB{cache}")
-    typer.echo("* the default of `eediff sample`; steps: training steps of the last run; use any name as --model or --init")
+    typer.echo("* the default of `eediff sample`; last run: the steps of the run that wrote the file (a continued or fine-tuned "
+               "model counts only its own; the whole history is in src/eediff/zoo/README.md); use any name as --model or --init")
 
 
 @app.command("schedules", help="List exit schedules with their mean compute fraction.")
