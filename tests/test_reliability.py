@@ -236,6 +236,8 @@ def test_finetune_refuses_a_non_finite_init(inputs, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["calibrate", "--model", "{d}/m.safetensors", "--target-saving", "nan", "--out", "{d}/c.safetensors"], "--target-saving"),
     (["calibrate", "--model", "{d}/m.safetensors", "--out", "{d}/m.safetensors"], "destroy"),
+    (["calibrate", "--model", "dit-fmnist-deediff"], "is a shipped model, which is never changed in place: pass --out"),
+    (["calibrate", "--model", "{d}/m.pt"], "is not a .safetensors file, the only kind updated in place"),
     (["export-data", "--dataset", TRAIN_DATA, "--out", "{d}/x.txt"], "must end in .npz"),
     (["export-data", "--dataset", TRAIN_DATA, "--out", "{d}/existing.npz"], "already exists"),
     (["schedules", "--plot", "{d}/existing.png"], "already exists"),

@@ -489,8 +489,11 @@ def calibrate_cmd(cfg) -> None:
 
     if cfg.model is None:
         raise UserError("calibrate needs --model CHECKPOINT (a DeeDiff fine-tune, from `eediff finetune --method deediff`)")
-    if cfg.out is None and (cfg.model in SHIPPED or not cfg.model.endswith(".safetensors")):
-        raise UserError("--model is not an eediff .safetensors file to update in place: pass --out FILE.safetensors")
+    if cfg.out is None and cfg.model in SHIPPED:
+        raise UserError(f"--model {cfg.model} is a shipped model, which is never changed in place: pass --out FILE.safetensors "
+                        "for the calibrated copy")
+    if cfg.out is None and not cfg.model.endswith(".safetensors"):
+        raise UserError(f"--model {cfg.model} is not a .safetensors file, the only kind updated in place: pass --out FILE.safetensors")
     if cfg.out is not None:
         _check_output(cfg.out, (".safetensors",), _input_paths(cfg.model), cfg.overwrite)
     _check_number("--target-saving", cfg.target_saving, 0, 1, " (a fraction of the blocks)")
