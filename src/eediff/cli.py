@@ -123,6 +123,9 @@ def _check_output(path: str, exts: tuple[str, ...], inputs: tuple = (), overwrit
     if os.path.exists(path) and not overwrite:
         raise UserError(f"{flag} '{path}' already exists: pass --overwrite to replace it, or choose another file")
     _check_writable(os.path.dirname(path), flag, path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):  # made when the file is written: said now, so that a mistyped path does not go unseen
+        typer.echo(f"note: {flag}'s folder '{os.path.dirname(path)}' does not exist; it will be created", err=True)
 
 
 def _check_writable(folder: str, flag: str, path: str) -> None:
@@ -132,6 +135,13 @@ def _check_writable(folder: str, flag: str, path: str) -> None:
     why = unwritable(folder)
     if why:
         raise UserError(f"{flag} '{path}' cannot be written: {why}; choose another path")
+
+
+def _check_counts(*flags: tuple[str, int]) -> None:
+    """Each (flag, value) a count of at least 1, or a one-line refusal naming the first flag that is not."""
+    for flag, value in flags:
+        if value < 1:
+            raise UserError(f"{flag} {value}: it counts images, steps or runs and must be at least 1")
 
 
 def _check_number(name: str, value: float, lo: float, hi: float, what: str = "") -> None:
@@ -159,8 +169,7 @@ def sample_cmd(cfg) -> None:
     from .data import class_names
     from .generate import generate, save_grid, save_npz
 
-    if cfg.n < 1 or cfg.batch_size < 1 or cfg.compare_repeats < 1 or cfg.steps < 1:
-        raise UserError("-n, --batch-size, --steps and --compare-repeats must be at least 1")
+    _check_counts(("-n", cfg.n), ("--batch-size", cfg.batch_size), ("--steps", cfg.steps), ("--compare-repeats", cfg.compare_repeats))
     if not (math.isfinite(cfg.cfg) and 0 <= cfg.cfg <= 100):
         raise UserError(f"--cfg {cfg.cfg} is not a usable guidance scale: give a finite value in [0, 100] (1 = off)")
     if not 0 <= cfg.seed < 2**63 - cfg.n:
@@ -498,8 +507,7 @@ def calibrate_cmd(cfg) -> None:
         _check_output(cfg.out, (".safetensors",), _input_paths(cfg.model), cfg.overwrite)
     _check_number("--target-saving", cfg.target_saving, 0, 1, " (a fraction of the blocks)")
     _check_number("--cfg", cfg.cfg, 0, 100, " (1 = off)")
-    if cfg.n < 1 or cfg.batch_size < 1 or cfg.steps < 1:
-        raise UserError("-n, --batch-size and --steps must be at least 1")
+    _check_counts(("-n", cfg.n), ("--batch-size", cfg.batch_size), ("--steps", cfg.steps))
     device = resolve_device(cfg.device)
     loaded = resolve_model(cfg.model)
     res = calibrate(loaded.model, loaded.process, SamplerConfig(cfg.sampler, cfg.steps), cfg.target_saving, n=cfg.n,
