@@ -82,7 +82,8 @@ def sample(inputs, *args, out=None):
 SAMPLE_CASES = [
     (["--cfg", "nan"], "--cfg"), (["--cfg", "inf"], "--cfg"), (["--cfg", "1e30"], "--cfg"), (["--cfg", "-1"], "--cfg"),
     (["--cfg-channels", "-1"], "--cfg-channels"), (["--cfg-channels", "9"], "--cfg-channels"),
-    (["--steps", "1001"], "--steps"), (["--steps", "0"], "--steps 0: it counts"), (["-n", "0"], "-n 0: it counts"), (["--batch-size", "0"], "--batch-size 0: it counts"),
+    (["--steps", "1001"], "--steps"), (["--tome-schedule", "F"], "--tome-schedule tunes token merging, which is off: add --tome-ratio"),
+    (["--tome-blocks", "2", "--tome-schedule", "R"], "--tome-blocks, --tome-schedule tune token merging, which is off"), (["--steps", "0"], "--steps 0: it counts"), (["-n", "0"], "-n 0: it counts"), (["--batch-size", "0"], "--batch-size 0: it counts"),
     (["--compare-full", "--compare-repeats", "0"], "--compare-repeats 0: it counts"),
     (["--seed", "99999999999999999999"], "--seed"), (["--seed", "-3"], "--seed"), (["--tau", "-1"], "--tau"),
     (["--tau", "nan"], "--tau"), (["--schedule", "0,0,0"], "runs no block"), (["--sampler", "magic"], "unknown sampler"), (["--tome-ratio", "nan"], "--tome-ratio"),

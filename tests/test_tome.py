@@ -144,3 +144,15 @@ def test_sample_flag_counts_merged_flops_and_refuses_bad_ratios(tmp_path):
     r = subprocess.run(exe + ["--tome-ratio", "1.5"], capture_output=True, text=True, timeout=300)
     lines = [ln for ln in r.stderr.strip().splitlines() if "warn" not in ln.lower()]
     assert r.returncode == 2 and len(lines) == 1 and "--tome-ratio" in lines[0]
+
+
+def test_tome_flags_take_either_case_and_are_refused_without_merging():
+    """--tome-schedule f / r / b name the same blocks as F / R / B; a ToMe flag given while --tome-ratio is 0
+    is refused (it would change nothing), not ignored."""
+    from eediff.config import SampleConfig
+    from eediff.tome import ToMeError
+
+    assert SampleConfig(tome_ratio=0.5, tome_schedule="f").tome_config().schedule == "F"
+    assert SampleConfig().tome_config() is None
+    with pytest.raises(ToMeError, match="--tome-schedule tunes token merging, which is off"):
+        SampleConfig(tome_schedule="R").tome_config()

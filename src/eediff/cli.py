@@ -267,7 +267,7 @@ def sample_cmd(cfg) -> None:
     )
     if cfg.tome_ratio > 0:
         typer.echo(f"token merging: {100 * cfg.tome_ratio:.0f}% of the patch tokens before attention in "
-                   f"{cfg.tome_blocks or 'all'} blocks (schedule {cfg.tome_schedule}); counted in the compute fraction")
+                   f"{cfg.tome_blocks or 'all'} blocks (schedule {cfg.tome_schedule.upper()}); counted in the compute fraction")
     typer.echo(f"wall-clock: {res.seconds:.2f} s for {cfg.n} images ({cfg.n / res.seconds:.2f} images/s, "
                f"{1000 * res.tflops_per_s:.1f} GFLOP/s achieved by the network) on {device}")
     if compare:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .errors import EediffError
@@ -26,11 +27,17 @@ class ToMeOptions:
 
     def tome_config(self):
         """The ToMeConfig these flags ask for, or None when merging is off."""
-        from .tome import ToMeConfig
+        from .tome import ToMeConfig, ToMeError
 
+        schedule = self.tome_schedule.upper()  # (f / r / b name the same blocks)
         if self.tome_ratio == 0:
+            given = {f.name for f in dataclasses.fields(ToMeOptions) if getattr(self, f.name) != f.default}
+            if given - {"tome_ratio"}:  # a ToMe option without ToMe: said, not ignored in silence
+                flags = ", ".join("--" + n.replace("_", "-") for n in sorted(given))
+                raise ToMeError(f"{flags} {'tunes' if len(given) == 1 else 'tune'} token merging, which is off: add --tome-ratio R "
+                                "(e.g. 0.5), or drop " + ("it" if len(given) == 1 else "them"))
             return None
-        return ToMeConfig(ratio=self.tome_ratio, schedule=self.tome_schedule, blocks=self.tome_blocks)  # validates NaN, < 0, >= 1
+        return ToMeConfig(ratio=self.tome_ratio, schedule=schedule, blocks=self.tome_blocks)  # validates NaN, < 0, >= 1
 
 
 @dataclass
