@@ -178,6 +178,7 @@ def test_resume_continues_a_finished_run_to_more_steps(finished_run, tmp_path):
     cfg = json.load(open(run / "config.json"))
     assert cfg["steps"] == 6 and cfg["dataset"] == SAMPLE  # the saved options, with --steps overridden
     assert sorted(os.listdir(run / "checkpoints")) == ["step-00000004", "step-00000006"]
+    assert "train: steps 4 -> 6 (2 this run) in " in res.output  # not "6 steps in" the seconds of two
 
 
 def test_lr_jump_note_names_a_stretched_cosine():

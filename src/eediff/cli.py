@@ -409,7 +409,9 @@ def _train_or_finetune(cfg, command: str) -> None:
         dist.destroy_process_group()
     if summary.final_path:
         loss = "n/a" if summary.last_loss is None else f"{summary.last_loss:.4f}"
-        typer.echo(f"{command}: {summary.step} steps in {summary.seconds:.1f} s, last loss {loss}")
+        done = summary.step - summary.start_step
+        span = f"steps {summary.start_step} -> {summary.step} ({done} this run)" if summary.start_step else f"{done} steps"
+        typer.echo(f"{command}: {span} in {summary.seconds:.1f} s, last loss {loss}")
         typer.echo(f"wrote {summary.final_path}  (EMA weights; sample it with: eediff sample --model {summary.final_path})")
 
 

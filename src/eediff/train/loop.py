@@ -128,6 +128,7 @@ class RunSummary:
     last_loss: float | None
     seconds: float
     resumed_from: str | None = None
+    start_step: int = 0  # the step this invocation began at (a resumed run's checkpoint step)
 
 
 class Trainer:
@@ -539,6 +540,7 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
     resumed_from, skipped = None, []
     if resume:
         resumed_from, skipped = load_resume_checkpoint(tr, ckpts, cfg.resume_from)  # validates before anything is written
+    start_step = tr.step_count
     acc.wait_for_everyone()  # every process has checked the run directory before the main one changes it
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
     if tr.main:
@@ -694,7 +696,7 @@ def run(cfg: TrainBaseConfig, command: str = "train", trainer: Trainer | None = 
     if len(set(hashes)) != 1:
         raise TrainError(f"the {len(hashes)} processes ended with different weights: the run is not consistent")
     acc.wait_for_everyone()
-    return RunSummary(cfg.out, tr.step_count, final_path, last_loss, time.perf_counter() - start, resumed_from)
+    return RunSummary(cfg.out, tr.step_count, final_path, last_loss, time.perf_counter() - start, resumed_from, start_step)
 
 
 class _StopOnSignal:
