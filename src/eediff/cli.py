@@ -51,7 +51,10 @@ def dataclass_command(cfg_cls, name: str, help: str):
     def decorator(fn: Callable):
         hints = typing.get_type_hints(cfg_cls)
         params = []
-        for f in dataclasses.fields(cfg_cls):
+        # the command's own options first; a shared group (ToMeOptions) after them, under its own heading
+        panels = {f.name: getattr(base, "HELP_PANEL") for base in cfg_cls.__mro__[1:] if dataclasses.is_dataclass(base)
+                  and hasattr(base, "HELP_PANEL") for f in dataclasses.fields(base)}
+        for f in sorted(dataclasses.fields(cfg_cls), key=lambda f: f.name in panels):
             tp = hints[f.name]
             args = typing.get_args(tp)
             if type(None) in args:  # Optional[X]
@@ -67,7 +70,7 @@ def dataclass_command(cfg_cls, name: str, help: str):
                 inspect.Parameter(
                     f.name,
                     inspect.Parameter.KEYWORD_ONLY,
-                    default=typer.Option(f.default, *decls, help=f.metadata.get("help", "")),
+                    default=typer.Option(f.default, *decls, help=f.metadata.get("help", ""), rich_help_panel=panels.get(f.name)),
                     annotation=typing.Optional[tp] if f.default is None else tp,
                 )
             )

@@ -20,6 +20,8 @@ class ToMeOptions:
     """The token-merging flags of ``sample`` and ``eval`` (in ``eval``: merged in --model for every row, its full
     row included; a --baseline stays unmerged)."""
 
+    HELP_PANEL = "Token merging (ToMe)"  # their heading in --help (not a field)
+
     tome_ratio: float = opt(0.0, "token merging (ToMe) on self-attention: fraction of the patch tokens merged (0 = off); "
                                  "eval merges --model for every row, its full row included, a --baseline stays unmerged")
     tome_schedule: str = opt("B", "ToMe blocks: F (front-most), R (back-most), B (both ends)")
