@@ -179,6 +179,8 @@ def _eval(inputs, *args, out=None):
 
 
 @pytest.mark.parametrize("args,needle", [
+    (["--metric", "fdx"], "unknown metric 'fdx'"), (["--reference", "nosuch:test"], "--reference 'nosuch:test': unknown data set 'nosuch'"),
+    (["--reference", "fashion-mnist:val"], "unknown split 'val'"),
     (["--seeds", "a,b"], "--seeds"), (["-n", "0"], "-n"), (["--kernels", "fp4"], "unknown --kernels"), (["--fp8-fast-accum"], "--fp8-fast-accum"), (["--fp8-mlp", "epilogue"], "--fp8-mlp epilogue is a mode of the fp8 fast path"), (["--fast", "--kernels", "fp8", "--fp8-mlp", "tiles"], "unknown --fp8-mlp 'tiles'"), (["--fp8-calibrate", "8"], "--fp8-calibrate 8"), (["--fast", "--kernels", "fp8", "--fp8-calibrate", "-1"], "--fp8-calibrate -1"),
     (["--fp8-smooth", "8"], "--fp8-smooth 8 balances the fp8 fast path's GEMMs: add --fast --kernels fp8"),
     (["--fast", "--fp8-smooth", "8"], "add --fast --kernels fp8"), (["--fast", "--kernels", "fp8", "--fp8-smooth", "-1"], "--fp8-smooth -1: give a number"),

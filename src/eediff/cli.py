@@ -193,7 +193,7 @@ def sample_cmd(cfg) -> None:
     schedule = get_schedule(cfg.schedule) if cfg.schedule is not None else (loaded.tuned_for or get_schedule("full"))
     schedule.check(model.num_exit_blocks)
     if not 0 <= cfg.cfg_channels <= model.in_channels:
-        raise UserError(f"--cfg-channels {cfg.cfg_channels}: this model has {model.in_channels} channels (0 = all of them)")
+        raise UserError(f"--cfg-channels {cfg.cfg_channels}: this model has {model.in_channels} channel{'' if model.in_channels == 1 else 's'} (0 = all of them)")
     grid = getattr(loaded.process, "num_train_timesteps", None) or getattr(loaded.process, "grid_size", None)
     if cfg.sampler != "euler-maruyama" and grid and cfg.steps > grid:
         raise UserError(f"--steps {cfg.steps} is more than the {grid} training timesteps the sampler can use: give at most {grid}")

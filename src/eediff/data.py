@@ -351,25 +351,38 @@ def load_latents(folder: str) -> ImageData:
     return ImageData(x, y, n_cls, os.path.basename(os.path.normpath(folder)), is_latent=True, meta=info)
 
 
-def load_dataset(spec: str, split: str = "train", data_dir: str | None = None, image_size: int | None = None) -> ImageData:
-    """Resolve a ``--dataset`` value (see the module docstring)."""
+def dataset_kind(spec: str, split: str = "train") -> str:
+    """What a ``--dataset`` value names, "fashion-mnist" | "mnist" | "npz" | "folder", checked without loading it
+    (an unknown split or name, a missing .npz: a one-line DataError), so that a command can refuse it first."""
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
     key = spec.strip().lower()
     if key in ("fashion-mnist", "fashion_mnist", "fmnist"):
-        return load_fashion_mnist(split, data_dir)
+        return "fashion-mnist"
     if key == "mnist":
-        return load_mnist(split, data_dir)
+        return "mnist"
     if spec.endswith(".npz"):
         if not os.path.exists(spec):
             hint = "eediff export-data --dataset fashion-mnist --split train --out " + spec
             raise DataError(f"array file '{spec}' does not exist: make it with `{hint}`")
-        return load_npz(spec)
+        return "npz"
     if os.path.isdir(spec):
-        if _latent_shards(spec):
-            return load_latents(spec)
-        return load_image_folder(spec, image_size)
+        return "folder"
     raise DataError(f"unknown data set '{spec}': use fashion-mnist, mnist, a .npz file, a latent folder from `eediff encode` or a folder of images")
+
+
+def load_dataset(spec: str, split: str = "train", data_dir: str | None = None, image_size: int | None = None) -> ImageData:
+    """Resolve a ``--dataset`` value (see the module docstring)."""
+    kind = dataset_kind(spec, split)
+    if kind == "fashion-mnist":
+        return load_fashion_mnist(split, data_dir)
+    if kind == "mnist":
+        return load_mnist(split, data_dir)
+    if kind == "npz":
+        return load_npz(spec)
+    if _latent_shards(spec):
+        return load_latents(spec)
+    return load_image_folder(spec, image_size)
 
 
 def balanced_subset(data: ImageData, per_class: int) -> ImageData:

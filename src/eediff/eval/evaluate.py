@@ -245,6 +245,15 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     from ..zoo import resolve_model
     from ..exits.schedule import get_schedule
 
+    from ..data import DataError, dataset_kind
+
+    if cfg.metric not in ("fid", "fd-classifier"):  # the cheap checks first, before a model is loaded
+        raise ConfigError(f"unknown metric '{cfg.metric}': use --metric fid or --metric fd-classifier")
+    ref_name, _, ref_split = cfg.reference.partition(":")
+    try:
+        dataset_kind(ref_name, ref_split or "test")
+    except DataError as e:
+        raise ConfigError(f"--reference '{cfg.reference}': {e}") from None
     device = resolve_device(cfg.device)
     rank, world, state = _dist(cpu=device == "cpu")
     if world > 1 and device.startswith("cuda"):
