@@ -151,7 +151,7 @@ def main():
         if precise:
             name += ", precise row math"
         if mlp == "epilogue":
-            name += ", MLP epilogue (GELU + group quantisation in fc1)"
+            name += ", MLP epilogue (GELU + group quantisation in fc1, gated residual in fc2)"
         rows.append({"variant": name, "kernels": kern, "attention": attn, "row_kernels": rk, "fp8_gemms": list(gemms), "batched_adaln": batched,
                      "quant_launch": launch, "fp8_fast_accum": fast, "precise_row_math": precise, "fp8_mlp": mlp, "ms": ms, "rel_err_vs_fp32": err, "top_kernels": top})
         print(f"{name:50s} {ms:7.2f} ms  rel.err {err:.1e}", flush=True)
