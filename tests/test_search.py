@@ -659,3 +659,22 @@ def test_distill_report_compares_with_the_plain_fine_tune_and_merges_rows(tmp_pa
     assert parse_name(name) == ("dit", "D4-DiT", "1.0", "")
     assert parse_name("uvit-D4-U-ViT-distill0.5-ln0.5") == ("uvit", "D4-U-ViT", "0.5", "0.5")
     assert parse_name("dit-search-D6-distill1.0") == ("dit", "search-D6", "1.0", "")
+
+
+def test_sample_notes_a_searched_schedule_run_on_another_sampler(tmp_path):
+    """A schedule file from `eediff search` records the sampler it was searched for; sampling it with another
+    sampler says so and gives both savings (its steps fall elsewhere in t), and with the same one says nothing.
+    A schedule file without a name is called by its file name."""
+    from test_reliability import invoke
+
+    spec = {"boundaries": [0, 0.5, 1.0], "blocks": [28, 14],
+            "search": {"model": "dit-fmnist", "sampler": "ddim-4", "compute_saving": 0.123}}
+    path = tmp_path / "searched.json"
+    path.write_text(json.dumps(spec))
+    base = ["sample", "--model", "dit-fmnist", "--schedule", path, "-n", "1", "--no-progress", "--device", "cpu"]
+    other = invoke(*base, "--sampler", "ddim", "--steps", "3", "--out", tmp_path / "a.png")
+    assert other.exit_code == 0, other.output
+    assert "schedule: searched.json" in other.output
+    assert "note: this schedule was searched for ddim-4 (compute saving 12.3%); with ddim-3" in other.output
+    same = invoke(*base, "--sampler", "ddim", "--steps", "4", "--out", tmp_path / "b.png")
+    assert same.exit_code == 0 and "was searched for" not in same.output

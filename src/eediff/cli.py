@@ -168,7 +168,7 @@ def sample_cmd(cfg) -> None:
 
     from .diffusion.sampling import SamplerConfig, SAMPLERS, _scheduler_class
     from .exits.deediff import DeeDiffExit, heads_of
-    from .exits.schedule import get_schedule
+    from .exits.schedule import get_schedule, search_record
     from .data import class_names
     from .generate import generate, save_grid, save_npz
 
@@ -264,6 +264,12 @@ def sample_cmd(cfg) -> None:
         typer.echo(f"layers saved: {100 * res.layers_saved:.1f}% (blocks per row and step: mean {res.mean_blocks:.2f}, range {lo}..{hi})")
     else:
         typer.echo(f"schedule: {schedule.name}  sampler: {cfg.sampler} x{cfg.steps}")
+        rec = search_record(cfg.schedule)
+        if rec and rec.get("sampler") not in (None, f"{cfg.sampler}-{cfg.steps}") and rec.get("compute_saving") is not None:
+            typer.echo(f"note: this schedule was searched for {rec['sampler']} (compute saving {100 * rec['compute_saving']:.1f}%); "
+                       f"with {cfg.sampler}-{cfg.steps} its steps fall elsewhere in t and it saves "
+                       f"{100 * (1 - res.compute_fraction):.1f}%: search with --sampler {cfg.sampler} --steps {cfg.steps} for this sampler",
+                       err=True)
     typer.echo(
         f"mean blocks per step: {res.mean_blocks:.2f} / {res.num_blocks}   compute fraction: {res.compute_fraction:.3f} "
         f"(analytic FLOP reduction {100 * (1 - res.compute_fraction):.1f}%)"

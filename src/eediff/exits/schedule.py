@@ -183,6 +183,7 @@ def get_schedule(name_or_spec: "str | ExitSchedule | None") -> ExitSchedule:
         raise ScheduleError("empty schedule: give a preset name (see `eediff schedules`), '28,24,20' or a JSON spec")
     if spec in PRESETS:
         return PRESETS[spec]
+    path = None
     if spec.endswith(".json") and not spec.startswith("{"):
         path = spec
         if not os.path.exists(path):
@@ -207,7 +208,7 @@ def get_schedule(name_or_spec: "str | ExitSchedule | None") -> ExitSchedule:
         if not isinstance(d, dict) or "blocks" not in d:
             raise ScheduleError('schedule JSON needs "blocks" (and "boundaries" unless intervals are equal)')
         blocks = d["blocks"]
-        name = str(d.get("name", "custom"))
+        name = str(d.get("name", os.path.basename(path) if path else "custom"))  # a file's schedule is called by its file
         if blocks is None:
             return ExitSchedule(name, (0.0, 1.0), None)
         if not isinstance(blocks, list):
@@ -229,3 +230,17 @@ def get_schedule(name_or_spec: "str | ExitSchedule | None") -> ExitSchedule:
     raise ScheduleError(
         f"unknown schedule '{spec}': use a preset ({', '.join(PRESETS)}), a list like '28,24,20,16,12' or a JSON spec"
     )
+
+
+def search_record(spec: str | None) -> dict | None:
+    """The ``"search"`` record `eediff search` writes into a schedule file (model, sampler, compute_saving, ...),
+    or None for any other spec or a file without one. Read only to tell a user what the schedule was searched for."""
+    if not spec or not str(spec).endswith(".json") or not os.path.isfile(spec):
+        return None
+    try:
+        with open(spec, encoding="utf-8") as f:
+            rec = json.load(f).get("search")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
