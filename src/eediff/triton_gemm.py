@@ -37,6 +37,8 @@ from .triton_ops import FP8, FP8_MAX, MIN_SCALE, triton_available
 try:
     import triton
     import triton.language as tl
+
+    from .triton_ops import _gelu_tanh
 except ImportError:  # the references below compute the same functions
     triton = None
 
@@ -78,16 +80,6 @@ if triton is not None:
         return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
 
     @triton.jit
-    def _gelu_tanh_f32(x, TANH_ASM: tl.constexpr):  # nn.GELU(approximate="tanh") in fp32
-        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-        if TANH_ASM:
-            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u], dtype=tl.float32, is_pure=True, pack=1)
-        else:
-            u = tl.minimum(tl.maximum(u, -15.0), 15.0)
-            t = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
-        return 0.5 * x * (1.0 + t)
-
-    @triton.jit
     def _fc1_gelu_quant_kernel(A, SA, W, SW, BIAS, INV, Q, QS, M, N, K, HAS_BIAS: tl.constexpr, HAS_INV: tl.constexpr,
                                GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                GROUP_M: tl.constexpr, TANH_ASM: tl.constexpr, TMA: tl.constexpr):
@@ -117,7 +109,7 @@ if triton is not None:
         y = acc * sa[:, None] * tl.load(SW + rn)[None, :]
         if HAS_BIAS:
             y = y + tl.load(BIAS + rn).to(tl.float32)[None, :]
-        y = _gelu_tanh_f32(y, TANH_ASM)
+        y = _gelu_tanh(y, TANH_ASM)  # (triton_ops' GELU, the row kernels' own)
         if HAS_INV:  # per column (fp8 smoothing's 1/s of fc2's input), after the GELU, before the group's maximum
             y = y * tl.load(INV + rn)[None, :]
         y3 = tl.reshape(y, (BLOCK_M, NG, GROUP))
