@@ -61,14 +61,18 @@ def _gather_uint8(arr: np.ndarray, world: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def check_metric(metric: str) -> None:
+    if metric not in ("fid", "fd-classifier"):
+        raise ConfigError(f"unknown metric '{metric}': use --metric fid or --metric fd-classifier")
+
+
 def feature_network(cfg: EvalConfig, device):
     from . import classifier, fid
 
+    check_metric(cfg.metric)
     if cfg.metric == "fid":
         return fid.InceptionFeatures(cfg.inception, device=device)
-    if cfg.metric == "fd-classifier":
-        return classifier.ClassifierFeatures(device=device)
-    raise ConfigError(f"unknown metric '{cfg.metric}': use --metric fid or --metric fd-classifier")
+    return classifier.ClassifierFeatures(device=device)
 
 
 def metric_name(metric: str) -> str:
@@ -247,8 +251,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
 
     from ..data import DataError, dataset_kind
 
-    if cfg.metric not in ("fid", "fd-classifier"):  # the cheap checks first, before a model is loaded
-        raise ConfigError(f"unknown metric '{cfg.metric}': use --metric fid or --metric fd-classifier")
+    check_metric(cfg.metric)  # the cheap checks first, before a model is loaded
     ref_name, _, ref_split = cfg.reference.partition(":")
     try:
         dataset_kind(ref_name, ref_split or "test")
