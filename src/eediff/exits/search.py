@@ -608,6 +608,9 @@ def run_search(cfg, log=print) -> SearchResult:
                              batch_size=cfg.batch_size, features=features, reference=reference(ecfg, features), device=device,
                              autocast_dtype=amp, cfg_scale=cfg.cfg, progress=cfg.progress, full_model=None if adapted is None else model)
     start = time.perf_counter()
+    if not cfg.progress:  # (with progress bars the bars say it): what the minutes ahead are spent on
+        log(f"search: {cfg.n} trajectories of {cfg.sampler} x{cfg.steps} at full depth, every depth rerun on each recorded "
+            f"state ({device})")
     table = measure_proxy(model, process, sampler, n=cfg.n, batch_size=cfg.batch_size, seed=cfg.seed, cfg_scale=cfg.cfg,
                           min_depth=cfg.min_depth, weighting=cfg.weighting, device=device, autocast_dtype=amp,
                           progress=cfg.progress, adapted=adapted)
