@@ -147,9 +147,11 @@ def file_kind(path: str) -> str:
     return "other"
 
 
-def _not_weights(path: str) -> CheckpointError:
-    return CheckpointError(f"'{path}' is not a weights file (neither safetensors nor torch.save output): pass the "
-                           "model's .safetensors / .pt / .pth checkpoint, or a diffusers model folder")
+def _refuse_non_weights(path: str) -> None:
+    """After a failed load: a file that is no weights file at all (text, empty...) is named so, not as corrupt."""
+    if os.path.isfile(path) and file_kind(path) == "other":
+        raise CheckpointError(f"'{path}' is not a weights file (neither safetensors nor torch.save output): pass the "
+                              "model's .safetensors / .pt / .pth checkpoint, or a diffusers model folder") from None
 
 
 def read_safetensors(path: str, fix: str = "re-download or re-save it") -> tuple[dict, dict]:
@@ -159,8 +161,7 @@ def read_safetensors(path: str, fix: str = "re-download or re-save it") -> tuple
             meta = f.metadata() or {}
         return load_file(path), meta
     except (SafetensorError, OSError, ValueError) as e:
-        if os.path.isfile(path) and file_kind(path) == "other":
-            raise _not_weights(path) from None
+        _refuse_non_weights(path)
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({short_reason(e)}): {fix}") from None
 
 
@@ -175,12 +176,10 @@ def safe_torch_load(path: str, fix: str = "convert it to safetensors or a plain 
             raise CheckpointError(
                 f"checkpoint '{path}' is not a plain tensor file: the safe loader refused it, so it may carry code; {fix}"
             ) from None
-        if file_kind(path) == "other":
-            raise _not_weights(path) from None
+        _refuse_non_weights(path)
         raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch weights file: {fix}") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
-        if os.path.isfile(path) and file_kind(path) == "other":
-            raise _not_weights(path) from None
+        _refuse_non_weights(path)
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({short_reason(e)}): re-save it, or {fix}") from None
 
 

@@ -69,8 +69,6 @@ def time_cut(times_s: list[float], times_full_s: list[float]) -> dict:
     ``cut_pct`` = 1 - median(time) / median(full), the per-run cuts' range, and ``measurable``: False where the
     per-run cuts spread wider than the cut itself, i.e. the machine's noise is larger than the effect (a
     loaded CPU), so that no number is reported as a speed-up. With one run the spread is unknown (True)."""
-    import statistics
-
     rounds = [100 * (1 - b / a) for a, b in zip(times_full_s, times_s)]
     cut = 100 * (1 - statistics.median(times_s) / statistics.median(times_full_s))
     lo, hi = min(rounds), max(rounds)
