@@ -175,3 +175,22 @@ def test_eval_bad_counts_are_one_line(ckpt, tmp_path, args, needle):
     r = run("eval", "--model", ckpt, "--schedules", "4,2", "--samplers", "ddim-2", "--metric", "fd-classifier",
             "--reference", "tests/data/fmnist_sample.npz:test", "--device", "cpu", "--out", str(tmp_path / "e.json"), *args)
     _one_line_error(r, needle)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["sample", "--bogus"], "No such option: --bogus"),
+    (["sample", "--steps", "abc"], "Invalid value for '--steps'"),
+    (["nosuch"], "No such command 'nosuch'"),
+])
+def test_usage_errors_are_one_line(args, says):
+    # a mistyped flag or value is reported like every other bad input: one line naming it and where help is, exit 2
+    r = run(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0] and "--help" in lines[0], r.stderr
+
+
+def test_help_and_no_arguments_exit_codes():
+    assert run("sample", "--help").returncode == 0
+    r = run()
+    assert r.returncode == 2 and "Usage" in r.stdout + r.stderr and "error:" not in r.stderr

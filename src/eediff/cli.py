@@ -596,7 +596,22 @@ def main() -> None:
     # diffusers' schedulers trip a numpy 2 deprecation on every set_timesteps; it is not ours to fix
     warnings.filterwarnings("ignore", message=r"__array__ implementation")
     warnings.showwarning = _warning_line
-    app()
+    try:
+        rc = app(standalone_mode=False)
+    except Exception as e:
+        # a usage error (unknown flag, bad value) as one line like every other error. typer ships its own copy of click,
+        # so its UsageError class is private: it is recognised by the interface every click exception has.
+        if type(e).__name__ == "Abort":  # Ctrl-C at a prompt or before a command started
+            typer.secho("interrupted", err=True, fg=typer.colors.RED)
+            sys.exit(130)
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        if e.format_message():  # (no arguments at all: the help was printed, nothing more to say)
+            typer.secho(f"error: {e.format_message()}{hint}", err=True, fg=typer.colors.RED)
+        sys.exit(e.exit_code)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":
