@@ -199,8 +199,14 @@ def test_save_diffusers_folder_runs_in_dit_pipeline(tmp_path):
         ref = loaded.model.float()(x, t, y)
         mem, _ = ed.to_diffusers(loaded.model)  # in memory: the model's own position table, the same function
         torch.testing.assert_close(mem(x, timestep=t, class_labels=y).sample, ref, rtol=1e-4, atol=1e-4)
-        # the shipped checkpoint holds its sin-cos position table in fp16; diffusers recomputes it on load (< 2e-3 here)
-        torch.testing.assert_close(tr(x, timestep=t, class_labels=y).sample, ref, rtol=0, atol=2e-3)
+        # the shipped checkpoint holds its sin-cos position table in fp16 and diffusers recomputes it in fp32 on load:
+        # with that table the loaded folder is the same function as the model, and the table's rounding alone moves
+        # the output by a few thousandths (fp16 spacing 5e-4 at |pos| < 1)
+        exact = copy.deepcopy(loaded.model).float()
+        exact.pos_embed.data.copy_(tr.pos_embed.pos_embed)
+        out = tr(x, timestep=t, class_labels=y).sample
+        torch.testing.assert_close(out, exact(x, t, y), rtol=1e-4, atol=1e-4)
+        assert (out - ref).abs().max() < 1e-2
         assert (plain(x, timestep=t, class_labels=y).sample - ref).abs().max() > 1e-2  # the time shift matters more
     pipe = DiTPipeline(transformer=tr, vae=ed.PixelSpace(), scheduler=DDIMScheduler.from_pretrained(folder))
     pipe.set_progress_bar_config(disable=True)

@@ -20,7 +20,7 @@
 #   CD_DIT=F CD_UVIT=G bash benchmarks/device/cooldown.sh finetune 540   carry [".whl", ".data/fm-xz", F, G]
 #       (a fresh machine: the cooled exports travel)
 set -u
-STAGE=${1:?base|finetune|all}; DL=${2:?deadline in seconds}
+STAGE=${1:?base|finetune|all|more}; DL=${2:?deadline in seconds}
 if [ "$STAGE" = all ]; then
   T0=$(date +%s)
   bash $0 base $(( DL * ${CD_SHARE:-70} / 100 ))
@@ -49,6 +49,19 @@ elif [ "$STAGE" = finetune ]; then
   FT_KINDS_DIT=${FT_KINDS_DIT:-D4-DiT full} FT_KINDS_UVIT=${FT_KINDS_UVIT:-D4-U-ViT full} STATE=/root/ft3 INIT_DIT=$D INIT_UVIT=$U FT_DISTILL=1.0 FT_LR_SCHEDULE=cosine FT_STEPS=${FT_STEPS:-2000} \
     FT_END=${FT_END:-$(( DL * 7 / 10 ))} SAMPLERS="dpm-solver++-25;ddim-50;ddpm-100" \
     bash benchmarks/device/converge.sh finetune $DL
+elif [ "$STAGE" = more ]; then
+  # D6 and the schedules `eediff search` finds at D6's saving and at 40% (SEARCH), fine-tuned like D4 on the shipped
+  # (cooled) bases, on a fresh machine; the D4 and fair runs of the finetune stage travel as run folders (FT_IMPORT,
+  # default .data/v3/call3/ft: each MODEL-KIND/ with final-fp16.safetensors, metrics.jsonl, config.json) and their
+  # measured cells as TABLES_FROM, so the tables that come back hold every row. Two calls on one warm machine:
+  #   bash benchmarks/device/cooldown.sh more 560     carry [".whl", ".data/fm-xz", ".data/v3/call3/ft"]  (twice)
+  zoo() { PYTHONPATH=/tmp/site:$PWD/src python3 -m eediff.cli models --path $1; }
+  DIT0=$(zoo dit-fmnist) && UVIT0=$(zoo uvit-fmnist) || exit 3
+  FT_KINDS_DIT=${FT_KINDS_DIT:-D6-DiT} FT_KINDS_UVIT=${FT_KINDS_UVIT:-D6-U-ViT} SEARCH=${SEARCH-D6 0.4} STATE=/root/ft3 \
+    FT_IMPORT=${FT_IMPORT:-.data/v3/call3/ft} TABLES_FROM=${TABLES_FROM:-results/converge/v3/ft-ema0.999w} \
+    INIT_DIT=$DIT0 INIT_UVIT=$UVIT0 FT_DISTILL=1.0 FT_LR_SCHEDULE=cosine FT_STEPS=${FT_STEPS:-2000} \
+    FT_END=${FT_END:-$(( DL * 7 / 10 ))} SAMPLERS="dpm-solver++-25;ddim-50;ddpm-100" \
+    bash benchmarks/device/converge.sh finetune $DL
 else
-  echo "stage: base, finetune or all"; exit 2
+  echo "stage: base, finetune, all or more"; exit 2
 fi
