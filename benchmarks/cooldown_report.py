@@ -13,7 +13,9 @@ seeds, sampler and n) for the gain the cool-down made.
 With --ft FOLDER (the fine-tunes on the cooled bases, `cooldown.sh finetune`: FOLDER/tables_MODEL.jsonl as
 benchmarks/gpu_tables.py wrote them, and FOLDER/MODEL-KIND/metrics.jsonl) it adds DIR/finetunes.md: every row's
 distance, ÷ the cooled base's and ÷ the fair baseline's on the same sampler; a model whose tables did not come
-back is reported from the runs' own DPM-Solver++ 25 evaluations against the cool-down's last one.
+back is reported from the runs' own DPM-Solver++ 25 evaluations against the cool-down's last one. With --into
+results/search.json the fine-tuned rows also go into that file's `finetuned` section (model, schedule,
+compute_saving, fid, fid_full, fid_fair, and the row each is compared with).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import re
 
 from converge_report import read_rows
+from finetune_report import merge_section
 
 PLATEAU = 0.03
 LABEL = {"dit": "DiT (28 blocks, width 64)", "uvit": "U-ViT (13 blocks, width 96)"}
@@ -68,8 +71,8 @@ ROWS = [("full", "cooled base, full depth"), ("fair", "fair baseline (full depth
 
 
 def finetunes(ft: str, rep: dict) -> dict:
-    """{model: {"cells": [(row label, schedule, compute fraction, {sampler: fid}, row kind)], "source": ...}} of
-    the fine-tunes in FT (see the module's docstring); the row kind is one of ROWS' keys."""
+    """{model: {"cells": [(row label, schedule, compute fraction, {sampler: fid}, row kind, {metric, n})], "source": ...}}
+    of the fine-tunes in FT (see the module's docstring); the row kind is one of ROWS' keys."""
     out = {}
     for model in ("dit", "uvit"):
         tables = os.path.join(ft, f"tables_{model}.jsonl")
@@ -79,11 +82,14 @@ def finetunes(ft: str, rep: dict) -> dict:
             for r in read_rows(tables):
                 if r.get("type") != "cell" or "fid" not in r:
                     continue
-                got.setdefault((r["kind"], r["schedule"]), {"fraction": r["compute_fraction"], "fid": {}})["fid"][r["sampler"]] = r["fid"]
+                g = got.setdefault((r["kind"], r["schedule"]), {"fraction": r["compute_fraction"], "fid": {}, "measure": {}})
+                g["fid"][r["sampler"]] = r["fid"]
+                g["measure"] = {k: r[k] for k in ("metric", "n") if k in r}  # (one metric and n per table)
             for kind, label in ROWS:
                 for (k, sched), v in got.items():
                     if k == kind:
-                        cells.append((label if kind in ("full", "fair") else f"{sched} {label}", sched, v["fraction"], v["fid"], kind))
+                        cells.append((label if kind in ("full", "fair") else f"{sched} {label}", sched, v["fraction"], v["fid"], kind,
+                                      v["measure"]))
             out[model] = {"cells": cells, "source": os.path.basename(tables)}
             continue
         runs = sorted(glob.glob(os.path.join(ft, f"{model}-*", "metrics.jsonl")))
@@ -91,14 +97,14 @@ def finetunes(ft: str, rep: dict) -> dict:
         if not runs or not end:
             continue
         base = end[max(end, key=int)]
-        cells.append(("cooled base, full depth", "full", 1.0, {"dpm-solver++-25": base}, "full"))
+        cells.append(("cooled base, full depth", "full", 1.0, {"dpm-solver++-25": base}, "full", {}))
         for m in runs:
             kind = os.path.basename(os.path.dirname(m))[len(model) + 1:]
             ev = evals(m)
             if ev:
                 label = "fair baseline (full depth, same steps)" if kind == "full" else f"{kind} fine-tuned"
                 cells.append((f"{label}, step {ev[-1][0]}", kind, None, {"dpm-solver++-25": ev[-1][1]},
-                              "fair" if kind == "full" else "fine-tuned"))
+                              "fair" if kind == "full" else "fine-tuned", {}))
         out[model] = {"cells": cells, "source": "the runs' own evaluations"}
     return out
 
@@ -111,7 +117,7 @@ def write_finetunes(dir_: str, fts: dict) -> None:
         fair = next((c[3] for c in r["cells"] if c[4] == "fair"), {})
         lines += [f"**{LABEL[model]}** ({r['source']}): distance / ÷ cooled base / ÷ fair baseline, same sampler", "",
                   "| row | FLOPs saved | " + " | ".join(samplers) + " |", "|---|---|" + "---|" * len(samplers)]
-        for label, _, frac, fid, _ in r["cells"]:
+        for label, _, frac, fid, *_ in r["cells"]:
             def cell(s):
                 if s not in fid:
                     return "—"
@@ -126,6 +132,33 @@ def write_finetunes(dir_: str, fts: dict) -> None:
     with open(os.path.join(dir_, "finetunes.json"), "w") as f:
         json.dump(fts, f, indent=1)
     print("\n".join(lines))
+
+
+def search_rows(fts: dict) -> list[dict]:
+    """results/search.json's fine-tuned rows: one per fine-tuned cell and sampler, with the cooled base's and the
+    fair baseline's distance, and what it is compared with: a preset with its own zero-shot row, a searched schedule
+    with the fine-tuned preset of the nearest compute saving (the same fine-tune budget)."""
+    rows = []
+    for model, r in fts.items():
+        by_kind = lambda k: [c for c in r["cells"] if c[4] == k]
+        base = next((c[3] for c in by_kind("full")), {})
+        fair = next((c[3] for c in by_kind("fair")), {})
+        presets = [c for c in by_kind("fine-tuned") if "," not in c[1] and c[2] is not None]
+        for label, sched, frac, fid, _, measure in by_kind("fine-tuned"):
+            if frac is None:  # (from a run's own evaluation: no compute fraction measured)
+                continue
+            if "," in sched and presets:  # searched: the fine-tuned preset nearest in compute
+                other = min(presets, key=lambda c: abs(c[2] - frac))
+                compared, ref = f"{other[1]} (fine-tuned, same steps)", other[3]
+            else:
+                zs = next((c for c in by_kind("zero-shot") if c[1] == sched), None)
+                compared, ref = f"{sched} zero-shot", (zs[3] if zs else {})
+            for sp, v in fid.items():
+                rows.append({"model": model, "kind": label, "schedule": sched, "compute_saving": 1.0 - frac, "fid": v,
+                             "fid_full": base.get(sp), "fid_fair": fair.get(sp), "compared_with": compared,
+                             "fid_compared": ref.get(sp), "ratio_base": v / base[sp] if base.get(sp) else None,
+                             **measure, "sampler": sp})
+    return rows
 
 
 def write(dir_: str, rep: dict) -> None:
@@ -168,6 +201,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", default="", help="the folders' suffix, as cooldown.sh names a changed EMA (e.g. -ema0.999w); "
                     "the files written are cooldownTAG.*")
     ap.add_argument("--ft", default=None, metavar="FOLDER", help="the fine-tunes on the cooled bases (tables, runs)")
+    ap.add_argument("--into", default=None, metavar="JSON", help="with --ft: also keep the fine-tuned rows in this file's "
+                    "'finetuned' section under FOLDER's path relative to the file's folder (results/search.json)")
     a = ap.parse_args(argv)
     before = {}
     for item in a.before:
@@ -177,8 +212,13 @@ def main(argv=None) -> None:
         before[k] = float(v)
     rep = report(a.dir, before, a.tag)
     write(a.dir, rep)
+    if a.into and not a.ft:
+        raise SystemExit("--into needs --ft FOLDER (the fine-tunes whose rows it keeps)")
     if a.ft:
-        write_finetunes(a.dir, finetunes(a.ft, rep))
+        fts = finetunes(a.ft, rep)
+        write_finetunes(a.dir, fts)
+        if a.into:
+            merge_section(a.into, a.ft, {"dir": a.ft, "rows": search_rows(fts)})
 
 
 if __name__ == "__main__":

@@ -375,3 +375,32 @@ def test_cooldown_report_rates_the_fine_tunes_against_the_cooled_base_and_the_fa
     md = (tmp_path / "finetunes.md").read_text()
     assert "| D4-DiT fine-tuned | 30.0% | 0.600 / 1.20 / 1.50 | — |" in md  # 0.6 / 0.5 and 0.6 / 0.4
     assert "| D4-U-ViT fine-tuned, step 1500 | — | 0.300 / 1.50 / — |" in md  # ÷ the 1200-step cool-down's 0.2
+
+
+def test_cooldown_report_keeps_search_rows_beside_their_comparison(tmp_path):
+    """--into: each fine-tuned cell becomes a results/search.json row with the base's and fair baseline's distance on
+    its sampler; a preset is compared with its own zero-shot row, a searched schedule with the fine-tuned preset
+    nearest in compute; the file's other sections stay."""
+    rep = _bench_module("cooldown_report")
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    cells = [("full", "full", 1.0, 0.5), ("fair", "full", 1.0, 0.4), ("fine-tuned", "D4-DiT", 0.7, 0.8),
+             ("fine-tuned", "D6-DiT", 0.61, 1.2), ("fine-tuned", "28,20,14", 0.6, 0.9), ("zero-shot", "D4-DiT", 0.7, 40.0)]
+    (ft / "tables_dit.jsonl").write_text("".join(json.dumps(
+        {"type": "cell", "kind": k, "schedule": s, "compute_fraction": f, "sampler": "ddim-50", "fid": v, "metric": "fd-classifier",
+         "n": 64}) + "\n" for k, s, f, v in cells))
+    rows = {r["schedule"]: r for r in rep.search_rows(rep.finetunes(str(ft), {"models": {}}))}
+    assert set(rows) == {"D4-DiT", "D6-DiT", "28,20,14"}
+    d4, searched = rows["D4-DiT"], rows["28,20,14"]
+    assert d4["compute_saving"] == pytest.approx(0.3) and d4["fid_full"] == 0.5 and d4["fid_fair"] == 0.4
+    assert d4["compared_with"] == "D4-DiT zero-shot" and d4["fid_compared"] == 40.0 and d4["ratio_base"] == pytest.approx(1.6)
+    assert searched["compared_with"].startswith("D6-DiT") and searched["fid_compared"] == 1.2  # 0.61 is nearer 0.6 than 0.7
+    assert d4["metric"] == "fd-classifier" and d4["n"] == 64 and d4["sampler"] == "ddim-50"
+    for n in (1000, 1200):
+        (tmp_path / f"cd{n}" / "dit").mkdir(parents=True)
+        (tmp_path / f"cd{n}" / "dit" / "metrics.jsonl").write_text(json.dumps({"step": n, "eval": {"step": n, "value": 1.0}}) + "\n")
+    into = tmp_path / "search.json"
+    into.write_text(json.dumps({"rows": [1], "finetuned": {"other": {}}}))
+    rep.main(["--dir", str(tmp_path), "--ft", str(ft), "--into", str(into)])
+    got = json.loads(into.read_text())
+    assert got["rows"] == [1] and "other" in got["finetuned"] and len(got["finetuned"]["ft"]["rows"]) == 3
