@@ -94,8 +94,12 @@ def dataclass_command(cfg_cls, name: str, help: str):
     return decorator
 
 
-def _fail(msg: str) -> None:
+def _error_line(msg: str) -> None:
     typer.secho(f"error: {msg}", err=True, fg=typer.colors.RED)
+
+
+def _fail(msg: str) -> None:
+    _error_line(msg)
     raise typer.Exit(2)
 
 
@@ -609,7 +613,7 @@ def main() -> None:
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         if e.format_message():  # (no arguments at all: the help was printed, nothing more to say)
-            typer.secho(f"error: {e.format_message()}{hint}", err=True, fg=typer.colors.RED)
+            _error_line(f"{e.format_message()}{hint}")
         sys.exit(e.exit_code)
     sys.exit(rc if isinstance(rc, int) else 0)
 
