@@ -25,15 +25,15 @@ import time
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-
-from eediff.diffusion.sampling import SamplerConfig  # noqa: E402
-from eediff.eval import fid  # noqa: E402
-from eediff.eval.classifier import ClassifierFeatures  # noqa: E402
-from eediff.exits.schedule import get_schedule  # noqa: E402
-from eediff.generate import generate, to_uint8  # noqa: E402
-from eediff.io import atomic_write  # noqa: E402
-from eediff.zoo import resolve_model  # noqa: E402
+from eediff.config import EvalConfig
+from eediff.diffusion.sampling import SamplerConfig
+from eediff.eval import fid
+from eediff.eval.classifier import ClassifierFeatures
+from eediff.eval.evaluate import reference
+from eediff.exits.schedule import get_schedule
+from eediff.generate import generate, to_uint8
+from eediff.io import atomic_write
+from eediff.zoo import resolve_model
 
 
 class BandSwap(nn.Module):
@@ -106,13 +106,7 @@ def main(argv=None) -> int:
     process = ft.process
     sampler = SamplerConfig(a.sampler, a.steps)
     features = ClassifierFeatures()
-    name, _, split = a.reference.partition(":")
-
-    def images():
-        from eediff.data import load_dataset
-        return load_dataset(name, split or "test").data
-
-    ref = fid.reference_stats(name, split or "test", "uint8-full", images, a.cache_dir, features=features)
+    ref = reference(EvalConfig(reference=a.reference, cache_dir=a.cache_dir), features)  # (eval's statistics, cached)
     rows = []
 
     def measure(label, model, sched, band=None):
