@@ -36,6 +36,11 @@ from eediff.io import atomic_write
 from eediff.zoo import resolve_model
 
 
+def in_band(u, lo: float, hi: float):
+    """u in [lo, hi), the top band closed at 1 (u a float or a tensor of unit times)."""
+    return (u >= lo) & ((u < hi) | (hi >= 1.0))
+
+
 class BandSwap(nn.Module):
     """``finetuned`` at the depth the exit policy gives, except rows whose unit time lies in [lo, hi): those run
     ``base`` at full depth. Exposes the fine-tune's attributes, so the sampler and the policy see one model."""
@@ -52,7 +57,7 @@ class BandSwap(nn.Module):
 
     def forward(self, x, t, y=None, active_blocks=None, **kw):
         u = t.double() / self.time_scale
-        inside = (u >= self.lo) & ((u < self.hi) | (self.hi >= 1.0))  # (B,) rows the base answers
+        inside = in_band(u, self.lo, self.hi)  # (B,) rows the base answers
         if not inside.any():
             return self.finetuned(x, t, y, active_blocks=active_blocks, **kw)
         if inside.all():
@@ -117,7 +122,7 @@ def main(argv=None) -> int:
         # the band's steps ran the full depth: the compute of the row from the recorded per-step depths
         depths = [(t, mean) for t, mean, *_ in res.step_depths]
         full = fm.num_exit_blocks
-        frac_blocks = sum(full if band and band[0] <= process.unit_time(t) < band[1] + (band[1] >= 1.0) else m
+        frac_blocks = sum(full if band and in_band(process.unit_time(t), *band) else m
                           for t, m in depths) / (full * len(depths)) if depths else None
         rows.append({"row": label, "band": band, "fd": d, "blocks_fraction": frac_blocks, "seconds": time.time() - t0})
         print(f"{label:48s} FD {d:8.3f}  blocks {frac_blocks if frac_blocks is None else round(frac_blocks, 3)}  "
