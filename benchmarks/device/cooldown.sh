@@ -54,11 +54,18 @@ elif [ "$STAGE" = more ]; then
   # (cooled) bases, on a fresh machine; the D4 and fair runs of the finetune stage travel as run folders (FT_IMPORT,
   # default .data/v3/call3/ft: each MODEL-KIND/ with final-fp16.safetensors, metrics.jsonl, config.json) and their
   # measured cells as TABLES_FROM, so the tables that come back hold every row. Two calls on one warm machine:
-  #   bash benchmarks/device/cooldown.sh more 560     carry [".whl", ".data/fm-xz", ".data/v3/call3/ft"]  (twice)
+  #   bash benchmarks/device/cooldown.sh more 560     carry [".whl", ".data/fm-xz", ".data/v3/call3/ftp"]  (twice)
+  # (ftp: the fair runs only, packed; the D4 runs' table cells come from TABLES_FROM, their files are not needed)
   zoo() { PYTHONPATH=/tmp/site:$PWD/src python3 -m eediff.cli models --path $1; }
   DIT0=$(zoo dit-fmnist) && UVIT0=$(zoo uvit-fmnist) || exit 3
+  FT_IMPORT=${FT_IMPORT:-.data/v3/call3/ftp}
+  # run folders travel packed as deltas of the shipped bases (python -m eediff.zoo.pack --file F --base B: half the
+  # bytes, so that they fit the call's carry); rebuilt here, checked against their SHA-256
+  for p in $FT_IMPORT/*/final-fp16.eedz; do
+    [ -f "$p" ] && [ ! -f "${p%.eedz}.safetensors" ] && { PYTHONPATH=/tmp/site:$PWD/src python3 -m eediff.zoo.pack --unpack $p || exit 3; }
+  done
   FT_KINDS_DIT=${FT_KINDS_DIT:-D6-DiT} FT_KINDS_UVIT=${FT_KINDS_UVIT:-D6-U-ViT} SEARCH=${SEARCH-D6 0.4} STATE=/root/ft3 \
-    FT_IMPORT=${FT_IMPORT:-.data/v3/call3/ft} TABLES_FROM=${TABLES_FROM:-results/converge/v3/ft-ema0.999w} \
+    FT_IMPORT=$FT_IMPORT TABLES_FROM=${TABLES_FROM:-results/converge/v3/ft-ema0.999w} \
     INIT_DIT=$DIT0 INIT_UVIT=$UVIT0 FT_DISTILL=1.0 FT_LR_SCHEDULE=cosine FT_STEPS=${FT_STEPS:-2000} \
     FT_END=${FT_END:-$(( DL * 7 / 10 ))} SAMPLERS="dpm-solver++-25;ddim-50;ddpm-100" \
     bash benchmarks/device/converge.sh finetune $DL

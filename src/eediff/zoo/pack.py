@@ -10,6 +10,8 @@ delta to the base 35-43%).
 
     python -m eediff.zoo.pack dit-fmnist-D4 --base dit-fmnist     # src/eediff/zoo/dit-fmnist-D4.eedz
     python -m eediff.zoo.pack uvit-fmnist-deediff                  # no base: planes + xz only
+    python -m eediff.zoo.pack --file run/final-fp16.safetensors --base dit-fmnist   # any file: run/final-fp16.eedz
+    python -m eediff.zoo.pack --unpack run/final-fp16.eedz        # back to run/final-fp16.safetensors
 
 File: ``MAGIC``, a 4-byte little-endian length, that many bytes of JSON (the original file's SHA-256 and size,
 its safetensors header, the base's zoo name and SHA-256, the tensors stored as deltas), then the xz stream of
@@ -190,16 +192,36 @@ def unpack(packed: bytes, base_raw: bytes | None = None) -> bytes:
     return raw
 
 
+def _write_atomic(dst: str, data: bytes) -> None:
+    import os
+
+    with open(dst + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(dst + ".tmp", dst)
+
+
 def main(argv=None) -> int:
+    import os
+
     from . import HERE, SHIPPED, shipped_bytes
 
     ap = argparse.ArgumentParser(description="Pack a shipped model (src/eediff/zoo/NAME.safetensors) into NAME.eedz, losslessly.")
-    ap.add_argument("name", choices=sorted(SHIPPED))
+    ap.add_argument("name", nargs="?", choices=sorted(SHIPPED))
     ap.add_argument("--base", default=None, choices=sorted(SHIPPED), help="the shipped model it was fine-tuned from")
+    ap.add_argument("--file", default=None, help="pack this safetensors file (beside it, as .eedz) instead of a shipped name")
+    ap.add_argument("--unpack", default=None, metavar="PACK", help="rebuild PACK's safetensors file beside it (its base from the zoo)")
     a = ap.parse_args(argv)
-    import os
-
-    src = os.path.join(HERE, SHIPPED[a.name])
+    if a.unpack:  # (a run folder that travelled packed: the base is named in the pack)
+        with open(a.unpack, "rb") as f:
+            packed = f.read()
+        meta, _ = read_meta(packed)
+        dst = os.path.splitext(a.unpack)[0] + ".safetensors"
+        _write_atomic(dst, unpack(packed, shipped_bytes(meta["base"]) if meta["delta"] else None))
+        print(f"{dst}: rebuilt (SHA-256 checked)", file=sys.stderr)
+        return 0
+    if (a.name is None) == (a.file is None):
+        ap.error("give a shipped NAME or --file FILE (or --unpack PACK)")
+    src = a.file or os.path.join(HERE, SHIPPED[a.name])
     with open(src, "rb") as f:
         raw = f.read()
     base_raw = shipped_bytes(a.base) if a.base else None
@@ -207,9 +229,7 @@ def main(argv=None) -> int:
     if unpack(packed, base_raw) != raw:  # (unpack checks the SHA-256 too)
         raise SystemExit("the pack does not rebuild the file: not written")
     dst = os.path.splitext(src)[0] + ".eedz"
-    with open(dst + ".tmp", "wb") as f:
-        f.write(packed)
-    os.replace(dst + ".tmp", dst)
+    _write_atomic(dst, packed)
     print(f"{dst}: {len(packed) / 1e6:.2f} MB from {len(raw) / 1e6:.2f} MB ({len(read_meta(packed)[0]['delta'])} tensors as "
           f"deltas of {a.base or '-'}); remove {os.path.basename(src)} to ship the pack", file=sys.stderr)
     return 0
