@@ -157,3 +157,26 @@ def test_models_path_prints_the_unpacked_file_and_rejects_other_names(tmp_path, 
         assert f.read(8) and zoo.info("uvit-fmnist-D4")["bytes"] == os.path.getsize(got)
     res = invoke("models", "--path", "dit-xl")
     assert res.exit_code == 2 and "not a shipped model" in res.output and "dit-fmnist" in res.output
+
+
+def test_the_command_packs_a_run_file_as_a_delta_and_rebuilds_it(tmp_path, monkeypatch):
+    """`python -m eediff.zoo.pack --file F --base NAME` and `--unpack F.eedz`: how run folders travel small."""
+    monkeypatch.setenv("EEDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    from eediff.zoo import shipped_bytes
+
+    base = shipped_bytes("uvit-fmnist")
+    from safetensors.torch import load
+
+    ft = {k: (v.float() * 1.01).to(v.dtype) if v.dtype == torch.float16 else v for k, v in load(base).items()}
+    f = tmp_path / "run" / "final-fp16.safetensors"
+    f.parent.mkdir()
+    f.write_bytes(save(ft))
+    raw = f.read_bytes()
+    assert zp.main(["--file", str(f), "--base", "uvit-fmnist"]) == 0
+    p = f.with_suffix(".eedz")
+    assert zp.read_meta_file(str(p))["base"] == "uvit-fmnist"
+    f.unlink()
+    assert zp.main(["--unpack", str(p)]) == 0
+    assert f.read_bytes() == raw
+    with pytest.raises(SystemExit):  # neither a name nor a file
+        zp.main([])
