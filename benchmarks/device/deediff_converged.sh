@@ -29,7 +29,10 @@ if [ "$STAGE" = train ]; then
       $([ -d $R/$m/checkpoints ] && echo --resume || echo --overwrite) >> $R/$m.log 2>&1 &
   done
   wait
-  for m in dit uvit; do grep -v -i warn $R/$m.log | tail -n 2 | cut -c1-200; cp $R/$m/metrics.jsonl $OUT/dd-$m.metrics.jsonl; done
+  for m in dit uvit; do grep -v -i warn $R/$m.log | tail -n 2 | cut -c1-200; cp $R/$m/metrics.jsonl $OUT/dd-$m.metrics.jsonl
+    # the EMA export as it stands (a run stopped by --max-minutes writes one too): calibrated and measured on a CPU
+    # if no eval call follows (eediff calibrate; benchmarks/deediff_eval.py with --device cpu)
+    [ -f $R/$m/final-fp16.safetensors ] && cp $R/$m/final-fp16.safetensors $OUT/dd-$m-fp16.safetensors; done
   exit 0
 fi
 [ -f $R/dit/final.safetensors ] && [ -f $R/uvit/final.safetensors ] || { echo "no DeeDiff runs in $R: run the train stage first"; exit 3; }
