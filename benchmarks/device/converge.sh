@@ -19,6 +19,7 @@
 #   FT_IMPORT=DIR ... converge.sh finetune DL   carry [DIR]  (DIR holds run folders DIR/MODEL-KIND/{final-fp16.safetensors,
 #       metrics.jsonl,config.json} and MODEL-search-X.json files as an earlier machine sent them back: they count as
 #       finished here, so a fresh machine makes the tables of fine-tunes it did not train)
+#   HAND_DIT="band=28,25,23,21,3" ... converge.sh finetune DL   (also: hand-written schedules, run MODEL-hand-NAME)
 #   FT_KINDS_UVIT="D4-U-ViT full" SEARCH_UVIT="" ... (per model: FT_KINDS_DIT, FT_KINDS_UVIT, SEARCH_DIT, SEARCH_UVIT)
 #   TABLES_FROM=DIR ... converge.sh finetune DL   (DIR/tables_MODEL.jsonl: table cells measured by an earlier call, kept)
 #   FT_DISTILL=1.0 FT_LR_SCHEDULE=cosine ... converge.sh finetune DL   (the cut runs with --distill 1.0, every run on a
@@ -236,6 +237,10 @@ elif [ "$STAGE" = finetune ]; then
     for x in ${!SV-${SEARCH:-}}; do  # searched on the base (eediff search), then fine-tuned with the presets' budget
       search_kind $m search $x && kinds="$kinds search-$x"
     done
+    HV=HAND_${m^^}
+    for nb in ${!HV-}; do  # HAND_DIT="band=28,25,23,21,3": a hand-written schedule (equal intervals), run hand-band,
+      SCHED[$m-hand-${nb%%=*}]=${nb#*=}; kinds="$kinds hand-${nb%%=*}"   # fine-tuned and tabled like the searched ones
+    done
     if [ -n "${ASEARCH:-}" ]; then  # the base fine-tuned at every depth (the same budget), then searched with --adapted
       SCHED[$m-any]=full; EXTRA[$m-any]="--depth-sampling uniform"; kinds="$kinds any"
       if done_run $m-any $FS; then
@@ -273,11 +278,11 @@ elif [ "$STAGE" = finetune ]; then
     [ -z "$short" ] || { echo "[$(el)s] $m: not finished ($short): the next call makes its tables"; continue; }
     A=DiT; SHARE=2; [ $m = uvit ] && A=U-ViT && SHARE=1   # DiT gets half of what is left, U-ViT the rest
     [ "${FT_MODELS:-dit uvit}" = $m ] && SHARE=1
-    more=(); for s in ${KINDS[$m]}; do [[ $s == *search-* ]] && [ -f $R/$m-$s/final.safetensors ] && more+=(--finetuned "${SCHED[$m-$s]}=$R/$m-$s/final.safetensors"); done
+    more=(); for s in ${KINDS[$m]}; do [[ $s == *search-* || $s == hand-* ]] && [ -f $R/$m-$s/final.safetensors ] && more+=(--finetuned "${SCHED[$m-$s]}=$R/$m-$s/final.safetensors"); done
     # the presets fine-tuned here (FT_KINDS may leave one out)
     for d in D4 D6; do [ -f $R/$m-$d-$A/final.safetensors ] && more=(--finetuned "$d-$A=$R/$m-$d-$A/final.safetensors" "${more[@]}"); done
     $PY benchmarks/gpu_tables.py --arch-label $A --base ${BASE[$m]} \
-      "${more[@]}" --fair $R/$m-full/final.safetensors --zero-shot "D4-$A;D6-$A$(for s in ${KINDS[$m]}; do [[ $s == *search-* ]] && echo -n ";${SCHED[$m-$s]}"; done)" \
+      "${more[@]}" --fair $R/$m-full/final.safetensors --zero-shot "D4-$A;D6-$A$(for s in ${KINDS[$m]}; do [[ $s == *search-* || $s == hand-* ]] && echo -n ";${SCHED[$m-$s]}"; done)" \
       --samplers "${SAMPLERS:-dpm-solver++-25;ddim-50;ddpm-100}" --late-samplers ddpm-100 --deadline-s $(( (DL - $(el) - 20) / SHARE )) \
       $C --out-jsonl $R/tables_$m.jsonl 2>&1 | grep -v -i warn | tail -n 5
     cp $R/tables_$m.jsonl $OUT/ 2>/dev/null

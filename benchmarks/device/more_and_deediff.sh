@@ -4,9 +4,9 @@
 # (deediff_converged.sh train, DD_STEPS=${DD_STEPS:-4000}). The same command again on the warm machine goes on with
 # both; the second call's fine-tune stage ends with the tables.
 #
-#   SEARCH_UVIT="D6 0.3" bash benchmarks/device/more_and_deediff.sh 555   carry [".whl", ".data/fm-xz", ".data/v3/call3/ftp"]
+#   SEARCH_UVIT="D6 0.3" HAND_DIT="band=28,25,23,21,3" bash benchmarks/device/more_and_deediff.sh 555   carry [".whl", ".data/fm-xz", ".data/v3/call3/ftp"]
 #
-# $OUT: what cooldown.sh more returns, and dd-MODEL.metrics.jsonl, dd-MODEL-fp16.safetensors (DeeDiff EMA exports).
+# $OUT: what cooldown.sh more returns, and deediff.tar (dd/: dd-MODEL.metrics.jsonl, dd-MODEL-fp16.safetensors (DeeDiff EMA exports).
 set -u
 DL=${1:?deadline in seconds}
 STATE=/root/dd2 bash benchmarks/device/converge.sh prep 0 || exit 3   # installs once, before the two jobs start
@@ -15,4 +15,4 @@ DD_STEPS=${DD_STEPS:-4000} OUT=$OUT/dd bash benchmarks/device/deediff_converged.
 bash benchmarks/device/cooldown.sh more $DL
 wait
 echo "== DeeDiff"; tail -n 6 /root/dd2.out
-mv $OUT/dd/* $OUT/ 2>/dev/null; rmdir $OUT/dd
+(cd $OUT && tar cf deediff.tar dd && rm -r dd)   # (one file: a call returns few)
