@@ -4,7 +4,7 @@
 # (deediff_converged.sh train, DD_STEPS=${DD_STEPS:-4000}). The same command again on the warm machine goes on with
 # both; the second call's fine-tune stage ends with the tables.
 #
-#   SEARCH_UVIT="D6 0.3" HAND_DIT="band=28,25,23,21,3" bash benchmarks/device/more_and_deediff.sh 555   carry [".whl", ".data/fm-xz", ".data/v3/call3/ftp"]
+#   SEARCH_UVIT=D6 HAND_DIT="band=28,25,23,21,3" HAND_UVIT="band=5,2,3,3,1" bash benchmarks/device/more_and_deediff.sh 555   carry [".whl", ".data/fm-xz", ".data/v3/call3/ftp"]
 #
 # $OUT: what cooldown.sh more returns, and deediff.tar (dd/: dd-MODEL.metrics.jsonl, dd-MODEL-fp16.safetensors (DeeDiff EMA exports).
 set -u
