@@ -27,7 +27,7 @@ import os
 import re
 
 from converge_report import read_rows
-from finetune_report import merge_section
+from finetune_report import merge_section, read_cells, saving_plot
 
 PLATEAU = 0.03
 LABEL = {"dit": "DiT (28 blocks, width 64)", "uvit": "U-ViT (13 blocks, width 96)"}
@@ -134,10 +134,17 @@ def write_finetunes(dir_: str, fts: dict) -> None:
     print("\n".join(lines))
 
 
-def search_rows(fts: dict) -> list[dict]:
+def hand_schedules(ft: str, model: str) -> set[str]:
+    """The hand-written schedules among FT's runs (converge.sh HAND_MODEL: folders MODEL-hand-NAME)."""
+    return {json.load(open(c))["schedule"] for c in glob.glob(os.path.join(ft, f"{model}-hand-*", "config.json"))}
+
+
+def search_rows(fts: dict, hand: dict | None = None) -> list[dict]:
     """results/search.json's fine-tuned rows: one per fine-tuned cell and sampler, with the cooled base's and the
-    fair baseline's distance, and what it is compared with: a preset with its own zero-shot row, a searched schedule
-    with the fine-tuned preset of the nearest compute saving (the same fine-tune budget)."""
+    fair baseline's distance, and what it is compared with: a preset with its own zero-shot row, a searched (or
+    hand-written: ``hand``, {model: schedules}) schedule with the fine-tuned preset of the nearest compute saving
+    (the same fine-tune budget). ``origin`` says which of the three a row's schedule is."""
+    hand = hand or {}
     rows = []
     for model, r in fts.items():
         by_kind = lambda k: [c for c in r["cells"] if c[4] == k]
@@ -154,7 +161,8 @@ def search_rows(fts: dict) -> list[dict]:
                 zs = next((c for c in by_kind("zero-shot") if c[1] == sched), None)
                 compared, ref = f"{sched} zero-shot", (zs[3] if zs else {})
             for sp, v in fid.items():
-                rows.append({"model": model, "kind": label, "schedule": sched, "compute_saving": 1.0 - frac, "fid": v,
+                origin = "hand-written" if sched in hand.get(model, ()) else "searched" if "," in sched else "preset"
+                rows.append({"model": model, "kind": label, "schedule": sched, "origin": origin, "compute_saving": 1.0 - frac, "fid": v,
                              "fid_full": base.get(sp), "fid_fair": fair.get(sp), "compared_with": compared,
                              "fid_compared": ref.get(sp), "ratio_base": v / base[sp] if base.get(sp) else None,
                              **measure, "sampler": sp})
@@ -217,8 +225,13 @@ def main(argv=None) -> None:
     if a.ft:
         fts = finetunes(a.ft, rep)
         write_finetunes(a.dir, fts)
+        for model in fts:  # every cell against FLOPs saved; hand-written schedules (converge.sh HAND_MODEL) apart
+            tables = os.path.join(a.ft, f"tables_{model}.jsonl")
+            if os.path.exists(tables):
+                saving_plot(read_cells(tables), LABEL[model], os.path.join(a.ft, f"saving_vs_distance_{model}.png"),
+                            hand_schedules(a.ft, model))
         if a.into:
-            merge_section(a.into, a.ft, {"dir": a.ft, "rows": search_rows(fts)})
+            merge_section(a.into, a.ft, {"dir": a.ft, "rows": search_rows(fts, {m: hand_schedules(a.ft, m) for m in fts})})
 
 
 if __name__ == "__main__":

@@ -268,10 +268,11 @@ def plot(rows, a, path: str, base_fd: float) -> None:
     plt.close(fig)
 
 
-def saving_points(cells: list[dict]) -> dict[str, list[tuple[str, str, float, float]]]:
+def saving_points(cells: list[dict], hand=()) -> dict[str, list[tuple[str, str, float, float]]]:
     """{sampler: [(family, label, FLOPs saved %, distance ÷ the base's full-depth cell on that sampler)]};
-    family: "preset" / "searched" (a schedule given as blocks, as ``eediff search`` writes it) + " fine-tuned" or
-    " zero-shot", or "fair baseline". Samplers without a base cell are left out."""
+    family: "preset" / "searched" (a schedule given as blocks, as ``eediff search`` writes it) / "hand-written" (the
+    block lists in ``hand``) + " fine-tuned" or " zero-shot", or "fair baseline". Samplers without a base cell are
+    left out."""
     base = row_by_sampler(cells, "full")
     out: dict[str, list] = {}
     for c in cells:
@@ -282,24 +283,26 @@ def saving_points(cells: list[dict]) -> dict[str, list[tuple[str, str, float, fl
             fam, label = "fair baseline", "fair baseline"
         else:
             searched = "," in c["schedule"]  # a searched schedule is recorded as its blocks, a preset by name
-            fam = ("searched" if searched else "preset") + (" fine-tuned" if c.get("kind") == "fine-tuned" else " zero-shot")
+            fam = ("hand-written" if c["schedule"] in hand else "searched" if searched else "preset") + \
+                (" fine-tuned" if c.get("kind") == "fine-tuned" else " zero-shot")
             label = c["schedule"].split("-")[0] if not searched else f"{c['flop_reduction_pct']:.0f}%"
         out.setdefault(s, []).append((fam, label, c["flop_reduction_pct"], c["fid"] / base[s]))
     return out
 
 
-def saving_plot(cells: list[dict], model: str, path: str) -> None:
+def saving_plot(cells: list[dict], model: str, path: str, hand=()) -> None:
     """One panel per sampler: distance ÷ base (log) against FLOPs saved; fine-tuned filled, zero-shot hollow."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = saving_points(cells)
+    pts = saving_points(cells, hand)
     if not pts:
         return
     style = {"preset fine-tuned": ("o", "tab:blue", True), "searched fine-tuned": ("*", "tab:red", True),
              "preset zero-shot": ("o", "tab:blue", False), "searched zero-shot": ("*", "tab:red", False),
+             "hand-written fine-tuned": ("D", "tab:green", True), "hand-written zero-shot": ("D", "tab:green", False),
              "fair baseline": ("s", "black", True)}
     fig, axes = plt.subplots(1, len(pts), figsize=(3.6 * len(pts), 3.4), sharey=True, squeeze=False)
     for ax, (sampler, ps) in zip(axes[0], pts.items()):
@@ -309,7 +312,7 @@ def saving_plot(cells: list[dict], model: str, path: str) -> None:
                 continue
             ax.scatter([p[2] for p in sel], [p[3] for p in sel], marker=marker, s=60 if marker == "*" else 30, label=fam,
                        color=colour if filled else "none", edgecolors=colour)
-            if fam.endswith("fine-tuned"):
+            if fam.endswith("fine-tuned") and not fam.startswith("hand"):
                 for p in sel:  # presets labelled above, searched schedules below (they sit at the same savings)
                     ax.annotate(p[1], (p[2], p[3]), fontsize=6, xytext=(-6, 6) if fam.startswith("preset") else (4, -9),
                                 textcoords="offset points")

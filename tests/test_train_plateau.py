@@ -387,9 +387,11 @@ def test_cooldown_report_keeps_search_rows_beside_their_comparison(tmp_path):
     cells = [("full", "full", 1.0, 0.5), ("fair", "full", 1.0, 0.4), ("fine-tuned", "D4-DiT", 0.7, 0.8),
              ("fine-tuned", "D6-DiT", 0.61, 1.2), ("fine-tuned", "28,20,14", 0.6, 0.9), ("zero-shot", "D4-DiT", 0.7, 40.0)]
     (ft / "tables_dit.jsonl").write_text("".join(json.dumps(
-        {"type": "cell", "kind": k, "schedule": s, "compute_fraction": f, "sampler": "ddim-50", "fid": v, "metric": "fd-classifier",
-         "n": 64}) + "\n" for k, s, f, v in cells))
+        {"type": "cell", "kind": k, "row": "full" if k == "full" else f"{s} {k}", "schedule": s, "compute_fraction": f,
+         "flop_reduction_pct": 100 * (1 - f), "sampler": "ddim-50",
+         "fid": v, "metric": "fd-classifier", "n": 64}) + "\n" for k, s, f, v in cells))
     rows = {r["schedule"]: r for r in rep.search_rows(rep.finetunes(str(ft), {"models": {}}))}
+    assert [rows[s]["origin"] for s in ("D4-DiT", "28,20,14")] == ["preset", "searched"]
     assert set(rows) == {"D4-DiT", "D6-DiT", "28,20,14"}
     d4, searched = rows["D4-DiT"], rows["28,20,14"]
     assert d4["compute_saving"] == pytest.approx(0.3) and d4["fid_full"] == 0.5 and d4["fid_fair"] == 0.4
@@ -404,3 +406,13 @@ def test_cooldown_report_keeps_search_rows_beside_their_comparison(tmp_path):
     rep.main(["--dir", str(tmp_path), "--ft", str(ft), "--into", str(into)])
     got = json.loads(into.read_text())
     assert got["rows"] == [1] and "other" in got["finetuned"] and len(got["finetuned"]["ft"]["rows"]) == 3
+    assert (ft / "saving_vs_distance_dit.png").stat().st_size > 0
+    # a run folder MODEL-hand-NAME marks its schedule hand-written: in the rows and in the plot's families
+    (ft / "dit-hand-band").mkdir()
+    (ft / "dit-hand-band" / "config.json").write_text(json.dumps({"schedule": "28,20,14"}))
+    rep.main(["--dir", str(tmp_path), "--ft", str(ft), "--into", str(into)])
+    got = {r["schedule"]: r for r in json.loads(into.read_text())["finetuned"]["ft"]["rows"]}
+    assert got["28,20,14"]["origin"] == "hand-written" and got["D6-DiT"]["origin"] == "preset"
+    from finetune_report import read_cells, saving_points
+    fams = {fam for fam, *_ in saving_points(read_cells(str(ft / "tables_dit.jsonl")), {"28,20,14"})["ddim-50"]}
+    assert "hand-written fine-tuned" in fams and not any(f.startswith("searched") for f in fams)
