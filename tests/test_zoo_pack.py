@@ -180,3 +180,26 @@ def test_the_command_packs_a_run_file_as_a_delta_and_rebuilds_it(tmp_path, monke
     assert f.read_bytes() == raw
     with pytest.raises(SystemExit):  # neither a name nor a file
         zp.main([])
+
+
+def test_coarse_delta_moves_each_weight_at_most_one_step_and_packs_smaller():
+    """coarse_delta(k=1): every F16 weight within one fp16 step of the fine-tune's (|change| <= 2**-10 relative),
+    an even distance from the base in the codec's numeric order, other tensors untouched, and a smaller pack."""
+    g = torch.Generator().manual_seed(2)
+    base = {f"w{i}": torch.randn(128, 128, generator=g).half() for i in range(3)}
+    ft = {k: (v.float() + 0.02 * torch.randn(v.shape, generator=g)).half() for k, v in base.items()}
+    ft["f32"] = torch.randn(7)
+    raw, b = save(ft), save(base)
+    out, worst = zp.coarse_delta(raw, b, 1)
+    from safetensors.torch import load
+
+    got = load(out)
+    assert torch.equal(got["f32"], ft["f32"]) and 0 < worst <= 2.0 ** -10
+    for k, v in base.items():
+        o_ft = zp._ordered(ft[k].view(torch.int16).numpy().view(np.uint16)).astype(np.int64)
+        o_new = zp._ordered(got[k].view(torch.int16).numpy().view(np.uint16)).astype(np.int64)
+        o_base = zp._ordered(v.view(torch.int16).numpy().view(np.uint16)).astype(np.int64)
+        assert np.abs(o_new - o_ft).max() <= 1 and ((o_new - o_base) % 2 == 0).all()
+    assert len(zp.pack(out, b, "base")) < 0.95 * len(zp.pack(raw, b, "base"))
+    with pytest.raises(zp.PackError):
+        zp.coarse_delta(raw, b, 0)

@@ -12,6 +12,8 @@ delta to the base 35-43%).
     python -m eediff.zoo.pack uvit-fmnist-deediff                  # no base: planes + xz only
     python -m eediff.zoo.pack --file run/final-fp16.safetensors --base dit-fmnist   # any file: run/final-fp16.eedz
     python -m eediff.zoo.pack --unpack run/final-fp16.eedz        # back to run/final-fp16.safetensors
+    python -m eediff.zoo.pack --file run/final-fp16.safetensors --base dit-fmnist --coarse-delta 1   # not lossless:
+        # run/final-fp16-d1.safetensors, each weight within one fp16 step of the file's (coarse_delta)
 
 File: ``MAGIC``, a 4-byte little-endian length, that many bytes of JSON (the original file's SHA-256 and size,
 its safetensors header, the base's zoo name and SHA-256, the tensors stored as deltas), then the xz stream of
@@ -127,6 +129,38 @@ def pack(raw: bytes, base_raw: bytes | None = None, base_name: str | None = None
     return MAGIC + struct.pack("<I", len(mj)) + mj + lzma.compress(b"".join(parts), preset=9 | lzma.PRESET_EXTREME)
 
 
+def coarse_delta(raw: bytes, base_raw: bytes, k: int) -> tuple[bytes, float]:
+    """A safetensors file's bytes with every F16 weight moved to the nearest value whose distance from the base's
+    weight, counted in fp16 steps (numeric order, as the delta codec counts), is a multiple of 2**k; and the largest
+    relative change of a weight (of magnitude >= 1e-3). Not lossless: the model changes by at most 2**(k-1) fp16
+    steps per weight (k = 1: one step, at most 2**-10 relative, a quarter of a bf16 step), and the delta's k low bits
+    become zero, which xz then stores almost for free. Measure the model it gives before shipping it."""
+    if k < 1:
+        raise PackError(f"the delta step 2**{k} changes nothing: give k >= 1")
+    hb, header, start = _header(raw)
+    base = _base_arrays(base_raw)
+    out, worst = bytearray(raw), 0.0
+    for name, dtype, b, e in _tensors(header):
+        ref = base.get(name)
+        if dtype != "F16" or ref is None or ref[0] != header[name]["shape"]:
+            continue
+        u = np.frombuffer(raw, np.uint16, (e - b) // 2, start + b)
+        ob = _ordered(ref[1]).astype(np.int64)
+        q = 1 << k
+        d = _ordered(u).astype(np.int64) - ob
+        o = ob + np.floor(d / q + 0.5).astype(np.int64) * q  # (ties away from the base's side: deterministic)
+        o = np.clip(o, 0, 0xFFFF).astype(np.uint16)
+        u2 = _unordered(o)
+        finite = ((u & 0x7C00) != 0x7C00) & ((u2 & 0x7C00) != 0x7C00)  # inf / NaN are kept as they are
+        u2 = np.where(finite, u2, u).astype(np.uint16)
+        out[start + b:start + e] = u2.astype("<u2").tobytes()
+        a, a2 = u.view(np.float16).astype(np.float64), u2.view(np.float16).astype(np.float64)
+        big = np.abs(a) >= 1e-3
+        if big.any():
+            worst = max(worst, float(np.max(np.abs(a2 - a)[big] / np.abs(a[big]))))
+    return bytes(out), worst
+
+
 _HEAD = len(MAGIC) + 4  # the magic bytes and the JSON's length
 
 
@@ -210,6 +244,9 @@ def main(argv=None) -> int:
     ap.add_argument("--base", default=None, choices=sorted(SHIPPED), help="the shipped model it was fine-tuned from")
     ap.add_argument("--file", default=None, help="pack this safetensors file (beside it, as .eedz) instead of a shipped name")
     ap.add_argument("--unpack", default=None, metavar="PACK", help="rebuild PACK's safetensors file beside it (its base from the zoo)")
+    ap.add_argument("--coarse-delta", type=int, default=None, metavar="K",
+                    help="with --file and --base: write FILE-dK.safetensors, each weight's distance from the base rounded "
+                    "to 2**K fp16 steps (not lossless; see coarse_delta), instead of packing")
     a = ap.parse_args(argv)
     if a.unpack:  # (a run folder that travelled packed: the base is named in the pack)
         with open(a.unpack, "rb") as f:
@@ -221,6 +258,16 @@ def main(argv=None) -> int:
         return 0
     if (a.name is None) == (a.file is None):
         ap.error("give a shipped NAME or --file FILE (or --unpack PACK)")
+    if a.coarse_delta is not None:
+        if not (a.file and a.base):
+            ap.error("--coarse-delta needs --file FILE and --base NAME")
+        with open(a.file, "rb") as f:
+            out, worst = coarse_delta(f.read(), shipped_bytes(a.base), a.coarse_delta)
+        dst = os.path.splitext(a.file)[0] + f"-d{a.coarse_delta}.safetensors"
+        _write_atomic(dst, out)
+        print(f"{dst}: distances from {a.base} rounded to {2 ** a.coarse_delta} fp16 steps (largest relative change "
+              f"{worst:.2e}); measure it, then pack it with --file", file=sys.stderr)
+        return 0
     src = a.file or os.path.join(HERE, SHIPPED[a.name])
     with open(src, "rb") as f:
         raw = f.read()
