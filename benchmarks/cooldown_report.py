@@ -225,13 +225,13 @@ def main(argv=None) -> None:
     if a.ft:
         fts = finetunes(a.ft, rep)
         write_finetunes(a.dir, fts)
+        hand = {m: hand_schedules(a.ft, m) for m in fts}
         for model in fts:  # every cell against FLOPs saved; hand-written schedules (converge.sh HAND_MODEL) apart
             tables = os.path.join(a.ft, f"tables_{model}.jsonl")
             if os.path.exists(tables):
-                saving_plot(read_cells(tables), LABEL[model], os.path.join(a.ft, f"saving_vs_distance_{model}.png"),
-                            hand_schedules(a.ft, model))
+                saving_plot(read_cells(tables), LABEL[model], os.path.join(a.ft, f"saving_vs_distance_{model}.png"), hand[model])
         if a.into:
-            merge_section(a.into, a.ft, {"dir": a.ft, "rows": search_rows(fts, {m: hand_schedules(a.ft, m) for m in fts})})
+            merge_section(a.into, a.ft, {"dir": a.ft, "rows": search_rows(fts, hand)})
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ elif [ "$STAGE" = finetune ]; then
 elif [ "$STAGE" = more ]; then
   # D6 and the schedules `eediff search` finds at D6's saving and at 40% (SEARCH), fine-tuned like D4 on the shipped
   # (cooled) bases, on a fresh machine; the D4 and fair runs of the finetune stage travel as run folders (FT_IMPORT,
-  # default .data/v3/call3/ft: each MODEL-KIND/ with final-fp16.safetensors, metrics.jsonl, config.json) and their
+  # default .data/v3/call3/ftp: each MODEL-KIND/ with final-fp16.eedz or .safetensors, metrics.jsonl, config.json) and their
   # measured cells as TABLES_FROM, so the tables that come back hold every row. Two calls on one warm machine:
   #   bash benchmarks/device/cooldown.sh more 560     carry [".whl", ".data/fm-xz", ".data/v3/call3/ftp"]  (twice)
   # (ftp: the fair runs only, packed; the D4 runs' table cells come from TABLES_FROM, their files are not needed)

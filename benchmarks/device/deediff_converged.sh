@@ -31,7 +31,7 @@ if [ "$STAGE" = train ]; then
   wait
   for m in dit uvit; do grep -v -i warn $R/$m.log | tail -n 2 | cut -c1-200; cp $R/$m/metrics.jsonl $OUT/dd-$m.metrics.jsonl
     # the EMA export as it stands (a run stopped by --max-minutes writes one too): calibrated and measured on a CPU
-    # if no eval call follows (eediff calibrate; benchmarks/deediff_eval.py with --device cpu)
+    # if no eval call follows (benchmarks/deediff_cpu_check.py, then eediff.eval.calibrate.store_tau)
     [ -f $R/$m/final-fp16.safetensors ] && cp $R/$m/final-fp16.safetensors $OUT/dd-$m-fp16.safetensors; done
   exit 0
 fi
