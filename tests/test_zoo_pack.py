@@ -203,3 +203,12 @@ def test_coarse_delta_moves_each_weight_at_most_one_step_and_packs_smaller():
     assert len(zp.pack(out, b, "base")) < 0.95 * len(zp.pack(raw, b, "base"))
     with pytest.raises(zp.PackError):
         zp.coarse_delta(raw, b, 0)
+
+
+def test_the_shipped_models_fit_the_package_budget():
+    """Every file the zoo ships (packs, plain safetensors, the classifier) together within 16 MB (16e6 bytes)."""
+    from eediff.zoo import HERE
+
+    files = [f for f in os.listdir(HERE) if f.endswith((".eedz", ".safetensors"))]
+    assert len(files) >= 7  # six diffusion models and the classifier
+    assert sum(os.path.getsize(os.path.join(HERE, f)) for f in files) <= 16_000_000

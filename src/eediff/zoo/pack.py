@@ -33,6 +33,10 @@ import sys
 import numpy as np
 
 MAGIC = b"EEDIFF-PACK\x00\x01"
+# LZMA2 at its strongest, with no literal-context bits: the byte planes are near-random bytes, whose neighbours
+# predict nothing (0.5% smaller packs than the default lc=3, lp=0, pb=2). xz records its filters in the stream, so
+# packs made with other settings unpack the same way.
+XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "lc": 0, "lp": 0, "pb": 0}]
 CODEC = "fp16-ordered-delta, byte planes, xz"
 
 
@@ -126,7 +130,7 @@ def pack(raw: bytes, base_raw: bytes | None = None, base_name: str | None = None
             "header": base64.b64encode(hb).decode(), "base": base_name if delta else None,
             "base_sha256": hashlib.sha256(base_raw).hexdigest() if delta else None, "delta": delta}
     mj = json.dumps(meta).encode()
-    return MAGIC + struct.pack("<I", len(mj)) + mj + lzma.compress(b"".join(parts), preset=9 | lzma.PRESET_EXTREME)
+    return MAGIC + struct.pack("<I", len(mj)) + mj + lzma.compress(b"".join(parts), format=lzma.FORMAT_XZ, filters=XZ_FILTERS)
 
 
 def coarse_delta(raw: bytes, base_raw: bytes, k: int) -> tuple[bytes, float]:
