@@ -12,7 +12,6 @@ so the comparison is at equal layer saving; the saving each set realised is repo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
