@@ -152,7 +152,7 @@ def coarse_delta(raw: bytes, base_raw: bytes, k: int) -> tuple[bytes, float]:
         ob = _ordered(ref[1]).astype(np.int64)
         q = 1 << k
         d = _ordered(u).astype(np.int64) - ob
-        o = ob + np.floor(d / q + 0.5).astype(np.int64) * q  # (ties away from the base's side: deterministic)
+        o = ob + np.floor(d / q + 0.5).astype(np.int64) * q  # (ties upward in the numeric order: deterministic)
         o = np.clip(o, 0, 0xFFFF).astype(np.uint16)
         u2 = _unordered(o)
         finite = ((u & 0x7C00) != 0x7C00) & ((u2 & 0x7C00) != 0x7C00)  # inf / NaN are kept as they are
@@ -231,11 +231,13 @@ def unpack(packed: bytes, base_raw: bytes | None = None) -> bytes:
 
 
 def _write_atomic(dst: str, data: bytes) -> None:
-    import os
+    from ..io import atomic_write
 
-    with open(dst + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(dst + ".tmp", dst)
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(dst, write)
 
 
 def main(argv=None) -> int:
