@@ -22,8 +22,10 @@ from two_stage import pairs, write
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", required=True, help="LABEL=MODEL,... (DeeDiff checkpoints or shipped names)")
+    ap.add_argument("--models", default="", help="LABEL=MODEL,... (DeeDiff checkpoints or shipped names)")
     ap.add_argument("--full", default=None, help="a model sampled at full depth beside them (the base)")
+    ap.add_argument("--scheduled", default="", help="LABEL=MODEL:SCHEDULE,... sampled at a fixed exit schedule beside "
+                    "them (an ASE fine-tune at its preset)")
     ap.add_argument("--target-saving", type=float, default=0.4)
     ap.add_argument("--calib-n", type=int, default=256)
     ap.add_argument("-n", type=int, default=500)
@@ -64,6 +66,11 @@ def main(argv=None) -> dict:
     if a.full:
         b = resolve_model(a.full)
         out["rows"].append({"model": a.full, "kind": "full depth", **measure("full", b.model.eval(), b.process, schedule=get_schedule("full"))})
+    for label, spec in pairs(a.scheduled).items():
+        name, _, sched = spec.rpartition(":")
+        loaded = resolve_model(name)
+        out["rows"].append({"model": name, "kind": "schedule", "schedule": sched,
+                            **measure(label, loaded.model.eval(), loaded.process, schedule=get_schedule(sched))})
     for label, spec in pairs(a.models).items():
         loaded = resolve_model(spec)
         m = loaded.model.eval()
