@@ -7,6 +7,7 @@ form of ``deediff_eval.py`` (no timing, no Inception), for deciding between two 
 
 Every DeeDiff model is calibrated here to the same target (``eediff calibrate``'s function, ``--calib-n`` images),
 so the comparison is at equal layer saving; the saving each set realised is reported with its distance.
+``--scheduled ase-D4=dit-fmnist-D4:D4-DiT`` adds a model sampled at a fixed exit schedule (an ASE fine-tune).
 """
 
 from __future__ import annotations
