@@ -32,7 +32,7 @@ from eediff.eval.classifier import ClassifierFeatures
 from eediff.eval.evaluate import reference
 from eediff.exits.schedule import get_schedule
 from eediff.generate import generate, to_uint8
-from eediff.io import atomic_write
+from eediff.io import write_atomic
 from eediff.zoo import resolve_model
 
 
@@ -65,13 +65,6 @@ class BandSwap(nn.Module):
         out = self.finetuned(x, t, y, active_blocks=active_blocks, **kw)
         out[inside] = self.base(x[inside], t[inside], None if y is None else y[inside], **kw)
         return out
-
-
-def write_text(path: str, text: str) -> None:
-    def put(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    atomic_write(path, put)
 
 
 def parse_bands(spec: str) -> list[tuple[float, float]]:
@@ -139,7 +132,7 @@ def main(argv=None) -> int:
     out = {"base": a.base, "finetuned": a.finetuned, "schedule": schedule.name, "sampler": f"{a.sampler}-{a.steps}", "n": a.n,
            "seed": a.seed, "metric": "fd-classifier", "reference": a.reference, "rows": rows,
            "command": shlex.join(["python", "benchmarks/band_swap.py", *(sys.argv[1:] if argv is None else argv)])}
-    write_text(a.out, json.dumps(out, indent=1))
+    write_atomic(a.out, json.dumps(out, indent=1))
     lines = [f"# Where the distance of `{a.finetuned}` at {schedule.name} comes from ({a.sampler} {a.steps}, n = {a.n})", "",
              f"Command: `{out['command']}`", "", "| row | classifier FD | ÷ base | share of the gap removed | blocks run |",
              "|---|---|---|---|---|"]
@@ -147,7 +140,7 @@ def main(argv=None) -> int:
         share = "" if r.get("share_of_gap") is None else f"{100 * r['share_of_gap']:.0f}%"
         blocks = "" if r["blocks_fraction"] is None else f"{100 * r['blocks_fraction']:.1f}%"
         lines.append(f"| {r['row']} | {r['fd']:.3f} | {r['fd'] / b:.2f} | {share} | {blocks} |")
-    write_text(os.path.splitext(a.out)[0] + ".md", "\n".join(lines) + "\n")
+    write_atomic(os.path.splitext(a.out)[0] + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -114,6 +114,15 @@ def atomic_write(path: str, write_fn) -> None:
             os.unlink(tmp)
 
 
+def write_atomic(path: str, data: bytes | str) -> None:
+    """``data`` (bytes, or text written as UTF-8) into ``path`` through :func:`atomic_write`."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+
+    atomic_write(path, write)
+
+
 def write_json_atomic(path: str, obj) -> None:
     def write(tmp):
         with open(tmp, "w") as f:

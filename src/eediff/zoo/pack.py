@@ -230,19 +230,10 @@ def unpack(packed: bytes, base_raw: bytes | None = None) -> bytes:
     return raw
 
 
-def _write_atomic(dst: str, data: bytes) -> None:
-    from ..io import atomic_write
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    atomic_write(dst, write)
-
-
 def main(argv=None) -> int:
     import os
 
+    from ..io import write_atomic
     from . import HERE, SHIPPED, shipped_bytes
 
     ap = argparse.ArgumentParser(description="Pack a shipped model (src/eediff/zoo/NAME.safetensors) into NAME.eedz, losslessly.")
@@ -259,7 +250,7 @@ def main(argv=None) -> int:
             packed = f.read()
         meta, _ = read_meta(packed)
         dst = os.path.splitext(a.unpack)[0] + ".safetensors"
-        _write_atomic(dst, unpack(packed, shipped_bytes(meta["base"]) if meta["delta"] else None))
+        write_atomic(dst, unpack(packed, shipped_bytes(meta["base"]) if meta["delta"] else None))
         print(f"{dst}: rebuilt (SHA-256 checked)", file=sys.stderr)
         return 0
     if (a.name is None) == (a.file is None):
@@ -270,7 +261,7 @@ def main(argv=None) -> int:
         with open(a.file, "rb") as f:
             out, worst = coarse_delta(f.read(), shipped_bytes(a.base), a.coarse_delta)
         dst = os.path.splitext(a.file)[0] + f"-d{a.coarse_delta}.safetensors"
-        _write_atomic(dst, out)
+        write_atomic(dst, out)
         print(f"{dst}: distances from {a.base} rounded to {2 ** a.coarse_delta} fp16 steps (largest relative change "
               f"{worst:.2e}); measure it, then pack it with --file", file=sys.stderr)
         return 0
@@ -282,7 +273,7 @@ def main(argv=None) -> int:
     if unpack(packed, base_raw) != raw:  # (unpack checks the SHA-256 too)
         raise SystemExit("the pack does not rebuild the file: not written")
     dst = os.path.splitext(src)[0] + ".eedz"
-    _write_atomic(dst, packed)
+    write_atomic(dst, packed)
     print(f"{dst}: {len(packed) / 1e6:.2f} MB from {len(raw) / 1e6:.2f} MB ({len(read_meta(packed)[0]['delta'])} tensors as "
           f"deltas of {a.base or '-'}); remove {os.path.basename(src)} to ship the pack", file=sys.stderr)
     return 0
