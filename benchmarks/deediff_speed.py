@@ -116,10 +116,10 @@ if __name__ == "__main__":
     out = {"command": "python " + " ".join(sys.argv), "device": torch.cuda.get_device_name(), "torch": torch.__version__}
     t0 = time.perf_counter()
     log = lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}", flush=True)  # noqa: E731
-    from eediff.io import atomic_write
+    from eediff.io import write_atomic
 
     def save():
-        atomic_write(a.out, lambda tmp: open(tmp, "w").write(json.dumps(out, indent=1)))
+        write_atomic(a.out, json.dumps(out, indent=1))
 
     if not a.skip_xl:
         out["xl"] = xl_part(a, log)

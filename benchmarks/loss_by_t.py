@@ -27,7 +27,7 @@ import torch
 
 from eediff.data import load_dataset
 from eediff.exits.schedule import get_schedule
-from eediff.io import atomic_write
+from eediff.io import atomic_write, write_atomic
 from eediff.train.losses import DiffusionObjective
 from eediff.zoo import resolve_model
 
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
               "device": f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
               "seconds": round(time.time() - start, 1), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/loss_by_t.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
-    atomic_write(args.out, lambda tmp: open(tmp, "w").write(json.dumps(result, indent=1)))
+    write_atomic(args.out, json.dumps(result, indent=1))
     plot(result, os.path.splitext(args.out)[0] + ".png")
     print(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.png ({result['seconds']} s)")
     return 0

@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def write(path: str, res: dict) -> None:
-    from eediff.io import atomic_write
+    from eediff.io import write_atomic
 
-    atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(res, indent=1)))
+    write_atomic(path, json.dumps(res, indent=1))
     print(f"wrote {path}")

@@ -521,13 +521,9 @@ def _end_to_end(cfg, dm_bf16, compiled, fasts, kd, device, log):
 
 
 def write_results(res: dict, path: str) -> None:
-    from .io import atomic_write
+    from .io import write_atomic
 
-    def w(tmp):
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=2)
-
-    atomic_write(path, w)
+    write_atomic(path, json.dumps(res, indent=2))
     md = path.rsplit(".", 1)[0] + ".md"
     lines = [f"# DiT benchmark ({res['device']}, torch {res['torch']})", "", f"Command: `{res.get('command', '')}`", "",
              f"bf16 matmul peak (measured): {res['bf16_matmul_tflops']:.1f} TFLOP/s; model: {res['config']['model']}, "
@@ -568,4 +564,4 @@ def write_results(res: dict, path: str) -> None:
         for r in res["end_to_end"]:
             hs = "—" if r.get("host_syncs") is None else str(r["host_syncs"])
             lines.append(f"| {r['variant']} | {r['sampler']} | {r['schedule']} | {r['images_per_s']:.2f} | {hs} |")
-    atomic_write(md, lambda tmp: open(tmp, "w").write("\n".join(lines) + "\n"))
+    write_atomic(md, "\n".join(lines) + "\n")

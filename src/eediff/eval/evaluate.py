@@ -244,7 +244,7 @@ def fid_cell(model, process, sampler, schedule, n: int, seed: int, batch_size: i
 
 
 def run_eval(cfg: EvalConfig, log=print) -> dict:
-    from ..io import atomic_write
+    from ..io import write_atomic
     from ..config import autocast_dtype, resolve_device
     from ..zoo import resolve_model
     from ..exits.schedule import get_schedule
@@ -374,8 +374,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     }
     if rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-        atomic_write(cfg.out, lambda tmp: open(tmp, "w").write(json.dumps(result, indent=2)))
-        atomic_write(cfg.out.rsplit(".", 1)[0] + ".md", lambda tmp: open(tmp, "w").write(markdown_table(result)))
+        write_atomic(cfg.out, json.dumps(result, indent=2))
+        write_atomic(cfg.out.rsplit(".", 1)[0] + ".md", markdown_table(result))
         if rows:
             from .plots import save_fid_vs_accel
 

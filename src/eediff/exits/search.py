@@ -110,6 +110,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import EediffError
+from ..io import write_json_atomic
 from .schedule import ExitSchedule, ScheduleError, get_schedule
 
 
@@ -652,17 +653,7 @@ def run_search(cfg, log=print) -> SearchResult:
     spec = json.loads(result.schedule(name).to_spec())
     spec["search"] = {"model": loaded.source, "sampler": settings["sampler"], "compute_saving": best.compute_saving,
                       "proxy": best.proxy, "fid_ratio": best.fid_ratio, "report": cfg.report}
-    write_json(cfg.out, spec)
+    write_json_atomic(cfg.out, spec)
     if cfg.report is not None:
-        write_json(cfg.report, result.report())
+        write_json_atomic(cfg.report, result.report())
     return result
-
-
-def write_json(path: str, obj) -> None:
-    from ..io import atomic_write
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-
-    atomic_write(path, write)
