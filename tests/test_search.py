@@ -276,6 +276,7 @@ def test_cli_writes_a_schedule_that_sample_runs(ckpt, tmp_path):
     (["--target-saving", "1.2"], "must lie in (0, 1)"),
     (["--max-fid-ratio", "nan"], "finite number >= 1"),
     (["--target-saving", "0.4", "--out", "s.txt"], "must end in .json"),
+    (["--target-saving", "0.4", "--plot", "s.jpg"], "must end in .png"),
 ])
 def test_cli_one_line_errors(args, needle):
     r = run("search", *args, "--no-progress")
@@ -678,3 +679,51 @@ def test_sample_notes_a_searched_schedule_run_on_another_sampler(tmp_path):
     assert "note: this schedule was searched for ddim-4 (compute saving 12.3%); with ddim-3" in other.output
     same = invoke(*base, "--sampler", "ddim", "--steps", "4", "--out", tmp_path / "b.png")
     assert same.exit_code == 0 and "was searched for" not in same.output
+
+
+def test_reference_points_are_the_presets_that_fit_scored_on_the_same_table():
+    """The presets set beside a search: exactly the paper's D schedules defined for the model's depth, each
+    scored by sum_s w_s e[s, k(t_s)] and 1 - FLOPs / full FLOPs computed here by hand; a --saving-of schedule
+    that is no preset is added, and a depth below the measured ones scores None (JSON null), not nan."""
+    from eediff.exits.schedule import PRESETS, get_schedule
+
+    ts = [0.05, 0.35, 0.65, 0.95]
+    for K, names in ((6, ["D1-U-ViT", "D2-U-ViT", "D3-U-ViT", "D4-U-ViT", "D5-U-ViT", "D6-U-ViT"]),
+                     (28, ["D1-DiT", "D3-DiT", "D4-DiT", "D6-DiT"])):
+        err = [[math.nan] + [float((K - k) * (s + 1)) for k in range(1, K + 1)] for s in range(len(ts))]
+        table = synthetic_table(err, ts, K)
+        refs = S.reference_points(table)
+        assert [r["name"] for r in refs] == names
+        for r in refs:
+            sch = PRESETS[r["name"]]
+            depths = [sch.active_blocks(t, K) for t in ts]
+            assert r["proxy"] == pytest.approx(sum(err[s][k] for s, k in enumerate(depths)))
+            assert r["compute_saving"] == pytest.approx(1 - sum(1 + k for k in depths) / (len(ts) * (1 + K)))
+            assert r["blocks"] == list(sch.blocks) and r["boundaries"] == list(sch.boundaries)
+    table = synthetic_table([[math.nan, 1.0, 0.5, 0.0]] * 2, [0.2, 0.8], 3)
+    assert S.reference_points(table) == []  # no preset is defined for 3 blocks
+    own = S.reference_points(table, get_schedule("3,2"))
+    assert [(r["name"], r["proxy"]) for r in own] == [("3,2", pytest.approx(0.5))]
+    low = S.reference_points(table, get_schedule("3,0"))
+    assert low[0]["proxy"] is None and json.loads(json.dumps(low)) == low
+
+
+def test_plot_of_a_search_and_of_its_saved_report(ckpt, tmp_path):
+    """--plot: a PNG next to the schedule, drawn from the report (the saved report draws the same picture), with
+    the --saving-of schedule among the references; an existing plot is not replaced unasked."""
+    from eediff.config import SearchConfig
+    from eediff.eval.plots import save_search_plot
+
+    out, rep, png = tmp_path / "s.json", tmp_path / "r.json", tmp_path / "s.png"
+    res = S.run_search(SearchConfig(model=ckpt, saving_of="4,3,2,1", sampler="ddim", steps=4, n=3, intervals=4, device="cpu",
+                                    progress=False, out=str(out), report=str(rep), plot=str(png)), log=lambda *a: None)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(rep.read_text())
+    assert [r["name"] for r in report["references"]] == ["4,3,2,1"] and report["references"] == res.references
+    save_search_plot(report, str(tmp_path / "again.png"))
+    assert (tmp_path / "again.png").stat().st_size > 10_000
+    before = png.read_bytes()
+    r = run("search", "--model", ckpt, "--saving-of", "4,3,2,1", "--sampler", "ddim", "--steps", "4", "-n", "3",
+            "--intervals", "4", "--device", "cpu", "--out", str(tmp_path / "t.json"), "--plot", str(png), "--no-progress")
+    assert r.returncode == 2 and "--plot" in r.stderr and "exists" in r.stderr, r.stderr
+    assert png.read_bytes() == before and not (tmp_path / "t.json").exists()

@@ -561,6 +561,8 @@ def search_cmd(cfg) -> None:
     _check_output(cfg.out, (".json",), inputs=inputs, overwrite=cfg.overwrite)
     if cfg.report:
         _check_output(cfg.report, (".json",), inputs=inputs, overwrite=cfg.overwrite, flag="--report")
+    if cfg.plot:
+        _check_output(cfg.plot, (".png",), inputs=inputs, overwrite=cfg.overwrite, flag="--plot")
     res = run_search(cfg, log=typer.echo)
     best, s = res.best, res.settings
     typer.echo(f"model: {s['model']}  ({s['arch']}, {s['num_blocks']} schedulable blocks)  sampler: {s['sampler']}  "
@@ -580,7 +582,8 @@ def search_cmd(cfg) -> None:
     if not cfg.adapted:  # measured: the zero-shot proxy can rank schedules the opposite way from their fine-tuned quality
         typer.echo("note: a zero-shot search; for a schedule you will fine-tune, search with --adapted (a copy fine-tuned at every "
                    "depth: eediff finetune --schedule full --depth-sampling uniform)")
-    typer.echo(f"wrote {cfg.out}" + (f" and {cfg.report}" if cfg.report else "") + f"  (use it with: eediff sample --schedule {cfg.out})")
+    written = [cfg.out] + [p for p in (cfg.report, cfg.plot) if p]
+    typer.echo(f"wrote {', '.join(written)}  (use the schedule with: eediff sample --schedule {cfg.out})")
 
 
 @dataclass_command(FidConfig, "fid", "FID (or the cheap classifier distance) of an image set against a reference data set.")

@@ -357,8 +357,11 @@ class SearchConfig:
     sampler: str = opt("dpm-solver++", "sampler the schedule is searched for (its timesteps decide the FLOPs): ddpm | ddim | dpm-solver++ | euler-maruyama | a diffusers class")
     steps: int = opt(25, "sampler steps", aliases=("--num-inference-steps",))
     out: str = opt("schedule.json", "the schedule as JSON, for --schedule of sample / eval / finetune")
-    report: str = opt(None, "JSON report: the search path (schedule, compute saving, proxy, FD where confirmed) and the proxy table")
-    overwrite: bool = opt(False, "replace --out / --report if they exist; an input is never overwritten")
+    report: str = opt(None, "JSON report: the search path (schedule, compute saving, proxy, FD where confirmed), the presets scored on "
+                            "the same proxy, and the proxy table")
+    plot: str = opt(None, "PNG: the search path (proxy against compute saving) beside the presets that fit the model, the chosen "
+                          "candidate marked, and its depth over t beside the --saving-of schedule")
+    overwrite: bool = opt(False, "replace --out / --report / --plot if they exist; an input is never overwritten")
     name: str = opt(None, "the schedule's name (default: search-MODEL-SAVING)")
     n: int = opt(256, "images whose full-depth trajectories the proxy is measured on", short="-n")
     batch_size: int = opt(256, "images per batch (proxy and confirmation)")

@@ -103,3 +103,62 @@ def save_exit_depths(step_depths: list, num_blocks: int, path: str, title: str =
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
+
+
+def save_search_plot(report: dict, path: str) -> None:
+    """``eediff search --plot``: the picture of a search report (``SearchResult.report()``, or its saved JSON).
+
+    Left: every candidate of the search path, proxy against compute saving, with the chosen one starred and the
+    confirmed FD ratios written beside the candidates that were sampled; the presets that fit the model
+    (``report["references"]``) scored on the same proxy table, so a preset above the path is one the search beats
+    at its own cost. Right: blocks run against t for the chosen schedule and the ``--saving-of`` schedule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..exits.schedule import ExitSchedule
+    from ..io import atomic_write
+
+    path_pts = report["path"]
+    chosen = path_pts[report["chosen"]]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    ax.plot([100 * c["compute_saving"] for c in path_pts], [c["proxy"] for c in path_pts], marker=".", markersize=4,
+            color="tab:blue", label=f"search path ({report.get('method', '')}, {len(path_pts)} candidates)")
+    ax.plot([100 * chosen["compute_saving"]], [chosen["proxy"]], marker="*", markersize=15, color="tab:red", linestyle="none",
+            label=f"chosen: {','.join(map(str, chosen['blocks']))}")
+    for c in path_pts:
+        if c.get("fid_ratio") is not None:
+            ax.annotate(f"FD ×{c['fid_ratio']:.3f}", (100 * c["compute_saving"], c["proxy"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points", color="tab:red")
+    refs = [r for r in report.get("references", []) if r.get("proxy") is not None]
+    for r in refs:
+        ax.plot([100 * r["compute_saving"]], [r["proxy"]], marker="x", markersize=8, color="tab:gray", linestyle="none")
+        ax.annotate(r["name"], (100 * r["compute_saving"], r["proxy"]), fontsize=7, xytext=(5, -3), textcoords="offset points")
+    if refs:
+        ax.plot([], [], marker="x", color="tab:gray", linestyle="none", label="presets, same proxy")
+    ax.set_xlabel("compute saving (% of the analytic FLOPs, this sampler's steps)")
+    weighting = report.get("weighting", "")
+    ax.set_ylabel(f"proxy ({weighting} weighting; lower is closer to full depth)")
+    kind = "adapted" if report.get("adapted") else "zero-shot"
+    ax.set_title(f"{report.get('arch', '')} · {report.get('sampler', '')} · {kind} proxy on {report.get('n', '?')} images", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+
+    K = report["num_blocks"]
+    ts = [i / 400 for i in range(401)]
+    spec = report["schedule"]
+    shown = [(ExitSchedule(spec.get("name", "searched"), tuple(spec["boundaries"]), tuple(spec["blocks"])), "tab:red")]
+    other = next((r for r in report.get("references", []) if r["name"] == report.get("saving_of")), None)
+    if other is not None:
+        shown.append((ExitSchedule(other["name"], tuple(other["boundaries"]), tuple(other["blocks"])), "tab:gray"))
+    for s, colour in shown:
+        ax2.step(ts, [s.active_blocks(t, K) for t in ts], where="post", color=colour, label=s.name)
+    ax2.set_xlabel("t (0 = data, 1 = noise)")
+    ax2.set_ylabel("blocks run")
+    ax2.set_ylim(0, K + 0.5)
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)

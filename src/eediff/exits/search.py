@@ -508,6 +508,26 @@ def bisect_ratio(path: list[Candidate], judge: Callable, boundaries, max_ratio: 
 # ---- the command ------------------------------------------------------------------------------------------
 
 
+def reference_points(table: ProxyTable, extra: ExitSchedule | None = None) -> list[dict]:
+    """The paper's presets (D1-D6) that fit this model, and ``extra`` (``--saving-of``) if it is not one of them,
+    scored on the same table as the search path: what the plot and the report set the path against."""
+    from .schedule import PRESETS
+
+    schedules = [s for name, s in PRESETS.items() if name[:1] == "D" and name[1:2].isdigit()]
+    if extra is not None and extra.name not in [s.name for s in schedules]:
+        schedules.append(extra)
+    out = []
+    for s in schedules:
+        try:
+            s.check(table.num_blocks)
+        except ScheduleError:
+            continue  # a preset defined for another depth
+        proxy = table.proxy(s)
+        out.append({"name": s.name, "boundaries": list(s.boundaries), "blocks": list(s.blocks),
+                    "compute_saving": table.compute_saving(s), "proxy": None if math.isnan(proxy) else proxy})
+    return out
+
+
 @dataclass
 class SearchResult:
     table: ProxyTable
@@ -515,6 +535,7 @@ class SearchResult:
     path: list[Candidate]
     chosen: int
     settings: dict = field(default_factory=dict)
+    references: list[dict] = field(default_factory=list)  # reference_points(): presets scored on the same table
 
     @property
     def best(self) -> Candidate:
@@ -526,7 +547,7 @@ class SearchResult:
     def report(self) -> dict:
         return {**self.settings, "boundaries": list(self.boundaries), "chosen": self.chosen,
                 "schedule": json.loads(self.schedule(self.settings.get("name", "searched")).to_spec()),
-                "path": [asdict(c) for c in self.path], "proxy_table": self.table.to_dict()}
+                "path": [asdict(c) for c in self.path], "references": self.references, "proxy_table": self.table.to_dict()}
 
 
 def check_config(cfg) -> None:
@@ -555,9 +576,9 @@ def check_config(cfg) -> None:
         raise SearchError(f"--metric '{cfg.metric}' is unknown: use auto, fid or fd-classifier")
     if not 0 <= cfg.seed < 2**63 - cfg.n - cfg.confirm_n:
         raise SearchError(f"--seed {cfg.seed} is out of range: use 0 <= seed < 2**63 - n - confirm_n")
-    for flag, path in (("--out", cfg.out), ("--report", cfg.report)):
-        if path is not None and (os.path.isdir(path) or not path.lower().endswith(".json")):
-            raise SearchError(f"{flag} '{path}' must be a file name ending in .json")
+    for flag, path, ext in (("--out", cfg.out, ".json"), ("--report", cfg.report, ".json"), ("--plot", cfg.plot, ".png")):
+        if path is not None and (os.path.isdir(path) or not path.lower().endswith(ext)):
+            raise SearchError(f"{flag} '{path}' must be a file name ending in {ext}")
     if cfg.report is not None and os.path.abspath(cfg.report) == os.path.abspath(cfg.out):
         raise SearchError("--report and --out are the same file: give the report another name")
 
@@ -648,7 +669,7 @@ def run_search(cfg, log=print) -> SearchResult:
         "seconds": round(time.perf_counter() - start, 2), "date": time.strftime("%Y-%m-%d"),
         "command": "eediff " + shlex.join(sys.argv[1:]) if os.path.basename(sys.argv[0]).startswith("eediff") else shlex.join(sys.argv),
     }
-    result = SearchResult(table, boundaries, path, chosen, settings)
+    result = SearchResult(table, boundaries, path, chosen, settings, reference_points(table, other))
     best = result.best
     spec = json.loads(result.schedule(name).to_spec())
     spec["search"] = {"model": loaded.source, "sampler": settings["sampler"], "compute_saving": best.compute_saving,
@@ -656,4 +677,8 @@ def run_search(cfg, log=print) -> SearchResult:
     write_json_atomic(cfg.out, spec)
     if cfg.report is not None:
         write_json_atomic(cfg.report, result.report())
+    if cfg.plot is not None:
+        from ..eval.plots import save_search_plot
+
+        save_search_plot(result.report(), cfg.plot)
     return result
