@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -326,3 +327,53 @@ def test_per_sample_exits_with_batched_adaln(float64):
     h.remove()
     assert torch.equal(d, d_ref) and len(set(d.tolist())) > 1
     assert torch.allclose(out, ref, rtol=0, atol=1e-12)
+
+
+def test_deediff_cpu_check_compares_at_equal_saving_on_the_same_seeds(tmp_path):
+    """benchmarks/deediff_cpu_check.py: the full-depth row is `generate` at full depth with seeds 0.. (the same
+    images, bit for bit), the scheduled row's FLOP cut is the schedule's analytic one, the DeeDiff row's tau is
+    the one `calibrate` finds for the target, and every distance is the classifier FD of the images it saved."""
+    from test_train_plateau import _bench_module
+
+    from eediff.config import FidConfig
+    from eediff.diffusion.sampling import SamplerConfig
+    from eediff.eval.calibrate import calibrate
+    from eediff.eval.evaluate import run_fid
+    from eediff.exits.schedule import get_schedule
+    from eediff.generate import generate, to_uint8
+
+    import numpy as np
+
+    torch.manual_seed(0)  # 28x28x1: the size the Fashion-MNIST classifier reads
+    m = eediff.build_model("DiT", input_size=28, patch_size=7, in_channels=1, hidden_size=32, depth=4, num_heads=4, num_classes=10)
+    apply_deediff(m, DeeDiffConfig())
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.1)
+        for p in m.uem.parameters():
+            p.normal_(0, 0.5)
+    path = str(tmp_path / "dd.safetensors")
+    eediff.save_model(path, m)
+    ref = str(Path(__file__).parent / "data" / "fmnist_sample.npz")
+    work, out = tmp_path / "work", tmp_path / "check.json"
+    res = _bench_module("deediff_cpu_check").main([
+        "--models", f"dd={path}", "--full", path, "--scheduled", f"cut={path}:4,2", "--target-saving", "0.4", "--calib-n", "6",
+        "-n", "12", "--batch-size", "12", "--steps", "3", "--reference", ref, "--work", str(work), "--cache-dir", str(tmp_path / "c"),
+        "--out", str(out)])
+    rows = {r["label"]: r for r in res["rows"]}
+    assert list(rows) == ["full", "cut", "dd"] and json.loads(out.read_text())["rows"] == res["rows"]
+    loaded = eediff.load_model(path)
+    sampler = SamplerConfig("dpm-solver++", 3)
+    full = generate(loaded.model.eval(), loaded.process, sampler, n=12, batch_size=12, seed=0, device="cpu", progress=False,
+                    schedule=get_schedule("full"))
+    assert np.array_equal(np.load(work / "full.npz")["arr_0"], to_uint8(full.images))
+    cut = get_schedule("4,2")
+    t_unit = [float(loaded.process.unit_time(t)) for t in full.model_times]
+    assert rows["cut"]["flop_reduction"] == pytest.approx(1 - cut.compute_fraction(loaded.model.flops, 4, t_unit), abs=1e-9)
+    assert 0 < rows["cut"]["flop_reduction"] < 0.5
+    c = calibrate(loaded.model.eval(), loaded.process, sampler, 0.4, n=6, batch_size=12, device="cpu", check=False)
+    assert rows["dd"]["tau"] == c["tau"] and rows["dd"]["recorded_saving"] == c["recorded_saving"]
+    for label in rows:
+        fd = run_fid(FidConfig(images=str(work / f"{label}.npz"), reference=ref, metric="fd-classifier",
+                               cache_dir=str(tmp_path / "c"), device="cpu"))
+        assert rows[label]["fd"] == pytest.approx(fd, rel=1e-9)
