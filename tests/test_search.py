@@ -727,3 +727,29 @@ def test_plot_of_a_search_and_of_its_saved_report(ckpt, tmp_path):
             "--intervals", "4", "--device", "cpu", "--out", str(tmp_path / "t.json"), "--plot", str(png), "--no-progress")
     assert r.returncode == 2 and "--plot" in r.stderr and "exists" in r.stderr, r.stderr
     assert png.read_bytes() == before and not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.parametrize("arch", ["DiT", "U-ViT"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_all_depths_in_one_pass_equal_each_depth_alone(arch, cfg_scale):
+    """Denoiser.at_depths (backbone.forward_depths: the blocks run once, the head after each depth) gives, bit for
+    bit, what the denoiser gives under a fixed depth k, for every depth asked and only those, with and without
+    guidance; the U-ViT's dropped decoder blocks still fuse their skips."""
+    from eediff.diffusion.sampling import Denoiser
+    from eediff.exits.policy import make_policy
+    from eediff.exits.schedule import ExitSchedule
+
+    m = tiny_backbone(arch)
+    p = default_process(m)
+    K = m.num_exit_blocks
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(3, m.in_channels, 8, 8, generator=g), torch.tensor([0, 1, 2])
+    asked = [K, 1, 2] if K > 2 else [1, K]
+    with torch.no_grad():
+        got = {k: out.clone() for k, out in Denoiser(m, p, None, cfg_scale=cfg_scale).at_depths(x, 420.0, y, asked)}
+        assert sorted(got) == sorted(asked)
+        for k in asked:
+            fixed = Denoiser(m, p, make_policy(ExitSchedule(f"{k}", (0.0, 1.0), (k,)), K), cfg_scale=cfg_scale)
+            assert torch.equal(got[k], fixed(x, 420.0, y)), k
+    with pytest.raises(ValueError, match="outside"):
+        list(Denoiser(m, p, None).at_depths(x, 420.0, y, [K + 1]))

@@ -190,9 +190,9 @@ class Denoiser:
         t = torch.as_tensor(t_model, dtype=torch.float64).cpu().expand(batch)
         return self.policy.depth(self.process.unit_time(t))
 
-    def __call__(self, x: torch.Tensor, t_model, y: torch.Tensor | None = None) -> torch.Tensor:
+    def _inputs(self, x: torch.Tensor, t_model, y: torch.Tensor | None):
+        """(x, t, y, guided): the network's inputs, both halves of a guided batch stacked."""
         B = x.shape[0]
-        k = self.depths(t_model, B)
         if isinstance(t_model, (int, float)):  # one time for the batch: filled on the device, no host-to-device copy
             t = torch.full((B,), float(t_model), dtype=torch.float32, device=x.device)
         else:
@@ -201,18 +201,37 @@ class Denoiser:
         if guided:
             null = torch.full_like(y, self.model.num_classes)
             x, y, t = torch.cat([x, x]), torch.cat([y, null]), torch.cat([t, t])
-            k = None if k is None else torch.cat([k, k])
-        exits = self.policy if hasattr(self.policy, "exit_after") else None  # a per-sample policy decides after each block
-        if exits is not None or self.record is not None:
-            ran = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-            out = self.model(x, t.contiguous(), y, active_blocks=k, exits=exits, depth_out=ran)
-            if self.record is not None:
-                self.record.append((t_model, ran))
-        else:
-            out = self.model(x, t.contiguous(), y, active_blocks=k)  # (B or 2B, C_out, H, W)
-        if not guided:
-            return out
+        return x, t.contiguous(), y, guided
+
+    def _guide(self, out: torch.Tensor, B: int) -> torch.Tensor:
         cond, uncond = out[:B], out[B:]
         c = self.cfg_channels or self.model.in_channels
         eps = uncond[:, :c] + self.cfg_scale * (cond[:, :c] - uncond[:, :c])
         return torch.cat([eps, cond[:, c:]], dim=1)
+
+    def at_depths(self, x: torch.Tensor, t_model, y: torch.Tensor | None, depths):
+        """``(k, prediction with every row at depth k)`` for each k in ``depths``, the blocks run once for all of
+        them (``backbone.forward_depths``; each equals this denoiser's output under a fixed depth k, bit for
+        bit). The exit policy is not asked: the caller names the depths. A generator, as forward_depths is."""
+        from ..models.backbone import forward_depths
+
+        B = x.shape[0]
+        x, t, y, guided = self._inputs(x, t_model, y)
+        for k, out in forward_depths(self.model, x, t, y, depths):
+            yield k, (self._guide(out, B) if guided else out)
+
+    def __call__(self, x: torch.Tensor, t_model, y: torch.Tensor | None = None) -> torch.Tensor:
+        B = x.shape[0]
+        k = self.depths(t_model, B)
+        x, t, y, guided = self._inputs(x, t_model, y)
+        if guided:
+            k = None if k is None else torch.cat([k, k])
+        exits = self.policy if hasattr(self.policy, "exit_after") else None  # a per-sample policy decides after each block
+        if exits is not None or self.record is not None:
+            ran = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+            out = self.model(x, t, y, active_blocks=k, exits=exits, depth_out=ran)
+            if self.record is not None:
+                self.record.append((t_model, ran))
+        else:
+            out = self.model(x, t, y, active_blocks=k)  # (B or 2B, C_out, H, W)
+        return self._guide(out, B) if guided else out

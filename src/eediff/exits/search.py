@@ -3,7 +3,9 @@
 **Proxy.** A schedule's harm is estimated without sampling with it. A fixed batch of seeds (``n`` images,
 image i from seed ``seed + i``, label ``i % classes``) is sampled at full depth, and every network input
 ``x_s`` of every step s is recorded with the full-depth prediction ``eps_full(x_s)``. On those very states
-the network is run again at every depth k (``min_depth <= k < K``) and the mean squared difference
+the network is run again at every depth k (``min_depth <= k < K``; one pass per state, the head read after
+each block, ``Denoiser.at_depths``: K blocks instead of K^2 / 2, each depth's prediction bit for bit what a
+fixed depth k gives) and the mean squared difference
 
     e[s, k] = mean over images and elements of (eps_k(x_s, t_s) - eps_full(x_s, t_s))^2
 
@@ -200,11 +202,6 @@ def check_adapted(model, adapted) -> None:
                           "size, classes, learned sigma): give a copy of --model fine-tuned with --depth-sampling uniform")
 
 
-def fixed_depth(k: int) -> ExitSchedule:
-    """k blocks at every t."""
-    return ExitSchedule(f"{k} blocks", (0.0, 1.0), (k,))
-
-
 def probe_noise(shape, image_seeds: Sequence[int], step: int, device) -> torch.Tensor:
     """(len(image_seeds), *shape) standard normal probe for step ``step``, image i's drawn from its own seed
     (so a weight does not depend on the batching)."""
@@ -226,7 +223,7 @@ def measure_proxy(model, process, sampler, n: int = 256, batch_size: int = 256, 
 
     from ..diffusion.sampling import Denoiser, sample_loop
     from ..generate import image_noise, resolve_labels
-    from .policy import FullDepth, make_policy
+    from .policy import FullDepth
 
     K = model.num_exit_blocks
     if not 1 <= min_depth <= K:
@@ -241,8 +238,8 @@ def measure_proxy(model, process, sampler, n: int = 256, batch_size: int = 256, 
         check_adapted(model, adapted)
         adapted = adapted.to(device).eval()
     runner, top = (model, K) if adapted is None else (adapted, K + 1)
-    truncated = {k: Denoiser(runner, process, make_policy(fixed_depth(k), K) if k < K else FullDepth(K), cfg_scale=cfg_scale)
-                 for k in range(min_depth, top)}
+    truncated = list(range(min_depth, top))  # the depths measured, all in one pass per state (Denoiser.at_depths)
+    at_depths = Denoiser(runner, process, None, cfg_scale=cfg_scale).at_depths
     labels = resolve_labels(range(n), model.num_classes, None)
     shape = (C, model.input_size, model.input_size)
     n_batches = math.ceil(n / batch_size)
@@ -279,11 +276,12 @@ def measure_proxy(model, process, sampler, n: int = 256, batch_size: int = 256, 
         elif [t for _, t, _ in states] != times:
             raise SearchError("the sampler visited different timesteps for different batches: use a deterministic timestep grid")
         for s, (x, t, eps) in enumerate(states):
-            for k, fn in truncated.items():
-                with torch.autocast(**amp):
-                    e = fn(x, t, y)[:, :C].float()
-                sums[s, k] += ((e - eps) ** 2).flatten(1).mean(1).double().sum().cpu()
-                bar.update()
+            acc = torch.zeros(K + 1, dtype=torch.float64, device=device)  # on the device: one host read per state
+            with torch.autocast(**amp):
+                for k, out in at_depths(x, t, y, truncated):
+                    acc[k] = ((out[:, :C].float() - eps) ** 2).flatten(1).mean(1).double().sum()
+            sums[s] += acc.cpu()
+            bar.update(len(truncated))
         if propagate:  # the final sample's response to an eps error of RMS `probe` at step s, the sampler run through
             for s, t_s in enumerate(times):
                 delta = probe * probe_noise(shape, [seed + i for i in idx], s, device)
@@ -631,8 +629,8 @@ def run_search(cfg, log=print) -> SearchResult:
                              autocast_dtype=amp, cfg_scale=cfg.cfg, progress=cfg.progress, full_model=None if adapted is None else model)
     start = time.perf_counter()
     if not cfg.progress:  # (with progress bars the bars say it): what the minutes ahead are spent on
-        log(f"search: {cfg.n} trajectories of {cfg.sampler} x{cfg.steps} at full depth, every depth rerun on each recorded "
-            f"state ({device})")
+        log(f"search: {cfg.n} trajectories of {cfg.sampler} x{cfg.steps} at full depth, every depth read off one pass "
+            f"per recorded state ({device})")
     table = measure_proxy(model, process, sampler, n=cfg.n, batch_size=cfg.batch_size, seed=cfg.seed, cfg_scale=cfg.cfg,
                           min_depth=cfg.min_depth, weighting=cfg.weighting, device=device, autocast_dtype=amp,
                           progress=cfg.progress, adapted=adapted)
