@@ -753,3 +753,25 @@ def test_all_depths_in_one_pass_equal_each_depth_alone(arch, cfg_scale):
             assert torch.equal(got[k], fixed(x, 420.0, y)), k
     with pytest.raises(ValueError, match="outside"):
         list(Denoiser(m, p, None).at_depths(x, 420.0, y, [K + 1]))
+
+
+def test_search_stability_scores_every_found_schedule_on_the_held_out_table(ckpt, tmp_path):
+    """benchmarks/search_stability.py: every schedule found on a small batch reaches the target saving and, on the
+    held-out table, scores no better than the held-out table's own choice (the exact path's first point past the
+    target has the lowest proxy of every schedule that saves at least as much); the held-out numbers are the
+    held-out table's proxy of the schedule, measured again here."""
+    from test_train_plateau import _bench_module
+
+    res = _bench_module("search_stability").main([
+        "--model", ckpt, "--saving-of", "4,3,2,1", "--sampler", "ddim", "--steps", "4", "--ns", "2,3", "--seeds", "0,50",
+        "--ref-n", "4", "--ref-seed", "900", "--intervals", "4", "--out", str(tmp_path / "st.json")])
+    assert [(r["n"], r["seed"]) for r in res["rows"]] == [(2, 0), (2, 50), (3, 0), (3, 50)]
+    loaded = eediff.load_model(ckpt)
+    ref = S.measure_proxy(loaded.model.eval(), loaded.process, SamplerConfig("ddim", 4), n=4, batch_size=4, seed=900)
+    b = S.equal_boundaries(4)
+    assert res["held_out"]["own_proxy"] == pytest.approx(ref.proxy(S.Candidate(tuple(res["held_out"]["own_schedule"]), 0, 0).schedule(b)))
+    for r in res["rows"]:
+        assert r["compute_saving"] >= res["target_saving"] - 1e-12
+        assert r["proxy_held_out"] == pytest.approx(ref.proxy(S.Candidate(tuple(r["schedule"]), 0, 0).schedule(b)))
+        assert r["excess_over_best"] >= -1e-9
+    assert json.loads((tmp_path / "st.json").read_text())["rows"] == res["rows"]
