@@ -235,17 +235,23 @@ def test_cli_errors_are_one_line(tmp_path):
         assert len(lines) == 1 and msg in lines[0], (args, r.stderr)
 
 
-def test_sample_and_calibrate_end_to_end(tmp_path):
-    torch.manual_seed(0)  # one channel: a 4-channel model is taken for a latent model and asks for a VAE
-    m = eediff.build_model("DiT", input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=6, num_heads=4, num_classes=3)
+def _saved_deediff_dit(path, **size) -> str:
+    """A one-channel DiT with DeeDiff heads, every weight random, saved to ``path`` (one channel: a 4-channel
+    model is taken for a latent model and asks for a VAE)."""
+    torch.manual_seed(0)
+    m = eediff.build_model("DiT", in_channels=1, hidden_size=32, num_heads=4, **size)
     apply_deediff(m, DeeDiffConfig())
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.1)
         for p in m.uem.parameters():
             p.normal_(0, 0.5)
-    p = str(tmp_path / "dd.safetensors")
-    eediff.save_model(p, m)
+    eediff.save_model(str(path), m)
+    return str(path)
+
+
+def test_sample_and_calibrate_end_to_end(tmp_path):
+    p = _saved_deediff_dit(tmp_path / "dd.safetensors", input_size=8, patch_size=2, depth=6, num_classes=3)
     r = subprocess.run(EXE + ["calibrate", "--model", p, "--target-saving", "0.4", "-n", "8", "--steps", "4", "--device", "cpu"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -344,16 +350,8 @@ def test_deediff_cpu_check_compares_at_equal_saving_on_the_same_seeds(tmp_path):
 
     import numpy as np
 
-    torch.manual_seed(0)  # 28x28x1: the size the Fashion-MNIST classifier reads
-    m = eediff.build_model("DiT", input_size=28, patch_size=7, in_channels=1, hidden_size=32, depth=4, num_heads=4, num_classes=10)
-    apply_deediff(m, DeeDiffConfig())
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.1)
-        for p in m.uem.parameters():
-            p.normal_(0, 0.5)
-    path = str(tmp_path / "dd.safetensors")
-    eediff.save_model(path, m)
+    # 28x28x1: the size the Fashion-MNIST classifier reads
+    path = _saved_deediff_dit(tmp_path / "dd.safetensors", input_size=28, patch_size=7, depth=4, num_classes=10)
     ref = str(Path(__file__).parent / "data" / "fmnist_sample.npz")
     work, out = tmp_path / "work", tmp_path / "check.json"
     res = _bench_module("deediff_cpu_check").main([
