@@ -48,22 +48,10 @@ def finetuned_rows(path: str, key: str, arch: str) -> dict:
 
 @torch.no_grad()
 def head_inputs(model, x, t: float, y):
-    """{k: Tokens the head would read after k blocks} for k = 1..K."""
-    from eediff.models.backbone import Tokens
+    """{k: Tokens the head would read after k blocks} for k = 1..K (U-ViT: the dropped blocks fuse their skips)."""
+    from eediff.models.backbone import depth_states
 
-    def copy(s):
-        return Tokens(s.h.clone(), s.c, s.skips)
-
-    K = model.num_exit_blocks
-    cur = model.embed(x, torch.full((x.shape[0],), float(t)), y)
-    out = {}
-    for k in range(1, K + 1):
-        cur = model.run_block(k - 1, copy(cur), x.shape[0])
-        tail = cur
-        for i in range(k, K):  # the dropped blocks' path (U-ViT: skip_linear; DiT: nothing)
-            tail = model.run_block(i, copy(tail), 0)
-        out[k] = tail
-    return out
+    return dict(depth_states(model, x, torch.full((x.shape[0],), float(t)), y, range(1, model.num_exit_blocks + 1)))
 
 
 def main(argv=None) -> dict:

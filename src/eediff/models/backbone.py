@@ -146,14 +146,12 @@ def forward(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, act
     return out[inverse]
 
 
-def forward_depths(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, depths: Sequence[int]):
-    """``(k, model's output with every row at depth k)`` for each k in ``depths`` (ascending), in one pass.
+def depth_states(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, depths: Sequence[int]):
+    """``(k, the Tokens the head reads with every row at depth k)`` for each k in ``depths`` (ascending), in one pass.
 
-    The same block calls as :func:`forward` with ``active_blocks=k``, so each output equals that forward's bit for
-    bit; but the blocks run once for all depths (K blocks instead of the sum of the depths): after block k the
-    head reads a copy of the state that takes the dropped blocks' path (DiT: nothing; U-ViT: ``skip_linear``).
-    A generator: each output is made before the next block updates the state in place, so consume it (or
-    clone it) before asking for the next. What the search's proxy table costs (``exits/search.py``)."""
+    The same block calls as :func:`forward` with ``active_blocks=k``, but the blocks run once for all depths (K
+    blocks instead of the sum of the depths): after block k a copy of the state takes the dropped blocks' path
+    (DiT: nothing; U-ViT: ``skip_linear``). The copies are the caller's to keep."""
     K = model.num_exit_blocks
     want = sorted({check_depth(int(k), K, model.arch) for k in depths})
     if not want:
@@ -166,9 +164,17 @@ def forward_depths(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | No
             tail = s if i == K else Tokens(s.h.clone(), s.c, s.skips)  # the dropped blocks must not touch the state
             for j in range(i, K):
                 tail = model.run_block(j, tail, 0)
-            yield i, model.head(tail)
+            yield i, tail
         if i < K and want:
             s = model.run_block(i, s, B)
+
+
+def forward_depths(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, depths: Sequence[int]):
+    """``(k, model's output with every row at depth k)`` for each k in ``depths`` (ascending): the head on
+    :func:`depth_states`, so each output equals :func:`forward`'s with ``active_blocks=k`` bit for bit and the
+    blocks run once. What the search's proxy table costs (``exits/search.py``)."""
+    for k, s in depth_states(model, x, t, y, depths):
+        yield k, model.head(s)
 
 
 class RowExits(Protocol):
