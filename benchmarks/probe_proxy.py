@@ -26,12 +26,7 @@ import sys
 import time
 
 import torch
-
-
-def spearman(a, b) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic) if len(a) > 2 else math.nan
+from search_eval import spearman  # rank correlation, tested against scipy (tests/test_search.py)
 
 
 def finetuned_rows(path: str, key: str, arch: str) -> dict:
